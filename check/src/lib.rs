@@ -1,0 +1,1 @@
+//! Skeleton: health checkers (issue 7). Nothing here works yet.

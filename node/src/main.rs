@@ -1,0 +1,1 @@
+fn main() { eprintln!("corrald: nothing is implemented yet"); std::process::exit(1) }

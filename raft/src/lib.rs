@@ -1,0 +1,1 @@
+//! Skeleton: Raft on redb (issue 5). Nothing here works yet.
