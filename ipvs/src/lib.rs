@@ -13,8 +13,10 @@
 pub mod client;
 pub mod diff;
 pub mod model;
+pub mod status;
 pub mod nl;
 pub mod text;
 
 pub use diff::diff;
 pub use model::*;
+pub use status::*;
