@@ -1,0 +1,1 @@
+//! Linux I/O for VRRP (filled in by the I/O work).

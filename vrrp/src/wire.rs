@@ -1,0 +1,1 @@
+//! VRRP wire format (filled in by the core work).
