@@ -1,0 +1,542 @@
+//! corrald's TOML configuration: one file per node, parsed into typed structs.
+//!
+//! Every error names the file, the line and the key (`vrrp[0].advert_interval`), because an
+//! operator fixing a config at 3 a.m. should not have to guess which of twenty instances is wrong.
+//! Unknown keys are errors too: a misspelt `prempt = false` silently ignored is a split brain later.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeSection,
+    /// VRRP instances (`[[vrrp]]`), keepalived's `vrrp_instance`.
+    #[serde(default)]
+    pub vrrp: Vec<VrrpInstanceConfig>,
+    /// Sync groups (`[[vrrp_sync_group]]`): members move between states together.
+    #[serde(default)]
+    pub vrrp_sync_group: Vec<SyncGroupConfig>,
+    /// Tracked scripts (`[[track_script]]`), keepalived's `vrrp_script`, referenced by instances.
+    #[serde(default)]
+    pub track_script: Vec<TrackScriptConfig>,
+}
+
+/// `[node]`: where this node keeps its state and its admin socket.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Defaults to the hostname.
+    pub name: Option<String>,
+    #[serde(default = "default_admin_socket")]
+    pub admin_socket: PathBuf,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection { name: None, admin_socket: default_admin_socket(), data_dir: default_data_dir() }
+    }
+}
+
+/// The admin socket path used when the config names none; `corralctl` defaults to the same.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/corral/admin.sock";
+
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_ADMIN_SOCKET)
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/corral")
+}
+
+/// Which IPv4 VRRPv3 checksum a peer expects: vendors disagree (see the `vrrp` crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum V3Checksum {
+    /// keepalived's and FRR's default: the IPv4 pseudo-header is included.
+    #[default]
+    PseudoHeader,
+    /// RFC 9568, Cisco, Juniper: the VRRP message only.
+    Plain,
+}
+
+/// A tracked interface: `"eth1"` (weight 0: down means FAULT) or `{ name = "eth1", weight = -20 }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum TrackInterface {
+    Name(String),
+    Weighted { name: String, weight: i32 },
+}
+
+impl TrackInterface {
+    pub fn name(&self) -> &str {
+        match self {
+            TrackInterface::Name(n) | TrackInterface::Weighted { name: n, .. } => n,
+        }
+    }
+    pub fn weight(&self) -> i32 {
+        match self {
+            TrackInterface::Name(_) => 0,
+            TrackInterface::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+/// A tracked script reference: `"chk_nginx"` (the script's own weight) or `{ name, weight }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum TrackScriptRef {
+    Name(String),
+    Weighted { name: String, weight: i32 },
+}
+
+impl TrackScriptRef {
+    pub fn name(&self) -> &str {
+        match self {
+            TrackScriptRef::Name(n) | TrackScriptRef::Weighted { name: n, .. } => n,
+        }
+    }
+}
+
+/// `[[vrrp]]`: one VRRP instance (keepalived's `vrrp_instance`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpInstanceConfig {
+    pub name: String,
+    pub interface: String,
+    pub vrid: u8,
+    #[serde(default = "default_version")]
+    pub version: u8,
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    #[serde(default = "default_advert", with = "humantime_serde_compat")]
+    pub advert_interval: Duration,
+    #[serde(default = "yes")]
+    pub preempt: bool,
+    #[serde(default, with = "humantime_serde_compat")]
+    pub preempt_delay: Duration,
+    /// RFC 5798 Accept_Mode: answer packets addressed to the VIPs when not the owner.
+    #[serde(default)]
+    pub accept: bool,
+    /// `"192.0.2.100/24"`, `"2001:db8::100/64"`; one family per instance, like keepalived.
+    pub virtual_ips: Vec<String>,
+    /// Send adverts to these peers instead of the multicast group.
+    #[serde(default)]
+    pub unicast_peers: Vec<String>,
+    /// VRRPv2 simple-text authentication (RFC 3768 type 1), at most 8 bytes.
+    pub auth_pass: Option<String>,
+    #[serde(default)]
+    pub v3_checksum: V3Checksum,
+    #[serde(default)]
+    pub track_interfaces: Vec<TrackInterface>,
+    #[serde(default)]
+    pub track_scripts: Vec<TrackScriptRef>,
+    /// keepalived's `use_vmac`: a macvlan with MAC 00:00:5e:00:01:VRID carries the VIPs.
+    #[serde(default)]
+    pub use_vmac: bool,
+    /// Gratuitous ARP / NA burst on becoming master.
+    #[serde(default = "default_garp_repeat")]
+    pub garp_repeat: u32,
+    #[serde(default = "default_garp_delay", with = "humantime_serde_compat")]
+    pub garp_delay: Duration,
+    pub notify_master: Option<String>,
+    pub notify_backup: Option<String>,
+    pub notify_fault: Option<String>,
+    /// Called as `notify INSTANCE NAME STATE PRIORITY`.
+    pub notify: Option<String>,
+}
+
+/// `[[vrrp_sync_group]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncGroupConfig {
+    pub name: String,
+    pub members: Vec<String>,
+    pub notify_master: Option<String>,
+    pub notify_backup: Option<String>,
+    pub notify_fault: Option<String>,
+    pub notify: Option<String>,
+}
+
+/// `[[track_script]]`: a check script whose result moves the priority (keepalived `vrrp_script`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackScriptConfig {
+    pub name: String,
+    /// Run through `/bin/sh -c`.
+    pub script: String,
+    #[serde(default = "default_script_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+    #[serde(default = "default_script_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// > 0: added while the script succeeds; < 0: subtracted while it fails; 0: failure means FAULT.
+    #[serde(default)]
+    pub weight: i32,
+    #[serde(default = "one")]
+    pub rise: u32,
+    #[serde(default = "one")]
+    pub fall: u32,
+}
+
+fn default_version() -> u8 {
+    3
+}
+fn default_priority() -> u8 {
+    100
+}
+fn default_advert() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_garp_repeat() -> u32 {
+    5
+}
+fn default_garp_delay() -> Duration {
+    Duration::ZERO
+}
+fn default_script_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_script_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+
+/// Durations are written as humantime strings (`"10ms"`, `"1s"`, `"1m 30s"`).
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e} (write e.g. \"10ms\", \"1s\")")))
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// A configuration error pinned to its place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; `None` when the problem has no single place (e.g. the file is unreadable).
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `vrrp[1].advert_interval`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": key `{}`", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One step of a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySeg {
+    Key(String),
+    Index(usize),
+}
+
+/// Renders a key path as `vrrp[1].name`.
+pub fn key_path(segs: &[KeySeg]) -> String {
+    let mut out = String::new();
+    for seg in segs {
+        match seg {
+            KeySeg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            KeySeg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// Finds the line of a key path in the document, walking the spanned parse tree.
+fn line_of_path(text: &str, segs: &[KeySeg]) -> Option<usize> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let (first, rest) = segs.split_first()?;
+    let KeySeg::Key(k) = first else { return None };
+    let mut cur = root.get_ref().get(k.as_str())?;
+    let mut best = Some(cur.span().start);
+    for seg in rest {
+        let next = match seg {
+            KeySeg::Key(k) => cur.get_ref().get(k.as_str()),
+            KeySeg::Index(i) => cur.get_ref().get(*i),
+        };
+        match next {
+            Some(v) => {
+                best = Some(v.span().start);
+                cur = v;
+            }
+            None => break,
+        }
+    }
+    best.map(|off| line_of(text, off))
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` only labels errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let err = |line, key: String, message: String| ConfigError { file: path.to_owned(), line, key, message };
+        let de = toml::de::Deserializer::parse(text).map_err(|e| {
+            err(e.span().map(|s| line_of(text, s.start)), String::new(), e.message().to_owned())
+        })?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let segs = path_segs(e.path());
+            let inner = e.into_inner();
+            let line = inner.span().map(|s| line_of(text, s.start)).or_else(|| line_of_path(text, &segs));
+            err(line, key_path(&segs), inner.message().to_owned())
+        })?;
+        config.validate().map_err(|(segs, message)| err(line_of_path(text, &segs), key_path(&segs), message))?;
+        Ok(config)
+    }
+
+    /// Semantic checks that serde cannot express; returns the offending key path.
+    fn validate(&self) -> Result<(), (Vec<KeySeg>, String)> {
+        use KeySeg::{Index, Key};
+        let at = |i: usize, k: &str| vec![Key("vrrp".into()), Index(i), Key(k.into())];
+        let mut names = std::collections::HashSet::new();
+        for (i, v) in self.vrrp.iter().enumerate() {
+            if !names.insert(v.name.as_str()) {
+                return Err((at(i, "name"), format!("duplicate instance name {:?}", v.name)));
+            }
+            if v.vrid == 0 {
+                return Err((at(i, "vrid"), "VRID must be 1..=255".into()));
+            }
+            if v.priority == 0 {
+                return Err((at(i, "priority"), "priority must be 1..=255 (0 is reserved for release)".into()));
+            }
+            match v.version {
+                2 => {
+                    let ms = v.advert_interval.as_millis();
+                    if ms == 0 || ms % 1000 != 0 || ms / 1000 > 255 {
+                        return Err((at(i, "advert_interval"), "VRRPv2 accepts whole seconds 1s..=255s only".into()));
+                    }
+                }
+                3 => {
+                    let cs = v.advert_interval.as_millis();
+                    if cs % 10 != 0 || cs / 10 == 0 || cs / 10 > 4095 {
+                        return Err((
+                            at(i, "advert_interval"),
+                            "VRRPv3 accepts multiples of 10ms from 10ms to 40.95s".into(),
+                        ));
+                    }
+                    if v.auth_pass.is_some() {
+                        return Err((at(i, "auth_pass"), "authentication exists in VRRPv2 only (RFC 5798 removed it)".into()));
+                    }
+                }
+                other => return Err((at(i, "version"), format!("VRRP version must be 2 or 3, not {other}"))),
+            }
+            if let Some(p) = &v.auth_pass {
+                if p.is_empty() || p.len() > 8 {
+                    return Err((at(i, "auth_pass"), "auth_pass must be 1..=8 bytes".into()));
+                }
+            }
+            if v.virtual_ips.is_empty() {
+                return Err((at(i, "virtual_ips"), "at least one virtual IP is required".into()));
+            }
+            let mut family = None;
+            for (j, vip) in v.virtual_ips.iter().enumerate() {
+                let here = || vec![Key("vrrp".into()), Index(i), Key("virtual_ips".into()), Index(j)];
+                let (addr, prefix) = parse_cidr(vip).map_err(|m| (here(), m))?;
+                if v.version == 2 && addr.is_ipv6() {
+                    return Err((here(), "VRRPv2 carries IPv4 addresses only; use version = 3 for IPv6".into()));
+                }
+                let fam = addr.is_ipv6();
+                if *family.get_or_insert(fam) != fam {
+                    return Err((here(), "one instance carries one address family; use two instances".into()));
+                }
+                let _ = prefix;
+            }
+            for (j, peer) in v.unicast_peers.iter().enumerate() {
+                if peer.parse::<std::net::IpAddr>().is_err() {
+                    let here = vec![Key("vrrp".into()), Index(i), Key("unicast_peers".into()), Index(j)];
+                    return Err((here, format!("{peer:?} is not an IP address")));
+                }
+            }
+            for (j, t) in v.track_scripts.iter().enumerate() {
+                if !self.track_script.iter().any(|s| s.name == t.name()) {
+                    let here = vec![Key("vrrp".into()), Index(i), Key("track_scripts".into()), Index(j)];
+                    return Err((here, format!("no [[track_script]] named {:?}", t.name())));
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, v) in self.vrrp.iter().enumerate() {
+            let fam = v.virtual_ips.first().map(|s| s.contains(':')).unwrap_or(false);
+            if !seen.insert((v.interface.as_str(), v.vrid, fam)) {
+                return Err((at(i, "vrid"), format!("VRID {} is already used on {} for this family", v.vrid, v.interface)));
+            }
+        }
+        for (g, group) in self.vrrp_sync_group.iter().enumerate() {
+            for (j, m) in group.members.iter().enumerate() {
+                if !self.vrrp.iter().any(|v| &v.name == m) {
+                    let here = vec![Key("vrrp_sync_group".into()), Index(g), Key("members".into()), Index(j)];
+                    return Err((here, format!("no [[vrrp]] instance named {m:?}")));
+                }
+            }
+        }
+        for (i, s) in self.track_script.iter().enumerate() {
+            if s.weight < -253 || s.weight > 253 {
+                let here = vec![Key("track_script".into()), Index(i), Key("weight".into())];
+                return Err((here, "weight must be within -253..=253".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `ADDR/PREFIX` (prefix optional: /32 or /128).
+pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (a, p) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr: std::net::IpAddr = a.parse().map_err(|_| format!("{a:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match p {
+        None => max,
+        Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("bad prefix length {p:?} (0..={max})"))?,
+    };
+    Ok((addr, prefix))
+}
+
+fn path_segs(path: &serde_path_to_error::Path) -> Vec<KeySeg> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|s| match s {
+            Segment::Seq { index } => Some(KeySeg::Index(*index)),
+            Segment::Map { key } => Some(KeySeg::Key(key.clone())),
+            Segment::Enum { variant } => Some(KeySeg::Key(variant.clone())),
+            Segment::Unknown => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+name = "d1"
+
+[[vrrp]]
+name = "VI_1"
+interface = "eth0"
+vrid = 51
+version = 3
+priority = 150
+advert_interval = "10ms"
+preempt = true
+preempt_delay = "0s"
+virtual_ips = ["192.0.2.100/24"]
+
+[[vrrp]]
+name = "VI_6"
+interface = "eth0"
+vrid = 51
+virtual_ips = ["2001:db8::100/64"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.vrrp.len(), 2);
+        assert_eq!(c.vrrp[0].advert_interval, Duration::from_millis(10));
+        assert_eq!(c.vrrp[1].version, 3);
+        assert_eq!(c.vrrp[1].priority, 100);
+        assert_eq!(c.vrrp[1].advert_interval, Duration::from_secs(1));
+        assert_eq!(c.node.admin_socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = GOOD.replace("preempt = true", "prempt = true");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(12), "{e}");
+        assert!(e.to_string().contains("prempt"), "{e}");
+        assert!(e.key.starts_with("vrrp[0]"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_line() {
+        let text = GOOD.replace("\"10ms\"", "\"ten\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "vrrp[0].advert_interval", "{e}");
+        assert_eq!(e.line, Some(11), "{e}");
+    }
+
+    #[test]
+    fn semantic_error_names_key_and_line() {
+        let text = GOOD.replace("version = 3", "version = 2");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "vrrp[0].advert_interval", "{e}");
+        assert_eq!(e.line, Some(11), "{e}");
+        let text = GOOD.replace("2001:db8::100/64", "2001:db8::100/129");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "vrrp[1].virtual_ips[0]", "{e}");
+        assert_eq!(e.line, Some(20), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = parse("[[vrrp]\nname=").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn duplicate_vrid_same_family_rejected() {
+        let text = GOOD.replace("2001:db8::100/64", "192.0.2.101/24");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "vrrp[1].vrid", "{e}");
+    }
+}

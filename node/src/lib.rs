@@ -1,0 +1,6 @@
+//! corrald: the corral director daemon.
+//!
+//! # Layout
+//! - [`config`]: the node's TOML configuration, with errors that name file, line and key.
+
+pub mod config;
