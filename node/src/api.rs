@@ -1,0 +1,152 @@
+//! The admin API between `corralctl` and `corrald`: one JSON request and one JSON response
+//! per line over a Unix socket (mode 0600, root only).
+//!
+//! JSON rather than postcard here because operators debug this socket with `socat`, and the
+//! same types serialize `corralctl … -o json`. Versioned by the `v` field so an old
+//! `corralctl` talking to a new daemon gets a clear error instead of a misparse.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped when a request or response changes incompatibly.
+pub const API_VERSION: u32 = 1;
+
+/// A request envelope.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub v: u32,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+/// What `corralctl` can ask of a running node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Every VRRP instance's state, priority, master and counters.
+    VrrpStatus,
+}
+
+/// The daemon's answer: a result or an error message for the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    Ok { result: ResponseBody },
+    Error { message: String },
+}
+
+/// Successful results, one variant per request kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ResponseBody {
+    VrrpStatus { instances: Vec<VrrpInstanceStatus> },
+}
+
+/// One VRRP instance as `corralctl vrrp status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VrrpInstanceStatus {
+    pub name: String,
+    pub interface: String,
+    pub vrid: u8,
+    pub version: u8,
+    /// `INIT`, `BACKUP`, `MASTER` or `FAULT`.
+    pub state: String,
+    /// Configured priority.
+    pub base_priority: u8,
+    /// After tracked interfaces and scripts.
+    pub effective_priority: u8,
+    /// The master we last heard from (or our own address when master).
+    pub master: Option<IpAddr>,
+    pub virtual_ips: Vec<String>,
+    /// Counters by name: adverts sent/received, drops per reason, transitions.
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+/// Why a call to the daemon failed, phrased for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("admin socket {path} does not exist: is corrald running? (pick another node with --socket PATH)")]
+    NoSocket { path: String },
+    #[error("cannot connect to {path}: {source}")]
+    Connect { path: String, source: std::io::Error },
+    #[error("talking to corrald at {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("corrald sent a response this corralctl cannot read: {0}")]
+    Decode(String),
+    #[error("{0}")]
+    Remote(String),
+}
+
+/// Sends one request to the daemon behind `socket` and waits (bounded) for its answer.
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<ResponseBody, ClientError> {
+    let path = socket.display().to_string();
+    if !socket.exists() {
+        return Err(ClientError::NoSocket { path });
+    }
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect { path: path.clone(), source })?;
+    let io = |source| ClientError::Io { path: path.clone(), source };
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut line = serde_json::to_string(&Envelope { v: API_VERSION, body: request.clone() })
+        .map_err(|e| ClientError::Decode(e.to_string()))?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
+    let env: Envelope<Response> = serde_json::from_str(&reply).map_err(|e| ClientError::Decode(e.to_string()))?;
+    if env.v != API_VERSION {
+        return Err(ClientError::Decode(format!("API version {} (this corralctl speaks {API_VERSION})", env.v)));
+    }
+    match env.body {
+        Response::Ok { result } => Ok(result),
+        Response::Error { message } => Err(ClientError::Remote(message)),
+    }
+}
+
+/// Decodes one request line; the error text goes back to the client verbatim.
+pub fn decode_request(line: &str) -> Result<Request, String> {
+    let env: Envelope<serde_json::Value> =
+        serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))?;
+    if env.v != API_VERSION {
+        return Err(format!("unsupported API version {} (corrald speaks {API_VERSION})", env.v));
+    }
+    serde_json::from_value(env.body).map_err(|e| format!("unknown or malformed request: {e}"))
+}
+
+/// Encodes one response line (with its newline).
+pub fn encode_response(resp: &Response) -> String {
+    let mut s = serde_json::to_string(&Envelope { v: API_VERSION, body: resp.clone() })
+        .unwrap_or_else(|e| format!("{{\"v\":{API_VERSION},\"status\":\"error\",\"message\":\"encode: {e}\"}}"));
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip() {
+        let line = serde_json::to_string(&Envelope { v: API_VERSION, body: Request::VrrpStatus }).unwrap();
+        assert_eq!(line, r#"{"v":1,"op":"vrrp_status"}"#);
+        assert_eq!(decode_request(&line).unwrap(), Request::VrrpStatus);
+    }
+
+    #[test]
+    fn bad_requests_are_named() {
+        assert!(decode_request("not json").unwrap_err().contains("malformed"));
+        assert!(decode_request(r#"{"v":9,"op":"vrrp_status"}"#).unwrap_err().contains("version 9"));
+        assert!(decode_request(r#"{"v":1,"op":"launch_missiles"}"#).unwrap_err().contains("unknown"));
+    }
+
+    #[test]
+    fn missing_socket_is_a_clear_error() {
+        let e = call(Path::new("/nonexistent/corral.sock"), &Request::VrrpStatus, Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("is corrald running"), "{e}");
+    }
+}
