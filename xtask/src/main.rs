@@ -1,1 +1,191 @@
-fn main() {}
+//! corral's automation: `cargo xtask test`, `cargo xtask vm …`, `cargo xtask demo`, `cargo xtask bench …`.
+//!
+//! Everything that needs a real IPVS kernel runs inside a qemu VM (see [`vm`]), because the
+//! host kernel of our machines has none.
+
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every test: the workspace's host tests, then the VM tests (the README's test command).
+    Test,
+    /// The VM lab with a real IPVS kernel.
+    Vm {
+        #[command(subcommand)]
+        cmd: VmCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Runs the `tests` crate's kernel tests (those marked #[ignore = "needs a kernel with IPVS…"]) in the VM.
+    Test {
+        /// Only tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Runs a shell command in the VM (corralctl, corrald, ipvsadm and ip are on PATH).
+    Run {
+        #[arg(trailing_var_arg = true, required = true)]
+        cmd: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = std::env::set_current_dir(workspace_root()) {
+        eprintln!("xtask: cannot cd to the workspace root: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = match args.cmd {
+        Cmd::Test => test_all(),
+        Cmd::Vm { cmd: VmCmd::Test { filter } } => vm_test(filter.as_deref()),
+        Cmd::Vm { cmd: VmCmd::Run { cmd } } => vm_run(&cmd.join(" ")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Where build products and the VM cache live (honours CARGO_TARGET_DIR).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn vm_cache() -> Result<PathBuf> {
+    let dir = target_dir().join("vm-cache");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn check(status: std::io::Result<std::process::ExitStatus>, what: &str) -> Result<()> {
+    let status = status.with_context(|| format!("run {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn test_all() -> Result<()> {
+    check(cargo().args(["test", "--workspace"]).status(), "cargo test --workspace")?;
+    vm_test(None)
+}
+
+/// Builds corralctl and corrald (release-like speed matters for benchmarks; tests use debug).
+fn build_bins(release: bool) -> Result<Vec<(PathBuf, String)>> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "ops", "-p", "node"]);
+    if release {
+        cmd.arg("--release");
+    }
+    check(cmd.status(), "cargo build (corralctl, corrald)")?;
+    let dir = target_dir().join(if release { "release" } else { "debug" });
+    Ok(["corralctl", "corrald"]
+        .iter()
+        .map(|b| (dir.join(b), format!("/usr/bin/{b}")))
+        .filter(|(p, _)| p.exists())
+        .collect())
+}
+
+/// Test executables of the `tests` crate, from cargo's JSON messages.
+fn test_binaries() -> Result<Vec<PathBuf>> {
+    let out = cargo()
+        .args(["test", "-p", "tests", "--no-run", "--message-format=json-render-diagnostics"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the tests crate failed");
+    }
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if v["reason"] == "compiler-artifact" && v["profile"]["test"] == true {
+            if let Some(exe) = v["executable"].as_str() {
+                bins.push(PathBuf::from(exe));
+            }
+        }
+    }
+    if bins.is_empty() {
+        bail!("the tests crate produced no test executables");
+    }
+    Ok(bins)
+}
+
+fn vm_test(filter: Option<&str>) -> Result<()> {
+    let cache = vm_cache()?;
+    let kernel = vm::kernel(&cache)?;
+    let mut payload = vm::Payload { files: build_bins(false)?, ..Default::default() };
+    let mut script = String::from("rc=0\n");
+    let tests = test_binaries()?;
+    for exe in &tests {
+        let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+        payload.files.push((exe.clone(), format!("/tests/{name}")));
+        let filter = filter.map(|f| format!(" '{f}'")).unwrap_or_default();
+        script.push_str(&format!(
+            "/tests/{name} --ignored --test-threads=1{filter}; c=$?; echo \"CORRAL-EXIT {name} $c\"; [ $c -eq 0 ] || rc=1\n"
+        ));
+    }
+    script.push_str("exit $rc\n");
+    payload.script = script;
+    payload.env = vec![
+        ("CORRAL_VM".into(), "1".into()),
+        ("CORRALCTL".into(), "/usr/bin/corralctl".into()),
+        ("CORRALD".into(), "/usr/bin/corrald".into()),
+        ("RUST_BACKTRACE".into(), "1".into()),
+    ];
+    if std::env::var("CI").as_deref() == Ok("true") {
+        payload.env.push(("CI".into(), "true".into()));
+    }
+    let initrd = vm::initramfs(&cache, &kernel, &payload)?;
+    let outcome = vm::boot(&kernel, &initrd, Duration::from_secs(1800), false)?;
+    report(&outcome, tests.len() + 1)
+}
+
+/// Fails unless every expected exit marker was seen and all were 0.
+fn report(outcome: &vm::Outcome, expected: usize) -> Result<()> {
+    eprintln!("vm: finished in {:.1}s", outcome.elapsed.as_secs_f64());
+    if outcome.exits.len() != expected {
+        bail!("VM reported {} of {expected} exit markers (crash or panic inside?): {:?}", outcome.exits.len(), outcome.exits);
+    }
+    let failed: Vec<_> = outcome.exits.iter().filter(|(_, c)| *c != 0).collect();
+    if !failed.is_empty() {
+        bail!("inside the VM these failed: {failed:?}");
+    }
+    Ok(())
+}
+
+fn vm_run(cmd: &str) -> Result<()> {
+    let cache = vm_cache()?;
+    let kernel = vm::kernel(&cache)?;
+    let payload = vm::Payload { files: build_bins(false)?, script: cmd.to_owned(), env: vec![] };
+    let initrd = vm::initramfs(&cache, &kernel, &payload)?;
+    let outcome = vm::boot(&kernel, &initrd, Duration::from_secs(1800), false)?;
+    report(&outcome, 1)
+}
