@@ -474,7 +474,7 @@ fn forward_flag(f: &Forward) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// `ipvsadm -Sn` output captured from the real tool in the VM lab (kernel 6.1, ipvsadm 1.31)
