@@ -274,7 +274,7 @@ TCP  192.0.2.1:80                  123456K        0        0        0        0
 ";
         assert_eq!(got, expect);
         let exact = list(&INFO, &st, Columns::Stats, true);
-        assert!(exact.contains(&format!("{:<33} 123456789        0\n", "TCP  192.0.2.1:80")), "{exact}");
+        assert!(exact.contains(&format!("{:<33} 123456789        0", "TCP  192.0.2.1:80")), "{exact}");
     }
 
     #[test]
