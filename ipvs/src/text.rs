@@ -216,6 +216,8 @@ fn parse_line(tokens: &[&str], file: &mut RuleFile) -> Result<(), String> {
                 ServiceKey::Addr { addr, .. } => addr.port(),
                 ServiceKey::Fwmark { .. } => 0,
             });
+            // The kernel has no "nocsum" bit: it is the absence of the other two.
+            tun_flags.nocsum = !(tun_flags.csum || tun_flags.remcsum);
             let forward = match method.unwrap_or('g') {
                 'm' => Forward::Masq,
                 'i' => Forward::Tunnel(match tun_type.unwrap_or("ipip") {
