@@ -480,27 +480,8 @@ pub(crate) mod tests {
     use super::*;
 
     /// `ipvsadm -Sn` output captured from the real tool in the VM lab (kernel 6.1, ipvsadm 1.31)
-    /// for the rules in `tests/tests/ipvs_cli.rs`; `save(parse(x)) == x` must hold byte for byte.
-    pub(crate) const IPVSADM_SN: &str = "\
--A -t 192.0.2.1:80 -s wlc
--a -t 192.0.2.1:80 -r 198.51.100.1:80 -m -w 3
--a -t 192.0.2.1:80 -r 198.51.100.2:8080 -m -w 0
--A -t 192.0.2.2:443 -s rr -p 300 -M 255.255.255.0
--a -t 192.0.2.2:443 -r 198.51.100.3:443 -g -w 1
--a -t 192.0.2.2:443 -r 198.51.100.4:443 -i -w 1 --tun-type ipip
--a -t 192.0.2.2:443 -r 198.51.100.5:443 -i -w 1 --tun-type gue --tun-port 6080 --tun-nocsum
--a -t 192.0.2.2:443 -r 198.51.100.6:443 -i -w 1 --tun-type gre --tun-csum
--A -t 192.0.2.3:80 -s rr -p 60
--A -u 192.0.2.1:53 -s mh -o -b mh-fallback,mh-port
--A -u 192.0.2.4:5060 -s rr -p 30 --pe sip
--A --sctp-service 192.0.2.5:3868 -s rr
--A -t [2001:db8::10]:80 -s lc -p 200
--a -t [2001:db8::10]:80 -r [2001:db8::20]:80 -m -w 5
--A -f 7 -s sh -b sh-port
--a -f 7 -r 198.51.100.1:0 -g -w 2
--A -f 8 -6 -s rr -p 100 -M 64
--a -f 8 -6 -r [2001:db8::1]:0 -g -w 1
-";
+    /// (`testdata/ipvsadm-sn.rules`, also used by the kernel tests); `save(parse(x)) == x` must hold byte for byte.
+    pub(crate) const IPVSADM_SN: &str = include_str!("../testdata/ipvsadm-sn.rules");
 
     #[test]
     fn save_of_parse_is_byte_identical_to_ipvsadm() {

@@ -111,6 +111,7 @@ pub enum ServiceAttr {
     SchedName(String),
     Flags { flags: u32, mask: u32 },
     Timeout(u32),
+    /// As the kernel keeps it: an IPv4 mask in network byte order, an IPv6 prefix length plain.
     Netmask(u32),
     Stats(Vec<StatsAttr>),
     PeName(String),
@@ -307,7 +308,7 @@ pub enum DaemonAttr {
     SyncMaxLen(u16),
     McastGroup([u8; 4]),
     McastGroup6([u8; 16]),
-    /// Host-order value; network order on the wire.
+    /// Host order on the wire (unlike service and dest ports).
     McastPort(u16),
     McastTtl(u8),
     Other(DefaultNla),
@@ -347,7 +348,7 @@ impl Nla for DaemonAttr {
             SyncMaxLen(v) => emit_u16(buf, *v).unwrap(),
             McastGroup(a) => buf.copy_from_slice(a),
             McastGroup6(a) => buf.copy_from_slice(a),
-            McastPort(v) => buf.copy_from_slice(&v.to_be_bytes()),
+            McastPort(v) => emit_u16(buf, *v).unwrap(),
             McastTtl(v) => buf[0] = *v,
             Other(n) => n.emit_value(buf),
         }
@@ -369,7 +370,7 @@ impl DaemonAttr {
             IPVS_DAEMON_ATTR_MCAST_GROUP6 => {
                 McastGroup6(v.try_into().map_err(|_| DecodeError::from("IPv6 multicast group of wrong length"))?)
             }
-            IPVS_DAEMON_ATTR_MCAST_PORT => McastPort(parse_u16_be(v)?),
+            IPVS_DAEMON_ATTR_MCAST_PORT => McastPort(parse_u16(v)?),
             IPVS_DAEMON_ATTR_MCAST_TTL => McastTtl(parse_u8(v)?),
             _ => Other(DefaultNla::parse(nla)?),
         })

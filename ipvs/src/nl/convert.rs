@@ -81,10 +81,19 @@ pub fn service_attrs(s: &Service) -> Vec<ServiceAttr> {
     v.push(ServiceAttr::SchedName(s.scheduler.clone()));
     v.push(ServiceAttr::Flags { flags, mask: !IP_VS_SVC_F_HASHED });
     v.push(ServiceAttr::Timeout(timeout));
-    v.push(ServiceAttr::Netmask(netmask));
+    v.push(ServiceAttr::Netmask(wire_netmask(s.key.family(), netmask)));
     // An empty PE name tells the kernel to drop a persistence engine set earlier.
     v.push(ServiceAttr::PeName(s.pe_name.clone().unwrap_or_default()));
     v
+}
+
+/// The kernel keeps an IPv4 persistence mask as a `__be32` and an IPv6 one as a prefix length;
+/// the model holds both as plain numbers. The conversion is its own inverse.
+fn wire_netmask(family: Family, mask: u32) -> u32 {
+    match family {
+        Family::Inet => u32::from_be(mask),
+        Family::Inet6 => mask,
+    }
 }
 
 /// The attributes that identify a destination within its service.
@@ -196,7 +205,7 @@ pub fn service_from(attrs: &[ServiceAttr]) -> Result<(Service, Stats), ConvertEr
     };
     let mut s = Service::new(key, sched.ok_or(ConvertError(format!("service {key} without scheduler")))?);
     if flags & IP_VS_SVC_F_PERSISTENT != 0 {
-        s.persistence = Some(Persistence { timeout, netmask });
+        s.persistence = Some(Persistence { timeout, netmask: wire_netmask(family, netmask) });
     }
     s.one_packet = flags & IP_VS_SVC_F_ONEPACKET != 0;
     s.sched_flags = SchedFlags {
