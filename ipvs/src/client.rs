@@ -10,7 +10,7 @@ use std::fmt;
 use std::io;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
@@ -274,11 +274,21 @@ impl Client {
             let mut out = Vec::with_capacity(BATCH_BYTES + 4096);
             let mut pending: HashMap<u32, usize> = HashMap::new();
             let first = i;
-            while i < ops.len() && out.len() < BATCH_BYTES {
+            // Only the batch's last request asks for an ACK: the kernel handles a sendmsg's
+            // messages in order before it returns, and reports every failure on its own, so
+            // the last ACK marks the end of the batch and successes cost no reply skb.
+            let mut last_seq = 0;
+            while i < ops.len() {
                 let (cmd, attrs) = Self::op_message(&ops[i]);
-                let seq = self.encode(cmd, attrs, NLM_F_REQUEST | NLM_F_ACK, &mut out);
-                pending.insert(seq, i);
+                let size = attrs.iter().map(|a| a.buffer_len()).sum::<usize>() + 64;
+                let last = i + 1 == ops.len() || out.len() + 2 * size >= BATCH_BYTES;
+                let flags = if last { NLM_F_REQUEST | NLM_F_ACK } else { NLM_F_REQUEST };
+                last_seq = self.encode(cmd, attrs, flags, &mut out);
+                pending.insert(last_seq, i);
                 i += 1;
+                if last {
+                    break;
+                }
             }
             report.requests += i - first;
             report.sendmsg_calls += 1;
@@ -295,7 +305,7 @@ impl Client {
                 return Err(io_fail(e, first));
             }
             let mut failures: Vec<(usize, i32)> = Vec::new();
-            while !pending.is_empty() {
+            while pending.contains_key(&last_seq) {
                 self.buf.clear();
                 if let Err(e) = self.socket.recv(&mut self.buf, 0) {
                     let idx = pending.values().min().copied().unwrap_or(first);

@@ -23,10 +23,25 @@ struct Args {
 enum Cmd {
     /// Every test: the workspace's host tests, then the VM tests (the README's test command).
     Test,
+    /// Benchmarks against the anchor tools, side by side in one run.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
     /// The VM lab with a real IPVS kernel.
     Vm {
         #[command(subcommand)]
         cmd: VmCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// `ipvsadm -R` vs `corralctl ipvs restore` on 1k x 10 and 10k x 10 rule files, in one VM run.
+    Ipvs {
+        /// Service counts to run (each with 10 real servers).
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1000, 10000])]
+        sizes: Vec<usize>,
     },
 }
 
@@ -53,6 +68,7 @@ fn main() -> ExitCode {
     }
     let result = match args.cmd {
         Cmd::Test => test_all(),
+        Cmd::Bench { cmd: BenchCmd::Ipvs { sizes } } => bench_ipvs(&sizes),
         Cmd::Vm { cmd: VmCmd::Test { filter } } => vm_test(filter.as_deref()),
         Cmd::Vm { cmd: VmCmd::Run { cmd } } => vm_run(&cmd.join(" ")),
     };
@@ -188,4 +204,98 @@ fn vm_run(cmd: &str) -> Result<()> {
     let initrd = vm::initramfs(&cache, &kernel, &payload)?;
     let outcome = vm::boot(&kernel, &initrd, Duration::from_secs(1800), false)?;
     report(&outcome, 1)
+}
+
+/// A rule file of `services` virtual services with 10 real servers each, in `ipvsadm -S` form.
+fn rule_file(services: usize) -> String {
+    let mut out = String::new();
+    for i in 0..services {
+        let vip = format!("203.0.113.{}:{}", 1 + i % 250, 1000 + i / 250);
+        let sched = ["wlc", "rr", "wrr", "sh"][i % 4];
+        out.push_str(&format!("-A -t {vip} -s {sched}\n"));
+        for h in 1..=10 {
+            out.push_str(&format!("-a -t {vip} -r 198.51.100.{h}:80 -m -w {}\n", 1 + (i + h) % 5));
+        }
+    }
+    out
+}
+
+/// One VM boot runs both tools on the same files; the figures come back as `BENCH key value` lines.
+fn bench_ipvs(sizes: &[usize]) -> Result<()> {
+    let cache = vm_cache()?;
+    let kernel = vm::kernel(&cache)?;
+    let mut payload = vm::Payload { files: build_bins(true)?, ..Default::default() };
+    let mut script = String::from(
+        r#"set -e
+now() { echo $EPOCHREALTIME; }
+ms() { echo "$1 $2" | awk '{printf "%.1f", ($2-$1)*1000}'; }
+"#,
+    );
+    for &n in sizes {
+        let rules = rule_file(n);
+        let changed = rules.replacen("-r 198.51.100.1:80 -m -w", "-r 198.51.100.1:80 -m -w 9 -x 0 #", 1);
+        // One weight changed: same line count, only the first service's first dest differs.
+        let changed: String = changed.lines().map(|l| match l.find(" -x 0 #") {
+            Some(i) => format!("{}\n", &l[..i]),
+            None => format!("{l}\n"),
+        }).collect();
+        let f = cache.join(format!("rules-{n}.txt"));
+        let g = cache.join(format!("rules-{n}-changed.txt"));
+        std::fs::write(&f, &rules)?;
+        std::fs::write(&g, &changed)?;
+        payload.files.push((f, format!("/bench/rules-{n}.txt")));
+        payload.files.push((g, format!("/bench/rules-{n}-changed.txt")));
+        let ops = n * 11;
+        script.push_str(&format!(
+            r#"
+ipvsadm -C
+t0=$(now); ipvsadm -R < /bench/rules-{n}.txt; t1=$(now)
+echo "BENCH ipvsadm_restore_{n}_ms $(ms $t0 $t1)"
+ipvsadm -Sn > /tmp/ipvsadm-{n}.txt
+t0=$(now); ipvsadm -e -t 203.0.113.1:1000 -r 198.51.100.1:80 -m -w 9; t1=$(now)
+echo "BENCH ipvsadm_one_change_{n}_ms $(ms $t0 $t1)"
+ipvsadm -C
+t0=$(now); corralctl ipvs restore < /bench/rules-{n}.txt 2>/tmp/restore-{n}.log; t1=$(now)
+echo "BENCH corralctl_restore_{n}_ms $(ms $t0 $t1)"
+echo "BENCH corralctl_restore_{n}_report $(cat /tmp/restore-{n}.log | tr ' ' '_')"
+ipvsadm -Sn > /tmp/corral-{n}.txt
+if cmp -s /tmp/ipvsadm-{n}.txt /tmp/corral-{n}.txt; then echo "BENCH identical_{n} yes"; else echo "BENCH identical_{n} NO"; exit 1; fi
+t0=$(now); corralctl ipvs restore < /bench/rules-{n}-changed.txt 2>/tmp/change-{n}.log; t1=$(now)
+echo "BENCH corralctl_one_change_{n}_ms $(ms $t0 $t1)"
+echo "BENCH corralctl_one_change_{n}_report $(cat /tmp/change-{n}.log | tr ' ' '_')"
+grep -q "in 1 netlink request(s)" /tmp/change-{n}.log || {{ echo "BENCH one_request_{n} NO"; exit 1; }}
+echo "BENCH objects_{n} {ops}"
+"#
+        ));
+    }
+    payload.script = script;
+    let initrd = vm::initramfs(&cache, &kernel, &payload)?;
+    let outcome = vm::boot(&kernel, &initrd, Duration::from_secs(3000), true)?;
+    let figures: Vec<(String, String)> = outcome
+        .log
+        .lines()
+        .filter_map(|l| l.strip_prefix("BENCH "))
+        .filter_map(|l| l.split_once(' ').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    report(&outcome, 1)?;
+    let get = |k: &str| figures.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    println!("\n| rules | ipvsadm -R | corralctl restore | speed-up | one change: ipvsadm -e | one change: corralctl | identical -Sn |");
+    println!("|---|---|---|---|---|---|---|");
+    for &n in sizes {
+        let a: f64 = get(&format!("ipvsadm_restore_{n}_ms")).parse().unwrap_or(f64::NAN);
+        let b: f64 = get(&format!("corralctl_restore_{n}_ms")).parse().unwrap_or(f64::NAN);
+        println!(
+            "| {n} x 10 ({} objects) | {a:.0} ms | {b:.0} ms | {:.1}x | {} ms | {} ms | {} |",
+            get(&format!("objects_{n}")),
+            a / b,
+            get(&format!("ipvsadm_one_change_{n}_ms")),
+            get(&format!("corralctl_one_change_{n}_ms")),
+            get(&format!("identical_{n}"))
+        );
+    }
+    for &n in sizes {
+        println!("corralctl report {n}: {}", get(&format!("corralctl_restore_{n}_report")).replace('_', " "));
+        println!("corralctl one change {n}: {}", get(&format!("corralctl_one_change_{n}_report")).replace('_', " "));
+    }
+    Ok(())
 }
