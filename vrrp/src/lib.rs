@@ -2,9 +2,11 @@
 //!
 //! # Layout
 //! - [`wire`]: zero-copy packet views and `Repr`s (smoltcp style), checksums, validation.
+//! - [`instance`]: one instance as a sans-IO state machine (RFC 5798 §6 + keepalived tracking).
 //! - [`sys`]: Linux I/O at the edge: raw sockets, GARP / unsolicited NA, VIPs, virtual MACs.
 //!
 //! The protocol core is sans-IO: fed packets, timer expiries and an injected clock, it returns actions.
 
+pub mod instance;
 pub mod sys;
 pub mod wire;
