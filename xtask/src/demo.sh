@@ -1,8 +1,12 @@
 # corral lab demo, run as the VM's payload (bash, root, IPVS modules loaded).
 # A client, one LVS director and three HTTP backends, each in its own network namespace.
-set -eu
+set -euo pipefail
 step() { printf '\n=== %s\n' "$*"; }
 ns() { local n=$1; shift; ip netns exec "$n" "$@"; }
+# One HTTP/1.0 request from the client namespace to the VIP; prints the body line.
+get() { ns client bash -c 'exec 3<>/dev/tcp/203.0.113.1/80; printf "GET / HTTP/1.0\r\n\r\n" >&3; tail -n 1 <&3'; }
+# N requests, tallied per backend; fails the demo unless the tally is what the rule promises.
+tally() { local n=$1 want=$2 got; got=$(for i in $(seq "$n"); do get; done | sort | uniq -c | awk '{print $4"="$1}' | tr '\n' ' '); echo "responses per backend: $got"; [ "$got" = "$want" ] || { echo "DEMO FAILED: expected $want"; exit 1; }; }
 
 step "Building the lab: client (203.0.113.2) -> director (VIP 203.0.113.1) -> backends 198.51.100.11-13"
 for n in client director web1 web2 web3; do ip netns add $n; ns $n ip link set lo up; done
@@ -34,7 +38,7 @@ ns director corralctl ipvs restore < /tmp/rules
 ns director corralctl ipvs list
 
 step "Nine requests from the client to the VIP: round robin spreads them over the three backends"
-for i in $(seq 9); do ns client busybox wget -q -T 3 -O - http://203.0.113.1/; done | sort | uniq -c
+tally 9 "web1=3 web2=3 web3=3 "
 
 step "Rule change: drain web3 (weight 0) and give web1 double weight; corralctl sends only the difference"
 sed -e 's/198.51.100.13:80 -m -w 1/198.51.100.13:80 -m -w 0/' -e 's/198.51.100.11:80 -m -w 1/198.51.100.11:80 -m -w 2/' \
@@ -44,7 +48,7 @@ ns director corralctl ipvs restore < /tmp/rules2
 ns director corralctl ipvs list
 
 step "Nine more requests: web3 gets none, web1 twice as many as web2"
-for i in $(seq 9); do ns client busybox wget -q -T 3 -O - http://203.0.113.1/; done | sort | uniq -c
+tally 9 "web1=6 web2=3 "
 
 step "Counters as ipvsadm shows them (corralctl prints the same layout)"
 ns director corralctl ipvs list --stats

@@ -113,7 +113,9 @@ fn check(status: std::io::Result<std::process::ExitStatus>, what: &str) -> Resul
 
 fn test_all() -> Result<()> {
     check(cargo().args(["test", "--workspace"]).status(), "cargo test --workspace")?;
-    vm_test(None)
+    vm_test(None)?;
+    // The demo checks its own traffic tallies; a broken demo is a failed test run.
+    demo()
 }
 
 /// Builds corralctl and corrald (release-like speed matters for benchmarks; tests use debug).
