@@ -270,6 +270,8 @@ impl Client {
     pub fn apply(&mut self, ops: &[Op]) -> Result<ApplyReport, ApplyError> {
         let mut report = ApplyReport::default();
         let mut i = 0;
+        let trace = std::env::var_os("CORRAL_IPVS_TRACE").is_some();
+        let started = std::time::Instant::now();
         while i < ops.len() {
             let mut out = Vec::with_capacity(BATCH_BYTES + 4096);
             let mut pending: HashMap<u32, usize> = HashMap::new();
@@ -292,6 +294,9 @@ impl Client {
             }
             report.requests += i - first;
             report.sendmsg_calls += 1;
+            if trace {
+                eprintln!("ipvs: batch {} ops {}..{} at {:?}", report.sendmsg_calls, first, i, started.elapsed());
+            }
             let io_fail = |e: io::Error, idx: usize| ApplyError {
                 op: ops[idx].to_string(),
                 index: idx,
