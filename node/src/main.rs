@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use node::config::Config;
+use tokio::signal::unix::{signal, SignalKind};
 
-/// The corral director daemon: VRRP, and (as the cluster issues land) gossip, Raft and IPVS.
+/// The corral director daemon. Today it runs VRRP (standalone, keepalived-compatible).
 #[derive(Parser, Debug)]
 #[command(name = "corrald", version)]
 struct Args {
@@ -27,6 +29,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = node::vrrp_driver::check_supported(&config) {
+        eprintln!("corrald: {}: {e:#}", args.config.display());
+        return ExitCode::from(1);
+    }
     if args.config_test {
         println!(
             "{}: configuration OK ({} VRRP instance(s), {} sync group(s), {} track script(s))",
@@ -37,6 +43,47 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    eprintln!("corrald: running the daemon is not implemented yet; only --config-test works");
-    ExitCode::from(1)
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("corrald: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("corrald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let board = Arc::new(Mutex::new(Vec::new()));
+    let listener = node::admin::bind(&config.node.admin_socket)?;
+    tokio::spawn(node::admin::serve(listener, board.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not implemented yet; nothing changed"),
+            }
+        }
+        tracing::info!("stopping: releasing mastership");
+        let _ = stop_tx.send(()).await;
+    });
+    let socket = config.node.admin_socket.clone();
+    let result = node::vrrp_driver::run(config, board, stop_rx).await;
+    let _ = std::fs::remove_file(socket);
+    result
 }

@@ -1,1 +1,147 @@
-//! lab helpers
+//! The lab harness: network namespaces on a bridge, and helpers to run real daemons in them.
+//!
+//! Every namespace is deleted when its guard drops, so a failing test leaves nothing behind.
+//! Names carry the test process id and a counter so parallel tests never collide.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// True when the lab can run (root). Not root: skip loudly; under CI=true: fail.
+pub fn require_root(test: &str) -> bool {
+    if unsafe { libc_geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs root for network namespaces, and CI=true forbids skipping");
+    }
+    eprintln!("SKIP: {test}: needs root for network namespaces");
+    false
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Fails the test (with the command's output) unless `cmd` succeeds.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("spawn sh");
+    assert!(out.status.success(), "`{cmd}` failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> Netns {
+        let name = format!("c{}-{}-{role}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        sh(&format!("ip netns add {name} && ip -n {name} link set lo up"));
+        Netns { name }
+    }
+    /// A command that runs inside this namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+    /// Runs a shell command inside the namespace; panics on failure.
+    pub fn sh(&self, cmd: &str) -> String {
+        sh(&format!("ip netns exec {} sh -c '{}'", self.name, cmd.replace('\'', r"'\''")))
+    }
+    /// Runs a shell command inside the namespace and returns its output whatever the status.
+    pub fn try_sh(&self, cmd: &str) -> Output {
+        Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", cmd]).output().expect("spawn")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "pids", &self.name]).output().map(|o| {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        });
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A LAN: a bridge in its own namespace and hosts with `eth0` at 192.0.2.N/24.
+pub struct Lan {
+    pub bridge: Netns,
+    pub hosts: Vec<Netns>,
+}
+
+impl Lan {
+    pub fn new(hosts: usize) -> Lan {
+        let bridge = Netns::new("br");
+        bridge.sh("ip link add br0 type bridge && ip link set br0 up");
+        let mut v = Vec::new();
+        for i in 0..hosts {
+            let h = Netns::new(&format!("h{}", i + 1));
+            let port = format!("p{}", i + 1);
+            sh(&format!("ip link add {port} netns {} type veth peer name eth0 netns {}", bridge.name, h.name));
+            bridge.sh(&format!("ip link set {port} master br0 && ip link set {port} up"));
+            h.sh(&format!("ip addr add 192.0.2.{}/24 dev eth0 && ip link set eth0 up", i + 1));
+            v.push(h);
+        }
+        Lan { bridge, hosts: v }
+    }
+}
+
+/// A child process killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Daemon {
+    pub fn spawn(mut cmd: Command, name: &str) -> Daemon {
+        cmd.stdin(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Daemon { child, name: name.to_owned() }
+    }
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status();
+    }
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns true or `within` passes; returns how long it took.
+pub fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// True when `addr` is configured on `eth0` inside `ns`.
+pub fn has_addr(ns: &Netns, addr: &str) -> bool {
+    let out = ns.try_sh("ip -o addr show dev eth0");
+    String::from_utf8_lossy(&out.stdout).contains(&format!(" {addr}/"))
+}

@@ -112,6 +112,8 @@ fn check(status: std::io::Result<std::process::ExitStatus>, what: &str) -> Resul
 }
 
 fn test_all() -> Result<()> {
+    // The lab tests start corrald and corralctl as real processes: build them first.
+    check(cargo().args(["build", "--workspace", "--bins"]).status(), "cargo build --bins")?;
     check(cargo().args(["test", "--workspace"]).status(), "cargo test --workspace")?;
     vm_test(None)?;
     // The demo checks its own traffic tallies; a broken demo is a failed test run.

@@ -1,0 +1,327 @@
+//! Runs the configured VRRP instances: one tokio task owns every instance's sans-IO core and
+//! wakes at the earliest deadline; one reader task per socket forwards received adverts.
+//!
+//! Today: IPv4, VRRPv2 and v3, multicast or unicast peers, gratuitous ARP, notify scripts,
+//! priority-0 release on SIGTERM. Not yet: IPv6 (unsolicited NA), tracked interfaces and
+//! scripts, sync groups, virtual MAC — `corrald` refuses configs that ask for them.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use vrrp::instance::{Action, Instance, InstanceConfig, State};
+use vrrp::sys::garp::{self, ArpSender};
+use vrrp::sys::socket::VrrpSocket;
+use vrrp::sys::vip::Vips;
+use vrrp::wire::{self, Auth, Packet, Repr, RxContext, V3Checksum, Version};
+
+use crate::api::VrrpInstanceStatus;
+use crate::config::{self, Config, VrrpInstanceConfig};
+
+/// What `corralctl vrrp status` reads; refreshed after every event.
+pub type StatusBoard = Arc<Mutex<Vec<VrrpInstanceStatus>>>;
+
+struct Running {
+    conf: VrrpInstanceConfig,
+    inst: Instance,
+    socket: Arc<AsyncFd<VrrpSocket>>,
+    arp: ArpSender,
+    mac: [u8; 6],
+    ifindex: u32,
+    prefixes: Vec<(IpAddr, u8)>,
+    checksum: V3Checksum,
+}
+
+/// Refuses the configuration keys the driver does not implement yet, naming them.
+pub fn check_supported(cfg: &Config) -> Result<()> {
+    for v in &cfg.vrrp {
+        let unsupported = [
+            (!v.track_interfaces.is_empty(), "track_interfaces"),
+            (!v.track_scripts.is_empty(), "track_scripts"),
+            (v.use_vmac, "use_vmac"),
+            (v.virtual_ips.iter().any(|a| a.contains(':')), "IPv6 virtual_ips"),
+        ];
+        for (bad, what) in unsupported {
+            if bad {
+                bail!("vrrp instance {:?}: {what} is not implemented yet in this corrald", v.name);
+            }
+        }
+    }
+    if !cfg.vrrp_sync_group.is_empty() {
+        bail!("vrrp_sync_group is not implemented yet in this corrald");
+    }
+    Ok(())
+}
+
+fn instance_config(v: &VrrpInstanceConfig, primary: IpAddr) -> Result<InstanceConfig> {
+    let vips = v.virtual_ips.iter().map(|s| config::parse_cidr(s).map(|(a, _)| a)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+    let c = InstanceConfig {
+        name: v.name.clone(),
+        vrid: v.vrid,
+        version: if v.version == 2 { Version::V2 } else { Version::V3 },
+        priority: v.priority,
+        advert_interval: v.advert_interval,
+        preempt: v.preempt,
+        preempt_delay: v.preempt_delay,
+        accept: v.accept,
+        primary,
+        vips,
+        unicast_peers: v.unicast_peers.iter().map(|p| p.parse()).collect::<Result<_, _>>()?,
+        auth: match &v.auth_pass {
+            Some(p) => Auth::simple(p).context("auth_pass must be 1..=8 bytes")?,
+            None => Auth::None,
+        },
+    };
+    c.validate().with_context(|| format!("vrrp instance {:?}", v.name))?;
+    Ok(c)
+}
+
+/// Runs until `shutdown` resolves, then releases mastership (priority 0) and removes VIPs.
+pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<()>) -> Result<()> {
+    check_supported(&cfg)?;
+    let vips = Vips::new().context("open rtnetlink")?;
+    let (tx, mut rx) = mpsc::channel::<(usize, vrrp::sys::socket::Received)>(1024);
+    let mut running = Vec::new();
+    for (i, v) in cfg.vrrp.iter().enumerate() {
+        let ifindex = vrrp::sys::ifindex(&v.interface)?;
+        let prefixes: Vec<(IpAddr, u8)> =
+            v.virtual_ips.iter().map(|s| config::parse_cidr(s)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+        let exclude: Vec<IpAddr> = prefixes.iter().map(|p| p.0).collect();
+        let primary = vips
+            .primary(ifindex, false, &exclude)
+            .await
+            .with_context(|| format!("{} has no IPv4 address to send adverts from", v.interface))?;
+        let IpAddr::V4(p4) = primary else { unreachable!() };
+        let socket = Arc::new(async_fd(VrrpSocket::open_v4(&v.interface, p4).with_context(|| format!("raw socket on {}", v.interface))?)?);
+        let reader = socket.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut guard) = reader.readable().await else { return };
+                match guard.try_io(|s| s.get_ref().recv().map_err(|e| match e {
+                    vrrp::sys::socket::RecvError::Io(e) => e,
+                    other => std::io::Error::other(other.to_string()),
+                })) {
+                    Ok(Ok(r)) => {
+                        if tx.send((i, r)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!("vrrp receive on instance {i}: {e}"),
+                    Err(_would_block) => continue,
+                }
+            }
+        });
+        let inst = Instance::new(instance_config(v, primary)?)?;
+        let checksum = match v.v3_checksum {
+            config::V3Checksum::PseudoHeader => V3Checksum::PseudoHeader,
+            config::V3Checksum::Plain => V3Checksum::Plain,
+        };
+        running.push(Running {
+            conf: v.clone(),
+            inst,
+            socket,
+            arp: ArpSender::open(ifindex)?,
+            mac: vrrp::sys::mac_of(&v.interface)?,
+            ifindex,
+            prefixes,
+            checksum,
+        });
+    }
+    drop(tx);
+    let now = Instant::now().into_std();
+    for r in &mut running {
+        // Stale VIPs from a crash must not linger on a backup.
+        for (a, p) in &r.prefixes {
+            let _ = vips.del(r.ifindex, *a, *p).await;
+        }
+        r.inst.startup(now);
+    }
+    loop {
+        for r in &mut running {
+            perform(r, &vips).await;
+        }
+        publish(&running, &board);
+        let deadline = running.iter().filter_map(|r| r.inst.poll_timeout()).min();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {
+                let now = Instant::now().into_std();
+                for r in &mut running {
+                    if r.inst.poll_timeout().is_some_and(|t| t <= now) {
+                        r.inst.handle_timeout(now);
+                    }
+                }
+            }
+            Some((i, pkt)) = rx.recv() => receive(&mut running[i], pkt),
+            _ = shutdown.recv() => break,
+        }
+    }
+    let now = Instant::now().into_std();
+    for r in &mut running {
+        r.inst.shutdown(now);
+        perform(r, &vips).await;
+    }
+    publish(&running, &board);
+    Ok(())
+}
+
+fn receive(r: &mut Running, pkt: vrrp::sys::socket::Received) {
+    let now = Instant::now().into_std();
+    let version = r.inst.config().version;
+    let cx = RxContext { version, src: pkt.src, dst: pkt.dst, ttl: pkt.ttl, v3_checksum: r.checksum };
+    let parsed = Packet::new_checked(&pkt.payload[..]).and_then(|p| {
+        // Another VRID on the same link is not ours and not an error worth more than a count.
+        if p.vrid() != r.inst.config().vrid {
+            return Err(wire::DropReason::VridMismatch);
+        }
+        Repr::parse(&p, &cx)
+    });
+    match parsed {
+        Ok(repr) => r.inst.handle_advert(now, pkt.src, &repr),
+        Err(reason) => r.inst.count_drop(reason),
+    }
+}
+
+async fn perform(r: &mut Running, vips: &Vips) {
+    while let Some(action) = r.inst.poll_action() {
+        match action {
+            Action::SendAdvert(repr) => {
+                let src = r.inst.config().primary;
+                let dsts: Vec<IpAddr> = if r.inst.config().unicast_peers.is_empty() {
+                    vec![IpAddr::V4(wire::MULTICAST_V4)]
+                } else {
+                    r.inst.config().unicast_peers.clone()
+                };
+                for dst in dsts {
+                    let bytes = repr.to_bytes(src, dst, r.checksum);
+                    if let Err(e) = r.socket.get_ref().send(&bytes, dst) {
+                        tracing::warn!(instance = %r.conf.name, "send advert to {dst}: {e}");
+                    }
+                }
+            }
+            Action::AddVips(_) => {
+                for (a, p) in &r.prefixes {
+                    if let Err(e) = vips.add(r.ifindex, *a, *p).await {
+                        tracing::error!(instance = %r.conf.name, "{e}");
+                    }
+                }
+            }
+            Action::RemoveVips(_) => {
+                for (a, p) in &r.prefixes {
+                    if let Err(e) = vips.del(r.ifindex, *a, *p).await {
+                        tracing::error!(instance = %r.conf.name, "{e}");
+                    }
+                }
+            }
+            Action::SendGratuitous(addrs) => {
+                let frames: Vec<[u8; 42]> = addrs
+                    .iter()
+                    .filter_map(|a| match a {
+                        IpAddr::V4(v4) => Some(garp::frame(r.mac, *v4)),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                for f in &frames {
+                    if let Err(e) = r.arp.send(f) {
+                        tracing::warn!(instance = %r.conf.name, "gratuitous ARP: {e}");
+                    }
+                }
+                // The repeats go out later without holding up the protocol.
+                let (repeat, delay) = (r.conf.garp_repeat.saturating_sub(1), r.conf.garp_delay.max(Duration::from_millis(10)));
+                if repeat > 0 {
+                    let ifindex = r.ifindex;
+                    tokio::spawn(async move {
+                        let Ok(arp) = ArpSender::open(ifindex) else { return };
+                        for _ in 0..repeat {
+                            tokio::time::sleep(delay).await;
+                            for f in &frames {
+                                let _ = arp.send(f);
+                            }
+                        }
+                    });
+                }
+            }
+            Action::StateChanged { from, to, priority } => {
+                tracing::info!(instance = %r.conf.name, "{} -> {} (priority {priority})", from.as_str(), to.as_str());
+                notify(&r.conf, to, priority);
+            }
+        }
+    }
+}
+
+/// keepalived-compatible notify hooks, run without waiting for them.
+fn notify(v: &VrrpInstanceConfig, to: State, priority: u8) {
+    let specific = match to {
+        State::Master => v.notify_master.as_deref(),
+        State::Backup => v.notify_backup.as_deref(),
+        State::Fault => v.notify_fault.as_deref(),
+        State::Initialize => None,
+    };
+    let mut cmds: Vec<String> = specific.map(|s| vec![s.to_owned()]).unwrap_or_default();
+    if let Some(n) = &v.notify {
+        if to != State::Initialize {
+            cmds.push(format!("{n} INSTANCE {} {} {priority}", shell_quote(&v.name), to.as_str()));
+        }
+    }
+    for cmd in cmds {
+        match tokio::process::Command::new("/bin/sh").arg("-c").arg(&cmd).spawn() {
+            Ok(mut child) => {
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+            }
+            Err(e) => tracing::warn!("notify {cmd:?}: {e}"),
+        }
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn publish(running: &[Running], board: &StatusBoard) {
+    let list = running
+        .iter()
+        .map(|r| {
+            let c = r.inst.counters();
+            let mut counters: BTreeMap<String, u64> = c.drops.clone();
+            counters.insert("adverts_sent".into(), c.adverts_sent);
+            counters.insert("adverts_received".into(), c.adverts_received);
+            counters.insert("priority_zero_sent".into(), c.priority_zero_sent);
+            counters.insert("priority_zero_received".into(), c.priority_zero_received);
+            counters.insert("became_master".into(), c.became_master);
+            counters.insert("released_master".into(), c.released_master);
+            VrrpInstanceStatus {
+                name: r.conf.name.clone(),
+                interface: r.conf.interface.clone(),
+                vrid: r.conf.vrid,
+                version: r.conf.version,
+                state: r.inst.state().as_str().to_owned(),
+                base_priority: r.conf.priority,
+                effective_priority: r.inst.priority(),
+                master: r.inst.master(),
+                virtual_ips: r.conf.virtual_ips.clone(),
+                counters,
+            }
+        })
+        .collect();
+    *board.lock().unwrap() = list;
+}
+
+/// Registers the socket with tokio. `AsyncFd::new` is deprecated in this tokio for types that do
+/// not prove fd ownership; `VrrpSocket` owns its fd and closes it on drop, which is the contract.
+#[allow(deprecated)]
+fn async_fd(s: VrrpSocket) -> std::io::Result<AsyncFd<VrrpSocket>> {
+    AsyncFd::new(s)
+}

@@ -1,0 +1,168 @@
+//! corrald's VRRP against Debian's keepalived on one L2 segment (network namespaces on a bridge),
+//! with tcpdump in a third namespace as the observer. Both directions, VRRPv3 and VRRPv2+auth.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tests::{has_addr, require_root, wait_for, Daemon, Lan, Netns};
+
+const VIP: &str = "192.0.2.100";
+
+fn corrald_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("CORRALD") {
+        return Some(p.into());
+    }
+    // target/debug/deps/<test> -> target/debug/corrald
+    let p = std::env::current_exe().ok()?.parent()?.parent()?.join("corrald");
+    p.exists().then_some(p)
+}
+
+fn prerequisites(test: &str) -> Option<PathBuf> {
+    if !require_root(test) {
+        return None;
+    }
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    for tool in ["keepalived", "tcpdump"] {
+        if Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| !o.status.success()).unwrap_or(true) {
+            assert!(!ci, "{test}: {tool} is missing and CI=true forbids skipping");
+            eprintln!("SKIP: {test}: {tool} is not installed");
+            return None;
+        }
+    }
+    match corrald_bin() {
+        Some(p) => Some(p),
+        None => {
+            assert!(!ci, "{test}: corrald binary not built (cargo xtask test builds it first)");
+            eprintln!("SKIP: {test}: corrald binary not built (run cargo build --bins)");
+            None
+        }
+    }
+}
+
+fn corrald(bin: &PathBuf, ns: &Netns, dir: &tempdir::Dir, version: u8, priority: u8, interval: &str, auth: Option<&str>) -> Daemon {
+    let auth = auth.map(|a| format!("auth_pass = \"{a}\"\n")).unwrap_or_default();
+    let cfg = format!(
+        "[node]\nadmin_socket = \"{}/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\nversion = {version}\npriority = {priority}\nadvert_interval = \"{interval}\"\nvirtual_ips = [\"{VIP}/24\"]\ngarp_repeat = 1\n{auth}",
+        dir.path.display()
+    );
+    let file = dir.path.join("corrald.toml");
+    std::fs::write(&file, cfg).unwrap();
+    let mut cmd = ns.cmd(bin.to_str().unwrap());
+    cmd.arg("--config").arg(&file).stdout(Stdio::null()).stderr(Stdio::inherit());
+    Daemon::spawn(cmd, "corrald")
+}
+
+fn keepalived(ns: &Netns, dir: &tempdir::Dir, version: u8, priority: u8, interval: &str, auth: Option<&str>) -> Daemon {
+    let auth = auth
+        .map(|a| format!("    authentication {{\n        auth_type PASS\n        auth_pass {a}\n    }}\n"))
+        .unwrap_or_default();
+    let cfg = format!(
+        "global_defs {{\n    vrrp_version {version}\n    vrrp_garp_master_delay 0\n    script_user root\n}}\n\
+         vrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 51\n    priority {priority}\n    advert_int {interval}\n{auth}    virtual_ipaddress {{\n        {VIP}/24\n    }}\n}}\n"
+    );
+    let file = dir.path.join("keepalived.conf");
+    std::fs::write(&file, cfg).unwrap();
+    let mut cmd = ns.cmd("keepalived");
+    cmd.args(["-n", "-l", "-D", "-P", "-f"]).arg(&file).arg("-p").arg(dir.path.join("k.pid")).arg("-r").arg(dir.path.join("v.pid"));
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    Daemon::spawn(cmd, "keepalived")
+}
+
+/// tcpdump on the observer host, writing to a file the test reads.
+fn observer(ns: &Netns, dir: &tempdir::Dir) -> (Daemon, PathBuf) {
+    let out = dir.path.join("tcpdump.txt");
+    let mut cmd = ns.cmd("tcpdump");
+    cmd.args(["-i", "eth0", "-nn", "-l", "-tt", "vrrp or arp"]).stdout(std::fs::File::create(&out).unwrap()).stderr(Stdio::null());
+    let d = Daemon::spawn(cmd, "tcpdump");
+    std::thread::sleep(Duration::from_millis(300));
+    (d, out)
+}
+
+mod tempdir {
+    pub struct Dir {
+        pub path: std::path::PathBuf,
+    }
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let path = std::env::temp_dir().join(format!("corral-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Dir { path }
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn garp_seen(capture: &PathBuf) -> bool {
+    std::fs::read_to_string(capture).unwrap_or_default().lines().any(|l| l.contains(&format!("who-has {VIP}")) && l.contains(&format!("tell {VIP}")))
+}
+
+#[test]
+fn v3_corral_master_keepalived_backup_then_crash_and_release() {
+    let Some(bin) = prerequisites("v3_corral_master_keepalived_backup") else { return };
+    let lan = Lan::new(3);
+    let (h1, h2, h3) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
+    let dir = tempdir::Dir::new("v3a");
+    let (_tcpdump, capture) = observer(h3, &dir);
+    // keepalived is master first; corral with the higher priority preempts it.
+    let _k = keepalived(h2, &dir, 3, 100, "0.1", None);
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h2, VIP)).is_some(), "keepalived alone becomes master");
+    let mut c = corrald(&bin, h1, &dir, 3, 150, "100ms", None);
+    assert!(wait_for(Duration::from_secs(2), || has_addr(h1, VIP)).is_some(), "corral preempts keepalived");
+    assert!(wait_for(Duration::from_secs(1), || !has_addr(h2, VIP)).is_some(), "keepalived released the VIP");
+    assert!(wait_for(Duration::from_secs(1), || garp_seen(&capture)).is_some(), "observer saw a gratuitous ARP");
+    // Stable: keepalived stays backup while corral advertises.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(has_addr(h1, VIP) && !has_addr(h2, VIP));
+    // SIGTERM: corral releases with priority 0; keepalived takes over within skew time (~61 ms).
+    c.signal("TERM");
+    let took = wait_for(Duration::from_secs(1), || has_addr(h2, VIP)).expect("keepalived takes over after the release");
+    assert!(took < Duration::from_millis(300), "priority-0 handover took {took:?}");
+    assert!(c.wait_exit(Duration::from_secs(2)).is_some_and(|s| s.success()), "corrald exits cleanly on SIGTERM");
+    assert!(!has_addr(h1, VIP), "corrald removed its VIP on the way out");
+    let dump = std::fs::read_to_string(&capture).unwrap();
+    assert!(dump.contains("192.0.2.1 > 224.0.0.18: VRRPv3, Advertisement, vrid 51, prio 0"), "priority 0 advert on the wire:\n{dump}");
+}
+
+#[test]
+fn v3_keepalived_master_corral_backup_then_keepalived_crash() {
+    let Some(bin) = prerequisites("v3_keepalived_master_corral_backup") else { return };
+    let lan = Lan::new(2);
+    let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = tempdir::Dir::new("v3b");
+    let _c = corrald(&bin, h1, &dir, 3, 100, "100ms", None);
+    let k = keepalived(h2, &dir, 3, 150, "0.1", None);
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h2, VIP)).is_some(), "keepalived (150) is master");
+    assert!(wait_for(Duration::from_secs(2), || !has_addr(h1, VIP)).is_some(), "corral (100) yields");
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!has_addr(h1, VIP), "corral stays backup");
+    // A true crash: SIGKILL keepalived's VRRP child (the parent would send priority 0).
+    let vrrp_pid = std::fs::read_to_string(dir.path.join("v.pid")).unwrap().trim().to_owned();
+    k.signal("STOP"); // keep the parent from restarting the child
+    tests::sh(&format!("kill -9 {vrrp_pid}"));
+    let took = wait_for(Duration::from_secs(2), || has_addr(h1, VIP)).expect("corral takes over after the master crashed");
+    // Master_Down_Interval = 3 * 100 ms + (256-100)/256 * 100 ms = 361 ms, plus polling.
+    assert!(took < Duration::from_millis(800), "takeover took {took:?}");
+    k.signal("KILL");
+}
+
+#[test]
+fn v2_with_authentication_interoperates() {
+    let Some(bin) = prerequisites("v2_with_authentication_interoperates") else { return };
+    let lan = Lan::new(2);
+    let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = tempdir::Dir::new("v2");
+    let _k = keepalived(h2, &dir, 2, 100, "1", Some("s3cret"));
+    let c = corrald(&bin, h1, &dir, 2, 150, "1s", Some("s3cret"));
+    assert!(wait_for(Duration::from_secs(6), || has_addr(h1, VIP)).is_some(), "corral (150) is master");
+    assert!(wait_for(Duration::from_secs(3), || !has_addr(h2, VIP)).is_some(), "keepalived (100) is backup");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(has_addr(h1, VIP) && !has_addr(h2, VIP), "stable across several adverts: auth accepted both ways");
+    c.signal("TERM");
+    assert!(wait_for(Duration::from_secs(2), || has_addr(h2, VIP)).is_some(), "keepalived takes over after the release");
+}
