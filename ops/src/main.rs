@@ -5,6 +5,9 @@
 //! Exit codes: 0 ok, 1 failure, 2 usage (clap's own).
 
 mod ipvs_cmd;
+mod vrrp_cmd;
+
+use std::path::PathBuf;
 
 use std::process::ExitCode;
 
@@ -13,6 +16,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "corralctl", version, about = "Operate corral directors and the local IPVS table")]
 struct Cli {
+    /// The admin socket of the corrald to talk to (commands that need a daemon).
+    #[arg(long, global = true, default_value = node::config::DEFAULT_ADMIN_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -24,12 +30,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ipvs_cmd::IpvsCmd,
     },
+    /// VRRP instances of a running corrald.
+    Vrrp {
+        #[command(subcommand)]
+        cmd: vrrp_cmd::VrrpCmd,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Ipvs { cmd } => ipvs_cmd::run(cmd),
+        Cmd::Vrrp { cmd } => vrrp_cmd::run(cmd, cli.socket),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
