@@ -85,9 +85,12 @@ fn instance_config(v: &VrrpInstanceConfig, primary: IpAddr) -> Result<InstanceCo
 pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<()>) -> Result<()> {
     check_supported(&cfg)?;
     let vips = Vips::new().context("open rtnetlink")?;
-    let (tx, mut rx) = mpsc::channel::<(usize, vrrp::sys::socket::Received)>(1024);
+    let (tx, mut rx) = mpsc::channel::<(usize, vrrp::sys::socket::Received)>(4096);
+    // One socket per interface, shared by its instances: every raw socket gets a copy of every
+    // VRRP packet on the link, so a socket per instance would multiply the work by the count.
+    let mut sockets: Vec<(String, Arc<AsyncFd<VrrpSocket>>)> = Vec::new();
     let mut running = Vec::new();
-    for (i, v) in cfg.vrrp.iter().enumerate() {
+    for v in cfg.vrrp.iter() {
         let ifindex = vrrp::sys::ifindex(&v.interface)?;
         let prefixes: Vec<(IpAddr, u8)> =
             v.virtual_ips.iter().map(|s| config::parse_cidr(s)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
@@ -97,26 +100,17 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
             .await
             .with_context(|| format!("{} has no IPv4 address to send adverts from", v.interface))?;
         let IpAddr::V4(p4) = primary else { unreachable!() };
-        let socket = Arc::new(async_fd(VrrpSocket::open_v4(&v.interface, p4).with_context(|| format!("raw socket on {}", v.interface))?)?);
-        let reader = socket.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok(mut guard) = reader.readable().await else { return };
-                match guard.try_io(|s| s.get_ref().recv().map_err(|e| match e {
-                    vrrp::sys::socket::RecvError::Io(e) => e,
-                    other => std::io::Error::other(other.to_string()),
-                })) {
-                    Ok(Ok(r)) => {
-                        if tx.send((i, r)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Err(e)) => tracing::warn!("vrrp receive on instance {i}: {e}"),
-                    Err(_would_block) => continue,
-                }
+        let socket = match sockets.iter().find(|(name, _)| *name == v.interface) {
+            Some((_, s)) => s.clone(),
+            None => {
+                let socket = Arc::new(async_fd(
+                    VrrpSocket::open_v4(&v.interface, p4).with_context(|| format!("raw socket on {}", v.interface))?,
+                )?);
+                spawn_reader(sockets.len(), socket.clone(), tx.clone());
+                sockets.push((v.interface.clone(), socket.clone()));
+                socket
             }
-        });
+        };
         let inst = Instance::new(instance_config(v, primary)?)?;
         let checksum = match v.v3_checksum {
             config::V3Checksum::PseudoHeader => V3Checksum::PseudoHeader,
@@ -142,11 +136,14 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
         }
         r.inst.startup(now);
     }
+    for r in &mut running {
+        perform(r, &vips).await;
+    }
+    publish(&running, &board);
+    // The status board is refreshed on a tick, not per packet: with hundreds of instances
+    // at 10 ms adverts, rebuilding it per event would cost more than the protocol itself.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
-        for r in &mut running {
-            perform(r, &vips).await;
-        }
-        publish(&running, &board);
         let deadline = running.iter().filter_map(|r| r.inst.poll_timeout()).min();
         let sleep = async {
             match deadline {
@@ -160,10 +157,30 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
                 for r in &mut running {
                     if r.inst.poll_timeout().is_some_and(|t| t <= now) {
                         r.inst.handle_timeout(now);
+                        perform(r, &vips).await;
                     }
                 }
             }
-            Some((i, pkt)) = rx.recv() => receive(&mut running[i], pkt),
+            Some((sock, pkt)) = rx.recv() => {
+                // Dispatch by VRID among the instances of that interface.
+                let iface = &sockets[sock].0;
+                let vrid = pkt.payload.get(1).copied();
+                match running.iter_mut().find(|r| &r.conf.interface == iface && Some(r.conf.vrid) == vrid) {
+                    Some(r) => {
+                        receive(r, pkt);
+                        perform(r, &vips).await;
+                    }
+                    None => {
+                        // Not ours (another router's VRID, or too short to say): count it on
+                        // the interface's first instance so it is visible somewhere.
+                        let reason = if vrid.is_none() { wire::DropReason::Truncated } else { wire::DropReason::VridMismatch };
+                        if let Some(r) = running.iter_mut().find(|r| &r.conf.interface == iface) {
+                            r.inst.count_drop(reason);
+                        }
+                    }
+                }
+            }
+            _ = tick.tick() => publish(&running, &board),
             _ = shutdown.recv() => break,
         }
     }
@@ -174,6 +191,29 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
     }
     publish(&running, &board);
     Ok(())
+}
+
+fn spawn_reader(index: usize, socket: Arc<AsyncFd<VrrpSocket>>, tx: mpsc::Sender<(usize, vrrp::sys::socket::Received)>) {
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = socket.readable().await else { return };
+            match guard.try_io(|s| {
+                s.get_ref().recv().map_err(|e| match e {
+                    vrrp::sys::socket::RecvError::Io(e) => e,
+                    other => std::io::Error::other(other.to_string()),
+                })
+            }) {
+                Ok(Ok(r)) => {
+                    if tx.send((index, r)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Ok(Err(e)) => tracing::warn!("vrrp receive: {e}"),
+                Err(_would_block) => continue,
+            }
+        }
+    });
 }
 
 fn receive(r: &mut Running, pkt: vrrp::sys::socket::Received) {
