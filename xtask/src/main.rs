@@ -3,6 +3,7 @@
 //! Everything that needs a real IPVS kernel runs inside a qemu VM (see [`vm`]), because the
 //! host kernel of our machines has none.
 
+mod bench_vrrp;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,15 @@ enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_values_t = vec![1000, 10000])]
         sizes: Vec<usize>,
     },
+    /// corrald vs keepalived: failover time at 10 ms / 50 ms / 1 s, CPU of 256 instances (host netns, root).
+    Vrrp {
+        /// Failovers per implementation and interval (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// CPU measurement window in seconds.
+        #[arg(long, default_value_t = 30)]
+        cpu_seconds: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -72,6 +82,9 @@ fn main() -> ExitCode {
         Cmd::Test => test_all(),
         Cmd::Demo => demo(),
         Cmd::Bench { cmd: BenchCmd::Ipvs { sizes } } => bench_ipvs(&sizes),
+        Cmd::Bench { cmd: BenchCmd::Vrrp { repeats, cpu_seconds } } => {
+            build_bins(true).and_then(|_| bench_vrrp::run(&target_dir().join("release/corrald"), repeats, Duration::from_secs(cpu_seconds)))
+        }
         Cmd::Vm { cmd: VmCmd::Test { filter } } => vm_test(filter.as_deref()),
         Cmd::Vm { cmd: VmCmd::Run { cmd } } => vm_run(&cmd.join(" ")),
     };
