@@ -1,9 +1,9 @@
 //! Runs the configured VRRP instances: one tokio task owns every instance's sans-IO core and
 //! wakes at the earliest deadline; one reader task per socket forwards received adverts.
 //!
-//! Today: IPv4, VRRPv2 and v3, multicast or unicast peers, gratuitous ARP, notify scripts,
-//! priority-0 release on SIGTERM. Not yet: IPv6 (unsolicited NA), tracked interfaces and
-//! scripts, sync groups, virtual MAC — `corrald` refuses configs that ask for them.
+//! Today: IPv4 and IPv6, VRRPv2 and v3, multicast or unicast peers, gratuitous ARP and
+//! unsolicited NA, notify scripts, priority-0 release on SIGTERM. Not yet: tracked interfaces
+//! and scripts, sync groups, virtual MAC — `corrald` refuses configs that ask for them.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -44,7 +44,6 @@ pub fn check_supported(cfg: &Config) -> Result<()> {
             (!v.track_interfaces.is_empty(), "track_interfaces"),
             (!v.track_scripts.is_empty(), "track_scripts"),
             (v.use_vmac, "use_vmac"),
-            (v.virtual_ips.iter().any(|a| a.contains(':')), "IPv6 virtual_ips"),
         ];
         for (bad, what) in unsupported {
             if bad {
@@ -88,26 +87,32 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
     let (tx, mut rx) = mpsc::channel::<(usize, vrrp::sys::socket::Received)>(4096);
     // One socket per interface, shared by its instances: every raw socket gets a copy of every
     // VRRP packet on the link, so a socket per instance would multiply the work by the count.
-    let mut sockets: Vec<(String, Arc<AsyncFd<VrrpSocket>>)> = Vec::new();
+    let mut sockets: Vec<((String, bool), Arc<AsyncFd<VrrpSocket>>)> = Vec::new();
     let mut running = Vec::new();
     for v in cfg.vrrp.iter() {
         let ifindex = vrrp::sys::ifindex(&v.interface)?;
         let prefixes: Vec<(IpAddr, u8)> =
             v.virtual_ips.iter().map(|s| config::parse_cidr(s)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
         let exclude: Vec<IpAddr> = prefixes.iter().map(|p| p.0).collect();
+        let v6 = prefixes.first().is_some_and(|p| p.0.is_ipv6());
+        // IPv4 adverts come from the interface's primary address, IPv6 ones from its
+        // link-local address (RFC 5798 §5.1.2.1).
         let primary = vips
-            .primary(ifindex, false, &exclude)
+            .primary(ifindex, v6, &exclude)
             .await
-            .with_context(|| format!("{} has no IPv4 address to send adverts from", v.interface))?;
-        let IpAddr::V4(p4) = primary else { unreachable!() };
-        let socket = match sockets.iter().find(|(name, _)| *name == v.interface) {
+            .with_context(|| format!("{} has no {} address to send adverts from", v.interface, if v6 { "IPv6 link-local" } else { "IPv4" }))?;
+        let key = (v.interface.clone(), v6);
+        let socket = match sockets.iter().find(|(k, _)| *k == key) {
             Some((_, s)) => s.clone(),
             None => {
-                let socket = Arc::new(async_fd(
-                    VrrpSocket::open_v4(&v.interface, p4).with_context(|| format!("raw socket on {}", v.interface))?,
-                )?);
+                let raw = match primary {
+                    IpAddr::V4(p4) => VrrpSocket::open_v4(&v.interface, p4),
+                    IpAddr::V6(p6) => VrrpSocket::open_v6(&v.interface, p6),
+                }
+                .with_context(|| format!("raw socket on {}", v.interface))?;
+                let socket = Arc::new(async_fd(raw)?);
                 spawn_reader(sockets.len(), socket.clone(), tx.clone());
-                sockets.push((v.interface.clone(), socket.clone()));
+                sockets.push((key, socket.clone()));
                 socket
             }
         };
@@ -163,9 +168,9 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
             }
             Some((sock, pkt)) = rx.recv() => {
                 // Dispatch by VRID among the instances of that interface.
-                let iface = &sockets[sock].0;
+                let (iface, v6) = &sockets[sock].0;
                 let vrid = pkt.payload.get(1).copied();
-                match running.iter_mut().find(|r| &r.conf.interface == iface && Some(r.conf.vrid) == vrid) {
+                match running.iter_mut().find(|r| &r.conf.interface == iface && r.inst.config().primary.is_ipv6() == *v6 && Some(r.conf.vrid) == vrid) {
                     Some(r) => {
                         receive(r, pkt);
                         perform(r, &vips).await;
@@ -239,7 +244,7 @@ async fn perform(r: &mut Running, vips: &Vips) {
             Action::SendAdvert(repr) => {
                 let src = r.inst.config().primary;
                 let dsts: Vec<IpAddr> = if r.inst.config().unicast_peers.is_empty() {
-                    vec![IpAddr::V4(wire::MULTICAST_V4)]
+                    vec![if src.is_ipv6() { IpAddr::V6(wire::MULTICAST_V6) } else { IpAddr::V4(wire::MULTICAST_V4) }]
                 } else {
                     r.inst.config().unicast_peers.clone()
                 };
@@ -265,16 +270,16 @@ async fn perform(r: &mut Running, vips: &Vips) {
                 }
             }
             Action::SendGratuitous(addrs) => {
-                let frames: Vec<[u8; 42]> = addrs
+                let frames: Vec<Vec<u8>> = addrs
                     .iter()
-                    .filter_map(|a| match a {
-                        IpAddr::V4(v4) => Some(garp::frame(r.mac, *v4)),
-                        IpAddr::V6(_) => None,
+                    .map(|a| match a {
+                        IpAddr::V4(v4) => garp::frame(r.mac, *v4).to_vec(),
+                        IpAddr::V6(v6) => garp::na_frame(r.mac, *v6).to_vec(),
                     })
                     .collect();
                 for f in &frames {
                     if let Err(e) = r.arp.send(f) {
-                        tracing::warn!(instance = %r.conf.name, "gratuitous ARP: {e}");
+                        tracing::warn!(instance = %r.conf.name, "gratuitous ARP / NA: {e}");
                     }
                 }
                 // The repeats go out later without holding up the protocol.

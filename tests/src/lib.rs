@@ -71,7 +71,7 @@ impl Drop for Netns {
     }
 }
 
-/// A LAN: a bridge in its own namespace and hosts with `eth0` at 192.0.2.N/24.
+/// A LAN: a bridge in its own namespace and hosts with `eth0` at 192.0.2.N/24 and 2001:db8::N/64.
 pub struct Lan {
     pub bridge: Netns,
     pub hosts: Vec<Netns>,
@@ -84,10 +84,15 @@ impl Lan {
         let mut v = Vec::new();
         for i in 0..hosts {
             let h = Netns::new(&format!("h{}", i + 1));
+            // Link-local addresses usable at once (no DAD wait), so IPv6 VRRP can start at once.
+            h.sh("sysctl -qw net.ipv6.conf.default.accept_dad=0 && sysctl -qw net.ipv6.conf.all.accept_dad=0");
             let port = format!("p{}", i + 1);
             sh(&format!("ip link add {port} netns {} type veth peer name eth0 netns {}", bridge.name, h.name));
             bridge.sh(&format!("ip link set {port} master br0 && ip link set {port} up"));
-            h.sh(&format!("ip addr add 192.0.2.{}/24 dev eth0 && ip link set eth0 up", i + 1));
+            h.sh(&format!(
+                "ip addr add 192.0.2.{n}/24 dev eth0 && ip addr add 2001:db8::{n}/64 dev eth0 nodad && ip link set eth0 up",
+                n = i + 1
+            ));
             v.push(h);
         }
         Lan { bridge, hosts: v }

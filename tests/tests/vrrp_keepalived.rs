@@ -41,9 +41,14 @@ fn prerequisites(test: &str) -> Option<PathBuf> {
 }
 
 fn corrald(bin: &PathBuf, ns: &Netns, dir: &tempdir::Dir, version: u8, priority: u8, interval: &str, auth: Option<&str>) -> Daemon {
+    corrald_vip(bin, ns, dir, version, priority, interval, auth, &format!("{VIP}/24"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn corrald_vip(bin: &PathBuf, ns: &Netns, dir: &tempdir::Dir, version: u8, priority: u8, interval: &str, auth: Option<&str>, vip: &str) -> Daemon {
     let auth = auth.map(|a| format!("auth_pass = \"{a}\"\n")).unwrap_or_default();
     let cfg = format!(
-        "[node]\nadmin_socket = \"{}/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\nversion = {version}\npriority = {priority}\nadvert_interval = \"{interval}\"\nvirtual_ips = [\"{VIP}/24\"]\ngarp_repeat = 1\n{auth}",
+        "[node]\nadmin_socket = \"{}/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\nversion = {version}\npriority = {priority}\nadvert_interval = \"{interval}\"\nvirtual_ips = [\"{vip}\"]\ngarp_repeat = 1\n{auth}",
         dir.path.display()
     );
     let file = dir.path.join("corrald.toml");
@@ -54,12 +59,16 @@ fn corrald(bin: &PathBuf, ns: &Netns, dir: &tempdir::Dir, version: u8, priority:
 }
 
 fn keepalived(ns: &Netns, dir: &tempdir::Dir, version: u8, priority: u8, interval: &str, auth: Option<&str>) -> Daemon {
+    keepalived_vip(ns, dir, version, priority, interval, auth, &format!("{VIP}/24"))
+}
+
+fn keepalived_vip(ns: &Netns, dir: &tempdir::Dir, version: u8, priority: u8, interval: &str, auth: Option<&str>, vip: &str) -> Daemon {
     let auth = auth
         .map(|a| format!("    authentication {{\n        auth_type PASS\n        auth_pass {a}\n    }}\n"))
         .unwrap_or_default();
     let cfg = format!(
         "global_defs {{\n    vrrp_version {version}\n    vrrp_garp_master_delay 0\n    script_user root\n}}\n\
-         vrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 51\n    priority {priority}\n    advert_int {interval}\n{auth}    virtual_ipaddress {{\n        {VIP}/24\n    }}\n}}\n"
+         vrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 51\n    priority {priority}\n    advert_int {interval}\n{auth}    virtual_ipaddress {{\n        {vip}\n    }}\n}}\n"
     );
     let file = dir.path.join("keepalived.conf");
     std::fs::write(&file, cfg).unwrap();
@@ -224,4 +233,39 @@ fn bad_packets_are_dropped_counted_and_change_nothing() {
     let out = h2.try_sh(&format!("/usr/bin/python3 {script} 192.0.2.2 valid"));
     assert!(out.status.success());
     assert!(wait_for(Duration::from_secs(2), || vrrp_status(&bin, &dir)["state"] == "BACKUP").is_some(), "a valid advert is accepted");
+}
+
+#[test]
+fn v3_ipv6_interoperates_with_unsolicited_na() {
+    let Some(bin) = prerequisites("v3_ipv6_interoperates_with_unsolicited_na") else { return };
+    const VIP6: &str = "2001:db8::100";
+    let lan = Lan::new(3);
+    let (h1, h2, h3) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
+    let dir = tempdir::Dir::new("v6");
+    let capture = dir.path.join("na.txt");
+    let mut cmd = h3.cmd("tcpdump");
+    cmd.args(["-i", "eth0", "-nn", "-l", "-tt", "icmp6 or vrrp"]).stdout(std::fs::File::create(&capture).unwrap()).stderr(Stdio::null());
+    let _tcpdump = Daemon::spawn(cmd, "tcpdump");
+    std::thread::sleep(Duration::from_millis(300));
+    let k = keepalived_vip(h2, &dir, 3, 100, "0.1", None, &format!("{VIP6}/64"));
+    assert!(wait_for(Duration::from_secs(4), || has_addr(h2, VIP6)).is_some(), "keepalived alone becomes IPv6 master");
+    let c = corrald_vip(&bin, h1, &dir, 3, 150, "100ms", None, &format!("{VIP6}/64"));
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP6)).is_some(), "corral preempts keepalived over IPv6");
+    assert!(wait_for(Duration::from_secs(1), || !has_addr(h2, VIP6)).is_some(), "keepalived released the IPv6 VIP");
+    let na_seen = || {
+        std::fs::read_to_string(&capture)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("neighbor advertisement") && l.contains(&format!("tgt is {VIP6}")))
+    };
+    assert!(wait_for(Duration::from_secs(1), na_seen).is_some(), "observer saw an unsolicited NA");
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(has_addr(h1, VIP6) && !has_addr(h2, VIP6), "stable: keepalived accepts corral's IPv6 adverts");
+    let st = vrrp_status(&bin, &dir);
+    assert_eq!(st["state"], "MASTER", "{st}");
+    assert!(st["master"].as_str().unwrap().starts_with("fe80::"), "IPv6 adverts come from the link-local address: {st}");
+    // Crash corral: keepalived takes over within Master_Down_Interval.
+    tests::sh(&format!("kill -9 {}", c.child.id()));
+    assert!(wait_for(Duration::from_secs(2), || has_addr(h2, VIP6)).is_some(), "keepalived takes over after corral crashed");
+    drop(k);
 }

@@ -1,5 +1,6 @@
-//! Gratuitous ARP: tells the LAN's switches and neighbours that a VIP now lives at our MAC.
-//! Sent as an ARP request for the VIP from the VIP (keepalived's form), through AF_PACKET.
+//! Gratuitous ARP (IPv4) and unsolicited neighbour advertisements (IPv6): they tell the LAN's
+//! switches and neighbours that a VIP now lives at our MAC. Sent through AF_PACKET, the ARP as a
+//! request for the VIP from the VIP (keepalived's form), the NA to all-nodes with Override set.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -22,7 +23,47 @@ pub fn frame(mac: [u8; 6], vip: Ipv4Addr) -> [u8; 42] {
     f
 }
 
-/// An AF_PACKET socket bound to one interface for sending ARP frames.
+/// The 86-byte Ethernet frame of an unsolicited neighbour advertisement for `vip`
+/// (RFC 4861 §7.2.6: to ff02::1, hop limit 255, Override flag, target link-layer option).
+pub fn na_frame(mac: [u8; 6], vip: std::net::Ipv6Addr) -> [u8; 86] {
+    let mut f = [0u8; 86];
+    let all_nodes = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    f[0..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    // IPv6 header
+    f[14] = 0x60;
+    f[18..20].copy_from_slice(&32u16.to_be_bytes()); // payload length
+    f[20] = 58; // ICMPv6
+    f[21] = 255; // hop limit
+    f[22..38].copy_from_slice(&vip.octets());
+    f[38..54].copy_from_slice(&all_nodes.octets());
+    // ICMPv6 neighbour advertisement
+    f[54] = 136;
+    f[58] = 0x20; // Override
+    f[62..78].copy_from_slice(&vip.octets());
+    f[78] = 2; // target link-layer address option
+    f[79] = 1; // 8 bytes
+    f[80..86].copy_from_slice(&mac);
+    let mut acc: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+        }
+    };
+    add(&vip.octets());
+    add(&all_nodes.octets());
+    add(&32u32.to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(&f[54..86]);
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    f[56..58].copy_from_slice(&(!(acc as u16)).to_be_bytes());
+    f
+}
+
+/// An AF_PACKET socket bound to one interface for sending ARP and NA frames.
 pub struct ArpSender {
     fd: libc::c_int,
     ifindex: u32,
@@ -41,7 +82,8 @@ impl ArpSender {
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+        sll.sll_protocol = ethertype.to_be();
         sll.sll_ifindex = self.ifindex as i32;
         sll.sll_halen = 6;
         sll.sll_addr[..6].copy_from_slice(&frame[..6]);
@@ -82,5 +124,24 @@ mod tests {
             0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 192, 0, 2, 100, // target: the VIP
         ];
         assert_eq!(f, expect);
+    }
+
+    #[test]
+    fn unsolicited_na_frame_checksums() {
+        let vip: std::net::Ipv6Addr = "2001:db8::100".parse().unwrap();
+        let f = na_frame([0x02, 0, 0, 0, 0, 1], vip);
+        assert_eq!(&f[0..6], &[0x33, 0x33, 0, 0, 0, 1]);
+        assert_eq!((f[20], f[21], f[54], f[58]), (58, 255, 136, 0x20));
+        // The ICMPv6 checksum verifies: the sum over pseudo-header and message folds to 0xffff.
+        let mut acc: u32 = 0;
+        for b in [&vip.octets()[..], &f[38..54], &32u32.to_be_bytes(), &[0, 0, 0, 58], &f[54..86]] {
+            for c in b.chunks(2) {
+                acc += u16::from_be_bytes([c[0], c[1]]) as u32;
+            }
+        }
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        assert_eq!(acc, 0xffff);
     }
 }

@@ -32,6 +32,20 @@ pub enum RecvError {
 /// One raw socket per (interface, family).
 pub struct VrrpSocket {
     sock: Socket,
+    v6: bool,
+    /// IPv6: the link-local source every advert must carry (it is also in the checksum).
+    src6: Option<std::net::Ipv6Addr>,
+    ifindex: u32,
+}
+
+fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    let r = unsafe {
+        libc::setsockopt(fd, level, name, &value as *const _ as *const libc::c_void, std::mem::size_of::<libc::c_int>() as u32)
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl VrrpSocket {
@@ -46,18 +60,114 @@ impl VrrpSocket {
         sock.set_multicast_loop_v4(false)?;
         sock.join_multicast_v4_n(&MULTICAST_V4, &InterfaceIndexOrAddress::Index(index))?;
         sock.set_nonblocking(true)?;
-        Ok(VrrpSocket { sock })
+        Ok(VrrpSocket { sock, v6: false, src6: None, ifindex: index })
+    }
+
+    /// Opens the IPv6 socket on `ifname`; adverts leave from the link-local `primary`.
+    pub fn open_v6(ifname: &str, primary: std::net::Ipv6Addr) -> io::Result<VrrpSocket> {
+        let index = super::ifindex(ifname)?;
+        let sock = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::from(PROTOCOL as i32)))?;
+        sock.bind_device(Some(ifname.as_bytes()))?;
+        sock.set_multicast_if_v6(index)?;
+        sock.set_multicast_hops_v6(TTL as u32)?;
+        sock.set_unicast_hops_v6(TTL as u32)?;
+        sock.set_multicast_loop_v6(false)?;
+        sock.join_multicast_v6(&crate::wire::MULTICAST_V6, index)?;
+        let fd = sock.as_raw_fd();
+        // The hop limit and destination of each received packet come as control messages.
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?;
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+        sock.set_nonblocking(true)?;
+        Ok(VrrpSocket { sock, v6: true, src6: Some(primary), ifindex: index })
     }
 
     /// Sends one VRRP message to `dst` (the group or a unicast peer).
     pub fn send(&self, payload: &[u8], dst: IpAddr) -> io::Result<()> {
-        let addr = SockAddr::from(SocketAddr::new(dst, 0));
-        self.sock.send_to(payload, &addr)?;
+        match (dst, self.src6) {
+            (IpAddr::V6(d), Some(src)) => self.send_v6(payload, d, src),
+            _ => {
+                let addr = SockAddr::from(SocketAddr::new(dst, 0));
+                self.sock.send_to(payload, &addr)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// IPv6 sends pin the source with IPV6_PKTINFO: the checksum was computed over it.
+    fn send_v6(&self, payload: &[u8], dst: std::net::Ipv6Addr, src: std::net::Ipv6Addr) -> io::Result<()> {
+        let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        sa.sin6_family = libc::AF_INET6 as u16;
+        sa.sin6_addr.s6_addr = dst.octets();
+        sa.sin6_scope_id = self.ifindex;
+        let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: src.octets() }, ipi6_ifindex: self.ifindex };
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::in6_pktinfo>() as u32) } as usize;
+        let mut control = vec![0u8; space];
+        let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = &mut sa as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space as _;
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::IPPROTO_IPV6;
+            (*c).cmsg_type = libc::IPV6_PKTINFO;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in6_pktinfo>() as u32) as _;
+            std::ptr::copy_nonoverlapping(&info as *const _ as *const u8, libc::CMSG_DATA(c), std::mem::size_of::<libc::in6_pktinfo>());
+        }
+        let r = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, 0) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(())
+    }
+
+    /// IPv6: the payload comes without the IP header; source from the address, hop limit and
+    /// destination from control messages.
+    fn recv_v6(&self) -> Result<Received, RecvError> {
+        let mut buf = [0u8; 2048];
+        let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        let mut control = [0u8; 128];
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = &mut sa as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = control.len() as _;
+        let n = unsafe { libc::recvmsg(self.sock.as_raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            return Err(RecvError::Io(io::Error::last_os_error()));
+        }
+        let mut ttl = 0u8;
+        let mut dst = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_HOPLIMIT {
+                    let mut v: libc::c_int = 0;
+                    std::ptr::copy_nonoverlapping(libc::CMSG_DATA(c), &mut v as *mut _ as *mut u8, 4);
+                    ttl = v.clamp(0, 255) as u8;
+                } else if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_PKTINFO {
+                    let mut info: libc::in6_pktinfo = std::mem::zeroed();
+                    std::ptr::copy_nonoverlapping(libc::CMSG_DATA(c), &mut info as *mut _ as *mut u8, std::mem::size_of::<libc::in6_pktinfo>());
+                    dst = IpAddr::V6(std::net::Ipv6Addr::from(info.ipi6_addr.s6_addr));
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        let src = IpAddr::V6(std::net::Ipv6Addr::from(sa.sin6_addr.s6_addr));
+        Ok(Received { src, dst, ttl, payload: buf[..n as usize].to_vec() })
     }
 
     /// Receives one datagram (non-blocking: `WouldBlock` when none is queued).
     pub fn recv(&self) -> Result<Received, RecvError> {
+        if self.v6 {
+            return self.recv_v6();
+        }
         let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
         let (n, _) = self.sock.recv_from(&mut buf)?;
         // SAFETY: recv_from initialised the first n bytes.

@@ -65,14 +65,16 @@ impl Vips {
         Ok(())
     }
 
-    /// The interface's first address of the family that is not one of `exclude`.
+    /// The interface's first address of the family that is not one of `exclude`; for IPv6 its
+    /// link-local address, which is what VRRPv3 adverts must come from.
     pub async fn primary(&self, ifindex: u32, v6: bool, exclude: &[IpAddr]) -> Option<IpAddr> {
         use netlink_packet_route::address::AddressAttribute;
         let mut stream = self.handle.address().get().set_link_index_filter(ifindex).execute();
         while let Ok(Some(msg)) = stream.try_next().await {
             for a in &msg.attributes {
                 if let AddressAttribute::Address(ip) = a {
-                    if ip.is_ipv6() == v6 && !exclude.contains(ip) {
+                    let link_local = matches!(ip, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
+                    if ip.is_ipv6() == v6 && !exclude.contains(ip) && (!v6 || link_local) {
                         return Some(*ip);
                     }
                 }
