@@ -7,4 +7,5 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod tracking;
 pub mod vrrp_driver;

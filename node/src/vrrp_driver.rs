@@ -2,8 +2,9 @@
 //! wakes at the earliest deadline; one reader task per socket forwards received adverts.
 //!
 //! Today: IPv4 and IPv6, VRRPv2 and v3, multicast or unicast peers, gratuitous ARP and
-//! unsolicited NA, notify scripts, priority-0 release on SIGTERM. Not yet: tracked interfaces
-//! and scripts, sync groups, virtual MAC — `corrald` refuses configs that ask for them.
+//! unsolicited NA, notify scripts, tracked interfaces and scripts with keepalived's weights,
+//! priority-0 release on SIGTERM. Not yet: sync groups, virtual MAC — `corrald` refuses
+//! configs that ask for them.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -41,8 +42,6 @@ struct Running {
 pub fn check_supported(cfg: &Config) -> Result<()> {
     for v in &cfg.vrrp {
         let unsupported = [
-            (!v.track_interfaces.is_empty(), "track_interfaces"),
-            (!v.track_scripts.is_empty(), "track_scripts"),
             (v.use_vmac, "use_vmac"),
         ];
         for (bad, what) in unsupported {
@@ -133,6 +132,20 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
         });
     }
     drop(tx);
+    // Tracked objects: read once now (an instance whose interface is down starts in FAULT),
+    // then watched by their own task.
+    let snap = crate::tracking::initial(&cfg);
+    for r in &mut running {
+        let (fault, adjust) = crate::tracking::effect(&r.conf.track_interfaces, &r.conf.track_scripts, &cfg.track_script, &snap);
+        r.inst.set_tracking(Instant::now().into_std(), fault, adjust);
+    }
+    let (track_tx, mut track_rx) = mpsc::channel(16);
+    let tracked = cfg.vrrp.iter().any(|v| !v.track_interfaces.is_empty() || !v.track_scripts.is_empty());
+    if tracked {
+        tokio::spawn(crate::tracking::run(cfg.clone(), snap, track_tx));
+    } else {
+        drop(track_tx);
+    }
     let now = Instant::now().into_std();
     for r in &mut running {
         // Stale VIPs from a crash must not linger on a backup.
@@ -183,6 +196,14 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
                             r.inst.count_drop(reason);
                         }
                     }
+                }
+            }
+            Some(snap) = track_rx.recv() => {
+                let now = Instant::now().into_std();
+                for r in &mut running {
+                    let (fault, adjust) = crate::tracking::effect(&r.conf.track_interfaces, &r.conf.track_scripts, &cfg.track_script, &snap);
+                    r.inst.set_tracking(now, fault, adjust);
+                    perform(r, &vips).await;
                 }
             }
             _ = tick.tick() => publish(&running, &board),

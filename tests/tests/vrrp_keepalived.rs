@@ -269,3 +269,48 @@ fn v3_ipv6_interoperates_with_unsolicited_na() {
     assert!(wait_for(Duration::from_secs(2), || has_addr(h2, VIP6)).is_some(), "keepalived takes over after corral crashed");
     drop(k);
 }
+
+#[test]
+fn tracked_interface_and_script_move_mastership_like_keepalived() {
+    let Some(bin) = prerequisites("tracked_interface_and_script_move_mastership_like_keepalived") else { return };
+    let lan = Lan::new(2);
+    let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = tempdir::Dir::new("track");
+    h1.sh("ip link add eth1 type veth peer name eth1p && ip link set eth1p up && ip link set eth1 up");
+    let flag = dir.path.join("healthy");
+    std::fs::write(&flag, "").unwrap();
+    let cfg = format!(
+        "[node]\nadmin_socket = \"{d}/admin.sock\"\n\n[[track_script]]\nname = \"chk\"\nscript = \"test -e {f}\"\ninterval = \"100ms\"\nweight = 0\nfall = 2\nrise = 1\n\n\
+         [[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n\
+         track_interfaces = [{{ name = \"eth1\", weight = -60 }}]\ntrack_scripts = [\"chk\"]\n",
+        d = dir.path.display(),
+        f = flag.display()
+    );
+    let file = dir.path.join("corrald.toml");
+    std::fs::write(&file, cfg).unwrap();
+    let mut cmd = h1.cmd(bin.to_str().unwrap());
+    cmd.arg("--config").arg(&file).stdout(Stdio::null()).stderr(Stdio::inherit());
+    let _c = Daemon::spawn(cmd, "corrald");
+    let _k = keepalived(h2, &dir, 3, 100, "0.1", None);
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral (150) is master");
+    // Tracked interface down: 150 - 60 = 90 < 100, keepalived preempts.
+    h1.sh("ip link set eth1 down");
+    assert!(wait_for(Duration::from_secs(2), || has_addr(h2, VIP)).is_some(), "keepalived takes over at our priority 90");
+    assert!(wait_for(Duration::from_secs(1), || !has_addr(h1, VIP)).is_some());
+    // The status board refreshes every 50 ms: poll it.
+    let backup_at_90 = || {
+        let st = vrrp_status(&bin, &dir);
+        st["state"] == "BACKUP" && st["effective_priority"] == 90
+    };
+    assert!(wait_for(Duration::from_secs(1), backup_at_90).is_some(), "{}", vrrp_status(&bin, &dir));
+    // Back up: 150 again, and we preempt.
+    h1.sh("ip link set eth1 up");
+    assert!(wait_for(Duration::from_secs(2), || has_addr(h1, VIP)).is_some(), "corral preempts again at 150");
+    // A weight-0 script failing (fall = 2): FAULT, VIP released to keepalived.
+    std::fs::remove_file(&flag).unwrap();
+    assert!(wait_for(Duration::from_secs(3), || vrrp_status(&bin, &dir)["state"] == "FAULT").is_some(), "script failure means FAULT");
+    assert!(wait_for(Duration::from_secs(2), || has_addr(h2, VIP) && !has_addr(h1, VIP)).is_some(), "keepalived holds the VIP");
+    // Healthy again: FAULT -> BACKUP -> preempt to MASTER.
+    std::fs::write(&flag, "").unwrap();
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral recovers and preempts");
+}
