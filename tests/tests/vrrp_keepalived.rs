@@ -314,3 +314,43 @@ fn tracked_interface_and_script_move_mastership_like_keepalived() {
     std::fs::write(&flag, "").unwrap();
     assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral recovers and preempts");
 }
+
+#[test]
+fn unicast_peers_interoperate() {
+    let Some(bin) = prerequisites("unicast_peers_interoperate") else { return };
+    let lan = Lan::new(3);
+    let (h1, h2, h3) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
+    let dir = tempdir::Dir::new("ucast");
+    let (_tcpdump, capture) = observer(h3, &dir);
+    let cfg = format!(
+        "[node]\nadmin_socket = \"{}/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\n\
+         advert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\nunicast_peers = [\"192.0.2.2\"]\n",
+        dir.path.display()
+    );
+    let file = dir.path.join("corrald.toml");
+    std::fs::write(&file, cfg).unwrap();
+    let mut cmd = h1.cmd(bin.to_str().unwrap());
+    cmd.arg("--config").arg(&file).stdout(Stdio::null()).stderr(Stdio::inherit());
+    let c = Daemon::spawn(cmd, "corrald");
+    let kcfg = format!(
+        "global_defs {{\n    vrrp_version 3\n    vrrp_garp_master_delay 0\n}}\nvrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    \
+         virtual_router_id 51\n    priority 100\n    advert_int 0.1\n    unicast_src_ip 192.0.2.2\n    unicast_peer {{\n        192.0.2.1\n    }}\n    \
+         virtual_ipaddress {{\n        {VIP}/24\n    }}\n}}\n"
+    );
+    let kfile = dir.path.join("keepalived.conf");
+    std::fs::write(&kfile, kcfg).unwrap();
+    let mut kcmd = h2.cmd("keepalived");
+    kcmd.args(["-n", "-l", "-D", "-P", "-f"]).arg(&kfile).arg("-p").arg(dir.path.join("k.pid")).arg("-r").arg(dir.path.join("v.pid"));
+    kcmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let _k = Daemon::spawn(kcmd, "keepalived");
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral (150) is master over unicast");
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(has_addr(h1, VIP) && !has_addr(h2, VIP), "keepalived accepts corral's unicast adverts");
+    let dump = std::fs::read_to_string(&capture).unwrap();
+    assert!(!dump.contains("> 224.0.0.18: VRRP"), "no multicast adverts from either side:\n{dump}");
+    // keepalived staying backup is the proof that it receives corral's unicast adverts.
+    let st = vrrp_status(&bin, &dir);
+    assert_eq!(st["state"], "MASTER", "{st}");
+    tests::sh(&format!("kill -9 {}", c.child.id()));
+    assert!(wait_for(Duration::from_secs(2), || has_addr(h2, VIP)).is_some(), "keepalived takes over over unicast");
+}
