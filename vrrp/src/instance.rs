@@ -129,6 +129,9 @@ pub enum Action {
     SendGratuitous(Vec<IpAddr>),
     /// For notify scripts, logs and sync groups.
     StateChanged { from: State, to: State, priority: u8 },
+    /// A sync-group member's Master_Down timer expired but its group holds it in BACKUP until
+    /// every member wants MASTER (see [`crate::group`]).
+    WantMaster,
 }
 
 /// Counters an operator reads in `corralctl vrrp status`.
@@ -161,6 +164,10 @@ pub struct Instance {
     /// Learned from the master's adverts (v3), else our own interval.
     master_adver_cs: u16,
     master: Option<IpAddr>,
+    /// False for sync-group members: MASTER only when the group says so.
+    gate_open: bool,
+    /// A gated member whose Master_Down timer expired.
+    wants_master: bool,
     timers: [Option<Instant>; 2],
     started: Option<Instant>,
     actions: VecDeque<Action>,
@@ -179,6 +186,8 @@ impl Instance {
             fault: false,
             master_adver_cs: cs,
             master: None,
+            gate_open: true,
+            wants_master: false,
             timers: [None; 2],
             started: None,
             actions: VecDeque::new(),
@@ -276,6 +285,7 @@ impl Instance {
     }
 
     fn become_master(&mut self, now: Instant) {
+        self.wants_master = false;
         self.advert(self.priority());
         self.set_timer(Timer::MasterDown, None);
         self.set_timer(Timer::Adver, Some(now + self.cfg.advert_interval));
@@ -320,7 +330,13 @@ impl Instance {
             self.set_timer(Timer::Adver, Some(now + self.cfg.advert_interval));
         }
         if self.timers[Timer::MasterDown as usize].is_some_and(|t| t <= now) && self.state == State::Backup {
-            self.become_master(now);
+            if self.gate_open {
+                self.become_master(now);
+            } else {
+                self.wants_master = true;
+                self.set_timer(Timer::MasterDown, Some(now + self.master_down_interval()));
+                self.actions.push_back(Action::WantMaster);
+            }
         }
     }
 
@@ -365,6 +381,7 @@ impl Instance {
                         self.master_adver_cs = adv.adver_int_cs;
                     }
                     self.master = Some(src);
+                    self.wants_master = false;
                     self.set_timer(Timer::MasterDown, Some(now + self.master_down_interval()));
                 }
                 // else: a lower-priority master and we preempt: let Master_Down expire.
@@ -417,6 +434,21 @@ impl Instance {
         }
     }
 
+    /// Sync-group members are gated: their Master_Down expiry asks the group ([`Action::WantMaster`]).
+    pub fn set_gated(&mut self, gated: bool) {
+        self.gate_open = !gated;
+    }
+
+    /// A gated member waiting for its group to go MASTER.
+    pub fn wants_master(&self) -> bool {
+        self.wants_master
+    }
+
+    /// True when a tracked object with weight 0 is down.
+    pub fn tracking_fault(&self) -> bool {
+        self.fault
+    }
+
     /// Forced transition for sync groups: BACKUP or FAULT follow a peer member; MASTER is
     /// taken only when the group's members agree (see [`crate::group`]).
     pub fn force(&mut self, now: Instant, to: State) {
@@ -432,6 +464,11 @@ impl Instance {
                 }
                 self.timers = [None; 2];
                 self.transition(State::Fault);
+            }
+            // Leaving a group FAULT that was not our own.
+            State::Backup if self.state == State::Fault && !self.fault => {
+                self.master_adver_cs = self.cfg.interval_cs();
+                self.become_backup(now);
             }
             _ => {}
         }

@@ -7,6 +7,7 @@
 //!
 //! The protocol core is sans-IO: fed packets, timer expiries and an injected clock, it returns actions.
 
+pub mod group;
 pub mod instance;
 pub mod sys;
 pub mod wire;
