@@ -3,8 +3,7 @@
 //!
 //! Today: IPv4 and IPv6, VRRPv2 and v3, multicast or unicast peers, gratuitous ARP and
 //! unsolicited NA, notify scripts, tracked interfaces and scripts with keepalived's weights,
-//! priority-0 release on SIGTERM. Not yet: sync groups, virtual MAC — `corrald` refuses
-//! configs that ask for them.
+//! sync groups, priority-0 release on SIGTERM. Not yet: virtual MAC (`corrald` refuses it).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -15,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use vrrp::group::SyncGroup;
 use vrrp::instance::{Action, Instance, InstanceConfig, State};
 use vrrp::sys::garp::{self, ArpSender};
 use vrrp::sys::socket::VrrpSocket;
@@ -26,6 +26,38 @@ use crate::config::{self, Config, VrrpInstanceConfig};
 
 /// What `corralctl vrrp status` reads; refreshed after every event.
 pub type StatusBoard = Arc<Mutex<Vec<VrrpInstanceStatus>>>;
+
+/// What a sync group needs to hear about after an instance acted.
+#[derive(Debug, Clone, Copy)]
+enum GroupEvent {
+    Changed(State, State),
+    WantMaster,
+}
+
+impl AsMut<Instance> for Running {
+    fn as_mut(&mut self) -> &mut Instance {
+        &mut self.inst
+    }
+}
+
+/// Performs instance `i`'s actions, then lets its sync groups react, and performs the actions of
+/// every member they forced, until nothing is left to do.
+async fn step(i: usize, running: &mut [Running], groups: &[SyncGroup], vips: &Vips) {
+    let mut queue = vec![i];
+    while let Some(k) = queue.pop() {
+        let events = perform(&mut running[k], vips).await;
+        let now = Instant::now().into_std();
+        for e in events {
+            for g in groups {
+                let forced = match e {
+                    GroupEvent::Changed(from, to) => g.on_change(now, running, k, from, to),
+                    GroupEvent::WantMaster => g.on_want_master(now, running, k),
+                };
+                queue.extend(forced);
+            }
+        }
+    }
+}
 
 struct Running {
     conf: VrrpInstanceConfig,
@@ -49,9 +81,6 @@ pub fn check_supported(cfg: &Config) -> Result<()> {
                 bail!("vrrp instance {:?}: {what} is not implemented yet in this corrald", v.name);
             }
         }
-    }
-    if !cfg.vrrp_sync_group.is_empty() {
-        bail!("vrrp_sync_group is not implemented yet in this corrald");
     }
     Ok(())
 }
@@ -132,6 +161,17 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
         });
     }
     drop(tx);
+    let groups: Vec<SyncGroup> = cfg
+        .vrrp_sync_group
+        .iter()
+        .map(|g| SyncGroup {
+            name: g.name.clone(),
+            members: g.members.iter().filter_map(|m| cfg.vrrp.iter().position(|v| &v.name == m)).collect(),
+        })
+        .collect();
+    for g in &groups {
+        g.install(&mut running);
+    }
     // Tracked objects: read once now (an instance whose interface is down starts in FAULT),
     // then watched by their own task.
     let snap = crate::tracking::initial(&cfg);
@@ -154,8 +194,8 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
         }
         r.inst.startup(now);
     }
-    for r in &mut running {
-        perform(r, &vips).await;
+    for i in 0..running.len() {
+        step(i, &mut running, &groups, &vips).await;
     }
     publish(&running, &board);
     // The status board is refreshed on a tick, not per packet: with hundreds of instances
@@ -172,10 +212,10 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
         tokio::select! {
             _ = sleep => {
                 let now = Instant::now().into_std();
-                for r in &mut running {
-                    if r.inst.poll_timeout().is_some_and(|t| t <= now) {
-                        r.inst.handle_timeout(now);
-                        perform(r, &vips).await;
+                for i in 0..running.len() {
+                    if running[i].inst.poll_timeout().is_some_and(|t| t <= now) {
+                        running[i].inst.handle_timeout(now);
+                        step(i, &mut running, &groups, &vips).await;
                     }
                 }
             }
@@ -183,10 +223,10 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
                 // Dispatch by VRID among the instances of that interface.
                 let (iface, v6) = &sockets[sock].0;
                 let vrid = pkt.payload.get(1).copied();
-                match running.iter_mut().find(|r| &r.conf.interface == iface && r.inst.config().primary.is_ipv6() == *v6 && Some(r.conf.vrid) == vrid) {
-                    Some(r) => {
-                        receive(r, pkt);
-                        perform(r, &vips).await;
+                match running.iter().position(|r| &r.conf.interface == iface && r.inst.config().primary.is_ipv6() == *v6 && Some(r.conf.vrid) == vrid) {
+                    Some(i) => {
+                        receive(&mut running[i], pkt);
+                        step(i, &mut running, &groups, &vips).await;
                     }
                     None => {
                         // Not ours (another router's VRID, or too short to say): count it on
@@ -200,10 +240,11 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
             }
             Some(snap) = track_rx.recv() => {
                 let now = Instant::now().into_std();
-                for r in &mut running {
+                for i in 0..running.len() {
+                    let r = &mut running[i];
                     let (fault, adjust) = crate::tracking::effect(&r.conf.track_interfaces, &r.conf.track_scripts, &cfg.track_script, &snap);
                     r.inst.set_tracking(now, fault, adjust);
-                    perform(r, &vips).await;
+                    step(i, &mut running, &groups, &vips).await;
                 }
             }
             _ = tick.tick() => publish(&running, &board),
@@ -259,7 +300,8 @@ fn receive(r: &mut Running, pkt: vrrp::sys::socket::Received) {
     }
 }
 
-async fn perform(r: &mut Running, vips: &Vips) {
+async fn perform(r: &mut Running, vips: &Vips) -> Vec<GroupEvent> {
+    let mut events = Vec::new();
     while let Some(action) = r.inst.poll_action() {
         match action {
             Action::SendAdvert(repr) => {
@@ -321,9 +363,12 @@ async fn perform(r: &mut Running, vips: &Vips) {
             Action::StateChanged { from, to, priority } => {
                 tracing::info!(instance = %r.conf.name, "{} -> {} (priority {priority})", from.as_str(), to.as_str());
                 notify(&r.conf, to, priority);
+                events.push(GroupEvent::Changed(from, to));
             }
+            Action::WantMaster => events.push(GroupEvent::WantMaster),
         }
     }
+    events
 }
 
 /// keepalived-compatible notify hooks, run without waiting for them.

@@ -354,3 +354,48 @@ fn unicast_peers_interoperate() {
     tests::sh(&format!("kill -9 {}", c.child.id()));
     assert!(wait_for(Duration::from_secs(2), || has_addr(h2, VIP)).is_some(), "keepalived takes over over unicast");
 }
+
+#[test]
+fn sync_group_moves_together_against_keepalived() {
+    let Some(bin) = prerequisites("sync_group_moves_together_against_keepalived") else { return };
+    const VIP2: &str = "192.0.2.101";
+    let lan = Lan::new(2);
+    let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = tempdir::Dir::new("sync");
+    let flag = dir.path.join("healthy");
+    std::fs::write(&flag, "").unwrap();
+    let inst = |name: &str, vrid: u8, vip: &str, track: &str| {
+        format!("\n[[vrrp]]\nname = \"{name}\"\ninterface = \"eth0\"\nvrid = {vrid}\npriority = 150\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{vip}/24\"]\n{track}")
+    };
+    let cfg = format!(
+        "[node]\nadmin_socket = \"{d}/admin.sock\"\n\n[[track_script]]\nname = \"chk\"\nscript = \"test -e {f}\"\ninterval = \"100ms\"\n{}{}\n[[vrrp_sync_group]]\nname = \"G\"\nmembers = [\"OUT\", \"IN\"]\n",
+        inst("OUT", 51, VIP, ""),
+        inst("IN", 52, VIP2, "track_scripts = [\"chk\"]\n"),
+        d = dir.path.display(),
+        f = flag.display()
+    );
+    let file = dir.path.join("corrald.toml");
+    std::fs::write(&file, cfg).unwrap();
+    let mut cmd = h1.cmd(bin.to_str().unwrap());
+    cmd.arg("--config").arg(&file).stdout(Stdio::null()).stderr(Stdio::inherit());
+    let _c = Daemon::spawn(cmd, "corrald");
+    let kcfg = format!(
+        "global_defs {{\n    vrrp_version 3\n    vrrp_garp_master_delay 0\n}}\nvrrp_sync_group G {{\n    group {{\n        OUT\n        IN\n    }}\n}}\n\
+         vrrp_instance OUT {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 51\n    priority 100\n    advert_int 0.1\n    virtual_ipaddress {{\n        {VIP}/24\n    }}\n}}\n\
+         vrrp_instance IN {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 52\n    priority 100\n    advert_int 0.1\n    virtual_ipaddress {{\n        {VIP2}/24\n    }}\n}}\n"
+    );
+    let kfile = dir.path.join("keepalived.conf");
+    std::fs::write(&kfile, kcfg).unwrap();
+    let mut kcmd = h2.cmd("keepalived");
+    kcmd.args(["-n", "-l", "-D", "-P", "-f"]).arg(&kfile).arg("-p").arg(dir.path.join("k.pid")).arg("-r").arg(dir.path.join("v.pid"));
+    kcmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let _k = Daemon::spawn(kcmd, "keepalived");
+    let both = |ns: &Netns| has_addr(ns, VIP) && has_addr(ns, VIP2);
+    let none = |ns: &Netns| !has_addr(ns, VIP) && !has_addr(ns, VIP2);
+    assert!(wait_for(Duration::from_secs(3), || both(h1) && none(h2)).is_some(), "the group is master on corral (150)");
+    // Only IN tracks the script; its failure must take OUT along (FAULT for the whole group).
+    std::fs::remove_file(&flag).unwrap();
+    assert!(wait_for(Duration::from_secs(3), || both(h2) && none(h1)).is_some(), "both VIPs moved to keepalived together");
+    std::fs::write(&flag, "").unwrap();
+    assert!(wait_for(Duration::from_secs(3), || both(h1) && none(h2)).is_some(), "the group comes back together");
+}

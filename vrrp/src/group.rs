@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use crate::instance::{Instance, State};
 
-/// One group: indices into the caller's instance list.
+/// One group: indices into the caller's list of instances (anything that holds an `Instance`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncGroup {
     pub name: String,
@@ -26,25 +26,25 @@ pub struct SyncGroup {
 
 impl SyncGroup {
     /// Gates every member (call once before startup).
-    pub fn install(&self, all: &mut [Instance]) {
+    pub fn install<T: AsMut<Instance>>(&self, all: &mut [T]) {
         for &m in &self.members {
-            all[m].set_gated(true);
+            all[m].as_mut().set_gated(true);
         }
     }
 
     /// Member `who` wants MASTER; returns the members it forced.
-    pub fn on_want_master(&self, now: Instant, all: &mut [Instance], who: usize) -> Vec<usize> {
+    pub fn on_want_master<T: AsMut<Instance>>(&self, now: Instant, all: &mut [T], who: usize) -> Vec<usize> {
         if !self.members.contains(&who) {
             return vec![];
         }
-        let ready = self.members.iter().all(|&m| all[m].state() == State::Master || all[m].wants_master());
+        let ready = self.members.iter().all(|&m| all[m].as_mut().state() == State::Master || all[m].as_mut().wants_master());
         if !ready {
             return vec![];
         }
         let mut forced = Vec::new();
         for &m in &self.members {
-            if all[m].state() == State::Backup {
-                all[m].force(now, State::Master);
+            if all[m].as_mut().state() == State::Backup {
+                all[m].as_mut().force(now, State::Master);
                 forced.push(m);
             }
         }
@@ -53,15 +53,15 @@ impl SyncGroup {
 
     /// Reacts to member `who` having moved `from` -> `to`; returns the members it forced (whose
     /// actions the caller must now perform).
-    pub fn on_change(&self, now: Instant, all: &mut [Instance], who: usize, from: State, to: State) -> Vec<usize> {
+    pub fn on_change<T: AsMut<Instance>>(&self, now: Instant, all: &mut [T], who: usize, from: State, to: State) -> Vec<usize> {
         if !self.members.contains(&who) {
             return vec![];
         }
         let others: Vec<usize> = self.members.iter().copied().filter(|m| *m != who).collect();
         let mut forced = Vec::new();
-        let mut force = |i: usize, state: State, all: &mut [Instance]| {
-            if all[i].state() != state {
-                all[i].force(now, state);
+        let mut force = |i: usize, state: State, all: &mut [T]| {
+            if all[i].as_mut().state() != state {
+                all[i].as_mut().force(now, state);
                 forced.push(i);
             }
         };
@@ -72,7 +72,7 @@ impl SyncGroup {
                 }
             }
             (State::Fault, State::Backup) => {
-                if self.members.iter().all(|&m| !all[m].tracking_fault()) {
+                if self.members.iter().all(|&m| !all[m].as_mut().tracking_fault()) {
                     for &i in &others {
                         force(i, State::Backup, all);
                     }
@@ -86,7 +86,7 @@ impl SyncGroup {
             // Became MASTER without the group (an address owner at startup): take the group along.
             (_, State::Master) => {
                 for &i in &others {
-                    if all[i].state() == State::Backup {
+                    if all[i].as_mut().state() == State::Backup {
                         force(i, State::Master, all);
                     }
                 }

@@ -475,6 +475,12 @@ impl Instance {
     }
 }
 
+impl AsMut<Instance> for Instance {
+    fn as_mut(&mut self) -> &mut Instance {
+        self
+    }
+}
+
 fn same_addrs(a: &[IpAddr], b: &[IpAddr]) -> bool {
     let mut x = a.to_vec();
     let mut y = b.to_vec();
