@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(config)) {
+    match rt.block_on(run(config, args.config.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("corrald: {e:#}");
@@ -63,11 +63,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let board = Arc::new(Mutex::new(Vec::new()));
     let listener = node::admin::bind(&config.node.admin_socket)?;
     tokio::spawn(node::admin::serve(listener, board.clone()));
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -76,14 +77,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not implemented yet; nothing changed"),
+                _ = hup.recv() => match Config::load(&path) {
+                    // Only VRRP instances are reloaded; [node] settings need a restart.
+                    Ok(new) => {
+                        tracing::info!("SIGHUP: reloading {}", path.display());
+                        let _ = reload_tx.send(new).await;
+                    }
+                    Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),
+                },
             }
         }
         tracing::info!("stopping: releasing mastership");
         let _ = stop_tx.send(()).await;
     });
     let socket = config.node.admin_socket.clone();
-    let result = node::vrrp_driver::run(config, board, stop_rx).await;
+    let result = node::vrrp_driver::run(config, board, stop_rx, reload_rx).await;
     let _ = std::fs::remove_file(socket);
     result
 }

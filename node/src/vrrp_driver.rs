@@ -108,8 +108,95 @@ fn instance_config(v: &VrrpInstanceConfig, primary: IpAddr) -> Result<InstanceCo
     Ok(c)
 }
 
+/// Sets up one instance: its (shared) socket, ARP/NA sender and sans-IO core.
+async fn build(
+    v: &VrrpInstanceConfig,
+    vips: &Vips,
+    sockets: &mut Vec<((String, bool), Arc<AsyncFd<VrrpSocket>>)>,
+    tx: &mpsc::Sender<(usize, vrrp::sys::socket::Received)>,
+) -> Result<Running> {
+    let ifindex = vrrp::sys::ifindex(&v.interface)?;
+    let prefixes: Vec<(IpAddr, u8)> =
+        v.virtual_ips.iter().map(|s| config::parse_cidr(s)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+    let exclude: Vec<IpAddr> = prefixes.iter().map(|p| p.0).collect();
+    let v6 = prefixes.first().is_some_and(|p| p.0.is_ipv6());
+    // IPv4 adverts come from the interface's primary address, IPv6 ones from its
+    // link-local address (RFC 5798 §5.1.2.1).
+    let primary = vips
+        .primary(ifindex, v6, &exclude)
+        .await
+        .with_context(|| format!("{} has no {} address to send adverts from", v.interface, if v6 { "IPv6 link-local" } else { "IPv4" }))?;
+    let key = (v.interface.clone(), v6);
+    let socket = match sockets.iter().find(|(k, _)| *k == key) {
+        Some((_, s)) => s.clone(),
+        None => {
+            let raw = match primary {
+                IpAddr::V4(p4) => VrrpSocket::open_v4(&v.interface, p4),
+                IpAddr::V6(p6) => VrrpSocket::open_v6(&v.interface, p6),
+            }
+            .with_context(|| format!("raw socket on {}", v.interface))?;
+            let socket = Arc::new(async_fd(raw)?);
+            spawn_reader(sockets.len(), socket.clone(), tx.clone());
+            sockets.push((key, socket.clone()));
+            socket
+        }
+    };
+    let inst = Instance::new(instance_config(v, primary)?)?;
+    let checksum = match v.v3_checksum {
+        config::V3Checksum::PseudoHeader => V3Checksum::PseudoHeader,
+        config::V3Checksum::Plain => V3Checksum::Plain,
+    };
+    Ok(Running {
+        conf: v.clone(),
+        inst,
+        socket,
+        arp: ArpSender::open(ifindex)?,
+        mac: vrrp::sys::mac_of(&v.interface)?,
+        ifindex,
+        prefixes,
+        checksum,
+    })
+}
+
+fn sync_groups(cfg: &Config, running: &mut [Running]) -> Vec<SyncGroup> {
+    let groups: Vec<SyncGroup> = cfg
+        .vrrp_sync_group
+        .iter()
+        .map(|g| SyncGroup {
+            name: g.name.clone(),
+            members: g.members.iter().filter_map(|m| running.iter().position(|r| &r.conf.name == m)).collect(),
+        })
+        .collect();
+    for r in running.iter_mut() {
+        r.inst.set_gated(false);
+    }
+    for g in &groups {
+        g.install(running);
+    }
+    groups
+}
+
+fn start_tracker(cfg: &Config, running: &mut [Running]) -> (mpsc::Receiver<crate::tracking::Snapshot>, Option<tokio::task::JoinHandle<()>>) {
+    let snap = crate::tracking::initial(cfg);
+    for r in running.iter_mut() {
+        let (fault, adjust) = crate::tracking::effect(&r.conf.track_interfaces, &r.conf.track_scripts, &cfg.track_script, &snap);
+        r.inst.set_tracking(Instant::now().into_std(), fault, adjust);
+    }
+    let (track_tx, track_rx) = mpsc::channel(16);
+    let tracked = cfg.vrrp.iter().any(|v| !v.track_interfaces.is_empty() || !v.track_scripts.is_empty());
+    let handle = tracked.then(|| tokio::spawn(crate::tracking::run(cfg.clone(), snap, track_tx)));
+    (track_rx, handle)
+}
+
 /// Runs until `shutdown` resolves, then releases mastership (priority 0) and removes VIPs.
-pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<()>) -> Result<()> {
+/// A new configuration on `reload` replaces only the instances whose settings changed: the
+/// others keep their state and their VIPs.
+pub async fn run(
+    mut cfg: Config,
+    board: StatusBoard,
+    mut shutdown: mpsc::Receiver<()>,
+    mut reload: mpsc::Receiver<Config>,
+) -> Result<()> {
     check_supported(&cfg)?;
     let vips = Vips::new().context("open rtnetlink")?;
     let (tx, mut rx) = mpsc::channel::<(usize, vrrp::sys::socket::Received)>(4096);
@@ -118,74 +205,12 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
     let mut sockets: Vec<((String, bool), Arc<AsyncFd<VrrpSocket>>)> = Vec::new();
     let mut running = Vec::new();
     for v in cfg.vrrp.iter() {
-        let ifindex = vrrp::sys::ifindex(&v.interface)?;
-        let prefixes: Vec<(IpAddr, u8)> =
-            v.virtual_ips.iter().map(|s| config::parse_cidr(s)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
-        let exclude: Vec<IpAddr> = prefixes.iter().map(|p| p.0).collect();
-        let v6 = prefixes.first().is_some_and(|p| p.0.is_ipv6());
-        // IPv4 adverts come from the interface's primary address, IPv6 ones from its
-        // link-local address (RFC 5798 §5.1.2.1).
-        let primary = vips
-            .primary(ifindex, v6, &exclude)
-            .await
-            .with_context(|| format!("{} has no {} address to send adverts from", v.interface, if v6 { "IPv6 link-local" } else { "IPv4" }))?;
-        let key = (v.interface.clone(), v6);
-        let socket = match sockets.iter().find(|(k, _)| *k == key) {
-            Some((_, s)) => s.clone(),
-            None => {
-                let raw = match primary {
-                    IpAddr::V4(p4) => VrrpSocket::open_v4(&v.interface, p4),
-                    IpAddr::V6(p6) => VrrpSocket::open_v6(&v.interface, p6),
-                }
-                .with_context(|| format!("raw socket on {}", v.interface))?;
-                let socket = Arc::new(async_fd(raw)?);
-                spawn_reader(sockets.len(), socket.clone(), tx.clone());
-                sockets.push((key, socket.clone()));
-                socket
-            }
-        };
-        let inst = Instance::new(instance_config(v, primary)?)?;
-        let checksum = match v.v3_checksum {
-            config::V3Checksum::PseudoHeader => V3Checksum::PseudoHeader,
-            config::V3Checksum::Plain => V3Checksum::Plain,
-        };
-        running.push(Running {
-            conf: v.clone(),
-            inst,
-            socket,
-            arp: ArpSender::open(ifindex)?,
-            mac: vrrp::sys::mac_of(&v.interface)?,
-            ifindex,
-            prefixes,
-            checksum,
-        });
+        running.push(build(v, &vips, &mut sockets, &tx).await?);
     }
-    drop(tx);
-    let groups: Vec<SyncGroup> = cfg
-        .vrrp_sync_group
-        .iter()
-        .map(|g| SyncGroup {
-            name: g.name.clone(),
-            members: g.members.iter().filter_map(|m| cfg.vrrp.iter().position(|v| &v.name == m)).collect(),
-        })
-        .collect();
-    for g in &groups {
-        g.install(&mut running);
-    }
+    let mut groups = sync_groups(&cfg, &mut running);
     // Tracked objects: read once now (an instance whose interface is down starts in FAULT),
     // then watched by their own task.
-    let snap = crate::tracking::initial(&cfg);
-    for r in &mut running {
-        let (fault, adjust) = crate::tracking::effect(&r.conf.track_interfaces, &r.conf.track_scripts, &cfg.track_script, &snap);
-        r.inst.set_tracking(Instant::now().into_std(), fault, adjust);
-    }
-    let (track_tx, mut track_rx) = mpsc::channel(16);
-    let tracked = cfg.vrrp.iter().any(|v| !v.track_interfaces.is_empty() || !v.track_scripts.is_empty());
-    if tracked {
-        tokio::spawn(crate::tracking::run(cfg.clone(), snap, track_tx));
-    } else {
-        drop(track_tx);
-    }
+    let (mut track_rx, mut tracker) = start_tracker(&cfg, &mut running);
     let now = Instant::now().into_std();
     for r in &mut running {
         // Stale VIPs from a crash must not linger on a backup.
@@ -246,6 +271,51 @@ pub async fn run(cfg: Config, board: StatusBoard, mut shutdown: mpsc::Receiver<(
                     r.inst.set_tracking(now, fault, adjust);
                     step(i, &mut running, &groups, &vips).await;
                 }
+            }
+            Some(new) = reload.recv() => {
+                if let Err(e) = check_supported(&new) {
+                    tracing::error!("reload refused, nothing changed: {e:#}");
+                    continue;
+                }
+                let now = Instant::now().into_std();
+                // Release and drop the instances that are gone or changed.
+                let mut kept = Vec::new();
+                for mut r in std::mem::take(&mut running) {
+                    if new.vrrp.iter().any(|v| *v == r.conf) {
+                        kept.push(r);
+                    } else {
+                        tracing::info!(instance = %r.conf.name, "reload: instance removed or changed, releasing it");
+                        r.inst.shutdown(now);
+                        perform(&mut r, &vips).await;
+                    }
+                }
+                running = kept;
+                for v in &new.vrrp {
+                    if running.iter().any(|r| r.conf == *v) {
+                        continue;
+                    }
+                    match build(v, &vips, &mut sockets, &tx).await {
+                        Ok(r) => running.push(r),
+                        Err(e) => tracing::error!(instance = %v.name, "reload: {e:#}"),
+                    }
+                }
+                // Keep the configured order (status listings, group indices).
+                running.sort_by_key(|r| new.vrrp.iter().position(|v| v.name == r.conf.name));
+                cfg = new;
+                groups = sync_groups(&cfg, &mut running);
+                if let Some(t) = tracker.take() {
+                    t.abort();
+                }
+                (track_rx, tracker) = start_tracker(&cfg, &mut running);
+                let now = Instant::now().into_std();
+                for i in 0..running.len() {
+                    if running[i].inst.state() == State::Initialize {
+                        running[i].inst.startup(now);
+                        step(i, &mut running, &groups, &vips).await;
+                    }
+                }
+                publish(&running, &board);
+                tracing::info!("reload: {} instance(s) running", running.len());
             }
             _ = tick.tick() => publish(&running, &board),
             _ = shutdown.recv() => break,

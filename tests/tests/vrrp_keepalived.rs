@@ -399,3 +399,54 @@ fn sync_group_moves_together_against_keepalived() {
     std::fs::write(&flag, "").unwrap();
     assert!(wait_for(Duration::from_secs(3), || both(h1) && none(h2)).is_some(), "the group comes back together");
 }
+
+#[test]
+fn sighup_reload_leaves_unchanged_instances_alone() {
+    let Some(bin) = prerequisites("sighup_reload_leaves_unchanged_instances_alone") else { return };
+    let lan = Lan::new(1);
+    let h1 = &lan.hosts[0];
+    let dir = tempdir::Dir::new("reload");
+    let inst = |name: &str, vrid: u8, prio: u8, vip: &str| {
+        format!("\n[[vrrp]]\nname = \"{name}\"\ninterface = \"eth0\"\nvrid = {vrid}\npriority = {prio}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{vip}/24\"]\n")
+    };
+    let head = format!("[node]\nadmin_socket = \"{}/admin.sock\"\n", dir.path.display());
+    let file = dir.path.join("corrald.toml");
+    std::fs::write(&file, format!("{head}{}{}", inst("A", 51, 150, "192.0.2.100"), inst("B", 52, 150, "192.0.2.101"))).unwrap();
+    let mut cmd = h1.cmd(bin.to_str().unwrap());
+    cmd.arg("--config").arg(&file).stdout(Stdio::null()).stderr(Stdio::inherit());
+    let c = Daemon::spawn(cmd, "corrald");
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h1, "192.0.2.100") && has_addr(h1, "192.0.2.101")).is_some());
+    let status = |name: &str| {
+        let ctl = bin.with_file_name("corralctl");
+        let out = Command::new(&ctl).arg("--socket").arg(dir.path.join("admin.sock")).args(["vrrp", "status", "-o", "json"]).output().unwrap();
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        all.as_array().unwrap().iter().find(|i| i["name"] == name).cloned()
+    };
+    // A broken file on SIGHUP changes nothing.
+    std::fs::write(&file, "[[vrrp]]\nname = ").unwrap();
+    c.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(has_addr(h1, "192.0.2.100") && has_addr(h1, "192.0.2.101"), "a bad reload keeps everything");
+    // A unchanged, B changed (priority), C new.
+    std::fs::write(
+        &file,
+        format!("{head}{}{}{}", inst("A", 51, 150, "192.0.2.100"), inst("B", 52, 160, "192.0.2.101"), inst("C", 53, 150, "192.0.2.102")),
+    )
+    .unwrap();
+    c.signal("HUP");
+    // While the reload happens, A's VIP must never leave.
+    let mut a_always = true;
+    let end = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < end {
+        a_always &= has_addr(h1, "192.0.2.100");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(a_always, "the unchanged instance's VIP stayed through the reload");
+    assert!(wait_for(Duration::from_secs(2), || has_addr(h1, "192.0.2.102")).is_some(), "the new instance came up");
+    assert!(wait_for(Duration::from_secs(2), || has_addr(h1, "192.0.2.101")).is_some(), "the changed instance is back");
+    let a = status("A").unwrap();
+    assert_eq!((a["state"].as_str(), a["counters"]["became_master"].as_u64()), (Some("MASTER"), Some(1)), "A kept its state: {a}");
+    let b = status("B").unwrap();
+    assert_eq!(b["base_priority"], 160, "{b}");
+    assert!(status("C").is_some());
+}
