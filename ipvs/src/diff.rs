@@ -6,7 +6,7 @@
 //! persistence, persistence engine) and every destination setting (weight, thresholds,
 //! forwarding) in place, so only a changed key is ever a delete + add.
 
-use crate::model::{Op, Service, Table};
+use crate::model::{Dest, Forward, Op, Service, Table};
 
 /// Operations that turn `from` (usually the kernel's table) into `to` (the desired one).
 ///
@@ -40,7 +40,7 @@ pub fn diff(from: &Table, to: &Table) -> Vec<Op> {
                 for (dkey, d) in &new.dests {
                     match old.dests.get(dkey) {
                         None => adds.push(Op::AddDest(*key, *d)),
-                        Some(o) if o != d => edits.push(Op::EditDest(*key, *d)),
+                        Some(o) if !same_dest(o, d) => edits.push(Op::EditDest(*key, *d)),
                         Some(_) => {}
                     }
                 }
@@ -63,6 +63,13 @@ pub fn merge(kernel: &Table, file: &Table) -> Vec<Op> {
         }
     }
     diff(&touched, file)
+}
+
+/// The kernel turns every forwarding method of a real server whose address is local to the
+/// director into `Local` (`__ip_vs_update_dest`), so a `Local` in `from` matches any wanted
+/// method: an edit would change nothing and the diff would never settle.
+fn same_dest(from: &Dest, to: &Dest) -> bool {
+    from == to || (from.forward == Forward::Local && *from == Dest { forward: Forward::Local, ..*to })
 }
 
 fn push_service(ops: &mut Vec<Op>, s: &Service) {
@@ -118,8 +125,8 @@ pub(crate) fn apply_in_memory(table: &mut Table, ops: &[Op]) -> Result<(), Strin
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+pub(crate) mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
     use proptest::prelude::*;
 
@@ -131,36 +138,45 @@ mod tests {
             ServiceKey::Fwmark { family: Family::Inet, mark: i as u32 }
         } else {
             ServiceKey::Addr {
-                protocol: if i % 2 == 0 { Protocol::Tcp } else { Protocol::Udp },
+                protocol: if i.is_multiple_of(2) { Protocol::Tcp } else { Protocol::Udp },
                 addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, i)), 80),
             }
         }
     }
 
+    fn arb_forward() -> impl Strategy<Value = Forward> {
+        let flags = (any::<bool>(), any::<bool>()).prop_map(|(csum, remcsum)| TunFlags { nocsum: !(csum || remcsum), csum, remcsum });
+        prop_oneof![
+            Just(Forward::Masq),
+            Just(Forward::Route),
+            Just(Forward::Tunnel(Tunnel::Ipip)),
+            (1u16..3, flags.clone()).prop_map(|(port, flags)| Forward::Tunnel(Tunnel::Gue { port, flags })),
+            flags.prop_map(|flags| Forward::Tunnel(Tunnel::Gre { flags })),
+        ]
+    }
+
     fn arb_dest() -> impl Strategy<Value = Dest> {
-        (0u8..6, 0i32..4, 0u32..3, prop_oneof![Just(Forward::Masq), Just(Forward::Route)]).prop_map(
-            |(host, weight, thr, forward)| Dest {
-                key: DestKey { addr: IpAddr::V4(Ipv4Addr::new(198, 51, 100, host)), port: 80 },
-                forward,
-                weight,
-                upper_threshold: thr,
-                lower_threshold: 0,
-            },
-        )
+        (0u8..6, any::<bool>(), 0i32..4, 0u32..3, 0u32..2, arb_forward()).prop_map(|(host, v6, weight, upper, lower, forward)| {
+            let addr = if v6 { IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, host as u16)) } else { IpAddr::V4(Ipv4Addr::new(198, 51, 100, host)) };
+            Dest { key: DestKey { addr, port: 80 }, forward, weight, upper_threshold: upper, lower_threshold: lower }
+        })
     }
 
     fn arb_service() -> impl Strategy<Value = Service> {
         (
             0u8..8,
             prop_oneof![Just("rr"), Just("wlc"), Just("mh")],
-            proptest::option::of(1u32..3),
-            any::<bool>(),
+            proptest::option::of((1u32..3, prop_oneof![Just(0xffff_ffffu32), Just(0xffff_ff00u32)])),
+            (any::<bool>(), any::<bool>(), any::<bool>()),
+            proptest::option::of(Just("sip")),
             proptest::collection::vec(arb_dest(), 0..5),
         )
-            .prop_map(|(k, sched, persist, one_packet, dests)| {
+            .prop_map(|(k, sched, persist, (one_packet, flag1, flag2), pe, dests)| {
                 let mut s = Service::new(svc_key(k), sched);
-                s.persistence = persist.map(|t| Persistence { timeout: t * 100, netmask: 0xffff_ffff });
+                s.persistence = persist.map(|(t, netmask)| Persistence { timeout: t * 100, netmask });
+                s.pe_name = pe.filter(|_| s.persistence.is_some()).map(String::from);
                 s.one_packet = one_packet;
+                s.sched_flags = SchedFlags { flag1, flag2, flag3: false };
                 for d in dests {
                     s.dests.insert(d.key, d);
                 }
@@ -168,7 +184,8 @@ mod tests {
             })
     }
 
-    fn arb_table() -> impl Strategy<Value = Table> {
+    /// Random tables over a small key space (so two tables overlap), every setting varied.
+    pub(crate) fn arb_table() -> impl Strategy<Value = Table> {
         proptest::collection::vec(arb_service(), 0..6).prop_map(|v| {
             let mut t = Table::default();
             for s in v {
@@ -190,6 +207,25 @@ mod tests {
         #[test]
         fn diff_of_a_table_with_itself_is_empty(a in arb_table()) {
             prop_assert!(diff(&a, &a).is_empty());
+        }
+
+        #[test]
+        fn diff_is_deterministic_and_ordered(a in arb_table(), b in arb_table()) {
+            let ops = diff(&a, &b);
+            prop_assert_eq!(&ops, &diff(&a.clone(), &b.clone()));
+            // Phases: dest deletions, service deletions, additions, edits; never a DelDest of a deleted service.
+            let phase = |op: &Op| match op {
+                Op::DelDest(..) => 0,
+                Op::DelService(_) => 1,
+                Op::AddService(_) | Op::AddDest(..) => 2,
+                Op::EditService(_) | Op::EditDest(..) => 3,
+            };
+            prop_assert!(ops.windows(2).all(|w| phase(&w[0]) <= phase(&w[1])), "{:?}", ops);
+            for op in &ops {
+                if let Op::DelDest(k, _) = op {
+                    prop_assert!(b.services.contains_key(k));
+                }
+            }
         }
 
         #[test]
@@ -235,6 +271,21 @@ mod tests {
         let ops = diff(&a, &b);
         assert_eq!(ops.len(), 1);
         assert!(matches!(&ops[0], Op::EditService(s) if s.scheduler == "mh" && s.dests.is_empty()));
+    }
+
+    #[test]
+    fn a_local_real_server_matches_any_method() {
+        let mut a = Table::default();
+        let mut s = Service::new(svc_key(1), "wlc");
+        let mut d = Dest::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 80);
+        d.forward = Forward::Local;
+        s.dests.insert(d.key, d);
+        a.insert(s);
+        let mut b = a.clone();
+        b.services.values_mut().next().unwrap().dests.values_mut().next().unwrap().forward = Forward::Masq;
+        assert!(diff(&a, &b).is_empty(), "the kernel would report Local again");
+        b.services.values_mut().next().unwrap().dests.values_mut().next().unwrap().weight = 9;
+        assert_eq!(diff(&a, &b).len(), 1, "other settings still count");
     }
 
     #[test]
