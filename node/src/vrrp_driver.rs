@@ -63,6 +63,8 @@ struct Running {
     conf: VrrpInstanceConfig,
     inst: Instance,
     socket: Arc<AsyncFd<VrrpSocket>>,
+    /// Index of `socket` in the driver's socket list: with the VRID, the dispatch key.
+    sock_index: usize,
     arp: ArpSender,
     mac: [u8; 6],
     ifindex: u32,
@@ -127,8 +129,8 @@ async fn build(
         .await
         .with_context(|| format!("{} has no {} address to send adverts from", v.interface, if v6 { "IPv6 link-local" } else { "IPv4" }))?;
     let key = (v.interface.clone(), v6);
-    let socket = match sockets.iter().find(|(k, _)| *k == key) {
-        Some((_, s)) => s.clone(),
+    let (sock_index, socket) = match sockets.iter().position(|(k, _)| *k == key) {
+        Some(i) => (i, sockets[i].1.clone()),
         None => {
             let raw = match primary {
                 IpAddr::V4(p4) => VrrpSocket::open_v4(&v.interface, p4),
@@ -138,7 +140,7 @@ async fn build(
             let socket = Arc::new(async_fd(raw)?);
             spawn_reader(sockets.len(), socket.clone(), tx.clone());
             sockets.push((key, socket.clone()));
-            socket
+            (sockets.len() - 1, socket)
         }
     };
     let inst = Instance::new(instance_config(v, primary)?)?;
@@ -150,12 +152,19 @@ async fn build(
         conf: v.clone(),
         inst,
         socket,
+        sock_index,
         arp: ArpSender::open(ifindex)?,
         mac: vrrp::sys::mac_of(&v.interface)?,
         ifindex,
         prefixes,
         checksum,
     })
+}
+
+/// (socket, VRID) -> instance: a received advert finds its instance in O(1), which matters
+/// with hundreds of instances at 10 ms adverts on one link.
+fn dispatch_table(running: &[Running]) -> std::collections::HashMap<(usize, u8), usize> {
+    running.iter().enumerate().map(|(i, r)| ((r.sock_index, r.conf.vrid), i)).collect()
 }
 
 fn sync_groups(cfg: &Config, running: &mut [Running]) -> Vec<SyncGroup> {
@@ -208,6 +217,7 @@ pub async fn run(
         running.push(build(v, &vips, &mut sockets, &tx).await?);
     }
     let mut groups = sync_groups(&cfg, &mut running);
+    let mut dispatch = dispatch_table(&running);
     // Tracked objects: read once now (an instance whose interface is down starts in FAULT),
     // then watched by their own task.
     let (mut track_rx, mut tracker) = start_tracker(&cfg, &mut running);
@@ -246,9 +256,8 @@ pub async fn run(
             }
             Some((sock, pkt)) = rx.recv() => {
                 // Dispatch by VRID among the instances of that interface.
-                let (iface, v6) = &sockets[sock].0;
                 let vrid = pkt.payload.get(1).copied();
-                match running.iter().position(|r| &r.conf.interface == iface && r.inst.config().primary.is_ipv6() == *v6 && Some(r.conf.vrid) == vrid) {
+                match vrid.and_then(|v| dispatch.get(&(sock, v)).copied()) {
                     Some(i) => {
                         receive(&mut running[i], pkt);
                         step(i, &mut running, &groups, &vips).await;
@@ -257,7 +266,7 @@ pub async fn run(
                         // Not ours (another router's VRID, or too short to say): count it on
                         // the interface's first instance so it is visible somewhere.
                         let reason = if vrid.is_none() { wire::DropReason::Truncated } else { wire::DropReason::VridMismatch };
-                        if let Some(r) = running.iter_mut().find(|r| &r.conf.interface == iface) {
+                        if let Some(r) = running.iter_mut().find(|r| r.sock_index == sock) {
                             r.inst.count_drop(reason);
                         }
                     }
@@ -303,6 +312,7 @@ pub async fn run(
                 running.sort_by_key(|r| new.vrrp.iter().position(|v| v.name == r.conf.name));
                 cfg = new;
                 groups = sync_groups(&cfg, &mut running);
+                dispatch = dispatch_table(&running);
                 if let Some(t) = tracker.take() {
                     t.abort();
                 }

@@ -482,6 +482,13 @@ impl AsMut<Instance> for Instance {
 }
 
 fn same_addrs(a: &[IpAddr], b: &[IpAddr]) -> bool {
+    // The common case (same list, same order) without allocating: this runs per advert.
+    if a == b {
+        return true;
+    }
+    if a.len() != b.len() {
+        return false;
+    }
     let mut x = a.to_vec();
     let mut y = b.to_vec();
     x.sort();
