@@ -108,6 +108,8 @@ pub struct Service {
     pub sched_flags: SchedFlags,
     /// Persistence engine (`--pe sip`), if any.
     pub pe_name: Option<String>,
+    /// Serialized as a list: JSON objects cannot have struct keys, and each `Dest` carries its key.
+    #[serde(with = "keyed_list")]
     pub dests: BTreeMap<DestKey, Dest>,
 }
 
@@ -210,6 +212,8 @@ impl Dest {
 /// A whole IPVS table: every virtual service, each with its real servers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Table {
+    /// Serialized as a list, like `Service::dests`.
+    #[serde(with = "keyed_list")]
     pub services: BTreeMap<ServiceKey, Service>,
 }
 
@@ -253,5 +257,69 @@ impl fmt::Display for Op {
             Op::EditDest(k, d) => write!(f, "edit destination {} of service {k}", d.key),
             Op::DelDest(k, d) => write!(f, "delete destination {d} from service {k}"),
         }
+    }
+}
+
+/// Values that know their own map key, so a map of them can travel as a plain list.
+pub trait Keyed {
+    type Key: Ord;
+    fn key(&self) -> Self::Key;
+}
+
+impl Keyed for Dest {
+    type Key = DestKey;
+    fn key(&self) -> DestKey {
+        self.key
+    }
+}
+
+impl Keyed for Service {
+    type Key = ServiceKey;
+    fn key(&self) -> ServiceKey {
+        self.key
+    }
+}
+
+/// `BTreeMap<K, V>` as `[V, ...]` in serde formats (JSON needs string keys; ours are structs).
+/// Deserializing refuses duplicate keys instead of silently keeping the last one.
+mod keyed_list {
+    use std::collections::BTreeMap;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Keyed;
+
+    pub fn serialize<K, V: Serialize, S: Serializer>(map: &BTreeMap<K, V>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.values())
+    }
+
+    pub fn deserialize<'de, V, D>(d: D) -> Result<BTreeMap<V::Key, V>, D::Error>
+    where
+        V: Keyed + Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        let list = Vec::<V>::deserialize(d)?;
+        let n = list.len();
+        let map: BTreeMap<V::Key, V> = list.into_iter().map(|v| (v.key(), v)).collect();
+        if map.len() != n {
+            return Err(D::Error::custom("the same key appears twice"));
+        }
+        Ok(map)
+    }
+}
+
+#[cfg(test)]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn tables_round_trip_through_json() {
+        let t = crate::text::parse(include_str!("../testdata/ipvsadm-sn.rules")).unwrap().table;
+        let json = serde_json::to_string(&t).unwrap();
+        let back: Table = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, t);
+        let dup = r#"{"services":[{"key":{"kind":"fwmark","family":"inet","mark":1},"scheduler":"rr","persistence":null,"one_packet":false,"sched_flags":{"flag1":false,"flag2":false,"flag3":false},"pe_name":null,"dests":[]},{"key":{"kind":"fwmark","family":"inet","mark":1},"scheduler":"wlc","persistence":null,"one_packet":false,"sched_flags":{"flag1":false,"flag2":false,"flag3":false},"pe_name":null,"dests":[]}]}"#;
+        assert!(serde_json::from_str::<Table>(dup).unwrap_err().to_string().contains("twice"));
     }
 }
