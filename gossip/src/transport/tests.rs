@@ -1,0 +1,288 @@
+//! Transport tests on real QUIC over 127.0.0.1 (ports picked by the OS).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::tls::{anonymous_client_config, ClusterCa, JoinToken, MemoryTokens};
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn node(creds: NodeCredentials) -> Transport {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("gossip=info")
+        .try_init();
+    let mut cfg = TransportConfig::new(any_port(), creds);
+    cfg.connect_timeout = Duration::from_secs(2);
+    cfg.max_message_size = 4096;
+    Transport::bind(cfg).unwrap()
+}
+
+fn echo_handler() -> StreamHandler {
+    Arc::new(|peer: Peer, req: Vec<u8>| {
+        Box::pin(async move {
+            if req == b"fail" {
+                return Err("handler says no".to_string());
+            }
+            let mut out = format!("{}:", peer.name).into_bytes();
+            out.extend(req);
+            Ok(out)
+        })
+    })
+}
+
+const T: Duration = Duration::from_secs(10);
+
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(T, f)
+        .await
+        .expect("test step exceeded its time bound")
+}
+
+#[tokio::test]
+async fn request_response_between_members_names_the_peer() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let a = node(ca.issue("node-a").unwrap());
+    let b = node(ca.issue("node-b").unwrap());
+    b.register_handler(Alpn::Raft, echo_handler()).unwrap();
+    let b_addr = b.local_addr().unwrap();
+    let resp = bounded(a.request(b_addr, Alpn::Raft, b"hello"))
+        .await
+        .unwrap();
+    assert_eq!(resp, b"node-a:hello");
+    // Second request reuses the cached connection.
+    let resp = bounded(a.request(b_addr, Alpn::Raft, b"again"))
+        .await
+        .unwrap();
+    assert_eq!(resp, b"node-a:again");
+    assert_eq!(lock(&a.inner.cache).len(), 1);
+    // Handler refusal comes back as text.
+    let e = bounded(a.request(b_addr, Alpn::Raft, b"fail"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, TransportError::Remote(m) if m.contains("handler says no")),
+        "{e}"
+    );
+    // No admin handler registered on b.
+    let e = bounded(a.request(b_addr, Alpn::Admin, b"x"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no handler registered for corral-admin/1"),
+        "{e}"
+    );
+    // Size limit on our side and on theirs.
+    let e = bounded(a.request(b_addr, Alpn::Raft, &vec![0u8; 5000]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TransportError::TooLarge {
+                len: 5000,
+                limit: 4096
+            }
+        ),
+        "{e}"
+    );
+    // Gossip is not a stream ALPN.
+    assert!(matches!(
+        a.register_handler(Alpn::Gossip, echo_handler()),
+        Err(TransportError::NotAStreamAlpn(_))
+    ));
+    a.close(Duration::from_millis(200)).await;
+    b.close(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_node_of_another_ca_is_refused() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let rogue_ca = ClusterCa::generate("rogue").unwrap();
+    let server = node(ca.issue("node-a").unwrap());
+    server.register_handler(Alpn::Raft, echo_handler()).unwrap();
+    let addr = server.local_addr().unwrap();
+
+    // Entirely foreign node: it refuses our server first (unknown issuer).
+    let rogue = node(rogue_ca.issue("rogue").unwrap());
+    let e = bounded(rogue.request(addr, Alpn::Raft, b"x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, TransportError::PeerRejected { reason, .. } if reason.contains("UnknownIssuer")),
+        "{e}"
+    );
+
+    // A node that trusts our CA but holds a cert from another CA: the server refuses it.
+    let mut sneaky = rogue_ca.issue("sneaky").unwrap();
+    sneaky.ca_der = ca.cert_der().clone();
+    let sneaky = node(sneaky);
+    let e = bounded(sneaky.request(addr, Alpn::Raft, b"x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, TransportError::HandshakeRefused { reason, .. } if reason.contains("unknown_ca") || reason.contains("bad_certificate")),
+        "{e}"
+    );
+    server.close(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_node_without_certificate_is_refused() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let server = node(ca.issue("node-a").unwrap());
+    server.register_handler(Alpn::Raft, echo_handler()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let other = node(ca.issue("node-b").unwrap());
+    let anon_cfg = quinn_client(
+        anonymous_client_config(ca.cert_der(), Alpn::Raft.as_bytes()).unwrap(),
+        quic_transport_config(Duration::from_secs(5)).unwrap(),
+    )
+    .unwrap();
+    let anon = other.with_client_config(Alpn::Raft, anon_cfg);
+    let e = bounded(anon.request(addr, Alpn::Raft, b"x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, TransportError::ClientCertRequired { .. }),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("requires a client certificate"),
+        "{e}"
+    );
+    server.close(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn join_with_a_valid_token_gets_a_working_certificate() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let token = JoinToken::generate(ca.fingerprint()).unwrap();
+    let seed = node(ca.issue("node-a").unwrap());
+    seed.register_handler(Alpn::Admin, echo_handler()).unwrap();
+    let tokens = Arc::new(MemoryTokens::default());
+    tokens.insert(&token.secret);
+    let fp = ca.fingerprint();
+    seed.serve_joins(ca, tokens);
+    let seed_addr = seed.local_addr().unwrap();
+
+    let token: JoinToken = token.to_string().parse().unwrap();
+    let creds = bounded(join_cluster(seed_addr, &token, "node-new"))
+        .await
+        .unwrap();
+    assert_eq!(creds.name, "node-new");
+    assert_eq!(crate::tls::Fingerprint::of(&creds.ca_der), fp);
+    assert_eq!(
+        crate::tls::cert_node_name(&creds.cert_der).as_deref(),
+        Some("node-new")
+    );
+
+    // The issued certificate is accepted by the cluster for member ALPNs.
+    let joined = node(creds);
+    let resp = bounded(joined.request(seed_addr, Alpn::Admin, b"hi"))
+        .await
+        .unwrap();
+    assert_eq!(resp, b"node-new:hi");
+    seed.close(Duration::from_millis(200)).await;
+    joined.close(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn join_with_a_wrong_secret_or_fingerprint_is_refused() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let good = JoinToken::generate(ca.fingerprint()).unwrap();
+    let seed = node(ca.issue("node-a").unwrap());
+    let tokens = Arc::new(MemoryTokens::default());
+    tokens.insert(&good.secret);
+    let fp = ca.fingerprint();
+    seed.serve_joins(ca, tokens);
+    let addr = seed.local_addr().unwrap();
+
+    let wrong_secret = JoinToken {
+        fingerprint: fp,
+        secret: "not-the-secret".into(),
+    };
+    let e = bounded(join_cluster(addr, &wrong_secret, "node-x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, TransportError::JoinRefused { reason, .. } if reason.contains("unknown or revoked join token")),
+        "{e}"
+    );
+
+    let other_ca = ClusterCa::generate("other").unwrap();
+    let wrong_fp = JoinToken {
+        fingerprint: other_ca.fingerprint(),
+        secret: good.secret.clone(),
+    };
+    let e = bounded(join_cluster(addr, &wrong_fp, "node-x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, TransportError::PeerRejected { reason, .. } if reason.contains("does not match the join token fingerprint")),
+        "{e}"
+    );
+
+    // A bad name is refused before any packet is sent.
+    let e = bounded(join_cluster(addr, &good, "Bad Name"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("invalid node name"), "{e}");
+    seed.close(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_node_without_join_service_refuses_joins() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let token = JoinToken::generate(ca.fingerprint()).unwrap();
+    let seed = node(ca.issue("node-a").unwrap());
+    let e = bounded(join_cluster(seed.local_addr().unwrap(), &token, "node-x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, TransportError::JoinRefused { reason, .. } if reason.contains("does not serve joins")),
+        "{e}"
+    );
+    seed.close(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn unreachable_peer_times_out_clearly() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let a = node(ca.issue("node-a").unwrap());
+    // A bound UDP socket that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let e = bounded(a.request(silent.local_addr().unwrap(), Alpn::Raft, b"x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TransportError::ConnectTimeout { .. }), "{e}");
+    a.close(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn datagrams_reach_the_consumer() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let a = node(ca.issue("node-a").unwrap());
+    let b = node(ca.issue("node-b").unwrap());
+    let mut rx = b.take_datagrams(8);
+    bounded(a.send_datagram(b.local_addr().unwrap(), Bytes::from_static(b"ping")))
+        .await
+        .unwrap();
+    assert_eq!(
+        bounded(rx.recv()).await.unwrap(),
+        Bytes::from_static(b"ping")
+    );
+    let e = bounded(a.send_datagram(b.local_addr().unwrap(), Bytes::from(vec![0u8; 4000])))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, TransportError::TooLarge { len: 4000, limit } if limit > 1000 && limit < 1500),
+        "{e}"
+    );
+    a.close(Duration::from_millis(200)).await;
+    b.close(Duration::from_millis(200)).await;
+}
