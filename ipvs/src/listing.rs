@@ -130,14 +130,8 @@ fn service_settings(out: &mut String, svc: &Service) {
     }
     if let Some(p) = &svc.persistence {
         let _ = write!(out, " persistent {}", p.timeout);
-        match svc.key.family() {
-            Family::Inet if p.netmask != 0xffff_ffff => {
-                let _ = write!(out, " mask {}", Ipv4Addr::from(p.netmask));
-            }
-            Family::Inet6 if p.netmask != 128 => {
-                let _ = write!(out, " mask {}", p.netmask);
-            }
-            _ => {}
+        if let Some(mask) = svc.persistence_mask() {
+            let _ = write!(out, " mask {mask}");
         }
         if let Some(pe) = &svc.pe_name {
             let _ = write!(out, " pe {pe}");

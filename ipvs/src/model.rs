@@ -127,6 +127,17 @@ impl Service {
         }
     }
 
+    /// The persistence granularity as ipvsadm prints it (`255.255.255.0`, or a prefix length for
+    /// IPv6), or `None` when not persistent or when it is the full mask ipvsadm leaves out.
+    pub fn persistence_mask(&self) -> Option<String> {
+        let p = self.persistence?;
+        match self.key.family() {
+            Family::Inet if p.netmask != 0xffff_ffff => Some(std::net::Ipv4Addr::from(p.netmask).to_string()),
+            Family::Inet6 if p.netmask != 128 => Some(p.netmask.to_string()),
+            _ => None,
+        }
+    }
+
     /// The service's own settings without its real servers: equal settings mean no edit is needed.
     pub fn same_settings(&self, other: &Service) -> bool {
         self.key == other.key

@@ -150,3 +150,49 @@ pub fn has_addr(ns: &Netns, addr: &str) -> bool {
     let out = ns.try_sh("ip -o addr show dev eth0");
     String::from_utf8_lossy(&out.stdout).contains(&format!(" {addr}/"))
 }
+
+/// A shell command's exit code and output.
+#[derive(Debug, Clone)]
+pub struct ShOut {
+    /// -1 when killed by a signal.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` with `sh -c`, feeding `stdin`; never panics on the command's own failure.
+pub fn run_sh(cmd: &str, stdin: &str) -> ShOut {
+    use std::io::Write;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    ShOut {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Like [`run_sh`], but fails the test (with the output) unless the command succeeds.
+pub fn must_sh(cmd: &str, stdin: &str) -> String {
+    let o = run_sh(cmd, stdin);
+    assert_eq!(o.code, 0, "`{cmd}` failed: {}{}", o.stdout, o.stderr);
+    o.stdout
+}
+
+/// One of the workspace's binaries: `$ENV_VAR` if set, else beside the test executable's
+/// directory (target/debug/NAME for target/debug/deps/TEST-*), if it was built.
+pub fn workspace_bin(name: &str, env_var: &str) -> Option<std::path::PathBuf> {
+    if let Ok(p) = std::env::var(env_var) {
+        return Some(p.into());
+    }
+    let p = std::env::current_exe().ok()?.parent()?.parent()?.join(name);
+    p.exists().then_some(p)
+}

@@ -5,56 +5,16 @@
 //! 10/8, 100.64/10 and 192.168/16 VIPs because only addresses that far apart expose the
 //! cycle in ipvsadm's sort comparator (the documentation ranges are too close together).
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use tests::{must_sh as must, run_sh as run, ShOut};
 
 const RULES: &str = include_str!("../../ipvs/testdata/ipvsadm-sn.rules");
 
-/// The corralctl binary: $CORRALCTL, else next to the test executable's directory
-/// (target/debug/corralctl for target/debug/deps/ipvs_cli-*), else from PATH.
+/// The corralctl binary: $CORRALCTL, else beside the test executable, else from PATH.
 fn corralctl() -> String {
-    if let Ok(p) = std::env::var("CORRALCTL") {
-        return p;
-    }
-    let beside = std::env::current_exe().ok().and_then(|e| e.parent()?.parent().map(|d| d.join("corralctl")));
-    match beside {
-        Some(p) if p.exists() => p.display().to_string(),
-        _ => PathBuf::from("corralctl").display().to_string(),
-    }
+    tests::workspace_bin("corralctl", "CORRALCTL").map(|p| p.display().to_string()).unwrap_or_else(|| "corralctl".into())
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cmd: &str, stdin: &str) -> Out {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sh");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn must(cmd: &str, stdin: &str) -> String {
-    let o = run(cmd, stdin);
-    assert_eq!(o.code, 0, "`{cmd}` failed: {}{}", o.stdout, o.stderr);
-    o.stdout
-}
-
-fn ctl(args: &str, stdin: &str) -> Out {
+fn ctl(args: &str, stdin: &str) -> ShOut {
     run(&format!("{} ipvs {args}", corralctl()), stdin)
 }
 

@@ -3,34 +3,13 @@
 //! Every test starts from a flushed table, and reads results back two ways: through our
 //! decoder and through `ipvsadm -Sn`, so neither side can hide a bug of the other.
 
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
 
 use ipvs::client::Client;
+use tests::{must_sh as must, run_sh};
 use ipvs::{text, Dest, Op, Protocol, Service, ServiceKey, SyncDaemon, SyncRole, Table, Timeouts};
 
 const RULES: &str = include_str!("../../ipvs/testdata/ipvsadm-sn.rules");
-
-fn sh(cmd: &str, stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sh");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn must(cmd: &str, stdin: &str) -> String {
-    let (ok, out, err) = sh(cmd, stdin);
-    assert!(ok, "`{cmd}` failed: {out}{err}");
-    out
-}
 
 fn corralctl() -> String {
     std::env::var("CORRALCTL").unwrap_or_else(|_| "corralctl".into())
@@ -74,12 +53,14 @@ fn rules_written_by_ipvsadm_decode_to_the_same_table() {
 #[ignore = "needs a kernel with IPVS: run by `cargo xtask vm test`"]
 fn corralctl_restore_and_save_match_ipvsadm() {
     fresh();
-    let (ok, _, err) = sh(&format!("{} ipvs restore", corralctl()), RULES);
+    let out = run_sh(&format!("{} ipvs restore", corralctl()), RULES);
+    let (ok, err) = (out.code == 0, out.stderr);
     assert!(ok, "{err}");
     assert_eq!(must("ipvsadm -Sn", ""), RULES);
     assert_eq!(must(&format!("{} ipvs save", corralctl()), ""), RULES);
     // Restoring the same file again changes nothing and sends nothing.
-    let (ok, _, err) = sh(&format!("{} ipvs restore", corralctl()), RULES);
+    let out = run_sh(&format!("{} ipvs restore", corralctl()), RULES);
+    let (ok, err) = (out.code == 0, out.stderr);
     assert!(ok && err.contains("applied 0 operation(s) in 0 netlink request(s)"), "{err}");
     // The -Ln layouts are ipvsadm's.
     assert_eq!(must(&format!("{} ipvs list", corralctl()), ""), must("ipvsadm -Ln", ""));
@@ -92,7 +73,8 @@ fn a_restore_with_one_bad_line_changes_nothing() {
     fresh();
     must("ipvsadm -R", RULES);
     let bad = format!("{RULES}-A -t 192.0.2.99:80 -s rr\n-a -t 192.0.2.99:80 -r 198.51.100.1:80 --bogus\n");
-    let (ok, _, err) = sh(&format!("{} ipvs restore --flush", corralctl()), &bad);
+    let out = run_sh(&format!("{} ipvs restore --flush", corralctl()), &bad);
+    let (ok, err) = (out.code == 0, out.stderr);
     assert!(!ok, "a bad file must be rejected");
     assert!(err.contains("line 20") && err.contains("--bogus"), "error names line and problem: {err}");
     assert_eq!(must("ipvsadm -Sn", ""), RULES, "nothing was applied");
@@ -104,7 +86,8 @@ fn one_destination_change_is_one_request() {
     fresh();
     must(&format!("{} ipvs restore", corralctl()), RULES);
     let changed = RULES.replace("-r 198.51.100.1:80 -m -w 3", "-r 198.51.100.1:80 -m -w 4");
-    let (ok, _, err) = sh(&format!("{} ipvs restore", corralctl()), &changed);
+    let out = run_sh(&format!("{} ipvs restore", corralctl()), &changed);
+    let (ok, err) = (out.code == 0, out.stderr);
     assert!(ok, "{err}");
     assert!(err.contains("applied 1 operation(s) in 1 netlink request(s), 1 sendmsg call(s)"), "{err}");
     assert_eq!(must("ipvsadm -Sn", ""), changed);

@@ -10,12 +10,7 @@ use tests::{has_addr, require_root, wait_for, Daemon, Lan, Netns};
 const VIP: &str = "192.0.2.100";
 
 fn corrald_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("CORRALD") {
-        return Some(p.into());
-    }
-    // target/debug/deps/<test> -> target/debug/corrald
-    let p = std::env::current_exe().ok()?.parent()?.parent()?.join("corrald");
-    p.exists().then_some(p)
+    tests::workspace_bin("corrald", "CORRALD")
 }
 
 fn prerequisites(test: &str) -> Option<PathBuf> {
@@ -51,11 +46,16 @@ fn corrald_vip(bin: &PathBuf, ns: &Netns, dir: &tempdir::Dir, version: u8, prior
         "[node]\nadmin_socket = \"{}/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\nversion = {version}\npriority = {priority}\nadvert_interval = \"{interval}\"\nvirtual_ips = [\"{vip}\"]\ngarp_repeat = 1\n{auth}",
         dir.path.display()
     );
+    start_corrald(bin, ns, dir, &cfg).0
+}
+
+/// Writes `cfg` to DIR/corrald.toml and starts corrald on it in `ns`.
+fn start_corrald(bin: &PathBuf, ns: &Netns, dir: &tempdir::Dir, cfg: &str) -> (Daemon, PathBuf) {
     let file = dir.path.join("corrald.toml");
     std::fs::write(&file, cfg).unwrap();
     let mut cmd = ns.cmd(bin.to_str().unwrap());
     cmd.arg("--config").arg(&file).stdout(Stdio::null()).stderr(Stdio::inherit());
-    Daemon::spawn(cmd, "corrald")
+    (Daemon::spawn(cmd, "corrald"), file)
 }
 
 fn keepalived(ns: &Netns, dir: &tempdir::Dir, version: u8, priority: u8, interval: &str, auth: Option<&str>) -> Daemon {
@@ -70,6 +70,12 @@ fn keepalived_vip(ns: &Netns, dir: &tempdir::Dir, version: u8, priority: u8, int
         "global_defs {{\n    vrrp_version {version}\n    vrrp_garp_master_delay 0\n    script_user root\n}}\n\
          vrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 51\n    priority {priority}\n    advert_int {interval}\n{auth}    virtual_ipaddress {{\n        {vip}\n    }}\n}}\n"
     );
+    start_keepalived(ns, dir, &cfg)
+}
+
+/// Writes `cfg` to DIR/keepalived.conf and runs keepalived (VRRP only, foreground) in `ns`;
+/// the VRRP child's PID lands in DIR/v.pid.
+fn start_keepalived(ns: &Netns, dir: &tempdir::Dir, cfg: &str) -> Daemon {
     let file = dir.path.join("keepalived.conf");
     std::fs::write(&file, cfg).unwrap();
     let mut cmd = ns.cmd("keepalived");
@@ -80,9 +86,13 @@ fn keepalived_vip(ns: &Netns, dir: &tempdir::Dir, version: u8, priority: u8, int
 
 /// tcpdump on the observer host, writing to a file the test reads.
 fn observer(ns: &Netns, dir: &tempdir::Dir) -> (Daemon, PathBuf) {
+    capture(ns, dir, "vrrp or arp")
+}
+
+fn capture(ns: &Netns, dir: &tempdir::Dir, filter: &str) -> (Daemon, PathBuf) {
     let out = dir.path.join("tcpdump.txt");
     let mut cmd = ns.cmd("tcpdump");
-    cmd.args(["-i", "eth0", "-nn", "-l", "-tt", "vrrp or arp"]).stdout(std::fs::File::create(&out).unwrap()).stderr(Stdio::null());
+    cmd.args(["-i", "eth0", "-nn", "-l", "-tt", filter]).stdout(std::fs::File::create(&out).unwrap()).stderr(Stdio::null());
     let d = Daemon::spawn(cmd, "tcpdump");
     std::thread::sleep(Duration::from_millis(300));
     (d, out)
@@ -129,10 +139,7 @@ fn v3_corral_master_keepalived_backup_then_crash_and_release() {
     std::thread::sleep(Duration::from_millis(600));
     assert!(has_addr(h1, VIP) && !has_addr(h2, VIP));
     // The operator's view.
-    let ctl = bin.with_file_name("corralctl");
-    let out = Command::new(&ctl).arg("--socket").arg(dir.path.join("admin.sock")).args(["vrrp", "status", "-o", "json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = vrrp_status_all(&bin, &dir);
     assert_eq!(status[0]["state"], "MASTER", "{status}");
     assert_eq!(status[0]["master"], "192.0.2.1", "{status}");
     assert!(status[0]["counters"]["adverts_sent"].as_u64().unwrap() >= 5, "{status}");
@@ -184,11 +191,17 @@ fn v2_with_authentication_interoperates() {
     assert!(wait_for(Duration::from_secs(2), || has_addr(h2, VIP)).is_some(), "keepalived takes over after the release");
 }
 
-fn vrrp_status(bin: &PathBuf, dir: &tempdir::Dir) -> serde_json::Value {
+/// `corralctl vrrp status -o json` of the corrald whose admin socket is in `dir`: every instance.
+fn vrrp_status_all(bin: &PathBuf, dir: &tempdir::Dir) -> serde_json::Value {
     let ctl = bin.with_file_name("corralctl");
     let out = Command::new(&ctl).arg("--socket").arg(dir.path.join("admin.sock")).args(["vrrp", "status", "-o", "json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The first (usually only) instance's status.
+fn vrrp_status(bin: &PathBuf, dir: &tempdir::Dir) -> serde_json::Value {
+    vrrp_status_all(bin, dir)[0].clone()
 }
 
 #[test]
@@ -242,11 +255,7 @@ fn v3_ipv6_interoperates_with_unsolicited_na() {
     let lan = Lan::new(3);
     let (h1, h2, h3) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
     let dir = tempdir::Dir::new("v6");
-    let capture = dir.path.join("na.txt");
-    let mut cmd = h3.cmd("tcpdump");
-    cmd.args(["-i", "eth0", "-nn", "-l", "-tt", "icmp6 or vrrp"]).stdout(std::fs::File::create(&capture).unwrap()).stderr(Stdio::null());
-    let _tcpdump = Daemon::spawn(cmd, "tcpdump");
-    std::thread::sleep(Duration::from_millis(300));
+    let (_tcpdump, capture) = capture(h3, &dir, "icmp6 or vrrp");
     let k = keepalived_vip(h2, &dir, 3, 100, "0.1", None, &format!("{VIP6}/64"));
     assert!(wait_for(Duration::from_secs(4), || has_addr(h2, VIP6)).is_some(), "keepalived alone becomes IPv6 master");
     let c = corrald_vip(&bin, h1, &dir, 3, 150, "100ms", None, &format!("{VIP6}/64"));
@@ -286,11 +295,7 @@ fn tracked_interface_and_script_move_mastership_like_keepalived() {
         d = dir.path.display(),
         f = flag.display()
     );
-    let file = dir.path.join("corrald.toml");
-    std::fs::write(&file, cfg).unwrap();
-    let mut cmd = h1.cmd(bin.to_str().unwrap());
-    cmd.arg("--config").arg(&file).stdout(Stdio::null()).stderr(Stdio::inherit());
-    let _c = Daemon::spawn(cmd, "corrald");
+    let (_c, _) = start_corrald(&bin, h1, &dir, &cfg);
     let _k = keepalived(h2, &dir, 3, 100, "0.1", None);
     assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral (150) is master");
     // Tracked interface down: 150 - 60 = 90 < 100, keepalived preempts.
@@ -327,22 +332,13 @@ fn unicast_peers_interoperate() {
          advert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\nunicast_peers = [\"192.0.2.2\"]\n",
         dir.path.display()
     );
-    let file = dir.path.join("corrald.toml");
-    std::fs::write(&file, cfg).unwrap();
-    let mut cmd = h1.cmd(bin.to_str().unwrap());
-    cmd.arg("--config").arg(&file).stdout(Stdio::null()).stderr(Stdio::inherit());
-    let c = Daemon::spawn(cmd, "corrald");
+    let (c, _) = start_corrald(&bin, h1, &dir, &cfg);
     let kcfg = format!(
         "global_defs {{\n    vrrp_version 3\n    vrrp_garp_master_delay 0\n}}\nvrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    \
          virtual_router_id 51\n    priority 100\n    advert_int 0.1\n    unicast_src_ip 192.0.2.2\n    unicast_peer {{\n        192.0.2.1\n    }}\n    \
          virtual_ipaddress {{\n        {VIP}/24\n    }}\n}}\n"
     );
-    let kfile = dir.path.join("keepalived.conf");
-    std::fs::write(&kfile, kcfg).unwrap();
-    let mut kcmd = h2.cmd("keepalived");
-    kcmd.args(["-n", "-l", "-D", "-P", "-f"]).arg(&kfile).arg("-p").arg(dir.path.join("k.pid")).arg("-r").arg(dir.path.join("v.pid"));
-    kcmd.stdout(Stdio::null()).stderr(Stdio::null());
-    let _k = Daemon::spawn(kcmd, "keepalived");
+    let _k = start_keepalived(h2, &dir, &kcfg);
     assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral (150) is master over unicast");
     std::thread::sleep(Duration::from_millis(800));
     assert!(has_addr(h1, VIP) && !has_addr(h2, VIP), "keepalived accepts corral's unicast adverts");
@@ -374,22 +370,13 @@ fn sync_group_moves_together_against_keepalived() {
         d = dir.path.display(),
         f = flag.display()
     );
-    let file = dir.path.join("corrald.toml");
-    std::fs::write(&file, cfg).unwrap();
-    let mut cmd = h1.cmd(bin.to_str().unwrap());
-    cmd.arg("--config").arg(&file).stdout(Stdio::null()).stderr(Stdio::inherit());
-    let _c = Daemon::spawn(cmd, "corrald");
+    let (_c, _) = start_corrald(&bin, h1, &dir, &cfg);
     let kcfg = format!(
         "global_defs {{\n    vrrp_version 3\n    vrrp_garp_master_delay 0\n}}\nvrrp_sync_group G {{\n    group {{\n        OUT\n        IN\n    }}\n}}\n\
          vrrp_instance OUT {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 51\n    priority 100\n    advert_int 0.1\n    virtual_ipaddress {{\n        {VIP}/24\n    }}\n}}\n\
          vrrp_instance IN {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 52\n    priority 100\n    advert_int 0.1\n    virtual_ipaddress {{\n        {VIP2}/24\n    }}\n}}\n"
     );
-    let kfile = dir.path.join("keepalived.conf");
-    std::fs::write(&kfile, kcfg).unwrap();
-    let mut kcmd = h2.cmd("keepalived");
-    kcmd.args(["-n", "-l", "-D", "-P", "-f"]).arg(&kfile).arg("-p").arg(dir.path.join("k.pid")).arg("-r").arg(dir.path.join("v.pid"));
-    kcmd.stdout(Stdio::null()).stderr(Stdio::null());
-    let _k = Daemon::spawn(kcmd, "keepalived");
+    let _k = start_keepalived(h2, &dir, &kcfg);
     let both = |ns: &Netns| has_addr(ns, VIP) && has_addr(ns, VIP2);
     let none = |ns: &Netns| !has_addr(ns, VIP) && !has_addr(ns, VIP2);
     assert!(wait_for(Duration::from_secs(3), || both(h1) && none(h2)).is_some(), "the group is master on corral (150)");
@@ -410,18 +397,9 @@ fn sighup_reload_leaves_unchanged_instances_alone() {
         format!("\n[[vrrp]]\nname = \"{name}\"\ninterface = \"eth0\"\nvrid = {vrid}\npriority = {prio}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{vip}/24\"]\n")
     };
     let head = format!("[node]\nadmin_socket = \"{}/admin.sock\"\n", dir.path.display());
-    let file = dir.path.join("corrald.toml");
-    std::fs::write(&file, format!("{head}{}{}", inst("A", 51, 150, "192.0.2.100"), inst("B", 52, 150, "192.0.2.101"))).unwrap();
-    let mut cmd = h1.cmd(bin.to_str().unwrap());
-    cmd.arg("--config").arg(&file).stdout(Stdio::null()).stderr(Stdio::inherit());
-    let c = Daemon::spawn(cmd, "corrald");
+    let (c, file) = start_corrald(&bin, h1, &dir, &format!("{head}{}{}", inst("A", 51, 150, "192.0.2.100"), inst("B", 52, 150, "192.0.2.101")));
     assert!(wait_for(Duration::from_secs(3), || has_addr(h1, "192.0.2.100") && has_addr(h1, "192.0.2.101")).is_some());
-    let status = |name: &str| {
-        let ctl = bin.with_file_name("corralctl");
-        let out = Command::new(&ctl).arg("--socket").arg(dir.path.join("admin.sock")).args(["vrrp", "status", "-o", "json"]).output().unwrap();
-        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        all.as_array().unwrap().iter().find(|i| i["name"] == name).cloned()
-    };
+    let status = |name: &str| vrrp_status_all(&bin, &dir).as_array().unwrap().iter().find(|i| i["name"] == name).cloned();
     // A broken file on SIGHUP changes nothing.
     std::fs::write(&file, "[[vrrp]]\nname = ").unwrap();
     c.signal("HUP");

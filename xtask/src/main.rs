@@ -110,6 +110,14 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// Fetches the kernel (once), packs `payload` into an initramfs and boots it.
+fn boot_vm(payload: &vm::Payload, timeout: Duration, quiet: bool) -> Result<vm::Outcome> {
+    let cache = vm_cache()?;
+    let kernel = vm::kernel(&cache)?;
+    let initrd = vm::initramfs(&cache, &kernel, payload)?;
+    vm::boot(&kernel, &initrd, timeout, quiet)
+}
+
 fn vm_cache() -> Result<PathBuf> {
     let dir = target_dir().join("vm-cache");
     std::fs::create_dir_all(&dir)?;
@@ -175,8 +183,6 @@ fn test_binaries() -> Result<Vec<PathBuf>> {
 }
 
 fn vm_test(filter: Option<&str>) -> Result<()> {
-    let cache = vm_cache()?;
-    let kernel = vm::kernel(&cache)?;
     let mut payload = vm::Payload { files: build_bins(false)?, ..Default::default() };
     let mut script = String::from("rc=0\n");
     let tests = test_binaries()?;
@@ -199,8 +205,7 @@ fn vm_test(filter: Option<&str>) -> Result<()> {
     if std::env::var("CI").as_deref() == Ok("true") {
         payload.env.push(("CI".into(), "true".into()));
     }
-    let initrd = vm::initramfs(&cache, &kernel, &payload)?;
-    let outcome = vm::boot(&kernel, &initrd, Duration::from_secs(1800), false)?;
+    let outcome = boot_vm(&payload, Duration::from_secs(1800), false)?;
     report(&outcome, tests.len() + 1)
 }
 
@@ -218,11 +223,8 @@ fn report(outcome: &vm::Outcome, expected: usize) -> Result<()> {
 }
 
 fn vm_run(cmd: &str) -> Result<()> {
-    let cache = vm_cache()?;
-    let kernel = vm::kernel(&cache)?;
     let payload = vm::Payload { files: build_bins(true)?, script: cmd.to_owned(), env: vec![] };
-    let initrd = vm::initramfs(&cache, &kernel, &payload)?;
-    let outcome = vm::boot(&kernel, &initrd, Duration::from_secs(1800), false)?;
+    let outcome = boot_vm(&payload, Duration::from_secs(1800), false)?;
     report(&outcome, 1)
 }
 
@@ -243,7 +245,6 @@ fn rule_file(services: usize) -> String {
 /// One VM boot runs both tools on the same files; the figures come back as `BENCH key value` lines.
 fn bench_ipvs(sizes: &[usize]) -> Result<()> {
     let cache = vm_cache()?;
-    let kernel = vm::kernel(&cache)?;
     let mut payload = vm::Payload { files: build_bins(true)?, ..Default::default() };
     let mut script = String::from(
         r#"set -e
@@ -295,8 +296,7 @@ ip netns del a{n}; ip netns del c{n}
         ));
     }
     payload.script = script;
-    let initrd = vm::initramfs(&cache, &kernel, &payload)?;
-    let outcome = vm::boot(&kernel, &initrd, Duration::from_secs(3000), true)?;
+    let outcome = boot_vm(&payload, Duration::from_secs(3000), true)?;
     let figures: Vec<(String, String)> = outcome
         .log
         .lines()
@@ -335,10 +335,7 @@ ip netns del a{n}; ip netns del c{n}
 
 fn demo() -> Result<()> {
     eprintln!("demo: building corralctl and booting a Debian kernel with IPVS in qemu (the host kernel has none)");
-    let cache = vm_cache()?;
-    let kernel = vm::kernel(&cache)?;
     let payload = vm::Payload { files: build_bins(true)?, script: include_str!("demo.sh").to_owned(), env: vec![] };
-    let initrd = vm::initramfs(&cache, &kernel, &payload)?;
-    let outcome = vm::boot(&kernel, &initrd, Duration::from_secs(600), false)?;
+    let outcome = boot_vm(&payload, Duration::from_secs(600), false)?;
     report(&outcome, 1)
 }

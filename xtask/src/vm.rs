@@ -47,23 +47,21 @@ pub fn kernel(cache: &Path) -> Result<Kernel> {
         let started = Instant::now();
         let _ = fs::remove_dir_all(&kdir);
         fs::create_dir_all(&kdir)?;
-        let deps = output(Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]))?;
-        let pkg = deps
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("Depends: "))
-            .find(|p| p.starts_with("linux-image-"))
-            .map(str::to_owned);
-        let pkg = match pkg {
+        // The metapackage names the current linux-image-*-cloud-amd64; a fresh machine may have
+        // no package lists yet, hence one `apt-get update` and a second look.
+        let image_pkg = || -> Result<Option<String>> {
+            let deps = output(Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]))?;
+            Ok(deps
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("Depends: "))
+                .find(|p| p.starts_with("linux-image-"))
+                .map(str::to_owned))
+        };
+        let pkg = match image_pkg()? {
             Some(p) => p,
             None => {
-                // A fresh machine may have no package lists yet.
                 run(Command::new("apt-get").args(["update", "-qq"]))?;
-                let deps = output(Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]))?;
-                deps.lines()
-                    .filter_map(|l| l.trim().strip_prefix("Depends: "))
-                    .find(|p| p.starts_with("linux-image-"))
-                    .map(str::to_owned)
-                    .context("apt-cache names no linux-image-*-cloud-amd64 package")?
+                image_pkg()?.context("apt-cache names no linux-image-*-cloud-amd64 package")?
             }
         };
         eprintln!("vm: downloading kernel package {pkg}");

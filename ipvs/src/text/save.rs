@@ -2,7 +2,7 @@
 //! with `FMT_RULE | FMT_NUMERIC`), so the two tools' outputs can be compared byte for byte.
 
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use super::order::{c_cmp_dests, c_cmp_services, glibc_qsort};
 use crate::model::*;
@@ -35,14 +35,8 @@ pub fn save_ordered<'a>(services: impl IntoIterator<Item = &'a Service>, opts: S
         let _ = write!(out, "-A {arg} -s {}", svc.scheduler);
         if let Some(p) = &svc.persistence {
             let _ = write!(out, " -p {}", p.timeout);
-            match svc.key.family() {
-                Family::Inet if p.netmask != 0xffff_ffff => {
-                    let _ = write!(out, " -M {}", Ipv4Addr::from(p.netmask));
-                }
-                Family::Inet6 if p.netmask != 128 => {
-                    let _ = write!(out, " -M {}", p.netmask);
-                }
-                _ => {}
+            if let Some(mask) = svc.persistence_mask() {
+                let _ = write!(out, " -M {mask}");
             }
         }
         if let Some(pe) = &svc.pe_name {

@@ -45,21 +45,13 @@ pub fn na_frame(mac: [u8; 6], vip: std::net::Ipv6Addr) -> [u8; 86] {
     f[78] = 2; // target link-layer address option
     f[79] = 1; // 8 bytes
     f[80..86].copy_from_slice(&mac);
-    let mut acc: u32 = 0;
-    let mut add = |b: &[u8]| {
-        for c in b.chunks(2) {
-            acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
-        }
-    };
-    add(&vip.octets());
-    add(&all_nodes.octets());
-    add(&32u32.to_be_bytes());
-    add(&[0, 0, 0, 58]);
-    add(&f[54..86]);
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    f[56..58].copy_from_slice(&(!(acc as u16)).to_be_bytes());
+    // ICMPv6 checksum over the IPv6 pseudo-header and the message.
+    let mut acc = crate::wire::sum16(&vip.octets(), 0);
+    acc = crate::wire::sum16(&all_nodes.octets(), acc);
+    acc = crate::wire::sum16(&32u32.to_be_bytes(), acc);
+    acc = crate::wire::sum16(&[0, 0, 0, 58], acc);
+    acc = crate::wire::sum16(&f[54..86], acc);
+    f[56..58].copy_from_slice(&crate::wire::fold(acc).to_be_bytes());
     f
 }
 
