@@ -1,0 +1,170 @@
+//! Raft RPCs over a transport the node provides. This crate owns the message format (versioned
+//! postcard, see [`crate::codec`]) and the mapping of errors to what openraft expects; the node
+//! owns sockets, TLS and addressing through [`RpcSender`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::types::{Node, NodeId, Raft, TypeConfig};
+
+/// A Raft RPC request on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcRequest {
+    /// Log replication and heartbeats.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Elections.
+    Vote(VoteRequest<NodeId>),
+    /// One chunk of a snapshot.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// The answer to an [`RpcRequest`], carrying the remote Raft's own error when it refused.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcResponse {
+    /// Answer to AppendEntries.
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to Vote.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to InstallSnapshot.
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+}
+
+/// Why a request did not get an answer from the remote Raft.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcSendError {
+    /// Could not connect / handshake: openraft backs off before retrying.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// Connected but the exchange failed (timeout, reset, refused by the handler).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The node's transport: send `payload` to the Raft service at `addr` and return its reply.
+pub trait RpcSender: Clone + Send + Sync + 'static {
+    /// One request/response exchange, bounded by `timeout`.
+    fn send(
+        &self,
+        addr: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<u8>, RpcSendError>> + Send;
+}
+
+/// openraft's network factory over an [`RpcSender`].
+#[derive(Clone)]
+pub struct Network<S> {
+    sender: S,
+}
+
+impl<S: RpcSender> Network<S> {
+    /// Wraps the node's transport.
+    pub fn new(sender: S) -> Self {
+        Self { sender }
+    }
+}
+
+impl<S: RpcSender> RaftNetworkFactory<TypeConfig> for Network<S> {
+    type Network = Client<S>;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
+        Client {
+            sender: self.sender.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+/// A client for one peer.
+pub struct Client<S> {
+    sender: S,
+    target: NodeId,
+    addr: String,
+}
+
+impl<S: RpcSender> Client<S> {
+    async fn call<E: std::error::Error>(
+        &self,
+        req: RpcRequest,
+        option: &RPCOption,
+    ) -> Result<RpcResponse, RPCError<NodeId, Node, E>> {
+        let bytes = encode("raft rpc request", &req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = self
+            .sender
+            .send(&self.addr, bytes, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                RpcSendError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+                RpcSendError::Failed(_) => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        decode("raft rpc response", &reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+
+    fn unexpected<E: std::error::Error>(&self, got: &RpcResponse) -> RPCError<NodeId, Node, E> {
+        let e = RpcSendError::Failed(format!("unexpected reply kind from node {}: {got:?}", self.target));
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl<S: RpcSender> RaftNetwork<TypeConfig> for Client<S> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        match self.call(RpcRequest::AppendEntries(rpc), &option).await? {
+            RpcResponse::AppendEntries(r) => r.map_err(|e| RemoteError::new(self.target, e).into()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self.call(RpcRequest::InstallSnapshot(rpc), &option).await? {
+            RpcResponse::InstallSnapshot(r) => r.map_err(|e| RemoteError::new(self.target, e).into()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        match self.call(RpcRequest::Vote(rpc), &option).await? {
+            RpcResponse::Vote(r) => r.map_err(|e| RemoteError::new(self.target, e).into()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+}
+
+/// The receiving side: decodes one request, hands it to `raft`, encodes the answer. A request
+/// that does not decode is refused with a message naming the problem (the node logs and counts
+/// it); it never reaches Raft.
+pub async fn serve(raft: &Raft, request: &[u8]) -> Result<Vec<u8>, String> {
+    let req: RpcRequest = decode("raft rpc request", request).map_err(|e| e.to_string())?;
+    let resp = match req {
+        RpcRequest::AppendEntries(r) => RpcResponse::AppendEntries(raft.append_entries(r).await),
+        RpcRequest::Vote(r) => RpcResponse::Vote(raft.vote(r).await),
+        RpcRequest::InstallSnapshot(r) => RpcResponse::InstallSnapshot(raft.install_snapshot(r).await),
+    };
+    encode("raft rpc response", &resp).map_err(|e| e.to_string())
+}

@@ -1,0 +1,628 @@
+//! The Raft log and the state machine, both in one redb file (`raft.redb` in the node's data
+//! directory). redb is blocking, so every transaction runs on tokio's blocking pool; one
+//! `append` or `apply` call is one durable write transaction however many entries it carries.
+//!
+//! Tables: `raft_log` (index → entry), `raft_meta` (vote, committed, last purged),
+//! `sm_data` ((namespace, key) → value), `sm_meta` (last applied, membership), `snapshot`
+//! (the current snapshot's meta and bytes). Every value is a versioned postcard record.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::codec::{decode, encode};
+use crate::types::{ClusterState, Command, Node, NodeId, Response, TypeConfig};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const SM_DATA: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("sm_data");
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+type SE = StorageError<NodeId>;
+
+/// Why the store could not be opened: always names the file and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb refused the file (corrupt, truncated, locked by another process, unreadable).
+    #[error("raft store {path}: {reason}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// redb's reason.
+        reason: String,
+    },
+    /// A zero-length file: a truncation, never a valid empty store (redb writes a header).
+    #[error("raft store {path}: file is empty (truncated?); refusing to start with an empty log. Move it away to re-join as a new node")]
+    EmptyFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A record inside the file does not decode.
+    #[error("raft store {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Which record and why.
+        reason: String,
+    },
+}
+
+fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> SE {
+    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
+}
+fn read_logs_err(e: impl ToString) -> SE {
+    StorageIOError::read_logs(AnyError::error(e.to_string())).into()
+}
+fn write_logs_err(e: impl ToString) -> SE {
+    StorageIOError::write_logs(AnyError::error(e.to_string())).into()
+}
+fn sm_read_err(e: impl ToString) -> SE {
+    StorageIOError::read_state_machine(AnyError::error(e.to_string())).into()
+}
+fn sm_write_err(e: impl ToString) -> SE {
+    StorageIOError::write_state_machine(AnyError::error(e.to_string())).into()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SE> + Send + 'static,
+) -> Result<T, SE> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, format!("storage task failed: {e}")))?
+}
+
+/// Opens (or creates) the store at `path` and returns its two halves. Refuses files that are
+/// empty, corrupt, or whose records do not decode, so a damaged store is an error at start-up
+/// rather than a node that silently rejoins with an empty log.
+pub fn open(path: &Path) -> Result<(LogStore, StateMachine), StoreError> {
+    if let Ok(md) = std::fs::metadata(path) {
+        if md.len() == 0 {
+            return Err(StoreError::EmptyFile { path: path.to_path_buf() });
+        }
+    }
+    let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let db = Database::create(path).map_err(|e| open_err(&e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The state holds the cluster CA key and join token hashes.
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+    let txn = db.begin_write().map_err(|e| open_err(&e))?;
+    for t in [META, SM_META, SNAPSHOT] {
+        txn.open_table(t).map_err(|e| open_err(&e))?;
+    }
+    txn.open_table(LOG).map_err(|e| open_err(&e))?;
+    txn.open_table(SM_DATA).map_err(|e| open_err(&e))?;
+    txn.commit().map_err(|e| open_err(&e))?;
+    let db = Arc::new(db);
+    let corrupt = |reason: String| StoreError::Corrupt { path: path.to_path_buf(), reason };
+
+    // Check every fixed record and the log's ends decode now, not at the first election.
+    let log = LogStore { db: db.clone() };
+    (|| -> Result<(), SE> {
+        log.meta::<Vote<NodeId>>("vote")?;
+        log.meta::<Option<LogId<NodeId>>>("committed")?;
+        log.meta::<LogId<NodeId>>("last_purged")?;
+        log.last_log_id()?;
+        if let Some(i) = log.first_index()? {
+            log.read_range((Bound::Included(i), Bound::Included(i)))?;
+        }
+        Ok(())
+    })()
+    .map_err(|e| corrupt(e.to_string()))?;
+    let inner = load_state_machine(&db).map_err(|e| corrupt(e.to_string()))?;
+    let (tx, _) = watch::channel(Arc::new(inner.state.clone()));
+    let sm = StateMachine {
+        db,
+        inner: Arc::new(RwLock::new(inner)),
+        published: Arc::new(tx),
+    };
+    Ok((log, sm))
+}
+
+/// The log half: entries, vote, committed pointer, purge point.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    fn meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, SE> {
+        let txn = self.db.begin_read().map_err(read_logs_err)?;
+        let t = txn.open_table(META).map_err(read_logs_err)?;
+        match t.get(key).map_err(read_logs_err)? {
+            None => Ok(None),
+            Some(v) => decode(&format!("raft_meta/{key}"), v.value())
+                .map(Some)
+                .map_err(read_logs_err),
+        }
+    }
+
+    async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T, vote: bool) -> Result<(), SE> {
+        let bytes = encode(key, value).map_err(write_logs_err)?;
+        let db = self.db.clone();
+        blocking(move || {
+            let err = |e: &dyn std::fmt::Display| {
+                if vote {
+                    SE::from(StorageIOError::write_vote(AnyError::error(e.to_string())))
+                } else {
+                    write_logs_err(e)
+                }
+            };
+            let txn = db.begin_write().map_err(|e| err(&e))?;
+            txn.open_table(META)
+                .map_err(|e| err(&e))?
+                .insert(key, bytes.as_slice())
+                .map_err(|e| err(&e))?;
+            txn.commit().map_err(|e| err(&e))
+        })
+        .await
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, SE> {
+        let txn = self.db.begin_read().map_err(read_logs_err)?;
+        let t = txn.open_table(LOG).map_err(read_logs_err)?;
+        let last = match t.last().map_err(read_logs_err)? {
+            Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
+            None => None,
+        };
+        Ok(last)
+    }
+
+    fn read_range(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry<TypeConfig>>, SE> {
+        let txn = self.db.begin_read().map_err(read_logs_err)?;
+        let t = txn.open_table(LOG).map_err(read_logs_err)?;
+        let mut out = Vec::new();
+        for item in t.range::<u64>(range).map_err(read_logs_err)? {
+            let (k, v) = item.map_err(read_logs_err)?;
+            out.push(decode_entry(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn first_index(&self) -> Result<Option<u64>, SE> {
+        let txn = self.db.begin_read().map_err(read_logs_err)?;
+        let t = txn.open_table(LOG).map_err(read_logs_err)?;
+        let first = t.first().map_err(read_logs_err)?.map(|(k, _)| k.value());
+        Ok(first)
+    }
+}
+
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, SE> {
+    let e: Entry<TypeConfig> =
+        decode(&format!("raft log entry {index}"), bytes).map_err(|e| {
+            SE::from(StorageIOError::read_log_at_index(index, AnyError::error(e.to_string())))
+        })?;
+    if e.log_id.index != index {
+        return Err(StorageIOError::read_log_at_index(
+            index,
+            AnyError::error(format!("entry stored at index {index} says it is {}", e.log_id.index)),
+        )
+        .into());
+    }
+    Ok(e)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SE> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => Bound::Included(s),
+            Bound::Excluded(&s) => Bound::Excluded(s),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&s) => Bound::Included(s),
+            Bound::Excluded(&s) => Bound::Excluded(s),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        self.read_range((start, end))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SE> {
+        let last_purged: Option<LogId<NodeId>> = self.meta("last_purged")?;
+        let last = self.last_log_id()?;
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SE> {
+        self.put_meta("vote", vote, true).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SE> {
+        self.meta("vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SE> {
+        self.put_meta("committed", &committed, false).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SE> {
+        Ok(self.meta::<Option<LogId<NodeId>>>("committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SE>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = Vec::new();
+        for e in entries {
+            let bytes = encode("raft log entry", &e).map_err(write_logs_err)?;
+            rows.push((e.log_id.index, bytes));
+        }
+        let db = self.db.clone();
+        let res = blocking(move || {
+            let txn = db.begin_write().map_err(write_logs_err)?;
+            {
+                let mut t = txn.open_table(LOG).map_err(write_logs_err)?;
+                for (i, b) in &rows {
+                    t.insert(*i, b.as_slice()).map_err(write_logs_err)?;
+                }
+            }
+            txn.commit().map_err(write_logs_err)
+        })
+        .await;
+        match &res {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        res
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SE> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(write_logs_err)?;
+            txn.open_table(LOG)
+                .map_err(write_logs_err)?
+                .retain_in(log_id.index.., |_, _| false)
+                .map_err(write_logs_err)?;
+            txn.commit().map_err(write_logs_err)
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SE> {
+        let bytes = encode("last_purged", &log_id).map_err(write_logs_err)?;
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(write_logs_err)?;
+            txn.open_table(META)
+                .map_err(write_logs_err)?
+                .insert("last_purged", bytes.as_slice())
+                .map_err(write_logs_err)?;
+            txn.open_table(LOG)
+                .map_err(write_logs_err)?
+                .retain_in(..=log_id.index, |_, _| false)
+                .map_err(write_logs_err)?;
+            txn.commit().map_err(write_logs_err)
+        })
+        .await
+    }
+}
+
+struct SmInner {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, Node>,
+    state: ClusterState,
+    snapshot_seq: u64,
+}
+
+fn load_state_machine(db: &Database) -> Result<SmInner, SE> {
+    let txn = db.begin_read().map_err(sm_read_err)?;
+    let meta = txn.open_table(SM_META).map_err(sm_read_err)?;
+    let get = |key: &str| -> Result<Option<Vec<u8>>, SE> {
+        Ok(meta.get(key).map_err(sm_read_err)?.map(|v| v.value().to_vec()))
+    };
+    let last_applied: Option<LogId<NodeId>> = match get("last_applied")? {
+        Some(b) => decode("sm_meta/last_applied", &b).map_err(sm_read_err)?,
+        None => None,
+    };
+    let membership: StoredMembership<NodeId, Node> = match get("membership")? {
+        Some(b) => decode("sm_meta/membership", &b).map_err(sm_read_err)?,
+        None => StoredMembership::default(),
+    };
+    let mut state = ClusterState {
+        revision: last_applied.map(|l| l.index).unwrap_or(0),
+        data: BTreeMap::new(),
+    };
+    let data = txn.open_table(SM_DATA).map_err(sm_read_err)?;
+    for item in data.iter().map_err(sm_read_err)? {
+        let (k, v) = item.map_err(sm_read_err)?;
+        let (ns, key) = k.value();
+        state
+            .data
+            .entry(ns.to_string())
+            .or_default()
+            .insert(key.to_string(), v.value().to_vec());
+    }
+    // The snapshot record must decode too; a broken one would only surface when a follower
+    // needs it.
+    let snap = txn.open_table(SNAPSHOT).map_err(sm_read_err)?;
+    if let Some(m) = snap.get("meta").map_err(sm_read_err)? {
+        decode::<SnapshotMeta<NodeId, Node>>("snapshot/meta", m.value()).map_err(sm_read_err)?;
+    }
+    Ok(SmInner { last_applied, membership, state, snapshot_seq: 0 })
+}
+
+/// The state-machine half. Applied state is persisted in the same transaction as its
+/// last-applied pointer, and published to readers on a `watch` channel after each commit.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    inner: Arc<RwLock<SmInner>>,
+    published: Arc<watch::Sender<Arc<ClusterState>>>,
+}
+
+impl StateMachine {
+    /// Readers (reconciler, admin API) watch this: it changes after every applied batch.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.published.subscribe()
+    }
+
+    /// The state as of now.
+    pub fn current(&self) -> Arc<ClusterState> {
+        self.published.borrow().clone()
+    }
+
+    fn publish(&self) {
+        let state = self.inner.read().unwrap_or_else(|p| p.into_inner()).state.clone();
+        self.published.send_replace(Arc::new(state));
+    }
+}
+
+fn write_command(
+    t: &mut redb::Table<(&str, &str), &[u8]>,
+    cmd: &Command,
+) -> Result<(), redb::StorageError> {
+    match cmd {
+        Command::Put { ns, key, value } => {
+            t.insert((ns.as_str(), key.as_str()), value.as_slice())?;
+        }
+        Command::Delete { ns, key } => {
+            t.remove((ns.as_str(), key.as_str()))?;
+        }
+        Command::Replace { ns, entries } => {
+            let mut old = Vec::new();
+            for item in t.range((ns.as_str(), "")..)? {
+                let (k, _) = item?;
+                let (kns, key) = k.value();
+                if kns != ns {
+                    break;
+                }
+                old.push(key.to_string());
+            }
+            for key in old {
+                t.remove((ns.as_str(), key.as_str()))?;
+            }
+            for (key, value) in entries {
+                t.insert((ns.as_str(), key.as_str()), value.as_slice())?;
+            }
+        }
+        Command::Batch(cmds) => {
+            for c in cmds {
+                write_command(t, c)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The persisted body of a snapshot.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    state: ClusterState,
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), SE> {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        Ok((g.last_applied, g.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, SE>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            return Ok(Vec::new());
+        };
+        let mut membership = None;
+        for e in &entries {
+            if let EntryPayload::Membership(m) = &e.payload {
+                membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
+            }
+        }
+        let last_bytes = encode("last_applied", &Some(last)).map_err(sm_write_err)?;
+        let mem_bytes = match &membership {
+            Some(m) => Some(encode("membership", m).map_err(sm_write_err)?),
+            None => None,
+        };
+        let db = self.db.clone();
+        let entries = Arc::new(entries);
+        let for_db = entries.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(sm_write_err)?;
+            {
+                let mut data = txn.open_table(SM_DATA).map_err(sm_write_err)?;
+                for e in for_db.iter() {
+                    if let EntryPayload::Normal(cmd) = &e.payload {
+                        write_command(&mut data, cmd).map_err(|err| {
+                            SE::from(StorageIOError::apply(e.log_id, AnyError::error(err.to_string())))
+                        })?;
+                    }
+                }
+                let mut meta = txn.open_table(SM_META).map_err(sm_write_err)?;
+                meta.insert("last_applied", last_bytes.as_slice()).map_err(sm_write_err)?;
+                if let Some(m) = &mem_bytes {
+                    meta.insert("membership", m.as_slice()).map_err(sm_write_err)?;
+                }
+            }
+            txn.commit().map_err(sm_write_err)
+        })
+        .await?;
+        let mut out = Vec::with_capacity(entries.len());
+        {
+            let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            for e in entries.iter() {
+                if let EntryPayload::Normal(cmd) = &e.payload {
+                    g.state.apply(cmd);
+                }
+                out.push(Response { revision: e.log_id.index });
+            }
+            g.last_applied = Some(last);
+            g.state.revision = last.index;
+            if let Some(m) = membership {
+                g.membership = m;
+            }
+        }
+        self.publish();
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SE> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SE> {
+        let data = snapshot.into_inner();
+        let snap_err = |e: &dyn std::fmt::Display| {
+            SE::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::error(e.to_string()),
+            ))
+        };
+        let body: SnapshotBody = decode("received snapshot", &data).map_err(|e| snap_err(&e))?;
+        let meta_bytes = encode("snapshot meta", meta).map_err(sm_write_err)?;
+        let last_bytes = encode("last_applied", &meta.last_log_id).map_err(sm_write_err)?;
+        let mem_bytes = encode("membership", &meta.last_membership).map_err(sm_write_err)?;
+        let db = self.db.clone();
+        let state = body.state.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(sm_write_err)?;
+            txn.delete_table(SM_DATA).map_err(sm_write_err)?;
+            {
+                let mut t = txn.open_table(SM_DATA).map_err(sm_write_err)?;
+                for (ns, m) in &state.data {
+                    for (k, v) in m {
+                        t.insert((ns.as_str(), k.as_str()), v.as_slice()).map_err(sm_write_err)?;
+                    }
+                }
+                let mut sm = txn.open_table(SM_META).map_err(sm_write_err)?;
+                sm.insert("last_applied", last_bytes.as_slice()).map_err(sm_write_err)?;
+                sm.insert("membership", mem_bytes.as_slice()).map_err(sm_write_err)?;
+                let mut s = txn.open_table(SNAPSHOT).map_err(sm_write_err)?;
+                s.insert("meta", meta_bytes.as_slice()).map_err(sm_write_err)?;
+                s.insert("data", data.as_slice()).map_err(sm_write_err)?;
+            }
+            txn.commit().map_err(sm_write_err)
+        })
+        .await?;
+        {
+            let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            g.last_applied = meta.last_log_id;
+            g.membership = meta.last_membership.clone();
+            g.state = body.state;
+            g.state.revision = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        }
+        self.publish();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SE> {
+        let txn = self.db.begin_read().map_err(sm_read_err)?;
+        let t = txn.open_table(SNAPSHOT).map_err(sm_read_err)?;
+        let (Some(m), Some(d)) = (
+            t.get("meta").map_err(sm_read_err)?,
+            t.get("data").map_err(sm_read_err)?,
+        ) else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta<NodeId, Node> =
+            decode("snapshot/meta", m.value()).map_err(sm_read_err)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(d.value().to_vec())),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SE> {
+        let (meta, data) = {
+            let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            g.snapshot_seq += 1;
+            let snapshot_id = match g.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, g.snapshot_seq),
+                None => format!("none-{}", g.snapshot_seq),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: g.last_applied,
+                last_membership: g.membership.clone(),
+                snapshot_id,
+            };
+            let data = encode("snapshot", &SnapshotBody { state: g.state.clone() })
+                .map_err(sm_write_err)?;
+            (meta, data)
+        };
+        let meta_bytes = encode("snapshot meta", &meta).map_err(sm_write_err)?;
+        let db = self.db.clone();
+        let stored = data.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(sm_write_err)?;
+            {
+                let mut s = txn.open_table(SNAPSHOT).map_err(sm_write_err)?;
+                s.insert("meta", meta_bytes.as_slice()).map_err(sm_write_err)?;
+                s.insert("data", stored.as_slice()).map_err(sm_write_err)?;
+            }
+            txn.commit().map_err(sm_write_err)
+        })
+        .await?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
