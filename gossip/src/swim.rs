@@ -199,6 +199,7 @@ enum Command {
     Members(oneshot::Sender<Vec<MemberInfo>>),
     Metadata(oneshot::Sender<Vec<NodeMetadata>>),
     Leave(oneshot::Sender<Result<(), SwimError>>),
+    Announce(SocketAddr, oneshot::Sender<Result<(), SwimError>>),
 }
 
 /// Handle to a running gossip member. Dropping every handle stops the driver without a
@@ -292,6 +293,12 @@ impl Swim {
     /// Gossips new metadata for this node; returns the version it was given.
     pub async fn set_metadata(&self, data: Vec<u8>) -> Result<u64, SwimError> {
         self.ask(|tx| Command::SetMetadata(data, tx)).await?
+    }
+
+    /// Announces this node to `addr` (a seed given at run time, e.g. by `corralctl join`): the
+    /// member there adds us and gossip spreads us from it.
+    pub async fn announce(&self, addr: SocketAddr) -> Result<(), SwimError> {
+        self.ask(|tx| Command::Announce(addr, tx)).await?
     }
 
     /// Leaves gracefully: tells a few members (who spread it) that this node is leaving and
@@ -608,6 +615,18 @@ impl Driver {
                     debug!(error = %e, "metadata broadcast");
                 }
                 let _ = reply.send(Ok(version));
+            }
+            Command::Announce(addr, reply) => {
+                let dst = NodeId {
+                    name: String::new(),
+                    addr,
+                    incarnation: 0,
+                };
+                let res = self
+                    .foca
+                    .announce(dst, &mut self.rt)
+                    .map_err(|e| SwimError::Foca(e.to_string()));
+                let _ = reply.send(res);
             }
             // The run loop handles Leave itself (it ends the loop); nothing to do here.
             Command::Leave(reply) => {

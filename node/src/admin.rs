@@ -1,16 +1,21 @@
-//! The admin API server: JSON lines over a Unix socket, mode 0600 (root only).
+//! The admin API server: JSON lines over a Unix socket, mode 0600 (root only), and the same
+//! requests over QUIC (mutual TLS, cluster certificates) for remote callers and for writes a
+//! follower forwards to the leader.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use gossip::transport::{Alpn, Peer, StreamHandler};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 use crate::api::{decode_request, encode_response, Request, Response, ResponseBody};
+use crate::cluster::Cluster;
 use crate::vrrp_driver::StatusBoard;
 
-/// Binds the socket (replacing a stale one) and serves requests until the task is dropped.
+/// Binds the socket (replacing a stale one).
 pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -21,18 +26,91 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-pub async fn serve(listener: UnixListener, board: StatusBoard) {
+/// Answers admin requests from whichever door they came in.
+#[derive(Clone)]
+pub struct Admin {
+    pub board: StatusBoard,
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+impl Admin {
+    /// One request → one response; errors are phrased for the operator.
+    pub async fn handle(&self, req: Request) -> Response {
+        match self.dispatch(req).await {
+            Ok(result) => Response::Ok { result },
+            Err(message) => Response::Error { message },
+        }
+    }
+
+    async fn dispatch(&self, req: Request) -> Result<ResponseBody, String> {
+        if let Request::VrrpStatus = req {
+            return Ok(ResponseBody::VrrpStatus { instances: self.board.lock().unwrap_or_else(|p| p.into_inner()).clone() });
+        }
+        let c = self
+            .cluster
+            .as_ref()
+            .ok_or("this node runs standalone (no [cluster] in its configuration)")?;
+        match req {
+            Request::VrrpStatus => unreachable!("answered above"),
+            Request::Members => Ok(ResponseBody::Members { members: c.members() }),
+            Request::RaftStatus => Ok(ResponseBody::RaftStatus(c.raft_status())),
+            Request::TokenList => Ok(ResponseBody::Tokens { tokens: c.tokens() }),
+            Request::KvList => Ok(c.kv()),
+            Request::Join { seed } => c.announce(&seed).await,
+            Request::Leave => c.leave().await,
+            Request::Forwarded { inner } => {
+                if matches!(*inner, Request::Forwarded { .. }) {
+                    return Err("nested forward refused".into());
+                }
+                c.execute_as_leader(&inner).await.map_err(|e| e.to_string())
+            }
+            r if r.needs_leader() => c.on_leader(&r).await,
+            r => Err(format!("{r:?}: not handled")),
+        }
+    }
+
+    /// The QUIC side: the peer is a cluster member (its certificate proved it).
+    pub fn quic_handler(&self) -> StreamHandler {
+        let me = self.clone();
+        Arc::new(move |peer: Peer, body: Vec<u8>| {
+            let me = me.clone();
+            Box::pin(async move {
+                let line = String::from_utf8_lossy(&body);
+                let resp = match decode_request(&line) {
+                    Ok(req) => {
+                        tracing::debug!(peer = %peer.name, ?req, "remote admin request");
+                        me.handle(req).await
+                    }
+                    Err(message) => {
+                        tracing::warn!(peer = %peer.name, %message, "bad remote admin request");
+                        Response::Error { message }
+                    }
+                };
+                Ok(encode_response(&resp).into_bytes())
+            })
+        })
+    }
+
+    /// Registers [`Admin::quic_handler`] on the cluster endpoint.
+    pub fn serve_quic(&self) -> Result<()> {
+        if let Some(c) = &self.cluster {
+            c.transport.register_handler(Alpn::Admin, self.quic_handler())?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves the Unix socket until the task is dropped.
+pub async fn serve(listener: UnixListener, admin: Admin) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let board = board.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut lines = BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let resp = match decode_request(&line) {
-                    Ok(Request::VrrpStatus) => {
-                        Response::Ok { result: ResponseBody::VrrpStatus { instances: board.lock().unwrap().clone() } }
-                    }
+                    Ok(req) => admin.handle(req).await,
                     Err(message) => Response::Error { message },
                 };
                 if w.write_all(encode_response(&resp).as_bytes()).await.is_err() {

@@ -30,6 +30,44 @@ pub struct Envelope<T> {
 pub enum Request {
     /// Every VRRP instance's state, priority, master and counters.
     VrrpStatus,
+    /// Cluster members as this node sees them (gossip state + Raft role).
+    Members,
+    /// Raft: leader, term, indexes, voters, learners, replication lag.
+    RaftStatus,
+    /// A new join token (written through Raft, valid on every member).
+    TokenCreate {
+        /// humantime (`"1h"`); absent = never expires.
+        ttl: Option<String>,
+        #[serde(default)]
+        description: String,
+    },
+    /// Join tokens (ids, expiry, revoked); never the secrets.
+    TokenList,
+    /// Revokes a token by id.
+    TokenRevoke { id: String },
+    /// Announce this node to another seed.
+    Join { seed: String },
+    /// Leave the cluster gracefully and stop this daemon.
+    Leave,
+    /// Remove a node from the Raft membership at once.
+    Remove { node: String },
+    /// Sets a key in the opaque key/value section (replaced by the director's rules later).
+    KvPut { key: String, value: String },
+    /// Reads the key/value section as applied on this node.
+    KvList,
+    /// A request another member forwarded to this node because it is the Raft leader; never
+    /// forwarded again (no loops).
+    Forwarded { inner: Box<Request> },
+}
+
+impl Request {
+    /// Requests that change replicated state run on the Raft leader.
+    pub fn needs_leader(&self) -> bool {
+        matches!(
+            self,
+            Request::TokenCreate { .. } | Request::TokenRevoke { .. } | Request::Remove { .. } | Request::KvPut { .. }
+        )
+    }
 }
 
 /// The daemon's answer: a result or an error message for the operator.
@@ -45,6 +83,58 @@ pub enum Response {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ResponseBody {
     VrrpStatus { instances: Vec<VrrpInstanceStatus> },
+    Members { members: Vec<MemberStatus> },
+    RaftStatus(RaftStatus),
+    /// A created token: the only time its secret is shown.
+    TokenCreated { token: String, info: TokenInfo },
+    Tokens { tokens: Vec<TokenInfo> },
+    /// A change that went through Raft (or a local action, revision absent).
+    Done { message: String, revision: Option<u64> },
+    Kv { revision: u64, entries: std::collections::BTreeMap<String, String> },
+}
+
+/// One member as `corralctl members` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub name: String,
+    /// QUIC endpoint `ip:port`.
+    pub addr: String,
+    /// `alive`, `suspect`, `dead` or `left` (gossip's view from the answering node).
+    pub state: String,
+    /// `leader`, `voter`, `learner` or `none`.
+    pub raft: String,
+    /// Gossip identity generation (start time in ms); changes when the node restarts.
+    pub incarnation: u64,
+}
+
+/// `corralctl raft status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftStatus {
+    /// The answering node.
+    pub node: String,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub last_log_index: u64,
+    /// Highest index applied here (everything up to it is committed).
+    pub applied_index: u64,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    /// Per follower: entries behind the leader's log (leader only; absent elsewhere).
+    pub lag: std::collections::BTreeMap<String, u64>,
+    /// Time since a quorum last acknowledged the leader (leader only).
+    pub millis_since_quorum_ack: Option<u64>,
+}
+
+/// A join token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub created_unix: u64,
+    pub expires_unix: Option<u64>,
+    pub revoked: bool,
+    pub description: String,
 }
 
 /// One VRRP instance as `corralctl vrrp status` shows it.
@@ -92,15 +182,28 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
     let io = |source| ClientError::Io { path: path.clone(), source };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let mut line = serde_json::to_string(&Envelope { v: API_VERSION, body: request.clone() })
-        .map_err(|e| ClientError::Decode(e.to_string()))?;
+    let mut line = encode_request(request);
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io)?;
     let mut reply = String::new();
     BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
-    let env: Envelope<Response> = serde_json::from_str(&reply).map_err(|e| ClientError::Decode(e.to_string()))?;
+    if reply.is_empty() {
+        return Err(ClientError::Decode("corrald closed the connection without an answer".into()));
+    }
+    decode_response(&reply)
+}
+
+/// Encodes one request line (no newline), as sent on the socket or forwarded over QUIC.
+pub fn encode_request(req: &Request) -> String {
+    serde_json::to_string(&Envelope { v: API_VERSION, body: req.clone() })
+        .unwrap_or_else(|e| format!("{{\"v\":{API_VERSION},\"op\":\"encode error: {e}\"}}"))
+}
+
+/// Decodes one response line into its result or the daemon's error message.
+pub fn decode_response(line: &str) -> Result<ResponseBody, ClientError> {
+    let env: Envelope<Response> = serde_json::from_str(line).map_err(|e| ClientError::Decode(e.to_string()))?;
     if env.v != API_VERSION {
-        return Err(ClientError::Decode(format!("API version {} (this corralctl speaks {API_VERSION})", env.v)));
+        return Err(ClientError::Decode(format!("API version {} (this client speaks {API_VERSION})", env.v)));
     }
     match env.body {
         Response::Ok { result } => Ok(result),

@@ -25,6 +25,57 @@ pub struct Config {
     /// Tracked scripts (`[[track_script]]`), keepalived's `vrrp_script`, referenced by instances.
     #[serde(default)]
     pub track_script: Vec<TrackScriptConfig>,
+    /// `[cluster]`: present = this node is a cluster member (gossip + Raft); absent = standalone.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: how this node finds and joins its cluster, and how the cluster manages voters.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Seed addresses (`ip:port` of a member's QUIC endpoint). Empty on the node that creates
+    /// the cluster.
+    #[serde(default)]
+    pub join: Vec<std::net::SocketAddr>,
+    /// Join token from `corralctl token create`; needed once, until this node has its
+    /// certificate in the data directory.
+    pub token: Option<String>,
+    /// The same, read from a file (keeps the secret out of the config).
+    pub token_file: Option<PathBuf>,
+    /// Name put in the CA certificate when this node creates the cluster.
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    /// Raft voters the cluster aims for; absent = 3, or 5 once 5+ nodes are alive.
+    pub voters: Option<usize>,
+    /// How long gossip must report a voter dead before it is replaced by a healthy learner.
+    #[serde(default = "default_dead_grace", with = "humantime_serde_compat")]
+    pub dead_grace: Duration,
+    /// SWIM probe period (failure detection: see the gossip crate's README for the bound).
+    #[serde(default = "default_probe_period", with = "humantime_serde_compat")]
+    pub probe_period: Duration,
+    /// Time a suspect member has to refute before it is declared dead.
+    #[serde(default = "default_suspect_timeout", with = "humantime_serde_compat")]
+    pub suspect_timeout: Duration,
+    /// Raft heartbeat; elections start after 4–8 missed heartbeats.
+    #[serde(default = "default_heartbeat", with = "humantime_serde_compat")]
+    pub heartbeat: Duration,
+}
+
+fn default_cluster_name() -> String {
+    "corral".into()
+}
+fn default_dead_grace() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_probe_period() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_suspect_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_millis(100)
 }
 
 /// `[node]`: where this node keeps its state and its admin socket.
@@ -37,11 +88,14 @@ pub struct NodeSection {
     pub admin_socket: PathBuf,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// UDP `ip:port` of this node's QUIC endpoint (gossip, Raft, remote admin); required with
+    /// `[cluster]`. Peers dial this address, so it must not be a wildcard.
+    pub bind: Option<std::net::SocketAddr>,
 }
 
 impl Default for NodeSection {
     fn default() -> Self {
-        NodeSection { name: None, admin_socket: default_admin_socket(), data_dir: default_data_dir() }
+        NodeSection { name: None, admin_socket: default_admin_socket(), data_dir: default_data_dir(), bind: None }
     }
 }
 
@@ -420,6 +474,37 @@ impl Config {
                 }
             }
         }
+        if let Some(c) = &self.cluster {
+            let node = |k: &str| vec![Key("node".into()), Key(k.into())];
+            let cl = |k: &str| vec![Key("cluster".into()), Key(k.into())];
+            match self.node.bind {
+                None => return Err((node("bind"), "a cluster member needs [node] bind = \"IP:PORT\" (its QUIC endpoint)".into())),
+                Some(a) if a.ip().is_unspecified() => {
+                    return Err((node("bind"), format!("{a} is a wildcard; peers dial this address, give the node's own IP")))
+                }
+                Some(a) if a.port() == 0 => return Err((node("bind"), "port 0: give a fixed port, peers dial it".into())),
+                _ => {}
+            }
+            if let Some(name) = &self.node.name {
+                if let Err(e) = gossip::tls::validate_node_name(name) {
+                    return Err((node("name"), e.to_string()));
+                }
+            }
+            if c.token.is_some() && c.token_file.is_some() {
+                return Err((cl("token_file"), "give token or token_file, not both".into()));
+            }
+            if let Some(t) = &c.token {
+                if let Err(e) = t.parse::<gossip::tls::JoinToken>() {
+                    return Err((cl("token"), e.to_string()));
+                }
+            }
+            if c.voters == Some(0) {
+                return Err((cl("voters"), "at least 1 voter".into()));
+            }
+            if c.heartbeat.is_zero() || c.probe_period.is_zero() {
+                return Err((cl("heartbeat"), "heartbeat and probe_period must be > 0".into()));
+            }
+        }
         for (i, s) in self.track_script.iter().enumerate() {
             if s.weight < -253 || s.weight > 253 {
                 let here = vec![Key("track_script".into()), Index(i), Key("weight".into())];
@@ -539,4 +624,9 @@ virtual_ips = ["2001:db8::100/64"]
         let e = parse(&text).unwrap_err();
         assert_eq!(e.key, "vrrp[1].vrid", "{e}");
     }
+}
+
+/// Parses a humantime duration with the same message the config uses (for CLI flags).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"30m\", \"1h\")"))
 }

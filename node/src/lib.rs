@@ -2,10 +2,12 @@
 //!
 //! # Layout
 //! - [`api`]: the admin API (JSON lines over a Unix socket) shared with `corralctl`.
+//! - [`cluster`]: gossip + Raft membership, bootstrap/join, forwarding to the leader.
 //! - [`config`]: the node's TOML configuration, with errors that name file, line and key.
 
 pub mod admin;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod tracking;
 pub mod vrrp_driver;

@@ -44,8 +44,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            // openraft logs every failed heartbeat to a dead peer at ERROR; corrald reports
+            // membership and leadership changes itself.
+            "info,openraft=error,openraft::replication=off,openraft::engine=off".into()
+        }))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -65,9 +70,15 @@ fn main() -> ExitCode {
 
 async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let board = Arc::new(Mutex::new(Vec::new()));
-    let listener = node::admin::bind(&config.node.admin_socket)?;
-    tokio::spawn(node::admin::serve(listener, board.clone()));
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
+    let cluster = match &config.cluster {
+        Some(_) => Some(node::cluster::Cluster::start(&config, stop_tx.clone()).await?),
+        None => None,
+    };
+    let admin = node::admin::Admin { board: board.clone(), cluster: cluster.clone() };
+    admin.serve_quic()?;
+    let listener = node::admin::bind(&config.node.admin_socket)?;
+    tokio::spawn(node::admin::serve(listener, admin));
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -92,6 +103,9 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     });
     let socket = config.node.admin_socket.clone();
     let result = node::vrrp_driver::run(config, board, stop_rx, reload_rx).await;
+    if let Some(c) = cluster {
+        c.shutdown().await;
+    }
     let _ = std::fs::remove_file(socket);
     result
 }

@@ -4,6 +4,7 @@
 //! `vrrp` talks to a running corrald over its admin socket.
 //! Exit codes: 0 ok, 1 failure, 2 usage (clap's own).
 
+mod cluster_cmd;
 mod ipvs_cmd;
 mod vrrp_cmd;
 
@@ -30,6 +31,43 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ipvs_cmd::IpvsCmd,
     },
+    /// Cluster members as the node sees them (gossip state and Raft role).
+    Members {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: ipvs_cmd::Output,
+    },
+    /// Announce the node to another seed (`ip:port` of a member).
+    Join {
+        seed: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: ipvs_cmd::Output,
+    },
+    /// Leave the cluster gracefully (out of Raft, gossip "left") and stop the node's corrald.
+    Leave {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: ipvs_cmd::Output,
+    },
+    /// Remove a node from the Raft membership now (e.g. a machine that will not come back).
+    Remove {
+        node: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: ipvs_cmd::Output,
+    },
+    /// Raft consensus status.
+    Raft {
+        #[command(subcommand)]
+        cmd: cluster_cmd::RaftCmd,
+    },
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: cluster_cmd::TokenCmd,
+    },
+    /// The replicated key/value section (a placeholder the director's rules will replace).
+    Kv {
+        #[command(subcommand)]
+        cmd: cluster_cmd::KvCmd,
+    },
     /// VRRP instances of a running corrald.
     Vrrp {
         #[command(subcommand)]
@@ -42,6 +80,13 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Ipvs { cmd } => ipvs_cmd::run(cmd),
         Cmd::Vrrp { cmd } => vrrp_cmd::run(cmd, cli.socket),
+        Cmd::Members { output } => cluster_cmd::members(&cli.socket, output),
+        Cmd::Join { seed, output } => cluster_cmd::simple(&cli.socket, node::api::Request::Join { seed }, output),
+        Cmd::Leave { output } => cluster_cmd::simple(&cli.socket, node::api::Request::Leave, output),
+        Cmd::Remove { node, output } => cluster_cmd::simple(&cli.socket, node::api::Request::Remove { node }, output),
+        Cmd::Raft { cmd } => cluster_cmd::raft(&cli.socket, cmd),
+        Cmd::Token { cmd } => cluster_cmd::token(&cli.socket, cmd),
+        Cmd::Kv { cmd } => cluster_cmd::kv(&cli.socket, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

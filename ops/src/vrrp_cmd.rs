@@ -21,7 +21,9 @@ pub enum VrrpCmd {
 pub fn run(cmd: VrrpCmd, socket: PathBuf) -> Result<()> {
     match cmd {
         VrrpCmd::Status { output } => {
-            let ResponseBody::VrrpStatus { instances } = call(&socket, &Request::VrrpStatus, Duration::from_secs(5))?;
+            let ResponseBody::VrrpStatus { instances } = call(&socket, &Request::VrrpStatus, Duration::from_secs(5))? else {
+                anyhow::bail!("corrald answered vrrp status with something else")
+            };
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&instances)?),
                 Output::Table => {

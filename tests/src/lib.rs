@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// True when the lab can run (root). Not root: skip loudly; under CI=true: fail.

@@ -139,7 +139,18 @@ impl ClusterCa {
     pub fn load(dir: &Path) -> Result<Self, TlsError> {
         let cert_pem = read(dir.join(CA_CERT))?;
         let key_pem = read(dir.join(CA_KEY))?;
-        let cert_der = pem_certs(&dir.join(CA_CERT), &cert_pem)?.remove(0);
+        Self::from_pem(&dir.join(CA_CERT), cert_pem, &key_pem)
+    }
+
+    /// The CA as PEM text (certificate, private key), e.g. to replicate it so that every
+    /// member can serve joins, not only the node that created it.
+    pub fn to_pem(&self) -> (String, String) {
+        (self.cert_pem.clone(), self.key.serialize_pem())
+    }
+
+    /// Rebuilds a CA from [`ClusterCa::to_pem`] output; `origin` labels errors.
+    pub fn from_pem(origin: &Path, cert_pem: String, key_pem: &str) -> Result<Self, TlsError> {
+        let cert_der = pem_certs(origin, &cert_pem)?.remove(0);
         let key = KeyPair::from_pem(&key_pem).map_err(cert_err("parsing ca.key"))?;
         // Parse it once now so a corrupt file fails at load, not at the first join.
         Issuer::from_ca_cert_der(&cert_der, &key).map_err(cert_err("parsing ca.pem"))?;

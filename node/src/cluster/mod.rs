@@ -1,0 +1,722 @@
+//! The cluster member inside corrald: bootstrap or join (certificates), the QUIC endpoint,
+//! SWIM gossip, Raft on redb, and the glue between them: membership follows gossip (joiners
+//! become learners, learners are promoted up to the voter target, dead voters are demoted),
+//! writes are forwarded to the leader, and every member can serve joins.
+//!
+//! # Layout
+//! - [`records`]: the node's records inside the replicated state (CA, tokens, removals).
+//! - [`membership`]: the leader's loop that makes Raft membership follow gossip.
+//! - this file: start-up, the gossip view, admin requests that touch the cluster.
+
+pub mod membership;
+pub mod records;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use gossip::tls::{ClusterCa, JoinToken, NodeCredentials, TokenValidator, Why};
+use gossip::transport::{join_cluster, Alpn, Peer, StreamHandler, Transport, TransportConfig, TransportError};
+use gossip::{MemberEvent, NodeId as GossipId, Swim, SwimConfig};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use raft::network::{Network, RpcSendError, RpcSender};
+use raft::{node_id_for, ClusterState, Command, Node, NodeId};
+use tokio::sync::{mpsc, Notify};
+
+use crate::api::{self, MemberStatus, RaftStatus, Request, ResponseBody, TokenInfo};
+use crate::config::{ClusterSection, Config};
+use records::*;
+
+/// How long a write may wait for its commit before the caller is told the outcome is unknown.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Liveness of a member as seen from gossip events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    Suspect,
+    Dead,
+    Left,
+}
+
+impl Liveness {
+    fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Alive => "alive",
+            Liveness::Suspect => "suspect",
+            Liveness::Dead => "dead",
+            Liveness::Left => "left",
+        }
+    }
+}
+
+/// The newest identity gossip reported for a name, and what it last said about it.
+#[derive(Debug, Clone)]
+pub struct SeenMember {
+    pub id: GossipId,
+    pub state: Liveness,
+    pub since: Instant,
+}
+
+/// A running cluster member.
+pub struct Cluster {
+    pub name: String,
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub transport: Transport,
+    pub raft: raft::Raft,
+    pub sm: raft::StateMachine,
+    swim: tokio::sync::Mutex<Option<Swim>>,
+    identity: GossipId,
+    seen: Mutex<HashMap<String, SeenMember>>,
+    cfg: ClusterSection,
+    poke: Notify,
+    stop: mpsc::Sender<()>,
+    started: Instant,
+    /// Raft/admin messages refused because they did not decode.
+    pub bad_messages: std::sync::atomic::AtomicU64,
+}
+
+/// The Raft RPC transport: requests on the QUIC endpoint's Raft ALPN.
+#[derive(Clone)]
+struct QuicRaft(Transport);
+
+impl RpcSender for QuicRaft {
+    async fn send(&self, addr: &str, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, RpcSendError> {
+        let a: SocketAddr = addr
+            .parse()
+            .map_err(|_| RpcSendError::Unreachable(format!("bad peer address {addr:?}")))?;
+        match tokio::time::timeout(timeout, self.0.request(a, Alpn::Raft, &payload)).await {
+            // Unreachable makes openraft back off instead of retrying a dead peer every heartbeat.
+            Err(_) => Err(RpcSendError::Unreachable(format!("no answer from {addr} within {timeout:?}"))),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(match e {
+                TransportError::ConnectTimeout { .. }
+                | TransportError::HandshakeRefused { .. }
+                | TransportError::PeerRejected { .. }
+                | TransportError::Connection { .. } => RpcSendError::Unreachable(e.to_string()),
+                other => RpcSendError::Failed(other.to_string()),
+            }),
+        }
+    }
+}
+
+/// Join secrets checked against the token records in the replicated state.
+struct RaftTokens(raft::StateMachine);
+
+impl TokenValidator for RaftTokens {
+    fn validate(&self, secret: &str) -> Result<(), Why> {
+        let state = self.0.current();
+        check_token(state.namespace(NS_TOKENS).map(|(_, v)| v.as_slice()), secret, now_unix()).map_err(|why| {
+            tracing::warn!(%why, "join refused");
+            Why(why)
+        })
+    }
+}
+
+fn raft_config(c: &ClusterSection) -> Result<openraft::Config> {
+    let hb = c.heartbeat.as_millis().max(10) as u64;
+    let cfg = openraft::Config {
+        cluster_name: c.name.clone(),
+        heartbeat_interval: hb,
+        election_timeout_min: hb * 4,
+        election_timeout_max: hb * 8,
+        install_snapshot_timeout: 2000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    };
+    cfg.validate().map_err(|e| anyhow!("raft configuration: {e}"))
+}
+
+fn read_token(c: &ClusterSection) -> Result<Option<JoinToken>> {
+    let text = match (&c.token, &c.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("read token_file {}", f.display()))?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(text.trim().parse().context("cluster token")?))
+}
+
+/// Obtains this node's certificate: creates the cluster (first node, no `join`) or trades the
+/// join token for a certificate at one of the seeds. Returns whether the cluster was created.
+async fn credentials(dir: &Path, name: &str, c: &ClusterSection) -> Result<bool> {
+    if NodeCredentials::exist_in(dir) {
+        return Ok(false);
+    }
+    if c.join.is_empty() {
+        tracing::info!(dir = %dir.display(), "no credentials and no seeds: creating a new cluster");
+        let ca = ClusterCa::generate(&c.name)?;
+        ca.save(dir)?;
+        ca.issue(name)?.save(dir)?;
+        return Ok(true);
+    }
+    let token = read_token(c)?.ok_or_else(|| {
+        anyhow!("this node has no certificate yet: [cluster] needs token (or token_file) from `corralctl token create` to join")
+    })?;
+    let mut last = None;
+    for attempt in 0..10u32 {
+        for seed in &c.join {
+            match join_cluster(*seed, &token, name).await {
+                Ok(creds) => {
+                    creds.save(dir)?;
+                    tracing::info!(%seed, "joined: certificate saved in {}", dir.display());
+                    return Ok(false);
+                }
+                // A refusal (bad token, wrong CA) will not change by retrying.
+                Err(e @ (TransportError::JoinRefused { .. } | TransportError::Tls(_))) => {
+                    bail!("join through {seed} refused: {e}")
+                }
+                Err(e) => {
+                    tracing::warn!(%seed, error = %e, "join attempt failed");
+                    last = Some(e);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250 * (1 << attempt.min(4)))).await;
+    }
+    bail!("could not reach any seed {:?}: {}", c.join, last.map(|e| e.to_string()).unwrap_or_default())
+}
+
+impl Cluster {
+    /// Starts the member: credentials, endpoint, Raft, gossip, and the background loops.
+    /// `stop` is how a `leave` ends the daemon.
+    pub async fn start(config: &Config, stop: mpsc::Sender<()>) -> Result<Arc<Cluster>> {
+        let c = config.cluster.clone().ok_or_else(|| anyhow!("no [cluster] section"))?;
+        let addr = config.node.bind.ok_or_else(|| anyhow!("[node] bind is required with [cluster]"))?;
+        let name = node_name(config)?;
+        let dir: PathBuf = config.node.data_dir.clone();
+        std::fs::create_dir_all(&dir).with_context(|| format!("create data_dir {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let created = credentials(&dir, &name, &c).await?;
+        let creds = NodeCredentials::load(&dir)?;
+        if creds.name != name {
+            bail!(
+                "the certificate in {} is for node {:?} but this node is named {:?}: a node keeps its name (or start with an empty data_dir)",
+                dir.display(),
+                creds.name,
+                name
+            );
+        }
+        let transport = Transport::bind(TransportConfig::new(addr, creds))?;
+        let (log, sm) = raft::open(&dir.join("raft.redb"))?;
+        let id = node_id_for(&name);
+        let raft = raft::Raft::new(id, Arc::new(raft_config(&c)?), Network::new(QuicRaft(transport.clone())), log, sm.clone())
+            .await
+            .map_err(|e| anyhow!("start raft: {e}"))?;
+
+        // A restarted member rejoins gossip through the peers its Raft log knows, not only the
+        // configured seeds (the node that created the cluster has none).
+        let mut seeds = c.join.clone();
+        let (_, stored) = openraft::storage::RaftStateMachine::applied_state(&mut sm.clone())
+            .await
+            .map_err(|e| anyhow!("read the stored membership: {e}"))?;
+        for (nid, n) in stored.membership().nodes() {
+            if let (true, Ok(a)) = (*nid != id, n.addr.parse::<SocketAddr>()) {
+                if !seeds.contains(&a) {
+                    seeds.push(a);
+                }
+            }
+        }
+        let identity = GossipId::fresh(name.clone(), addr);
+        let mut swim_cfg = SwimConfig::new(identity.clone(), seeds);
+        swim_cfg.probe_period = c.probe_period;
+        swim_cfg.probe_rtt = (c.probe_period * 2 / 5).max(Duration::from_millis(10));
+        swim_cfg.suspect_to_down_after = c.suspect_timeout;
+        let (swim, events) = Swim::start(&transport, swim_cfg)?;
+
+        let cluster = Arc::new(Cluster {
+            name: name.clone(),
+            id,
+            addr,
+            transport: transport.clone(),
+            raft: raft.clone(),
+            sm: sm.clone(),
+            swim: tokio::sync::Mutex::new(Some(swim)),
+            identity,
+            seen: Mutex::new(HashMap::new()),
+            cfg: c.clone(),
+            poke: Notify::new(),
+            stop,
+            started: Instant::now(),
+            bad_messages: Default::default(),
+        });
+
+        let r = raft.clone();
+        let me = cluster.clone();
+        let raft_handler: StreamHandler = Arc::new(move |peer: Peer, body: Vec<u8>| {
+            let r = r.clone();
+            let me = me.clone();
+            Box::pin(async move {
+                let res = raft::network::serve(&r, &body).await;
+                if let Err(e) = &res {
+                    me.bad_messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(peer = %peer.name, error = %e, "bad raft message refused");
+                }
+                res
+            })
+        });
+        transport.register_handler(Alpn::Raft, raft_handler)?;
+
+        if created {
+            let mut members = BTreeMap::new();
+            members.insert(id, Node { name: name.clone(), addr: addr.to_string() });
+            raft.initialize(members).await.map_err(|e| anyhow!("initialize raft: {e}"))?;
+        } else if !raft.is_initialized().await.map_err(|e| anyhow!("{e}"))? && c.join.is_empty() {
+            tracing::warn!(
+                "this node has a certificate but an empty Raft log and no seeds: it waits to be added by the cluster"
+            );
+        }
+        if ClusterCa::exists_in(&dir) {
+            transport.serve_joins(ClusterCa::load(&dir)?, Arc::new(RaftTokens(sm.clone())));
+        }
+        tokio::spawn(cluster.clone().gossip_events(events));
+        tokio::spawn(cluster.clone().ca_keeper(dir.clone()));
+        tokio::spawn(cluster.clone().membership_loop());
+        tracing::info!(%name, %addr, raft_id = id, "cluster member started");
+        Ok(cluster)
+    }
+
+    async fn gossip_events(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<MemberEvent>) {
+        while let Some(ev) = events.recv().await {
+            let (id, state) = match ev {
+                MemberEvent::Up(id) => (id, Liveness::Alive),
+                MemberEvent::Suspect(id) => (id, Liveness::Suspect),
+                MemberEvent::Down(id) => (id, Liveness::Dead),
+                MemberEvent::Left(id) => (id, Liveness::Left),
+                MemberEvent::Rejoined(id) => {
+                    tracing::warn!(incarnation = id.incarnation, "the cluster declared us down; rejoined");
+                    continue;
+                }
+                MemberEvent::Metadata(_) => continue,
+            };
+            tracing::info!(member = %id.name, addr = %id.addr, state = state.as_str(), "gossip");
+            {
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                let newer = seen.get(&id.name).is_none_or(|s| id.incarnation >= s.id.incarnation);
+                if newer {
+                    let changed = seen.get(&id.name).is_none_or(|s| s.state != state || s.id != id);
+                    let since = if changed { Instant::now() } else { seen[&id.name].since };
+                    seen.insert(id.name.clone(), SeenMember { id, state, since });
+                }
+            }
+            self.poke.notify_one();
+        }
+    }
+
+    /// Publishes the CA into the replicated state (first node, once it leads) and, on nodes
+    /// that joined, starts serving joins once the CA has been replicated to them.
+    async fn ca_keeper(self: Arc<Self>, dir: PathBuf) {
+        let mut rx = self.sm.subscribe();
+        let mut serving = ClusterCa::exists_in(&dir);
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state.get(NS_CLUSTER, KEY_CA) {
+                None if serving => {
+                    // We hold the CA but the cluster does not: publish it (leader only).
+                    if let Ok(ca) = ClusterCa::load(&dir) {
+                        let (cert_pem, key_pem) = ca.to_pem();
+                        if let Ok(value) = raft::codec::encode("ca", &CaRecord { cert_pem, key_pem }) {
+                            let cmd = Command::Put { ns: NS_CLUSTER.into(), key: KEY_CA.into(), value };
+                            if self.is_leader() {
+                                if let Err(e) = self.write(cmd).await {
+                                    tracing::debug!(error = %e, "publishing the CA");
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(bytes) if !serving => match raft::codec::decode::<CaRecord>("ca record", bytes) {
+                    Ok(rec) => match ClusterCa::from_pem(Path::new("raft:cluster/ca"), rec.cert_pem, &rec.key_pem) {
+                        Ok(ca) => {
+                            self.transport.serve_joins(ca, Arc::new(RaftTokens(self.sm.clone())));
+                            serving = true;
+                            tracing::info!("cluster CA replicated here: this node now serves joins");
+                        }
+                        Err(e) => tracing::error!(error = %e, "replicated CA does not load"),
+                    },
+                    Err(e) => tracing::error!(error = %e, "replicated CA record"),
+                },
+                _ => {}
+            }
+            if serving && state.get(NS_CLUSTER, KEY_CA).is_some() {
+                return;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Whether this node is the Raft leader right now.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// Proposes `cmd` on this node (must be the leader) and waits for its commit.
+    pub async fn write(&self, cmd: Command) -> Result<u64, WriteError> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
+            Err(_) => Err(WriteError::Timeout),
+            Ok(Ok(r)) => Ok(r.data.revision),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(WriteError::NotLeader(f.leader_node.map(|n| n.addr))),
+            Ok(Err(e)) => Err(WriteError::Other(e.to_string())),
+        }
+    }
+
+    /// The gossip view as a snapshot.
+    pub fn seen(&self) -> HashMap<String, SeenMember> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The answer to `corralctl members`.
+    pub fn members(&self) -> Vec<MemberStatus> {
+        let m = self.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership().clone();
+        let voters: std::collections::BTreeSet<NodeId> = mem.voter_ids().collect();
+        let role = |id: NodeId, known: bool| -> String {
+            if m.current_leader == Some(id) {
+                "leader"
+            } else if voters.contains(&id) {
+                "voter"
+            } else if known {
+                "learner"
+            } else {
+                "none"
+            }
+            .into()
+        };
+        let mut out: BTreeMap<String, MemberStatus> = BTreeMap::new();
+        out.insert(
+            self.name.clone(),
+            MemberStatus {
+                name: self.name.clone(),
+                addr: self.addr.to_string(),
+                state: "alive".into(),
+                raft: role(self.id, mem.get_node(&self.id).is_some()),
+                incarnation: self.identity.incarnation,
+            },
+        );
+        for (name, s) in self.seen() {
+            if name == self.name {
+                continue;
+            }
+            let id = node_id_for(&name);
+            out.insert(
+                name.clone(),
+                MemberStatus {
+                    name,
+                    addr: s.id.addr.to_string(),
+                    state: s.state.as_str().into(),
+                    raft: role(id, mem.get_node(&id).is_some()),
+                    incarnation: s.id.incarnation,
+                },
+            );
+        }
+        for (id, node) in mem.nodes() {
+            out.entry(node.name.clone()).or_insert_with(|| MemberStatus {
+                name: node.name.clone(),
+                addr: node.addr.clone(),
+                state: "dead".into(),
+                raft: role(*id, true),
+                incarnation: 0,
+            });
+        }
+        out.into_values().collect()
+    }
+
+    /// The answer to `corralctl raft status`.
+    pub fn raft_status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership().clone();
+        let name_of = |id: &NodeId| mem.get_node(id).map(|n| n.name.clone()).unwrap_or_else(|| format!("#{id}"));
+        let voters: Vec<String> = mem.voter_ids().map(|i| name_of(&i)).collect();
+        let learners: Vec<String> = mem.learner_ids().map(|i| name_of(&i)).collect();
+        let last = m.last_log_index.unwrap_or(0);
+        let lag = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != self.id)
+                    .map(|(id, matched)| (name_of(id), last.saturating_sub(matched.map(|l| l.index).unwrap_or(0))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower if mem.voter_ids().any(|v| v == self.id) => "follower",
+            ServerState::Follower | ServerState::Learner => "learner",
+            ServerState::Candidate => "candidate",
+            ServerState::Shutdown => "shutdown",
+        };
+        RaftStatus {
+            node: self.name.clone(),
+            role: role.into(),
+            leader: m.current_leader.map(|l| name_of(&l)),
+            term: m.current_term,
+            last_log_index: last,
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            voters,
+            learners,
+            lag,
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
+        }
+    }
+
+    /// Runs a request that needs the leader: here if we lead, else forwarded over QUIC (mutual
+    /// TLS) to the leader's admin service. Waits briefly for an election in progress.
+    pub async fn on_leader(&self, req: &Request) -> Result<ResponseBody, String> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let (leader, addr) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                let l = m.current_leader;
+                let addr = l.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+                (l, addr)
+            };
+            match (leader, addr) {
+                (Some(l), _) if l == self.id => match self.execute_as_leader(req).await {
+                    Err(LeaderError::NotLeader) if Instant::now() < deadline => {}
+                    Err(e) => return Err(e.to_string()),
+                    Ok(r) => return Ok(r),
+                },
+                (Some(_), Some(addr)) => {
+                    let a: SocketAddr = addr.parse().map_err(|_| format!("leader address {addr:?} is not ip:port"))?;
+                    let body = api::encode_request(&Request::Forwarded { inner: Box::new(req.clone()) });
+                    match self.transport.request(a, Alpn::Admin, body.as_bytes()).await {
+                        Ok(reply) => {
+                            let text = String::from_utf8_lossy(&reply);
+                            return api::decode_response(&text).map_err(|e| e.to_string());
+                        }
+                        Err(e) if Instant::now() < deadline => tracing::debug!(error = %e, "forward to leader"),
+                        Err(e) => return Err(format!("the leader at {addr} did not answer: {e}")),
+                    }
+                }
+                _ if Instant::now() >= deadline => {
+                    return Err("the cluster has no leader (no quorum of voters reachable from this node): writes are refused until a majority is back".into())
+                }
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Executes a replicated-state request on the leader.
+    pub async fn execute_as_leader(&self, req: &Request) -> Result<ResponseBody, LeaderError> {
+        if !self.is_leader() {
+            return Err(LeaderError::NotLeader);
+        }
+        match req {
+            Request::KvPut { key, value } => {
+                let rev = self
+                    .write(Command::Put { ns: NS_KV.into(), key: key.clone(), value: value.as_bytes().to_vec() })
+                    .await?;
+                Ok(ResponseBody::Done { message: format!("{key} set"), revision: Some(rev) })
+            }
+            Request::TokenCreate { ttl, description } => {
+                let ttl = match ttl {
+                    None => None,
+                    Some(t) => Some(humantime::parse_duration(t).map_err(|e| LeaderError::Bad(format!("ttl {t:?}: {e}")))?),
+                };
+                let state = self.sm.current();
+                let ca = state
+                    .get(NS_CLUSTER, KEY_CA)
+                    .ok_or_else(|| LeaderError::Bad("the cluster CA is not in the replicated state yet; retry in a moment".into()))?;
+                let ca: CaRecord = raft::codec::decode("ca record", ca).map_err(|e| LeaderError::Bad(e.to_string()))?;
+                let ca = ClusterCa::from_pem(Path::new("raft:cluster/ca"), ca.cert_pem, &ca.key_pem)
+                    .map_err(|e| LeaderError::Bad(e.to_string()))?;
+                let token = JoinToken::generate(ca.fingerprint()).map_err(|e| LeaderError::Bad(e.to_string()))?;
+                let hash = secret_hash(&token.secret);
+                let now = now_unix();
+                let rec = TokenRecord {
+                    id: hash[..12].to_string(),
+                    secret_sha256: hash,
+                    created_unix: now,
+                    expires_unix: ttl.map(|t| now + t.as_secs().max(1)),
+                    revoked: false,
+                    description: description.clone(),
+                };
+                let value = raft::codec::encode("token", &rec).map_err(|e| LeaderError::Bad(e.to_string()))?;
+                self.write(Command::Put { ns: NS_TOKENS.into(), key: rec.id.clone(), value }).await?;
+                Ok(ResponseBody::TokenCreated { token: token.to_string(), info: token_info(&rec) })
+            }
+            Request::TokenRevoke { id } => {
+                let state = self.sm.current();
+                let bytes = state.get(NS_TOKENS, id).ok_or_else(|| LeaderError::Bad(format!("no join token with id {id:?}")))?;
+                let mut rec: TokenRecord = raft::codec::decode("token", bytes).map_err(|e| LeaderError::Bad(e.to_string()))?;
+                rec.revoked = true;
+                let value = raft::codec::encode("token", &rec).map_err(|e| LeaderError::Bad(e.to_string()))?;
+                let rev = self.write(Command::Put { ns: NS_TOKENS.into(), key: id.clone(), value }).await?;
+                Ok(ResponseBody::Done { message: format!("token {id} revoked"), revision: Some(rev) })
+            }
+            Request::Remove { node } => self.remove(node).await,
+            other => Err(LeaderError::Bad(format!("{other:?} is not a replicated request"))),
+        }
+    }
+
+    async fn remove(&self, node: &str) -> Result<ResponseBody, LeaderError> {
+        let id = node_id_for(node);
+        let m = self.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership().clone();
+        if mem.get_node(&id).is_none() {
+            return Err(LeaderError::Bad(format!("{node:?} is not in the Raft membership (see `corralctl members`)")));
+        }
+        let is_voter = mem.voter_ids().any(|v| v == id);
+        if is_voter && mem.voter_ids().count() == 1 {
+            return Err(LeaderError::Bad(format!("{node} is the only voter; removing it would leave no cluster")));
+        }
+        let incarnation = self.seen().get(node).map(|s| s.id.incarnation).unwrap_or(0);
+        let value = raft::codec::encode("removed", &RemovedRecord { incarnation }).map_err(|e| LeaderError::Bad(e.to_string()))?;
+        self.write(Command::Put { ns: NS_REMOVED.into(), key: node.to_string(), value }).await?;
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters([id].into())
+        } else {
+            ChangeMembers::RemoveNodes([id].into())
+        };
+        let r = tokio::time::timeout(WRITE_TIMEOUT, self.raft.change_membership(change, false))
+            .await
+            .map_err(|_| LeaderError::Write(WriteError::Timeout))?
+            .map_err(|e| LeaderError::Write(WriteError::Other(e.to_string())))?;
+        tracing::info!(%node, "removed from the Raft membership");
+        Ok(ResponseBody::Done { message: format!("{node} removed"), revision: Some(r.log_id.index) })
+    }
+
+    /// `corralctl leave`: out of Raft (through the leader), then a gossip leave, then the
+    /// daemon stops.
+    pub async fn leave(self: &Arc<Self>) -> Result<ResponseBody, String> {
+        let voters = self.raft.metrics().borrow().membership_config.membership().voter_ids().count();
+        let in_raft = self.raft.metrics().borrow().membership_config.membership().get_node(&self.id).is_some();
+        if in_raft {
+            if voters == 1 && self.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == self.id) {
+                return Err("this node is the only voter: leaving would end the cluster".into());
+            }
+            self.on_leader(&Request::Remove { node: self.name.clone() }).await?;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            // Answer the operator first, then go.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(swim) = me.swim.lock().await.take() {
+                if let Err(e) = swim.leave().await {
+                    tracing::warn!(error = %e, "gossip leave");
+                }
+            }
+            let _ = me.stop.send(()).await;
+        });
+        Ok(ResponseBody::Done { message: format!("{} left the cluster; corrald stops", self.name), revision: None })
+    }
+
+    /// `corralctl join SEED`: announce to one more seed.
+    pub async fn announce(&self, seed: &str) -> Result<ResponseBody, String> {
+        let a: SocketAddr = seed.parse().map_err(|_| format!("{seed:?} is not ip:port"))?;
+        let swim = self.swim.lock().await;
+        let swim = swim.as_ref().ok_or("this node has left the cluster")?;
+        swim.announce(a).await.map_err(|e| e.to_string())?;
+        Ok(ResponseBody::Done { message: format!("announced to {a}"), revision: None })
+    }
+
+    /// Tokens as listed.
+    pub fn tokens(&self) -> Vec<TokenInfo> {
+        let state = self.sm.current();
+        state
+            .namespace(NS_TOKENS)
+            .filter_map(|(_, v)| raft::codec::decode::<TokenRecord>("token", v).ok())
+            .map(|r| token_info(&r))
+            .collect()
+    }
+
+    /// The key/value section as applied here.
+    pub fn kv(&self) -> ResponseBody {
+        let state: Arc<ClusterState> = self.sm.current();
+        ResponseBody::Kv {
+            revision: state.revision,
+            entries: state
+                .namespace(NS_KV)
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
+        }
+    }
+
+    /// Stops Raft and the endpoint (no gossip leave: a restart is not a departure).
+    pub async fn shutdown(&self) {
+        if let Some(swim) = self.swim.lock().await.take() {
+            swim.abort();
+        }
+        let _ = self.raft.shutdown().await;
+        self.transport.close(Duration::from_millis(500)).await;
+    }
+
+    /// How long this member has been running (the membership loop waits for gossip to settle).
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+fn token_info(r: &TokenRecord) -> TokenInfo {
+    TokenInfo {
+        id: r.id.clone(),
+        created_unix: r.created_unix,
+        expires_unix: r.expires_unix,
+        revoked: r.revoked,
+        description: r.description.clone(),
+    }
+}
+
+fn node_name(config: &Config) -> Result<String> {
+    if let Some(n) = &config.node.name {
+        return Ok(n.clone());
+    }
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").context("read the hostname for [node] name")?;
+    let h = h.trim().to_string();
+    gossip::tls::validate_node_name(&h).map_err(|e| anyhow!("hostname {h:?} is not a valid node name ({e}); set [node] name"))?;
+    Ok(h)
+}
+
+/// Why a write did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("not committed within {WRITE_TIMEOUT:?} (no quorum?); the write may still commit later")]
+    Timeout,
+    #[error("this node is not the leader")]
+    NotLeader(Option<String>),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Why a leader-side request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("this node is not the leader")]
+    NotLeader,
+    #[error("{0}")]
+    Bad(String),
+    #[error("{0}")]
+    Write(WriteError),
+}
+
+impl From<WriteError> for String {
+    fn from(e: WriteError) -> String {
+        e.to_string()
+    }
+}
+
+impl From<WriteError> for LeaderError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::NotLeader(_) => LeaderError::NotLeader,
+            e => LeaderError::Write(e),
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! A lab cluster: one `corrald` per network namespace on a bridge (192.0.2.N:7946), driven
+//! with the real `corralctl` over each node's admin socket. Used by the cluster tests and by
+//! `cargo xtask bench cluster`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{run_sh, wait_for, workspace_bin, Daemon, Lan, ShOut};
+
+/// QUIC port every lab node binds.
+pub const PORT: u16 = 7946;
+
+/// Binaries under test: `None` (with a message) when not built; fails under CI=true.
+pub fn binaries(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    match (workspace_bin("corrald", "CORRALD"), workspace_bin("corralctl", "CORRALCTL")) {
+        (Some(d), Some(c)) => Some((d, c)),
+        _ => {
+            assert!(!ci, "{test}: corrald/corralctl not built (cargo xtask test builds them first)");
+            eprintln!("SKIP: {test}: corrald/corralctl not built (run cargo build --bins)");
+            None
+        }
+    }
+}
+
+/// One lab node: its namespace index, data dir, socket and (when running) process.
+pub struct LabNode {
+    pub name: String,
+    pub index: usize,
+    pub dir: PathBuf,
+    pub daemon: Option<Daemon>,
+}
+
+impl LabNode {
+    pub fn addr(&self) -> String {
+        format!("192.0.2.{}:{PORT}", self.index + 1)
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("corrald.log")
+    }
+}
+
+/// A LAN of namespaces with one node per host.
+pub struct LabCluster {
+    pub lan: Lan,
+    pub nodes: Vec<LabNode>,
+    pub corrald: PathBuf,
+    pub corralctl: PathBuf,
+    root: PathBuf,
+    /// Extra `[cluster]` lines for every node (timing knobs).
+    pub cluster_extra: String,
+}
+
+impl LabCluster {
+    /// `n` hosts, nothing started.
+    pub fn new(tag: &str, n: usize, corrald: PathBuf, corralctl: PathBuf) -> LabCluster {
+        let root = std::env::temp_dir().join(format!("corral-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let nodes = (0..n)
+            .map(|i| {
+                let dir = root.join(format!("d{}", i + 1));
+                std::fs::create_dir_all(&dir).unwrap();
+                LabNode { name: format!("d{}", i + 1), index: i, dir, daemon: None }
+            })
+            .collect();
+        LabCluster {
+            lan: Lan::new(n),
+            nodes,
+            corrald,
+            corralctl,
+            root,
+            cluster_extra: "dead_grace = \"3s\"\n".into(),
+        }
+    }
+
+    /// Writes node `i`'s config: `join` = seeds (node indexes), `token` if given.
+    pub fn configure(&self, i: usize, seeds: &[usize], token: Option<&str>) {
+        let n = &self.nodes[i];
+        let join: Vec<String> = seeds.iter().map(|s| format!("\"{}\"", self.nodes[*s].addr())).collect();
+        let token = token.map(|t| format!("token = \"{t}\"\n")).unwrap_or_default();
+        let cfg = format!(
+            "[node]\nname = \"{}\"\nbind = \"{}\"\ndata_dir = \"{}\"\nadmin_socket = \"{}\"\n\n[cluster]\njoin = [{}]\n{token}{}",
+            n.name,
+            n.addr(),
+            n.dir.join("data").display(),
+            n.socket().display(),
+            join.join(", "),
+            self.cluster_extra
+        );
+        std::fs::write(n.dir.join("corrald.toml"), cfg).unwrap();
+    }
+
+    /// Starts node `i` on its written config (log appended to its corrald.log).
+    pub fn start(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let _ = std::fs::remove_file(n.socket());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(n.log()).unwrap();
+        let mut cmd = self.lan.hosts[i].cmd(self.corrald.to_str().unwrap());
+        cmd.arg("--config").arg(n.dir.join("corrald.toml")).stdout(Stdio::null()).stderr(log);
+        cmd.env("NO_COLOR", "1");
+        let d = Daemon::spawn(cmd, &n.name);
+        self.nodes[i].daemon = Some(d);
+    }
+
+    /// Waits until node `i` answers on its admin socket.
+    pub fn wait_up(&self, i: usize, within: Duration) -> bool {
+        wait_for(within, || self.ctl(i, "raft status -o json").code == 0).is_some()
+    }
+
+    /// SIGKILL (a crash).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut d) = self.nodes[i].daemon.take() {
+            d.signal("KILL");
+            d.wait_exit(Duration::from_secs(5));
+        }
+    }
+
+    /// `corralctl --socket <node i> ARGS`.
+    pub fn ctl(&self, i: usize, args: &str) -> ShOut {
+        run_sh(&format!("{} --socket {} {args}", self.corralctl.display(), self.nodes[i].socket().display()), "")
+    }
+
+    /// `members -o json` from node `i` (None when it does not answer).
+    pub fn members(&self, i: usize) -> Option<Vec<Value>> {
+        let o = self.ctl(i, "members -o json");
+        if o.code != 0 {
+            return None;
+        }
+        serde_json::from_str(&o.stdout).ok()
+    }
+
+    /// `raft status -o json` from node `i`.
+    pub fn raft(&self, i: usize) -> Option<Value> {
+        let o = self.ctl(i, "raft status -o json");
+        if o.code != 0 {
+            return None;
+        }
+        serde_json::from_str(&o.stdout).ok()
+    }
+
+    /// State of `name` in node `i`'s member list.
+    pub fn state_of(&self, i: usize, name: &str) -> Option<String> {
+        self.members(i)?
+            .iter()
+            .find(|m| m["name"] == name)
+            .map(|m| m["state"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Creates a join token on node `i`: (token, id).
+    pub fn token(&self, i: usize, args: &str) -> (String, String) {
+        let o = self.ctl(i, &format!("token create -o json {args}"));
+        assert_eq!(o.code, 0, "token create: {}{}", o.stdout, o.stderr);
+        let v: Value = serde_json::from_str(&o.stdout).expect("token create -o json");
+        (v["token"].as_str().unwrap().to_string(), v["info"]["id"].as_str().unwrap().to_string())
+    }
+
+    /// Index of the node every running node names as leader, if they agree.
+    pub fn leader(&self) -> Option<usize> {
+        let mut leader = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.daemon.is_none() {
+                continue;
+            }
+            let l = self.raft(i)?["leader"].as_str()?.to_string();
+            let idx = self.nodes.iter().position(|n| n.name == l)?;
+            if *leader.get_or_insert(idx) != idx {
+                return None;
+            }
+        }
+        leader
+    }
+
+    /// `kv list -o json` entries from node `i`.
+    pub fn kv(&self, i: usize) -> Option<serde_json::Map<String, Value>> {
+        let o = self.ctl(i, "kv list -o json");
+        if o.code != 0 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&o.stdout).ok()?;
+        v["entries"].as_object().cloned()
+    }
+
+    /// Bootstraps node 0 and joins the others through it; returns once every node lists all
+    /// `n` members alive, with the time that took after the last process started.
+    pub fn form(&mut self, within: Duration) -> Duration {
+        self.configure(0, &[], None);
+        self.start(0);
+        assert!(self.wait_up(0, Duration::from_secs(20)), "d1 did not come up: {}", self.log_tail(0));
+        assert!(
+            wait_for(Duration::from_secs(10), || self.ctl(0, "token list").code == 0 && self.leader() == Some(0)).is_some(),
+            "d1 did not become leader"
+        );
+        let token = self.wait_token(0);
+        for i in 1..self.nodes.len() {
+            self.configure(i, &[0], Some(&token));
+            self.start(i);
+        }
+        let t0 = Instant::now();
+        let n = self.nodes.len();
+        let all_alive = |c: &LabCluster| {
+            (0..n).all(|i| c.members(i).is_some_and(|m| m.len() == n && m.iter().all(|x| x["state"] == "alive")))
+        };
+        if wait_for(within, || all_alive(self)).is_none() {
+            let views: Vec<String> = (0..n).map(|i| format!("{:?}", self.members(i))).collect();
+            panic!("members did not agree within {within:?}:\n{}\n{}", views.join("\n"), self.log_tail(1));
+        }
+        t0.elapsed()
+    }
+
+    /// A token from node `i`, retrying while the CA is being published.
+    pub fn wait_token(&self, i: usize) -> String {
+        let mut out = String::new();
+        wait_for(Duration::from_secs(10), || {
+            let o = self.ctl(i, "token create --ttl 1h");
+            out = o.stdout.trim().to_string();
+            o.code == 0
+        })
+        .unwrap_or_else(|| panic!("token create never succeeded: {}", self.log_tail(i)));
+        out
+    }
+
+    /// The last lines of node `i`'s log, for failure messages.
+    pub fn log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(self.nodes[i].log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// The lab's scratch directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for LabCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.daemon.take();
+        }
+        if std::env::var_os("KEEP_LAB").is_none() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}

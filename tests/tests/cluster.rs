@@ -1,0 +1,240 @@
+//! Cluster core in the lab: separate `corrald` processes, each in its own network namespace on
+//! a bridge, driven by the real `corralctl`. Host kernel only (no IPVS needed).
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tests::cluster::{binaries, LabCluster};
+use tests::{require_root, wait_for};
+
+/// The lab tests start 3–5 daemons each; running them one at a time keeps timings honest on a
+/// 2-core machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn lab(test: &str, n: usize) -> Option<(std::sync::MutexGuard<'static, ()>, LabCluster)> {
+    if !require_root(test) {
+        return None;
+    }
+    let (d, c) = binaries(test)?;
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    Some((guard, LabCluster::new(test, n, d, c)))
+}
+
+/// SWIM bound with the defaults (probe 500 ms, suspicion 3 s), see gossip/README.md:
+/// (N-1)·probe + probe + suspicion + 3·gossip interval, plus 2 s of scheduling slack.
+fn detection_bound(n: u32) -> Duration {
+    Duration::from_millis(500) * (n - 1) + Duration::from_millis(500) + Duration::from_secs(3) + Duration::from_millis(600)
+        + Duration::from_secs(2)
+}
+
+#[test]
+fn five_nodes_join_detect_crash_rejoin_and_leave() {
+    let Some((_g, mut c)) = lab("five_nodes_join", 5) else { return };
+    let agreed = c.form(Duration::from_secs(20));
+    eprintln!("5 nodes: members agreed on every node {agreed:?} after the last process started");
+    // From the moment the last of the 4 joiners was started (certificate exchange included).
+    assert!(agreed < Duration::from_secs(2), "members took {agreed:?} to agree");
+
+    // Voters follow gossip: 5 alive members → 5 voters.
+    let five_voters = wait_for(Duration::from_secs(15), || {
+        c.raft(0).is_some_and(|r| r["voters"].as_array().map_or(0, |v| v.len()) == 5)
+    });
+    assert!(five_voters.is_some(), "never reached 5 voters: {:?}", c.raft(0));
+    for i in 0..5 {
+        let m = c.members(i).unwrap();
+        assert!(m.iter().all(|x| x["raft"] == "voter" || x["raft"] == "leader"), "node {i}: {m:?}");
+        assert_eq!(m.iter().filter(|x| x["raft"] == "leader").count(), 1, "node {i}: {m:?}");
+    }
+
+    // A write while d5 is down reaches it after its restart.
+    c.kill(4);
+    let t = Instant::now();
+    let seen_dead = wait_for(Duration::from_secs(20), || (0..4).all(|i| c.state_of(i, "d5").as_deref() == Some("dead")));
+    let took = t.elapsed();
+    eprintln!("SIGKILL of d5 seen dead by all 4 others after {took:?} (bound {:?})", detection_bound(5));
+    assert!(seen_dead.is_some() && took <= detection_bound(5), "d5 not dead everywhere within the bound: {took:?}");
+    let o = c.ctl(1, "kv put while-down yes");
+    assert_eq!(o.code, 0, "write with 4 of 5: {}{}", o.stdout, o.stderr);
+
+    // Restart with the token removed from its config: the certificate in its data dir is enough.
+    let inc_before = c.members(0).unwrap().iter().find(|m| m["name"] == "d5").unwrap()["incarnation"].as_u64();
+    c.configure(4, &[0], None);
+    c.start(4);
+    let t = Instant::now();
+    let back = wait_for(Duration::from_secs(15), || {
+        (0..5).all(|i| {
+            c.members(i).is_some_and(|m| {
+                m.len() == 5
+                    && m.iter().all(|x| x["state"] == "alive")
+                    && m.iter().find(|x| x["name"] == "d5").unwrap()["incarnation"].as_u64() != inc_before
+            })
+        })
+    });
+    assert!(back.is_some(), "d5 did not rejoin: {:?}\n{}", c.members(0), c.log_tail(4));
+    eprintln!("restarted d5 seen alive (new incarnation) on every node after {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(2), "rejoin took {:?}\n{}", t.elapsed(), c.log_tail(4));
+    let caught_up = wait_for(Duration::from_secs(10), || c.kv(4).is_some_and(|kv| kv.get("while-down").is_some()));
+    assert!(caught_up.is_some(), "d5 did not catch up with the write made while it was down");
+
+    // Graceful leave: seen as left (not dead), out of Raft, the daemon exits 0.
+    let o = c.ctl(3, "leave");
+    assert_eq!(o.code, 0, "leave: {}{}", o.stdout, o.stderr);
+    let left = wait_for(Duration::from_secs(5), || (0..5).filter(|i| *i != 3).all(|i| c.state_of(i, "d4").as_deref() == Some("left")));
+    assert!(left.is_some(), "d4 not seen as left: {:?}", c.members(0));
+    let status = c.nodes[3].daemon.as_mut().unwrap().wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "d4 corrald did not exit cleanly after leave: {status:?}");
+    c.nodes[3].daemon = None;
+    let out_of_raft = wait_for(Duration::from_secs(10), || {
+        c.raft(0).is_some_and(|r| {
+            let all: BTreeSet<&str> = r["voters"].as_array().unwrap().iter().chain(r["learners"].as_array().unwrap()).filter_map(|v| v.as_str()).collect();
+            !all.contains("d4") && all.len() == 4
+        })
+    });
+    assert!(out_of_raft.is_some(), "d4 still in Raft after leave: {:?}", c.raft(0));
+    // Never reported dead in between.
+    assert_eq!(c.state_of(1, "d4").as_deref(), Some("left"));
+}
+
+#[test]
+fn leader_killed_during_writes_keeps_every_acknowledged_write() {
+    let Some((_g, mut c)) = lab("leader_kill_writes", 3) else { return };
+    c.form(Duration::from_secs(20));
+    assert!(wait_for(Duration::from_secs(15), || c.raft(0).is_some_and(|r| r["voters"].as_array().unwrap().len() == 3)).is_some());
+    let leader = c.leader().expect("a leader everyone agrees on");
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let t0 = Instant::now();
+    let mut killed_at = None;
+    for k in 0..60 {
+        if k == 20 {
+            c.kill(leader);
+            killed_at = Some(Instant::now());
+        }
+        let o = c.ctl(follower, &format!("kv put w{k} {k}"));
+        if o.code == 0 {
+            acked.push(format!("w{k}"));
+        } else {
+            refused += 1;
+            assert!(!o.stderr.trim().is_empty(), "a refused write must say why");
+        }
+    }
+    eprintln!(
+        "{} writes acknowledged, {refused} refused, in {:?} (leader killed after 20, at {:?})",
+        acked.len(),
+        t0.elapsed(),
+        killed_at.map(|k| k - t0)
+    );
+    assert!(acked.len() >= 50, "too few writes went through after the failover: {}", acked.len());
+    // Every acknowledged write is on every surviving node, and on the old leader once back.
+    c.start(leader);
+    for i in 0..3 {
+        let ok = wait_for(Duration::from_secs(15), || c.kv(i).is_some_and(|kv| acked.iter().all(|k| kv.contains_key(k))));
+        assert!(ok.is_some(), "node {i} is missing acknowledged writes: {:?}", c.kv(i).map(|kv| kv.len()));
+    }
+}
+
+#[test]
+fn minority_partition_cannot_commit_and_catches_up_after_healing() {
+    let Some((_g, c)) = lab("minority_partition", 5) else { return };
+    let mut c = c;
+    c.form(Duration::from_secs(20));
+    assert!(wait_for(Duration::from_secs(15), || c.raft(0).is_some_and(|r| r["voters"].as_array().unwrap().len() == 5)).is_some());
+    // Cut d4 and d5 off the LAN.
+    for i in [3, 4] {
+        c.lan.hosts[i].sh("ip link set eth0 down");
+    }
+    let o = c.ctl(3, "kv put from-minority 1");
+    assert_ne!(o.code, 0, "a minority node committed a write: {}", o.stdout);
+    eprintln!("minority write refused: {}", o.stderr.trim());
+    let ok = wait_for(Duration::from_secs(15), || c.ctl(0, "kv put from-majority 1").code == 0);
+    assert!(ok.is_some(), "the majority could not commit: {}", c.log_tail(0));
+    assert!(c.kv(4).is_some_and(|kv| !kv.contains_key("from-majority")), "the minority saw a write it could not have");
+    for i in [3, 4] {
+        c.lan.hosts[i].sh("ip link set eth0 up");
+    }
+    for i in [3, 4] {
+        let ok = wait_for(Duration::from_secs(20), || c.kv(i).is_some_and(|kv| kv.contains_key("from-majority")));
+        assert!(ok.is_some(), "node {i} did not catch up after healing: {}", c.log_tail(i));
+        assert!(!c.kv(i).unwrap().contains_key("from-minority"), "the refused write appeared on node {i}");
+    }
+    let _ = &mut c;
+}
+
+#[test]
+fn joins_without_valid_token_or_with_a_foreign_ca_are_refused() {
+    let Some((_g, mut c)) = lab("join_refusals", 4) else { return };
+    c.configure(0, &[], None);
+    c.start(0);
+    assert!(c.wait_up(0, Duration::from_secs(20)));
+    let good = c.wait_token(0);
+
+    // No token at all.
+    c.configure(1, &[0], None);
+    c.start(1);
+    let st = c.nodes[1].daemon.as_mut().unwrap().wait_exit(Duration::from_secs(15));
+    assert!(st.is_some_and(|s| !s.success()), "a node without a token kept running");
+    assert!(c.log_tail(1).contains("token"), "no clear error: {}", c.log_tail(1));
+
+    // The right CA fingerprint with an unknown secret.
+    let forged = format!("{}::{}", good.rsplit_once("::").unwrap().0, "00112233445566778899aabbccddeeff");
+    c.configure(1, &[0], Some(&forged));
+    c.start(1);
+    let st = c.nodes[1].daemon.as_mut().unwrap().wait_exit(Duration::from_secs(15));
+    assert!(st.is_some_and(|s| !s.success()), "a forged secret was accepted");
+    assert!(c.log_tail(1).contains("unknown join token"), "{}", c.log_tail(1));
+
+    // A revoked token and an expired one.
+    let (revoked, revoke_id) = c.token(0, "--ttl 1h");
+    assert_eq!(c.ctl(0, &format!("token revoke {revoke_id}")).code, 0);
+    let list = c.ctl(0, "token list -o json");
+    let tokens: Vec<serde_json::Value> = serde_json::from_str(&list.stdout).unwrap();
+    assert!(tokens.iter().any(|t| t["id"] == revoke_id.as_str() && t["revoked"] == true), "{tokens:?}");
+    assert!(!list.stdout.contains(revoked.rsplit("::").next().unwrap()), "token list shows a secret");
+    let (expired, _) = c.token(0, "--ttl 1s");
+    std::thread::sleep(Duration::from_millis(2100));
+    for (tok, why) in [(&revoked, "revoked"), (&expired, "expired")] {
+        let _ = std::fs::remove_dir_all(c.nodes[1].dir.join("data"));
+        c.configure(1, &[0], Some(tok));
+        c.start(1);
+        let st = c.nodes[1].daemon.as_mut().unwrap().wait_exit(Duration::from_secs(15));
+        let tail = c.log_tail(1);
+        assert!(st.is_some_and(|s| !s.success()), "a {why} token was accepted:\n{tail}");
+        assert!(tail.lines().last().unwrap_or_default().contains(why), "{why}: no clear error:\n{tail}");
+    }
+
+    // A node whose certificate comes from another cluster's CA: d3 creates its own cluster,
+    // then is pointed at d1. The handshake is refused and d1 never lists it.
+    c.configure(2, &[], None);
+    c.start(2);
+    assert!(c.wait_up(2, Duration::from_secs(20)));
+    c.kill(2);
+    c.configure(2, &[0], None);
+    c.start(2);
+    let refused = wait_for(Duration::from_secs(10), || std::fs::read_to_string(c.nodes[0].log()).unwrap_or_default().contains("refused"));
+    assert!(refused.is_some(), "d1 did not log a refused handshake:\n{}", c.log_tail(0));
+    std::thread::sleep(Duration::from_secs(2));
+    let m = c.members(0).unwrap();
+    assert!(m.iter().all(|x| x["name"] != "d3"), "a foreign node got in: {m:?}");
+
+    // A valid token still works after all that.
+    let _ = std::fs::remove_dir_all(c.nodes[1].dir.join("data"));
+    c.configure(1, &[0], Some(&good));
+    c.start(1);
+    assert!(wait_for(Duration::from_secs(15), || c.state_of(0, "d2").as_deref() == Some("alive")).is_some(), "{}", c.log_tail(1));
+
+    // A damaged Raft store is a clear error at start, never an empty log.
+    c.kill(1);
+    let store = c.nodes[1].dir.join("data/raft.redb");
+    std::fs::write(&store, b"").unwrap();
+    c.start(1);
+    let st = c.nodes[1].daemon.as_mut().unwrap().wait_exit(Duration::from_secs(15));
+    assert!(st.is_some_and(|s| !s.success()), "corrald started on an empty raft.redb");
+    assert!(c.log_tail(1).contains("raft.redb"), "{}", c.log_tail(1));
+    std::fs::write(&store, vec![0x42u8; 8192]).unwrap();
+    c.start(1);
+    let st = c.nodes[1].daemon.as_mut().unwrap().wait_exit(Duration::from_secs(15));
+    assert!(st.is_some_and(|s| !s.success()), "corrald started on a garbage raft.redb");
+    assert!(c.log_tail(1).contains("raft.redb"), "{}", c.log_tail(1));
+}
