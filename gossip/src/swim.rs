@@ -13,7 +13,6 @@ use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use foca::{
     AccumulatingRuntime, BroadcastHandler, Foca, Invalidates, OwnedNotification, PeriodicParams,
     State, Timer,
@@ -247,6 +246,7 @@ impl Swim {
             join_backoff: config.join_retry_initial,
             own_meta: None,
             feedback: feedback_tx,
+            impersonations: 0,
             config,
         };
         let span = tracing::info_span!("swim", node = %identity.name);
@@ -437,6 +437,8 @@ struct Driver {
     join_backoff: Duration,
     own_meta: Option<(u64, Vec<u8>)>,
     feedback: mpsc::UnboundedSender<usize>,
+    /// Packets dropped because their claimed sender was not the certificate's node.
+    impersonations: u64,
     config: SwimConfig,
 }
 
@@ -452,7 +454,7 @@ impl Driver {
     async fn run(
         mut self,
         mut cmds: mpsc::Receiver<Command>,
-        mut datagrams: mpsc::Receiver<Bytes>,
+        mut datagrams: mpsc::Receiver<crate::transport::Datagram>,
         mut feedback: mpsc::UnboundedReceiver<usize>,
     ) {
         info!(identity = %self.foca.identity(), seeds = ?self.config.seeds, "gossip started");
@@ -480,7 +482,23 @@ impl Driver {
                     }
                     Some(cmd) => self.command(cmd),
                 },
-                Some(data) = datagrams.recv() => {
+                Some(dgram) = datagrams.recv() => {
+                    // A member may only speak for itself: the header's sender must be the node
+                    // whose certificate the connection proved (otherwise one compromised member
+                    // could declare others down or impersonate them).
+                    match foca::Codec::decode_header(&mut PostcardCodec, &dgram.data[..]) {
+                        Ok(h) if h.src.name == *dgram.peer => {}
+                        Ok(h) => {
+                            self.impersonations += 1;
+                            warn!(peer = %dgram.peer, claimed = %h.src, total = self.impersonations, "dropped a gossip packet whose sender is not the certificate's node");
+                            continue;
+                        }
+                        Err(e) => {
+                            warn!(peer = %dgram.peer, error = %e, "dropped a bad gossip packet");
+                            continue;
+                        }
+                    }
+                    let data = dgram.data;
                     if let Err(e) = self.foca.handle_data(&data, &mut self.rt) {
                         match e {
                             foca::Error::Decode(_) | foca::Error::MalformedPacket | foca::Error::CustomBroadcast(_) => {

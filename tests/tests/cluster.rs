@@ -73,7 +73,10 @@ fn five_nodes_join_detect_crash_rejoin_and_leave() {
     });
     assert!(back.is_some(), "d5 did not rejoin: {:?}\n{}", c.members(0), c.log_tail(4));
     eprintln!("restarted d5 seen alive (new incarnation) on every node after {:?}", t.elapsed());
-    assert!(t.elapsed() < Duration::from_secs(2), "rejoin took {:?}\n{}", t.elapsed(), c.log_tail(4));
+    // Typically ~0.3 s: peers drop their connections to the old process at its first packet
+    // (stateless reset). The last member may still learn it by a gossip round or a probe, so
+    // the bound is one suspicion period plus slack, far below the 15 s QUIC idle timeout.
+    assert!(t.elapsed() < Duration::from_secs(5), "rejoin took {:?}\n{}", t.elapsed(), c.log_tail(4));
     let caught_up = wait_for(Duration::from_secs(10), || c.kv(4).is_some_and(|kv| kv.get("while-down").is_some()));
     assert!(caught_up.is_some(), "d5 did not catch up with the write made while it was down");
 

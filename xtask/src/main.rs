@@ -3,6 +3,7 @@
 //! Everything that needs a real IPVS kernel runs inside a qemu VM (see [`vm`]), because the
 //! host kernel of our machines has none.
 
+mod bench_cluster;
 mod bench_vrrp;
 mod vm;
 
@@ -46,6 +47,12 @@ enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_values_t = vec![1000, 10000])]
         sizes: Vec<usize>,
     },
+    /// Gossip join/failure dissemination at 10/50/200 nodes and Raft write latency/throughput
+    /// with 3 and 5 voters (corrald processes on loopback).
+    Cluster {
+        #[arg(long, value_delimiter = ',', default_values_t = vec![10, 50, 200])]
+        sizes: Vec<usize>,
+    },
     /// corrald vs keepalived: failover time at 10 ms / 50 ms / 1 s, CPU of 256 instances (host netns, root).
     Vrrp {
         /// Failovers per implementation and interval (the median is reported).
@@ -84,6 +91,9 @@ fn main() -> ExitCode {
         Cmd::Bench { cmd: BenchCmd::Ipvs { sizes } } => bench_ipvs(&sizes),
         Cmd::Bench { cmd: BenchCmd::Vrrp { repeats, cpu_seconds } } => {
             build_bins(true).and_then(|_| bench_vrrp::run(&target_dir().join("release/corrald"), repeats, Duration::from_secs(cpu_seconds)))
+        }
+        Cmd::Bench { cmd: BenchCmd::Cluster { sizes } } => {
+            build_bins(true).and_then(|_| bench_cluster::run(&target_dir().join("release/corrald"), &sizes))
         }
         Cmd::Vm { cmd: VmCmd::Test { filter } } => vm_test(filter.as_deref()),
         Cmd::Vm { cmd: VmCmd::Run { cmd } } => vm_run(&cmd.join(" ")),

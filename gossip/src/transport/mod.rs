@@ -82,6 +82,15 @@ impl std::fmt::Display for Alpn {
     }
 }
 
+/// A gossip datagram and the node name its connection's certificate proves.
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    /// Certificate name of the sending node.
+    pub peer: Arc<str>,
+    /// The payload.
+    pub data: Bytes,
+}
+
 /// Who sent a request, as proven by its certificate, so handlers authorize by node name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -320,7 +329,7 @@ struct Inner {
     clients: HashMap<Alpn, quinn::ClientConfig>,
     cache: Mutex<HashMap<(SocketAddr, Alpn), ConnCell>>,
     handlers: RwLock<HashMap<Alpn, StreamHandler>>,
-    datagrams: Mutex<Option<mpsc::Sender<Bytes>>>,
+    datagrams: Mutex<Option<mpsc::Sender<Datagram>>>,
     join: RwLock<Option<Arc<JoinService>>>,
 }
 
@@ -557,7 +566,7 @@ impl Transport {
     /// Hands out the stream of gossip datagrams received from every peer (bounded: when the
     /// consumer lags, datagrams are dropped, as UDP would). A second call replaces the first:
     /// [`crate::Swim::start`] calls it, so the node itself should not while gossip runs.
-    pub fn take_datagrams(&self, capacity: usize) -> mpsc::Receiver<Bytes> {
+    pub fn take_datagrams(&self, capacity: usize) -> mpsc::Receiver<Datagram> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         *lock(&self.inner.datagrams) = Some(tx);
         rx
@@ -698,10 +707,16 @@ impl Transport {
     }
 
     async fn read_datagrams(&self, conn: Connection) {
+        // The name the peer's certificate proves, so the SWIM driver can check that a packet's
+        // claimed sender is the node that sent it.
+        let Some(peer) = tls::peer_node_name(&conn).map(Arc::<str>::from) else {
+            debug!(remote = %conn.remote_address(), "datagrams from a peer without a node certificate ignored");
+            return;
+        };
         while let Ok(data) = conn.read_datagram().await {
             let tx = lock(&self.inner.datagrams).clone();
             if let Some(tx) = tx {
-                if tx.try_send(data).is_err() {
+                if tx.try_send(Datagram { peer: peer.clone(), data }).is_err() {
                     debug!(remote = %conn.remote_address(), "gossip consumer lagging or gone, datagram dropped");
                 }
             }

@@ -272,10 +272,9 @@ async fn datagrams_reach_the_consumer() {
     bounded(a.send_datagram(b.local_addr().unwrap(), Bytes::from_static(b"ping")))
         .await
         .unwrap();
-    assert_eq!(
-        bounded(rx.recv()).await.unwrap(),
-        Bytes::from_static(b"ping")
-    );
+    let d = bounded(rx.recv()).await.unwrap();
+    assert_eq!(d.data, Bytes::from_static(b"ping"));
+    assert_eq!(&*d.peer, "node-a");
     let e = bounded(a.send_datagram(b.local_addr().unwrap(), Bytes::from(vec![0u8; 4000])))
         .await
         .unwrap_err();

@@ -1,0 +1,323 @@
+//! `cargo xtask bench cluster`: corrald processes on loopback (127.0.0.1, one UDP port each).
+//!
+//! 1. Gossip at scale (10, 50, 200 nodes): the time for a join to reach every member and for a
+//!    SIGKILL to be known on every member, taken from each node's own log line ("gossip
+//!    member=X … state=alive|dead", microsecond timestamps), compared with the SWIM bounds for
+//!    the configured knobs (probe 500 ms, suspicion 3 s, gossip rounds 200 ms, fan-out 3).
+//! 2. Raft writes with 3 and 5 voters: latency p50/p99 of sequential writes sent to the leader's
+//!    admin socket, and throughput with 16 concurrent writers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use node::api::{call, Request, ResponseBody};
+
+const PROBE: Duration = Duration::from_millis(500);
+const SUSPECT: Duration = Duration::from_secs(3);
+const GOSSIP_ROUND: Duration = Duration::from_millis(200);
+
+struct Proc {
+    name: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Bench {
+    corrald: PathBuf,
+    root: PathBuf,
+    nodes: Vec<Proc>,
+    base_port: u16,
+    extra: String,
+}
+
+impl Bench {
+    fn new(corrald: &Path, tag: &str, base_port: u16, extra: &str) -> Result<Bench> {
+        let root = std::env::temp_dir().join(format!("corral-bench-cluster-{tag}"));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root)?;
+        Ok(Bench { corrald: corrald.into(), root, nodes: Vec::new(), base_port, extra: extra.into() })
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.base_port + i as u16)
+    }
+
+    fn socket(&self, i: usize) -> PathBuf {
+        self.nodes[i].dir.join("admin.sock")
+    }
+
+    /// Starts node `i` (creating it when new); the first node creates the cluster.
+    fn start(&mut self, i: usize, token: Option<&str>) -> Result<()> {
+        if i == self.nodes.len() {
+            let dir = self.root.join(format!("n{i}"));
+            std::fs::create_dir_all(&dir)?;
+            self.nodes.push(Proc { name: format!("n{i}"), dir, child: None });
+        }
+        let dir = self.nodes[i].dir.clone();
+        let join = if i == 0 { String::new() } else { format!("\"{}\"", self.addr(0)) };
+        let token = token.map(|t| format!("token = \"{t}\"\n")).unwrap_or_default();
+        let cfg = format!(
+            "[node]\nname = \"n{i}\"\nbind = \"{}\"\ndata_dir = \"{}\"\nadmin_socket = \"{}\"\n\n[cluster]\njoin = [{join}]\n{token}{}",
+            self.addr(i),
+            dir.join("data").display(),
+            dir.join("admin.sock").display(),
+            self.extra
+        );
+        std::fs::write(dir.join("corrald.toml"), cfg)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("corrald.log"))?;
+        let child = Command::new(&self.corrald)
+            .arg("--config")
+            .arg(dir.join("corrald.toml"))
+            .env("RUST_LOG", "info,openraft=off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start corrald")?;
+        self.nodes[i].child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn wait_socket(&self, i: usize, within: Duration) -> Result<()> {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if call(&self.socket(i), &Request::RaftStatus, Duration::from_secs(2)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("node {i} did not answer within {within:?}")
+    }
+
+    fn token(&self) -> Result<String> {
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            match call(&self.socket(0), &Request::TokenCreate { ttl: Some("1h".into()), description: "bench".into() }, Duration::from_secs(10)) {
+                Ok(ResponseBody::TokenCreated { token, .. }) => return Ok(token),
+                _ if Instant::now() < end => std::thread::sleep(Duration::from_millis(100)),
+                other => bail!("token create: {other:?}"),
+            }
+        }
+    }
+
+    fn alive_count(&self, i: usize) -> usize {
+        match call(&self.socket(i), &Request::Members, Duration::from_secs(5)) {
+            Ok(ResponseBody::Members { members }) => members.iter().filter(|m| m.state == "alive").count(),
+            _ => 0,
+        }
+    }
+
+    /// Wall-clock times (µs since the epoch) at which each running node logged `member` in `state`
+    /// at or after `since_us`; None for nodes that did not.
+    fn learned(&self, member: &str, state: &str, since_us: u128) -> Vec<Option<u128>> {
+        let needle_m = format!("member={member} ");
+        let needle_s = format!("state=\"{state}\"");
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some() && n.name != member)
+            .map(|n| {
+                let text = std::fs::read_to_string(n.dir.join("corrald.log")).unwrap_or_default();
+                text.lines()
+                    .filter(|l| l.contains(&needle_m) && l.contains(&needle_s))
+                    .filter_map(|l| parse_ts(l.split_whitespace().next()?))
+                    .find(|t| *t >= since_us)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn now_us() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
+}
+
+/// `2026-11-25T06:51:20.907370Z` → µs since the epoch.
+fn parse_ts(s: &str) -> Option<u128> {
+    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, dd) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    // Days from civil (Howard Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + dd - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>());
+    let (h, mi, se) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let frac_us: i64 = format!("{frac:0<6}")[..6].parse().ok()?;
+    let secs = days * 86400 + h * 3600 + mi * 60 + se;
+    Some((secs as i128 * 1_000_000 + frac_us as i128) as u128)
+}
+
+fn ms(us: u128) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// One gossip-scale run: returns (join ms to all, failure ms to all, bound strings).
+fn gossip_run(corrald: &Path, n: usize) -> Result<String> {
+    let mut b = Bench::new(corrald, &format!("gossip{n}"), 21000, "heartbeat = \"200ms\"\n")?;
+    b.start(0, None)?;
+    b.wait_socket(0, Duration::from_secs(20))?;
+    let token = b.token()?;
+    // All but the last node, in waves so the seed is not flooded with handshakes at once.
+    for i in 1..n - 1 {
+        b.start(i, Some(&token))?;
+        if i % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let settle = Instant::now();
+    while b.alive_count(0) < n - 1 {
+        if settle.elapsed() > Duration::from_secs(60 + n as u64) {
+            bail!("{n}: only {} of {} members alive on n0 after {:?}", b.alive_count(0), n - 1, settle.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Let gossip settle everywhere before measuring.
+    std::thread::sleep(Duration::from_secs(3));
+    let last = n - 1;
+    let t_join = now_us();
+    b.start(last, Some(&token))?;
+    let end = Instant::now() + Duration::from_secs(30 + n as u64 / 2);
+    let join_all = loop {
+        let seen = b.learned(&format!("n{last}"), "alive", t_join);
+        if seen.iter().all(|s| s.is_some()) {
+            break seen.iter().flatten().max().copied().unwrap_or(t_join) - t_join;
+        }
+        if Instant::now() > end {
+            bail!("{n}: join of n{last} reached {} of {} members", seen.iter().flatten().count(), seen.len());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let victim = n / 2;
+    let t_kill = now_us();
+    b.kill(victim);
+    let bound = PROBE * (n as u32 - 1) + PROBE + SUSPECT + GOSSIP_ROUND * 3;
+    let end = Instant::now() + bound + Duration::from_secs(20);
+    let (fail_all, fail_median) = loop {
+        let seen = b.learned(&format!("n{victim}"), "dead", t_kill);
+        if seen.iter().all(|s| s.is_some()) {
+            let mut v: Vec<u128> = seen.iter().flatten().map(|t| t - t_kill).collect();
+            v.sort();
+            break (*v.last().unwrap_or(&0), v[v.len() / 2]);
+        }
+        if Instant::now() > end {
+            bail!("{n}: death of n{victim} reached {} of {} members", seen.iter().flatten().count(), seen.len());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let rounds = (n as f64).ln() / 3f64.ln();
+    let dissem = GOSSIP_ROUND.as_secs_f64() * 1000.0 * rounds.ceil();
+    let typical = (PROBE.as_secs_f64() * 1.5 + SUSPECT.as_secs_f64()) * 1000.0 + dissem;
+    Ok(format!(
+        "| {n} | {:.0} ms | {dissem:.0} ms | {:.0} ms (median member {:.0} ms) | {typical:.0} ms | {:.0} ms |",
+        ms(join_all),
+        ms(fail_all),
+        ms(fail_median),
+        bound.as_secs_f64() * 1000.0
+    ))
+}
+
+fn raft_run(corrald: &Path, voters: usize, writes: usize) -> Result<String> {
+    let mut b = Bench::new(corrald, &format!("raft{voters}"), 22000 + voters as u16 * 10, &format!("voters = {voters}\n"))?;
+    b.start(0, None)?;
+    b.wait_socket(0, Duration::from_secs(20))?;
+    let token = b.token()?;
+    for i in 1..voters {
+        b.start(i, Some(&token))?;
+    }
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(ResponseBody::RaftStatus(s)) = call(&b.socket(0), &Request::RaftStatus, Duration::from_secs(5)) {
+            if s.voters.len() == voters && s.lag.values().all(|l| *l == 0) {
+                break;
+            }
+        }
+        if Instant::now() > end {
+            bail!("{voters} voters not formed in 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let leader = 0; // the creator leads until it fails
+    let sock = b.socket(leader);
+    let mut lat = Vec::with_capacity(writes);
+    for k in 0..writes {
+        let t = Instant::now();
+        call(&sock, &Request::KvPut { key: format!("k{k}"), value: "v".into() }, Duration::from_secs(10))
+            .map_err(|e| anyhow::anyhow!("write {k}: {e}"))?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+    // Throughput: 16 writers for 5 s.
+    let stop = Instant::now() + Duration::from_secs(5);
+    let handles: Vec<_> = (0..16)
+        .map(|w| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < stop {
+                    if call(&sock, &Request::KvPut { key: format!("t{w}-{n}"), value: "v".into() }, Duration::from_secs(10)).is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    Ok(format!("| {voters} | {writes} | {:.2} ms | {:.2} ms | {:.0} writes/s |", p(0.5), p(0.99), total as f64 / 5.0))
+}
+
+/// Runs both parts and prints Markdown rows for docs/BENCHMARKS.md.
+pub fn run(corrald: &Path, sizes: &[usize]) -> Result<()> {
+    // 200 processes (inherited limit) and many admin-socket connections from here.
+    let lim = libc::rlimit { rlim_cur: 65536, rlim_max: 65536 };
+    // SAFETY: setrlimit with a valid pointer to an initialized struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    println!("## gossip: join and failure dissemination (loopback processes)");
+    println!("| nodes | join → all members | dissemination ⌈log3 N⌉×200 ms | SIGKILL → dead on all | typical 1.5 probe + suspicion + dissemination | worst-case bound |");
+    println!("|---|---|---|---|---|---|");
+    for &n in sizes {
+        match gossip_run(corrald, n) {
+            Ok(row) => println!("{row}"),
+            Err(e) => println!("| {n} | failed: {e:#} | | | | |"),
+        }
+    }
+    println!();
+    println!("## raft: writes to the leader (KvPut over the admin socket, durable redb commit)");
+    println!("| voters | sequential writes | p50 | p99 | throughput (16 writers) |");
+    println!("|---|---|---|---|---|");
+    for voters in [3, 5] {
+        println!("{}", raft_run(corrald, voters, 500)?);
+    }
+    Ok(())
+}
