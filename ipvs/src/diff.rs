@@ -84,10 +84,11 @@ fn settings_only(s: &Service) -> Service {
     Service { dests: Default::default(), ..s.clone() }
 }
 
-/// An in-memory model of the kernel's table semantics, for tests of the diff only: it never
-/// stands in for the kernel anywhere else.
-#[cfg(test)]
-pub(crate) fn apply_in_memory(table: &mut Table, ops: &[Op]) -> Result<(), String> {
+/// Applies `ops` to an in-memory model of IPVS, with the kernel's rules (adding what exists or
+/// editing what does not is an error). A model, named as such: for unit tests and for scale
+/// benchmarks with more directors than the VM holds; never a stand-in for the kernel in a test
+/// of the kernel.
+pub fn apply_in_memory(table: &mut Table, ops: &[Op]) -> Result<(), String> {
     for op in ops {
         match op {
             Op::AddService(s) => {

@@ -31,6 +31,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 pub struct Admin {
     pub board: StatusBoard,
     pub cluster: Option<Arc<Cluster>>,
+    pub director: Option<Arc<std::sync::Mutex<crate::director::DirectorStatus>>>,
 }
 
 impl Admin {
@@ -56,6 +57,8 @@ impl Admin {
             Request::RaftStatus => Ok(ResponseBody::RaftStatus(c.raft_status())),
             Request::TokenList => Ok(ResponseBody::Tokens { tokens: c.tokens() }),
             Request::KvList => Ok(c.kv()),
+            Request::GetServices => Ok(ResponseBody::Services { revision: c.sm.current().revision, rules: c.current_rules()? }),
+            Request::Status => Ok(self.status(c).await),
             Request::Join { seed } => c.announce(&seed).await,
             Request::Leave => c.leave().await,
             Request::Forwarded { inner } => {
@@ -66,6 +69,41 @@ impl Admin {
             }
             r if r.needs_leader() => c.on_leader(&r).await,
             r => Err(format!("{r:?}: not handled")),
+        }
+    }
+
+    /// This node's own report (also gossiped).
+    pub fn report(&self) -> crate::api::NodeReport {
+        crate::api::NodeReport {
+            v: 1,
+            director: self.director.as_ref().map(|d| d.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            vrrp: self.board.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|i| (i.name.clone(), i.state.clone())).collect(),
+        }
+    }
+
+    async fn status(&self, c: &Cluster) -> ResponseBody {
+        let mut reports = c.reports().await;
+        reports.insert(c.name.clone(), self.report());
+        let nodes = c
+            .members()
+            .into_iter()
+            .map(|m| crate::api::NodeStatus { report: reports.remove(&m.name), name: m.name, state: m.state, raft: m.raft })
+            .collect();
+        ResponseBody::Status { revision: c.sm.current().revision, nodes }
+    }
+
+    /// Gossips this node's report whenever it changes (checked every 500 ms).
+    pub async fn publish_reports(self) {
+        let Some(c) = self.cluster.clone() else { return };
+        let mut last = None;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let r = self.report();
+            if last.as_ref() != Some(&r) {
+                c.publish_report(&r).await;
+                last = Some(r);
+            }
         }
     }
 

@@ -55,6 +55,14 @@ pub enum Request {
     KvPut { key: String, value: String },
     /// Reads the key/value section as applied on this node.
     KvList,
+    /// Replaces the whole rule set (validated, diffed, one Raft entry); `dry_run` only diffs.
+    Apply { rules: crate::rules::RuleSet, #[serde(default)] dry_run: bool },
+    /// The rule set as replicated (valid `apply` input).
+    GetServices,
+    /// One edit of the rule set (`corralctl vs …` / `rs …`).
+    Edit { edit: crate::rules::Edit },
+    /// Per node: applied revision, drift, last error, VRRP and sync-daemon state.
+    Status,
     /// A request another member forwarded to this node because it is the Raft leader; never
     /// forwarded again (no loops).
     Forwarded { inner: Box<Request> },
@@ -65,7 +73,12 @@ impl Request {
     pub fn needs_leader(&self) -> bool {
         matches!(
             self,
-            Request::TokenCreate { .. } | Request::TokenRevoke { .. } | Request::Remove { .. } | Request::KvPut { .. }
+            Request::TokenCreate { .. }
+                | Request::TokenRevoke { .. }
+                | Request::Remove { .. }
+                | Request::KvPut { .. }
+                | Request::Apply { .. }
+                | Request::Edit { .. }
         )
     }
 }
@@ -91,6 +104,30 @@ pub enum ResponseBody {
     /// A change that went through Raft (or a local action, revision absent).
     Done { message: String, revision: Option<u64> },
     Kv { revision: u64, entries: std::collections::BTreeMap<String, String> },
+    /// Result of `apply` / an edit: the changes to every director's IPVS, in ipvsadm's words.
+    Applied { revision: Option<u64>, dry_run: bool, changes: Vec<String> },
+    Services { revision: u64, rules: crate::rules::RuleSet },
+    Status { revision: u64, nodes: Vec<NodeStatus> },
+}
+
+/// One director in `corralctl status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    /// Gossip state as seen from the answering node.
+    pub state: String,
+    pub raft: String,
+    /// What the node last reported about itself (absent: no report yet).
+    pub report: Option<NodeReport>,
+}
+
+/// What each node gossips about itself (its metadata), JSON with a version field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub v: u32,
+    pub director: Option<crate::director::DirectorStatus>,
+    /// VRRP instance → state.
+    pub vrrp: std::collections::BTreeMap<String, String>,
 }
 
 /// One member as `corralctl members` shows it.

@@ -28,6 +28,38 @@ pub struct Config {
     /// `[cluster]`: present = this node is a cluster member (gossip + Raft); absent = standalone.
     #[serde(default)]
     pub cluster: Option<ClusterSection>,
+    /// `[director]`: present = this node programs the cluster's rules into its IPVS.
+    #[serde(default)]
+    pub director: Option<DirectorSection>,
+}
+
+/// `[director]`: the reconciler and the connection-sync daemon.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorSection {
+    /// Drift check period: a manual `ipvsadm -C` is repaired within this time.
+    #[serde(default = "default_reconcile", with = "humantime_serde_compat")]
+    pub reconcile_interval: Duration,
+    /// `"kernel"` (default) or `"memory"`: an in-memory IPVS model for scale benchmarks only.
+    #[serde(default = "default_ipvs")]
+    pub ipvs: String,
+    /// Flush the IPVS table when corrald stops (default: leave it, traffic keeps flowing).
+    #[serde(default)]
+    pub flush_on_stop: bool,
+    /// Interface of the kernel's connection-sync daemon; absent = no sync daemon.
+    pub sync_interface: Option<String>,
+    /// `--syncid` of the sync daemon (0..=255).
+    #[serde(default)]
+    pub sync_id: u8,
+    /// VRRP instance whose MASTER/BACKUP state selects the sync daemon's role (default: the first).
+    pub sync_instance: Option<String>,
+}
+
+fn default_reconcile() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_ipvs() -> String {
+    "kernel".into()
 }
 
 /// `[cluster]`: how this node finds and joins its cluster, and how the cluster manages voters.
@@ -268,7 +300,7 @@ fn one() -> u32 {
 }
 
 /// Durations are written as humantime strings (`"10ms"`, `"1s"`, `"1m 30s"`).
-mod humantime_serde_compat {
+pub mod humantime_serde_compat {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -375,18 +407,7 @@ impl Config {
 
     /// Parses and validates config text; `path` only labels errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let err = |line, key: String, message: String| ConfigError { file: path.to_owned(), line, key, message };
-        let de = toml::de::Deserializer::parse(text).map_err(|e| {
-            err(e.span().map(|s| line_of(text, s.start)), String::new(), e.message().to_owned())
-        })?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let segs = path_segs(e.path());
-            let inner = e.into_inner();
-            let line = inner.span().map(|s| line_of(text, s.start)).or_else(|| line_of_path(text, &segs));
-            err(line, key_path(&segs), inner.message().to_owned())
-        })?;
-        config.validate().map_err(|(segs, message)| err(line_of_path(text, &segs), key_path(&segs), message))?;
-        Ok(config)
+        parse_toml(path, text, Config::validate)
     }
 
     /// Semantic checks that serde cannot express; returns the offending key path.
@@ -474,6 +495,23 @@ impl Config {
                 }
             }
         }
+        if let Some(d) = &self.director {
+            let at = |k: &str| vec![Key("director".into()), Key(k.into())];
+            if self.cluster.is_none() {
+                return Err((at("ipvs"), "[director] needs [cluster]: the rules come from the cluster".into()));
+            }
+            if d.ipvs != "kernel" && d.ipvs != "memory" {
+                return Err((at("ipvs"), format!("{:?}: expected \"kernel\" or \"memory\" (benchmarks only)", d.ipvs)));
+            }
+            if d.reconcile_interval < Duration::from_millis(10) {
+                return Err((at("reconcile_interval"), "at least 10ms".into()));
+            }
+            if let Some(n) = &d.sync_instance {
+                if !self.vrrp.iter().any(|v| &v.name == n) {
+                    return Err((at("sync_instance"), format!("no [[vrrp]] instance named {n:?}")));
+                }
+            }
+        }
         if let Some(c) = &self.cluster {
             let node = |k: &str| vec![Key("node".into()), Key(k.into())];
             let cl = |k: &str| vec![Key("cluster".into()), Key(k.into())];
@@ -513,6 +551,26 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Parses TOML into `T` and runs `validate`; every error names the file, line and key path.
+/// Shared by the node config and the rules file of `corralctl apply`.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    validate: impl Fn(&T) -> Result<(), (Vec<KeySeg>, String)>,
+) -> Result<T, ConfigError> {
+    let err = |line, key: String, message: String| ConfigError { file: path.to_owned(), line, key, message };
+    let de = toml::de::Deserializer::parse(text)
+        .map_err(|e| err(e.span().map(|s| line_of(text, s.start)), String::new(), e.message().to_owned()))?;
+    let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
+        let segs = path_segs(e.path());
+        let inner = e.into_inner();
+        let line = inner.span().map(|s| line_of(text, s.start)).or_else(|| line_of_path(text, &segs));
+        err(line, key_path(&segs), inner.message().to_owned())
+    })?;
+    validate(&value).map_err(|(segs, message)| err(line_of_path(text, &segs), key_path(&segs), message))?;
+    Ok(value)
 }
 
 /// Parses `ADDR/PREFIX` (prefix optional: /32 or /128).

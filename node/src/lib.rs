@@ -9,5 +9,7 @@ pub mod admin;
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod director;
+pub mod rules;
 pub mod tracking;
 pub mod vrrp_driver;

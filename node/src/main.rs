@@ -75,8 +75,21 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         Some(_) => Some(node::cluster::Cluster::start(&config, stop_tx.clone()).await?),
         None => None,
     };
-    let admin = node::admin::Admin { board: board.clone(), cluster: cluster.clone() };
+    let director = match (&config.director, &cluster) {
+        (Some(d), Some(c)) => {
+            let dir = node::director::Director::start(d).map_err(|e| anyhow::anyhow!("[director]: {e}"))?;
+            tokio::spawn(node::director::feed(dir.tx.clone(), c.sm.subscribe(), board.clone(), d.sync_instance.clone()));
+            Some(dir)
+        }
+        _ => None,
+    };
+    let admin = node::admin::Admin {
+        board: board.clone(),
+        cluster: cluster.clone(),
+        director: director.as_ref().map(|d| d.status.clone()),
+    };
     admin.serve_quic()?;
+    tokio::spawn(admin.clone().publish_reports());
     let listener = node::admin::bind(&config.node.admin_socket)?;
     tokio::spawn(node::admin::serve(listener, admin));
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
@@ -102,7 +115,12 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         let _ = stop_tx.send(()).await;
     });
     let socket = config.node.admin_socket.clone();
+    let config_flush = config.director.as_ref().is_some_and(|d| d.flush_on_stop);
     let result = node::vrrp_driver::run(config, board, stop_rx, reload_rx).await;
+    if let Some(d) = director {
+        let flush = config_flush;
+        tokio::task::spawn_blocking(move || d.stop(flush)).await.ok();
+    }
     if let Some(c) = cluster {
         c.shutdown().await;
     }

@@ -5,6 +5,7 @@
 //! Exit codes: 0 ok, 1 failure, 2 usage (clap's own).
 
 mod cluster_cmd;
+mod director_cmd;
 mod ipvs_cmd;
 mod vrrp_cmd;
 
@@ -30,6 +31,36 @@ enum Cmd {
     Ipvs {
         #[command(subcommand)]
         cmd: ipvs_cmd::IpvsCmd,
+    },
+    /// Replace the cluster's whole rule set with FILE (TOML or JSON; `-` = stdin).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Print the changes every director would make; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: ipvs_cmd::Output,
+    },
+    /// Show replicated state (`get services`).
+    Get {
+        #[command(subcommand)]
+        cmd: director_cmd::GetCmd,
+    },
+    /// Edit virtual servers (one Raft entry per edit).
+    Vs {
+        #[command(subcommand)]
+        cmd: director_cmd::VsCmd,
+    },
+    /// Edit real servers (one Raft entry per edit).
+    Rs {
+        #[command(subcommand)]
+        cmd: director_cmd::RsCmd,
+    },
+    /// Every director: applied revision, drift repairs, sync daemon, VRRP states, last error.
+    Status {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: ipvs_cmd::Output,
     },
     /// Cluster members as the node sees them (gossip state and Raft role).
     Members {
@@ -80,6 +111,11 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Ipvs { cmd } => ipvs_cmd::run(cmd),
         Cmd::Vrrp { cmd } => vrrp_cmd::run(cmd, cli.socket),
+        Cmd::Apply { file, dry_run, output } => director_cmd::apply(&cli.socket, &file, dry_run, output),
+        Cmd::Get { cmd } => director_cmd::get(&cli.socket, cmd),
+        Cmd::Vs { cmd } => director_cmd::vs(&cli.socket, cmd),
+        Cmd::Rs { cmd } => director_cmd::rs(&cli.socket, cmd),
+        Cmd::Status { output } => director_cmd::status(&cli.socket, output),
         Cmd::Members { output } => cluster_cmd::members(&cli.socket, output),
         Cmd::Join { seed, output } => cluster_cmd::simple(&cli.socket, node::api::Request::Join { seed }, output),
         Cmd::Leave { output } => cluster_cmd::simple(&cli.socket, node::api::Request::Leave, output),

@@ -16,7 +16,14 @@ pub const PORT: u16 = 7946;
 /// Binaries under test: `None` (with a message) when not built; fails under CI=true.
 pub fn binaries(test: &str) -> Option<(PathBuf, PathBuf)> {
     let ci = std::env::var("CI").as_deref() == Ok("true");
-    match (workspace_bin("corrald", "CORRALD"), workspace_bin("corralctl", "CORRALCTL")) {
+    // In the VM the binaries are installed in /usr/bin.
+    let find = |name: &str, var: &str| {
+        workspace_bin(name, var).or_else(|| {
+            let p = PathBuf::from("/usr/bin").join(name);
+            p.exists().then_some(p)
+        })
+    };
+    match (find("corrald", "CORRALD"), find("corralctl", "CORRALCTL")) {
         (Some(d), Some(c)) => Some((d, c)),
         _ => {
             assert!(!ci, "{test}: corrald/corralctl not built (cargo xtask test builds them first)");
@@ -55,6 +62,9 @@ pub struct LabCluster {
     root: PathBuf,
     /// Extra `[cluster]` lines for every node (timing knobs).
     pub cluster_extra: String,
+    /// Extra sections appended to every node's config (e.g. `[director]`, `[[vrrp]]`); `{i}`
+    /// is replaced by the node's 1-based number.
+    pub extra_sections: String,
 }
 
 impl LabCluster {
@@ -77,6 +87,7 @@ impl LabCluster {
             corralctl,
             root,
             cluster_extra: "dead_grace = \"3s\"\n".into(),
+            extra_sections: String::new(),
         }
     }
 
@@ -86,13 +97,14 @@ impl LabCluster {
         let join: Vec<String> = seeds.iter().map(|s| format!("\"{}\"", self.nodes[*s].addr())).collect();
         let token = token.map(|t| format!("token = \"{t}\"\n")).unwrap_or_default();
         let cfg = format!(
-            "[node]\nname = \"{}\"\nbind = \"{}\"\ndata_dir = \"{}\"\nadmin_socket = \"{}\"\n\n[cluster]\njoin = [{}]\n{token}{}",
+            "[node]\nname = \"{}\"\nbind = \"{}\"\ndata_dir = \"{}\"\nadmin_socket = \"{}\"\n\n[cluster]\njoin = [{}]\n{token}{}\n{}",
             n.name,
             n.addr(),
             n.dir.join("data").display(),
             n.socket().display(),
             join.join(", "),
-            self.cluster_extra
+            self.cluster_extra,
+            self.extra_sections.replace("{i}", &(i + 1).to_string())
         );
         std::fs::write(n.dir.join("corrald.toml"), cfg).unwrap();
     }

@@ -77,6 +77,8 @@ pub struct Cluster {
     poke: Notify,
     stop: mpsc::Sender<()>,
     started: Instant,
+    /// Serializes read-modify-write of the rules on the leader.
+    rules_lock: tokio::sync::Mutex<()>,
     /// Raft/admin messages refused because they did not decode.
     pub bad_messages: std::sync::atomic::AtomicU64,
 }
@@ -247,6 +249,7 @@ impl Cluster {
             poke: Notify::new(),
             stop,
             started: Instant::now(),
+            rules_lock: tokio::sync::Mutex::new(()),
             bad_messages: Default::default(),
         });
 
@@ -562,8 +565,75 @@ impl Cluster {
                 Ok(ResponseBody::Done { message: format!("token {id} revoked"), revision: Some(rev) })
             }
             Request::Remove { node } => self.remove(node).await,
+            Request::Apply { rules, dry_run } => {
+                rules.validate().map_err(|(segs, m)| LeaderError::Bad(format!("{}: {m}", crate::config::key_path(&segs))))?;
+                let _g = self.rules_lock.lock().await;
+                self.write_rules(rules.clone(), *dry_run).await
+            }
+            Request::Edit { edit } => {
+                let _g = self.rules_lock.lock().await;
+                let mut rules = self.current_rules().map_err(LeaderError::Bad)?;
+                edit.apply(&mut rules).map_err(LeaderError::Bad)?;
+                self.write_rules(rules, false).await
+            }
             other => Err(LeaderError::Bad(format!("{other:?} is not a replicated request"))),
         }
+    }
+
+    /// The rules as replicated here (empty when none were ever applied).
+    pub fn current_rules(&self) -> Result<crate::rules::RuleSet, String> {
+        let state = self.sm.current();
+        match state.get(crate::director::NS_RULES, crate::director::KEY_RULES) {
+            None => Ok(Default::default()),
+            Some(b) => crate::rules::decode(b),
+        }
+    }
+
+    async fn write_rules(&self, rules: crate::rules::RuleSet, dry_run: bool) -> Result<ResponseBody, LeaderError> {
+        let old = self.current_rules().map_err(LeaderError::Bad)?;
+        let verdicts = crate::rules::Verdicts::new();
+        let changes = crate::rules::describe_diff(&old.desired_table(&verdicts), &rules.desired_table(&verdicts));
+        if dry_run {
+            return Ok(ResponseBody::Applied { revision: None, dry_run: true, changes });
+        }
+        let stored = self.sm.current().get(crate::director::NS_RULES, crate::director::KEY_RULES).is_some();
+        if old == rules && stored {
+            return Ok(ResponseBody::Applied { revision: Some(self.sm.current().revision), dry_run: false, changes });
+        }
+        let rev = self
+            .write(Command::Put {
+                ns: crate::director::NS_RULES.into(),
+                key: crate::director::KEY_RULES.into(),
+                value: crate::rules::encode(&rules),
+            })
+            .await?;
+        tracing::info!(revision = rev, changes = changes.len(), "rules changed");
+        Ok(ResponseBody::Applied { revision: Some(rev), dry_run: false, changes })
+    }
+
+    /// Gossips this node's report (director status, VRRP states) to the others.
+    pub async fn publish_report(&self, report: &crate::api::NodeReport) {
+        let bytes = serde_json::to_vec(report).unwrap_or_default();
+        if let Some(swim) = self.swim.lock().await.as_ref() {
+            if let Err(e) = swim.set_metadata(bytes).await {
+                tracing::debug!(error = %e, "publishing the node report");
+            }
+        }
+    }
+
+    /// Every node's last report, by node name.
+    pub async fn reports(&self) -> BTreeMap<String, crate::api::NodeReport> {
+        let mut out = BTreeMap::new();
+        if let Some(swim) = self.swim.lock().await.as_ref() {
+            if let Ok(list) = swim.metadata().await {
+                for m in list {
+                    if let Ok(r) = serde_json::from_slice::<crate::api::NodeReport>(&m.data) {
+                        out.insert(m.node.name.clone(), r);
+                    }
+                }
+            }
+        }
+        out
     }
 
     async fn remove(&self, node: &str) -> Result<ResponseBody, LeaderError> {

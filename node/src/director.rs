@@ -1,0 +1,290 @@
+//! The director: the only writer of IPVS in corrald. It turns the replicated rules into the
+//! desired table (a pure function, equal on every node), diffs it against the kernel and applies
+//! the difference, on every rule change and every `reconcile_interval` (which repairs drift such
+//! as a manual `ipvsadm -C`). It also runs the kernel's connection-sync daemon as master on the
+//! VRRP master and as backup elsewhere, so established connections survive a failover.
+//!
+//! Netlink calls are blocking, so the loop runs on its own thread and is fed state changes
+//! through a channel; nothing here blocks the async runtime.
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipvs::{SyncDaemon, SyncRole, Table};
+use raft::ClusterState;
+use serde::{Deserialize, Serialize};
+
+use crate::config::DirectorSection;
+use crate::rules::{self, RuleSet, Verdicts};
+
+/// Namespace and key of the rules in the replicated state.
+pub const NS_RULES: &str = "rules";
+/// The single key holding the whole rule set.
+pub const KEY_RULES: &str = "set";
+
+/// What this director reports (admin API, gossip metadata, `corralctl status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectorStatus {
+    /// Revision of the replicated state whose rules are in the kernel.
+    pub applied_revision: u64,
+    /// Reconciles that found the kernel different from the rules without a rule change.
+    pub drift_repairs: u64,
+    /// Changes (netlink requests) sent by the last reconcile that changed anything.
+    pub last_ops: usize,
+    /// The last failure, cleared by the next success.
+    pub last_error: Option<String>,
+    /// `master`, `backup` or absent: the connection-sync daemon this node runs.
+    pub sync_daemon: Option<String>,
+    /// Services and real servers in the kernel after the last reconcile.
+    pub kernel_objects: usize,
+}
+
+/// Where the table lives: the kernel, or an in-memory model for scale benchmarks only.
+enum Ipvs {
+    Kernel(ipvs::client::Client),
+    /// In-memory model of IPVS (benchmarks with more nodes than the VM holds): never used
+    /// when the config asks for the kernel.
+    Model(Table),
+}
+
+impl Ipvs {
+    fn table(&mut self) -> Result<Table, String> {
+        match self {
+            Ipvs::Kernel(c) => c.table().map_err(|e| e.to_string()),
+            Ipvs::Model(t) => Ok(t.clone()),
+        }
+    }
+
+    fn apply(&mut self, ops: &[ipvs::Op]) -> Result<(), String> {
+        match self {
+            Ipvs::Kernel(c) => c.apply(ops).map(|_| ()).map_err(|e| e.to_string()),
+            Ipvs::Model(t) => ipvs::diff::apply_in_memory(t, ops),
+        }
+    }
+
+    fn sync_daemon(&mut self, want: Option<&SyncDaemon>) -> Result<(), String> {
+        let Ipvs::Kernel(c) = self else { return Ok(()) };
+        let running = c.daemons().map_err(|e| e.to_string())?;
+        for d in &running {
+            if want.is_none_or(|w| w.role != d.role) {
+                c.stop_daemon(d.role).map_err(|e| format!("stop {:?} sync daemon: {e}", d.role))?;
+            }
+        }
+        if let Some(w) = want {
+            if !running.iter().any(|d| d.role == w.role) {
+                c.start_daemon(w).map_err(|e| format!("start {:?} sync daemon: {e}", w.role))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Messages to the reconcile thread.
+pub enum Input {
+    /// New replicated state.
+    State(Arc<ClusterState>),
+    /// This node's VRRP role for the sync daemon (true = master).
+    VrrpMaster(bool),
+    /// Stop; flush the kernel table first when asked.
+    Stop { flush: bool },
+}
+
+/// Handle to the running director.
+pub struct Director {
+    pub tx: std_mpsc::Sender<Input>,
+    pub status: Arc<Mutex<DirectorStatus>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn rules_of(state: &ClusterState) -> Result<Option<RuleSet>, String> {
+    state.get(NS_RULES, KEY_RULES).map(rules::decode).transpose()
+}
+
+impl Director {
+    /// Starts the reconcile thread.
+    pub fn start(cfg: &DirectorSection) -> Result<Director, String> {
+        let ipvs = match cfg.ipvs.as_str() {
+            "kernel" => Ipvs::Kernel(ipvs::client::Client::new().map_err(|e| format!("kernel IPVS: {e}"))?),
+            "memory" => {
+                tracing::warn!("director uses the in-memory IPVS model (benchmarks only): the kernel is not programmed");
+                Ipvs::Model(Table::default())
+            }
+            other => return Err(format!("[director] ipvs = {other:?}: expected \"kernel\" or \"memory\"")),
+        };
+        let (tx, rx) = std_mpsc::channel();
+        let status = Arc::new(Mutex::new(DirectorStatus::default()));
+        let st = status.clone();
+        let cfg = cfg.clone();
+        let thread = std::thread::Builder::new()
+            .name("director".into())
+            .spawn(move || run(ipvs, cfg, rx, st))
+            .map_err(|e| e.to_string())?;
+        Ok(Director { tx, status, thread: Some(thread) })
+    }
+
+    /// Stops the thread (bounded wait); the kernel table stays unless `flush`.
+    pub fn stop(mut self, flush: bool) {
+        let _ = self.tx.send(Input::Stop { flush });
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(mut ipvs: Ipvs, cfg: DirectorSection, rx: std_mpsc::Receiver<Input>, status: Arc<Mutex<DirectorStatus>>) {
+    let mut state: Option<Arc<ClusterState>> = None;
+    let mut applied_rev: Option<u64> = None;
+    let mut master: Option<bool> = None;
+    let mut sync_applied: Option<Option<bool>> = None;
+    let mut next = Instant::now();
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Input::State(s)) => state = Some(s),
+            Ok(Input::VrrpMaster(m)) => master = Some(m),
+            Ok(Input::Stop { flush }) => {
+                if flush {
+                    let empty = Table::default();
+                    if let Ok(k) = ipvs.table() {
+                        let _ = ipvs.apply(&ipvs::diff(&k, &empty));
+                    }
+                }
+                let _ = ipvs.sync_daemon(None);
+                return;
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        // Drain whatever else is queued: only the newest state matters.
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Input::State(s) => state = Some(s),
+                Input::VrrpMaster(m) => master = Some(m),
+                Input::Stop { flush } => {
+                    let _ = flush;
+                    let _ = ipvs.sync_daemon(None);
+                    return;
+                }
+            }
+        }
+        let rule_change = state.as_ref().map(|s| s.revision) != applied_rev;
+        let due = Instant::now() >= next;
+        if !rule_change && !due && sync_applied == Some(master) {
+            continue;
+        }
+        if let Some(s) = &state {
+            reconcile(&mut ipvs, s, rule_change, &mut applied_rev, &status);
+        }
+        if cfg.sync_interface.is_some() && sync_applied != Some(master) {
+            let want = master.map(|m| SyncDaemon {
+                role: if m { SyncRole::Master } else { SyncRole::Backup },
+                interface: cfg.sync_interface.clone().unwrap_or_default(),
+                sync_id: cfg.sync_id,
+                max_len: 0,
+                group: None,
+                port: 0,
+                ttl: 0,
+            });
+            match ipvs.sync_daemon(want.as_ref()) {
+                Ok(()) => {
+                    sync_applied = Some(master);
+                    let role = master.map(|m| if m { "master" } else { "backup" }.to_string());
+                    tracing::info!(role = ?role, "connection sync daemon follows VRRP");
+                    status.lock().unwrap_or_else(|p| p.into_inner()).sync_daemon = role;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "connection sync daemon");
+                    status.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(e);
+                }
+            }
+        }
+        if due {
+            next = Instant::now() + cfg.reconcile_interval;
+        }
+    }
+}
+
+fn reconcile(
+    ipvs: &mut Ipvs,
+    state: &ClusterState,
+    rule_change: bool,
+    applied_rev: &mut Option<u64>,
+    status: &Arc<Mutex<DirectorStatus>>,
+) {
+    let t0 = Instant::now();
+    let set_err = |e: String| {
+        tracing::warn!(error = %e, "reconcile");
+        status.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(e);
+    };
+    let rules = match rules_of(state) {
+        // No rules were ever applied: leave the kernel alone (a new node must not flush
+        // tables an operator made before the cluster owned them).
+        Ok(None) => {
+            *applied_rev = Some(state.revision);
+            return;
+        }
+        Ok(Some(r)) => r,
+        Err(e) => return set_err(e),
+    };
+    let desired = rules.desired_table(&Verdicts::new());
+    let kernel = match ipvs.table() {
+        Ok(k) => k,
+        Err(e) => return set_err(format!("read the IPVS table: {e}")),
+    };
+    let ops = ipvs::diff(&kernel, &desired);
+    if !ops.is_empty() {
+        if let Err(e) = ipvs.apply(&ops) {
+            return set_err(format!("apply {} changes: {e}", ops.len()));
+        }
+    }
+    let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
+    if !ops.is_empty() {
+        if rule_change {
+            tracing::info!(revision = state.revision, changes = ops.len(), took_us = t0.elapsed().as_micros() as u64, "applied rules to IPVS");
+        } else {
+            st.drift_repairs += 1;
+            tracing::warn!(revision = state.revision, changes = ops.len(), "IPVS table drifted from the rules: repaired");
+        }
+        st.last_ops = ops.len();
+    }
+    st.applied_revision = state.revision;
+    st.last_error = None;
+    st.kernel_objects = desired.object_count();
+    *applied_rev = Some(state.revision);
+}
+
+/// Feeds replicated-state changes and the VRRP role of `sync_instance` to the director.
+pub async fn feed(
+    tx: std_mpsc::Sender<Input>,
+    mut states: tokio::sync::watch::Receiver<Arc<ClusterState>>,
+    board: crate::vrrp_driver::StatusBoard,
+    sync_instance: Option<String>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_master = None;
+    let _ = tx.send(Input::State(states.borrow_and_update().clone()));
+    loop {
+        tokio::select! {
+            r = states.changed() => {
+                if r.is_err() { return; }
+                let s = states.borrow_and_update().clone();
+                if tx.send(Input::State(s)).is_err() { return; }
+            }
+            _ = tick.tick() => {
+                let master = {
+                    let b = board.lock().unwrap_or_else(|p| p.into_inner());
+                    let inst = match &sync_instance {
+                        Some(n) => b.iter().find(|i| &i.name == n),
+                        None => b.first(),
+                    };
+                    inst.map(|i| i.state == "MASTER")
+                };
+                if master.is_some() && master != last_master {
+                    last_master = master;
+                    if tx.send(Input::VrrpMaster(master.unwrap_or(false))).is_err() { return; }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! Cluster-wide LVS rules: the `services.toml` operators `corralctl apply`, stored whole in the
+//! Raft state, and the pure function from (rules, health verdicts) to the IPVS table every
+//! director programs. Because the table is a function of replicated data only, every director
+//! computes the same table and `ipvsadm -Sn` is byte-identical across them.
+//!
+//! ```toml
+//! [[virtual_server]]
+//! address = "192.0.2.100:80"      # or fwmark = 7 (family = "inet6" for IPv6 marks)
+//! protocol = "tcp"                # tcp | udp | sctp
+//! scheduler = "wlc"
+//! forwarding = "nat"              # nat | dr | tunnel (per real server overridable)
+//! persistence_timeout = "5m"      # optional; persistence_granularity = "255.255.255.0" or "/64"
+//! sorry_server = "198.51.100.99:80"
+//! quorum = 1                      # keepalived: live weight below quorum - hysteresis → sorry server
+//! [[virtual_server.real_server]]
+//! address = "198.51.100.11:80"
+//! weight = 1
+//! inhibit_on_failure = false      # failed: weight 0 instead of removal
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipvs::{Dest, DestKey, Family, Forward, Persistence, Protocol, Service, ServiceKey, Table, Tunnel};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{parse_toml, ConfigError, KeySeg};
+
+/// Schedulers the Linux kernel ships (`ip_vs_*.ko`).
+pub const SCHEDULERS: &[&str] = &["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"];
+
+/// The whole desired set of virtual servers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSet {
+    #[serde(default, rename = "virtual_server", skip_serializing_if = "Vec::is_empty")]
+    pub virtual_servers: Vec<VirtualServer>,
+}
+
+/// How packets reach a real server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Masquerading (`-m`): replies come back through the director.
+    #[default]
+    Nat,
+    /// Direct routing (`-g`): the real server owns the VIP on a loopback.
+    Dr,
+    /// IP-in-IP (`-i`).
+    Tunnel,
+}
+
+/// Address family of a firewall-mark service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MarkFamily {
+    #[default]
+    Inet,
+    Inet6,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+fn default_scheduler() -> String {
+    "wlc".into()
+}
+fn is_wlc(s: &String) -> bool {
+    s == "wlc"
+}
+fn one() -> u32 {
+    1
+}
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
+fn one_i32() -> i32 {
+    1
+}
+fn is_one_i32(v: &i32) -> bool {
+    *v == 1
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| {
+            humantime::parse_duration(&s)
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e} (write e.g. \"5m\", \"360s\")")))
+        })
+        .transpose()
+    }
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// A virtual server (keepalived's `virtual_server`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualServer {
+    /// `VIP:PORT` (with `protocol`), or absent for a firewall-mark service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fwmark: Option<u32>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub family: MarkFamily,
+    #[serde(default = "default_protocol", skip_serializing_if = "is_tcp")]
+    pub protocol: Protocol,
+    #[serde(default = "default_scheduler", skip_serializing_if = "is_wlc")]
+    pub scheduler: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub forwarding: Forwarding,
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub persistence_timeout: Option<Duration>,
+    /// IPv4 netmask (`255.255.255.0`) or IPv6 prefix (`/64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence_granularity: Option<String>,
+    /// `-o`: one-packet scheduling (UDP/SCTP).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub one_packet: bool,
+    /// Served when the live real servers' weight falls below the quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sorry_server: Option<SocketAddr>,
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub quorum: u32,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub hysteresis: u32,
+    /// keepalived's alpha: real servers start failed until their first check passes.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub alpha: bool,
+    /// keepalived's omega: run quorum_down when the service is removed.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub omega: bool,
+    #[serde(default, rename = "real_server", skip_serializing_if = "Vec::is_empty")]
+    pub real_servers: Vec<RealServer>,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+fn is_tcp(p: &Protocol) -> bool {
+    *p == Protocol::Tcp
+}
+
+/// A real server (keepalived's `real_server`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealServer {
+    pub address: SocketAddr,
+    #[serde(default = "one_i32", skip_serializing_if = "is_one_i32")]
+    pub weight: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<Forwarding>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub upper_threshold: u32,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub lower_threshold: u32,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub inhibit_on_failure: bool,
+}
+
+/// Health of one real server as committed by the cluster (issue: health checks). Absent = up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    Up,
+    Down,
+}
+
+/// (virtual server key, real server address) → verdict.
+pub type Verdicts = BTreeMap<(ServiceKey, SocketAddr), Verdict>;
+
+impl VirtualServer {
+    /// The kernel key of this virtual server.
+    pub fn key(&self) -> Option<ServiceKey> {
+        match (self.address, self.fwmark) {
+            (Some(addr), None) => Some(ServiceKey::Addr { protocol: self.protocol, addr }),
+            (None, Some(mark)) => Some(ServiceKey::Fwmark {
+                family: match self.family {
+                    MarkFamily::Inet => Family::Inet,
+                    MarkFamily::Inet6 => Family::Inet6,
+                },
+                mark,
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn persistence_netmask(g: &Option<String>, family: Family) -> Result<u32, String> {
+    match (g.as_deref(), family) {
+        (None, Family::Inet) => Ok(0xffff_ffff),
+        (None, Family::Inet6) => Ok(128),
+        (Some(s), Family::Inet) => {
+            let m: std::net::Ipv4Addr = s.parse().map_err(|_| format!("{s:?} is not an IPv4 netmask (e.g. 255.255.255.0)"))?;
+            let m = u32::from(m);
+            if m.leading_ones() + m.trailing_zeros() != 32 {
+                return Err(format!("{s:?} is not a contiguous netmask"));
+            }
+            Ok(m)
+        }
+        (Some(s), Family::Inet6) => {
+            let p = s.trim_start_matches('/');
+            p.parse::<u32>().ok().filter(|p| (1..=128).contains(p)).ok_or_else(|| format!("{s:?} is not an IPv6 prefix length (/1../128)"))
+        }
+    }
+}
+
+impl RuleSet {
+    /// Parses a rules file; errors name file, line and key.
+    pub fn parse(path: &Path, text: &str) -> Result<RuleSet, ConfigError> {
+        parse_toml(path, text, RuleSet::validate)
+    }
+
+    /// Semantic checks, returning the offending key.
+    pub fn validate(&self) -> Result<(), (Vec<KeySeg>, String)> {
+        use KeySeg::{Index, Key};
+        let vs_at = |i: usize, k: &str| vec![Key("virtual_server".into()), Index(i), Key(k.into())];
+        let mut keys = BTreeSet::new();
+        for (i, vs) in self.virtual_servers.iter().enumerate() {
+            let key = match (vs.address, vs.fwmark) {
+                (Some(_), Some(_)) => return Err((vs_at(i, "fwmark"), "give address or fwmark, not both".into())),
+                (None, None) => return Err((vs_at(i, "address"), "a virtual server needs address = \"VIP:PORT\" or fwmark = N".into())),
+                (Some(a), None) if a.port() == 0 && vs.persistence_timeout.is_none() => {
+                    return Err((vs_at(i, "address"), "port 0 (all ports) needs persistence_timeout, as in ipvsadm".into()))
+                }
+                (None, Some(0)) => return Err((vs_at(i, "fwmark"), "firewall mark must be > 0".into())),
+                _ => vs.key().expect("checked above"),
+            };
+            if !keys.insert(key) {
+                return Err((vs_at(i, if vs.address.is_some() { "address" } else { "fwmark" }), format!("{key} is defined twice")));
+            }
+            if !SCHEDULERS.contains(&vs.scheduler.as_str()) {
+                return Err((vs_at(i, "scheduler"), format!("unknown scheduler {:?} (one of {})", vs.scheduler, SCHEDULERS.join(", "))));
+            }
+            if vs.one_packet && vs.protocol == Protocol::Tcp && vs.address.is_some() {
+                return Err((vs_at(i, "one_packet"), "one-packet scheduling applies to UDP/SCTP only".into()));
+            }
+            if let Some(t) = vs.persistence_timeout {
+                if t.as_secs() == 0 || t.as_secs() > u32::MAX as u64 || t.subsec_nanos() != 0 {
+                    return Err((vs_at(i, "persistence_timeout"), "whole seconds, at least 1s".into()));
+                }
+            } else if vs.persistence_granularity.is_some() {
+                return Err((vs_at(i, "persistence_granularity"), "needs persistence_timeout".into()));
+            }
+            persistence_netmask(&vs.persistence_granularity, key.family()).map_err(|e| (vs_at(i, "persistence_granularity"), e))?;
+            if let Some(s) = vs.sorry_server {
+                if Family::of(&s.ip()) != key.family() && vs.forwarding == Forwarding::Nat {
+                    return Err((vs_at(i, "sorry_server"), "NAT needs a sorry server of the virtual server's address family".into()));
+                }
+            }
+            let mut rs_seen = BTreeSet::new();
+            for (j, rs) in vs.real_servers.iter().enumerate() {
+                let rs_at = |k: &str| vec![Key("virtual_server".into()), Index(i), Key("real_server".into()), Index(j), Key(k.into())];
+                if !rs_seen.insert(rs.address) {
+                    return Err((rs_at("address"), format!("{} is listed twice", rs.address)));
+                }
+                if Some(rs.address) == vs.sorry_server {
+                    return Err((rs_at("address"), "also the sorry server".into()));
+                }
+                if !(0..=65535).contains(&rs.weight) {
+                    return Err((rs_at("weight"), "weight must be within 0..=65535".into()));
+                }
+                let fwd = rs.forwarding.unwrap_or(vs.forwarding);
+                if fwd == Forwarding::Nat && Family::of(&rs.address.ip()) != key.family() {
+                    return Err((rs_at("address"), "NAT needs a real server of the virtual server's address family".into()));
+                }
+                if rs.lower_threshold > 0 && rs.upper_threshold > 0 && rs.lower_threshold > rs.upper_threshold {
+                    return Err((rs_at("lower_threshold"), "lower_threshold above upper_threshold".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The IPVS table every director programs for these rules and verdicts (pure: equal inputs,
+    /// equal tables, on every node).
+    pub fn desired_table(&self, verdicts: &Verdicts) -> Table {
+        let mut t = Table::default();
+        for vs in &self.virtual_servers {
+            let Some(key) = vs.key() else { continue };
+            let mut svc = Service::new(key, vs.scheduler.clone());
+            svc.persistence = vs.persistence_timeout.map(|to| Persistence {
+                timeout: to.as_secs() as u32,
+                netmask: persistence_netmask(&vs.persistence_granularity, key.family()).unwrap_or(0xffff_ffff),
+            });
+            svc.one_packet = vs.one_packet;
+            let mut live_weight: u64 = 0;
+            for rs in &vs.real_servers {
+                let up = verdicts.get(&(key, rs.address)).copied().unwrap_or(if vs.alpha { Verdict::Down } else { Verdict::Up }) == Verdict::Up;
+                let weight = match (up, rs.inhibit_on_failure) {
+                    (true, _) => rs.weight,
+                    (false, true) => 0,
+                    (false, false) => continue,
+                };
+                if up {
+                    live_weight += rs.weight.max(0) as u64;
+                }
+                svc.dests.insert(dest_key(rs.address), dest(rs.address, rs.forwarding.unwrap_or(vs.forwarding), weight, rs));
+            }
+            // keepalived: quorum lost when the live weight drops below quorum - hysteresis;
+            // then the sorry server takes the traffic.
+            if let Some(sorry) = vs.sorry_server {
+                if live_weight < u64::from(vs.quorum.saturating_sub(vs.hysteresis)).max(1) {
+                    let placeholder = RealServer {
+                        address: sorry,
+                        weight: 1,
+                        forwarding: None,
+                        upper_threshold: 0,
+                        lower_threshold: 0,
+                        inhibit_on_failure: false,
+                    };
+                    svc.dests.insert(dest_key(sorry), dest(sorry, vs.forwarding, 1, &placeholder));
+                }
+            }
+            t.insert(svc);
+        }
+        t
+    }
+}
+
+fn dest_key(a: SocketAddr) -> DestKey {
+    DestKey { addr: a.ip(), port: a.port() }
+}
+
+fn dest(a: SocketAddr, f: Forwarding, weight: i32, rs: &RealServer) -> Dest {
+    let mut d = Dest::new(a.ip(), a.port());
+    d.forward = match f {
+        Forwarding::Nat => Forward::Masq,
+        Forwarding::Dr => Forward::Route,
+        Forwarding::Tunnel => Forward::Tunnel(Tunnel::Ipip),
+    };
+    d.weight = weight;
+    d.upper_threshold = rs.upper_threshold;
+    d.lower_threshold = rs.lower_threshold;
+    d
+}
+
+/// The rules as stored in the Raft state: JSON (self-describing, so new optional fields do not
+/// break old entries) behind a version field.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    v: u32,
+    rules: RuleSet,
+}
+
+/// Encodes rules for the replicated state.
+pub fn encode(rules: &RuleSet) -> Vec<u8> {
+    serde_json::to_vec(&Stored { v: 1, rules: rules.clone() }).unwrap_or_default()
+}
+
+/// Decodes rules from the replicated state.
+pub fn decode(bytes: &[u8]) -> Result<RuleSet, String> {
+    let s: Stored = serde_json::from_slice(bytes).map_err(|e| format!("stored rules do not decode: {e}"))?;
+    if s.v != 1 {
+        return Err(format!("stored rules have format version {} (this build reads 1)", s.v));
+    }
+    Ok(s.rules)
+}
+
+/// Renders rules as TOML that `apply -f` accepts back.
+pub fn to_toml(rules: &RuleSet) -> String {
+    toml::to_string(rules).unwrap_or_else(|e| format!("# cannot render as TOML: {e}\n"))
+}
+
+/// One edit of the rule set (`corralctl vs …`, `corralctl rs …`), applied on the leader to the
+/// current rules and written as one Raft entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "edit", rename_all = "snake_case")]
+pub enum Edit {
+    /// Adds (or replaces) a virtual server with its real servers.
+    VsAdd { vs: Box<VirtualServer> },
+    /// Removes a virtual server by its address or `fwmark:N`.
+    VsDel { service: String },
+    /// Adds (or replaces) a real server in a virtual server.
+    RsAdd { service: String, rs: RealServer },
+    /// Removes a real server.
+    RsDel { service: String, address: SocketAddr },
+    /// Sets a real server's weight.
+    RsWeight { service: String, address: SocketAddr, weight: i32 },
+    /// Weight 0: no new connections, established ones finish (ipvsadm's quiesce).
+    RsDrain { service: String, address: SocketAddr },
+}
+
+/// Finds a virtual server by `VIP:PORT` (TCP unless `udp:`/`sctp:` prefixed) or `fwmark:N`.
+fn find(rules: &mut RuleSet, service: &str) -> Result<usize, String> {
+    let (proto, rest) = match service.split_once(':') {
+        Some(("tcp", r)) => (Some(Protocol::Tcp), r),
+        Some(("udp", r)) => (Some(Protocol::Udp), r),
+        Some(("sctp", r)) => (Some(Protocol::Sctp), r),
+        Some(("fwmark", m)) => {
+            let m: u32 = m.parse().map_err(|_| format!("{service:?}: fwmark:N needs a number"))?;
+            return rules.virtual_servers.iter().position(|v| v.fwmark == Some(m)).ok_or_else(|| format!("no virtual server fwmark {m}"));
+        }
+        _ => (None, service),
+    };
+    let addr: SocketAddr = rest.parse().map_err(|_| format!("{service:?} is not VIP:PORT, [tcp|udp|sctp]:VIP:PORT or fwmark:N"))?;
+    rules
+        .virtual_servers
+        .iter()
+        .position(|v| v.address == Some(addr) && proto.is_none_or(|p| p == v.protocol))
+        .ok_or_else(|| format!("no virtual server {service}"))
+}
+
+impl Edit {
+    /// Applies the edit to `rules`, then validates the result.
+    pub fn apply(&self, rules: &mut RuleSet) -> Result<(), String> {
+        match self {
+            Edit::VsAdd { vs } => {
+                let key = vs.key();
+                rules.virtual_servers.retain(|v| v.key() != key);
+                rules.virtual_servers.push((**vs).clone());
+            }
+            Edit::VsDel { service } => {
+                let i = find(rules, service)?;
+                rules.virtual_servers.remove(i);
+            }
+            Edit::RsAdd { service, rs } => {
+                let i = find(rules, service)?;
+                let v = &mut rules.virtual_servers[i];
+                v.real_servers.retain(|r| r.address != rs.address);
+                v.real_servers.push(rs.clone());
+            }
+            Edit::RsDel { service, address } => {
+                let i = find(rules, service)?;
+                let v = &mut rules.virtual_servers[i];
+                let before = v.real_servers.len();
+                v.real_servers.retain(|r| r.address != *address);
+                if v.real_servers.len() == before {
+                    return Err(format!("{service} has no real server {address}"));
+                }
+            }
+            Edit::RsWeight { service, address, weight } => set_weight(rules, service, *address, *weight)?,
+            Edit::RsDrain { service, address } => set_weight(rules, service, *address, 0)?,
+        }
+        rules.validate().map_err(|(segs, m)| format!("{}: {m}", crate::config::key_path(&segs)))
+    }
+}
+
+fn set_weight(rules: &mut RuleSet, service: &str, address: SocketAddr, weight: i32) -> Result<(), String> {
+    let i = find(rules, service)?;
+    let rs = rules.virtual_servers[i]
+        .real_servers
+        .iter_mut()
+        .find(|r| r.address == address)
+        .ok_or_else(|| format!("{service} has no real server {address}"))?;
+    rs.weight = weight;
+    Ok(())
+}
+
+/// Human-readable changes between two tables (for `apply --dry-run`), in ipvsadm's words.
+pub fn describe_diff(from: &Table, to: &Table) -> Vec<String> {
+    ipvs::diff(from, to).iter().map(|op| format!("{op}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[[virtual_server]]
+address = "192.0.2.100:80"
+scheduler = "rr"
+persistence_timeout = "5m"
+persistence_granularity = "255.255.255.0"
+sorry_server = "198.51.100.99:80"
+[[virtual_server.real_server]]
+address = "198.51.100.11:80"
+weight = 3
+[[virtual_server.real_server]]
+address = "198.51.100.12:80"
+inhibit_on_failure = true
+
+[[virtual_server]]
+fwmark = 7
+family = "inet6"
+forwarding = "dr"
+[[virtual_server.real_server]]
+address = "[2001:db8::11]:0"
+"#;
+
+    fn parse(text: &str) -> Result<RuleSet, ConfigError> {
+        RuleSet::parse(Path::new("services.toml"), text)
+    }
+
+    #[test]
+    fn parses_and_round_trips_through_toml_and_storage() {
+        let r = parse(EXAMPLE).unwrap();
+        assert_eq!(r.virtual_servers.len(), 2);
+        let again = parse(&to_toml(&r)).unwrap();
+        assert_eq!(again, r);
+        assert_eq!(decode(&encode(&r)).unwrap(), r);
+    }
+
+    #[test]
+    fn desired_table_follows_rules_and_verdicts() {
+        let r = parse(EXAMPLE).unwrap();
+        let t = r.desired_table(&Verdicts::new());
+        assert_eq!(t.services.len(), 2);
+        let key = r.virtual_servers[0].key().unwrap();
+        let svc = &t.services[&key];
+        assert_eq!(svc.persistence, Some(Persistence { timeout: 300, netmask: 0xffff_ff00 }));
+        assert_eq!(svc.dests.len(), 2, "no sorry server while real servers are up");
+        assert!(svc.dests.values().all(|d| d.forward == Forward::Masq));
+        // One down (removed), one down with inhibit (weight 0): live weight 0 → sorry server.
+        let mut v = Verdicts::new();
+        v.insert((key, "198.51.100.11:80".parse().unwrap()), Verdict::Down);
+        v.insert((key, "198.51.100.12:80".parse().unwrap()), Verdict::Down);
+        let t = r.desired_table(&v);
+        let d = &t.services[&key].dests;
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[&dest_key("198.51.100.12:80".parse().unwrap())].weight, 0);
+        assert!(d.contains_key(&dest_key("198.51.100.99:80".parse().unwrap())));
+        // Same inputs, same table (what makes -Sn identical on every director).
+        assert_eq!(r.desired_table(&v), r.desired_table(&v));
+    }
+
+    #[test]
+    fn bad_rules_name_the_key_and_line() {
+        let e = parse("[[virtual_server]]\naddress = \"192.0.2.1:80\"\nscheduler = \"fastest\"\n").unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].scheduler");
+        assert_eq!(e.line, Some(3));
+        let e = parse("[[virtual_server]]\naddress = \"192.0.2.1:80\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\nweight = -1\n").unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].real_server[0].weight");
+        let e = parse("[[virtual_server]]\naddress = \"192.0.2.1:80\"\n[[virtual_server]]\naddress = \"192.0.2.1:80\"\n").unwrap_err();
+        assert!(e.message.contains("twice"), "{e}");
+        let e = parse("[[virtual_server]]\naddres = \"192.0.2.1:80\"\n").unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = parse("[[virtual_server]]\naddress = \"192.0.2.1:80\"\n[[virtual_server.real_server]]\naddress = \"[2001:db8::1]:80\"\n").unwrap_err();
+        assert!(e.message.contains("family"), "{e}");
+    }
+
+    #[test]
+    fn edits_apply_and_validate() {
+        let mut r = parse(EXAMPLE).unwrap();
+        Edit::RsDrain { service: "192.0.2.100:80".into(), address: "198.51.100.11:80".parse().unwrap() }.apply(&mut r).unwrap();
+        assert_eq!(r.virtual_servers[0].real_servers[0].weight, 0);
+        Edit::RsWeight { service: "tcp:192.0.2.100:80".into(), address: "198.51.100.11:80".parse().unwrap(), weight: 5 }.apply(&mut r).unwrap();
+        assert_eq!(r.virtual_servers[0].real_servers[0].weight, 5);
+        let bad = Edit::RsWeight { service: "192.0.2.100:80".into(), address: "198.51.100.11:80".parse().unwrap(), weight: -3 };
+        let before = r.clone();
+        assert!(bad.apply(&mut r.clone()).unwrap_err().contains("weight"));
+        assert_eq!(r, before);
+        Edit::VsDel { service: "fwmark:7".into() }.apply(&mut r).unwrap();
+        assert_eq!(r.virtual_servers.len(), 1);
+        assert!(Edit::VsDel { service: "192.0.2.9:80".into() }.apply(&mut r).unwrap_err().contains("no virtual server"));
+    }
+}

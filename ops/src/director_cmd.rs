@@ -1,0 +1,271 @@
+//! `corralctl apply | get services | vs … | rs … | status`: the cluster's LVS rules and the
+//! directors that program them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Subcommand, ValueEnum};
+use node::api::{call, Request, ResponseBody};
+use node::rules::{Edit, Forwarding, MarkFamily, RealServer, RuleSet, VirtualServer};
+
+use crate::ipvs_cmd::Output;
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GetOutput {
+    Table,
+    Json,
+    Toml,
+}
+
+#[derive(Subcommand)]
+pub enum GetCmd {
+    /// The replicated rules (`-o toml` and `-o json` are valid `apply -f` input).
+    Services {
+        #[arg(short, long, value_enum, default_value = "toml")]
+        output: GetOutput,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Fwd {
+    Nat,
+    Dr,
+    Tunnel,
+}
+
+impl From<Fwd> for Forwarding {
+    fn from(f: Fwd) -> Self {
+        match f {
+            Fwd::Nat => Forwarding::Nat,
+            Fwd::Dr => Forwarding::Dr,
+            Fwd::Tunnel => Forwarding::Tunnel,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum VsCmd {
+    /// Add (or replace) a virtual server: VIP:PORT, or --fwmark N.
+    Add {
+        /// VIP:PORT (omit with --fwmark).
+        address: Option<SocketAddr>,
+        #[arg(long)]
+        fwmark: Option<u32>,
+        /// IPv6 firewall-mark service.
+        #[arg(long)]
+        ipv6: bool,
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        #[arg(long, default_value = "wlc")]
+        scheduler: String,
+        #[arg(long, value_enum, default_value = "nat")]
+        forwarding: Fwd,
+        /// Persistence timeout (humantime: 360s, 5m).
+        #[arg(long)]
+        persistence: Option<String>,
+        #[arg(long)]
+        sorry_server: Option<SocketAddr>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Remove a virtual server: VIP:PORT, udp:VIP:PORT or fwmark:N.
+    Del {
+        service: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RsCmd {
+    /// Add (or replace) a real server of SERVICE (VIP:PORT, udp:VIP:PORT or fwmark:N).
+    Add {
+        service: String,
+        address: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        weight: i32,
+        #[arg(long, value_enum)]
+        forwarding: Option<Fwd>,
+        #[arg(long)]
+        inhibit_on_failure: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Remove a real server.
+    Del {
+        service: String,
+        address: SocketAddr,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Set a real server's weight.
+    Weight {
+        service: String,
+        address: SocketAddr,
+        weight: i32,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Weight 0: no new connections; established ones finish.
+    Drain {
+        service: String,
+        address: SocketAddr,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+fn print_applied(body: &ResponseBody, output: Output) -> Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(body)?);
+        return Ok(());
+    }
+    let ResponseBody::Applied { revision, dry_run, changes } = body else { bail!("unexpected answer") };
+    for c in changes {
+        println!("{c}");
+    }
+    match (dry_run, revision) {
+        (true, _) => eprintln!("dry run: {} change(s) to every director's IPVS, nothing written", changes.len()),
+        (false, Some(r)) if changes.is_empty() => eprintln!("no change (revision {r})"),
+        (false, Some(r)) => eprintln!("{} change(s) committed as revision {r}", changes.len()),
+        (false, None) => eprintln!("{} change(s)", changes.len()),
+    }
+    Ok(())
+}
+
+pub fn apply(socket: &Path, file: &PathBuf, dry_run: bool, output: Output) -> Result<()> {
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("read stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?
+    };
+    let rules = if text.trim_start().starts_with('{') {
+        let r: RuleSet = serde_json::from_str(&text).with_context(|| format!("{}: not valid rules JSON", file.display()))?;
+        r.validate().map_err(|(segs, m)| anyhow::anyhow!("{}: key `{}`: {m}", file.display(), node::config::key_path(&segs)))?;
+        r
+    } else {
+        RuleSet::parse(file, &text).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    let body = call(socket, &Request::Apply { rules, dry_run }, TIMEOUT)?;
+    print_applied(&body, output)
+}
+
+pub fn get(socket: &Path, cmd: GetCmd) -> Result<()> {
+    let GetCmd::Services { output } = cmd;
+    let ResponseBody::Services { revision, rules } = call(socket, &Request::GetServices, TIMEOUT)? else {
+        bail!("unexpected answer")
+    };
+    match output {
+        GetOutput::Json => println!("{}", serde_json::to_string_pretty(&rules)?),
+        GetOutput::Toml => print!("# revision {revision}\n{}", node::rules::to_toml(&rules)),
+        GetOutput::Table => {
+            for vs in &rules.virtual_servers {
+                let name = match (vs.address, vs.fwmark) {
+                    (Some(a), _) => format!("{:?} {a}", vs.protocol).to_uppercase(),
+                    (_, Some(m)) => format!("FWM {m}"),
+                    _ => "?".into(),
+                };
+                println!("{name} {} {:?}", vs.scheduler, vs.forwarding);
+                for rs in &vs.real_servers {
+                    println!("  -> {} weight {}", rs.address, rs.weight);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn edit(socket: &Path, edit: Edit, output: Output) -> Result<()> {
+    let body = call(socket, &Request::Edit { edit }, TIMEOUT)?;
+    print_applied(&body, output)
+}
+
+pub fn vs(socket: &Path, cmd: VsCmd) -> Result<()> {
+    match cmd {
+        VsCmd::Add { address, fwmark, ipv6, protocol, scheduler, forwarding, persistence, sorry_server, output } => {
+            let protocol = match protocol.as_str() {
+                "tcp" => ipvs::Protocol::Tcp,
+                "udp" => ipvs::Protocol::Udp,
+                "sctp" => ipvs::Protocol::Sctp,
+                p => bail!("--protocol {p:?}: tcp, udp or sctp"),
+            };
+            let persistence_timeout = persistence
+                .map(|p| node::config::parse_duration(&p).map_err(|e| anyhow::anyhow!("--persistence: {e}")))
+                .transpose()?;
+            let vs = VirtualServer {
+                address,
+                fwmark,
+                family: if ipv6 { MarkFamily::Inet6 } else { MarkFamily::Inet },
+                protocol,
+                scheduler,
+                forwarding: forwarding.into(),
+                persistence_timeout,
+                persistence_granularity: None,
+                one_packet: false,
+                sorry_server,
+                quorum: 1,
+                hysteresis: 0,
+                alpha: false,
+                omega: false,
+                real_servers: Vec::new(),
+            };
+            RuleSet { virtual_servers: vec![vs.clone()] }
+                .validate()
+                .map_err(|(segs, m)| anyhow::anyhow!("{}: {m}", node::config::key_path(&segs)))?;
+            edit(socket, Edit::VsAdd { vs: Box::new(vs) }, output)
+        }
+        VsCmd::Del { service, output } => edit(socket, Edit::VsDel { service }, output),
+    }
+}
+
+pub fn rs(socket: &Path, cmd: RsCmd) -> Result<()> {
+    match cmd {
+        RsCmd::Add { service, address, weight, forwarding, inhibit_on_failure, output } => {
+            let rs = RealServer {
+                address,
+                weight,
+                forwarding: forwarding.map(Into::into),
+                upper_threshold: 0,
+                lower_threshold: 0,
+                inhibit_on_failure,
+            };
+            edit(socket, Edit::RsAdd { service, rs }, output)
+        }
+        RsCmd::Del { service, address, output } => edit(socket, Edit::RsDel { service, address }, output),
+        RsCmd::Weight { service, address, weight, output } => edit(socket, Edit::RsWeight { service, address, weight }, output),
+        RsCmd::Drain { service, address, output } => edit(socket, Edit::RsDrain { service, address }, output),
+    }
+}
+
+pub fn status(socket: &Path, output: Output) -> Result<()> {
+    let body = call(socket, &Request::Status, TIMEOUT)?;
+    let ResponseBody::Status { revision, nodes } = &body else { bail!("unexpected answer") };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    println!("cluster revision {revision}");
+    println!("{:<12} {:<8} {:<8} {:>8} {:>6} {:<8} {:<20} ERROR", "NODE", "STATE", "RAFT", "APPLIED", "DRIFT", "SYNC", "VRRP");
+    for n in nodes {
+        let d = n.report.as_ref().and_then(|r| r.director.clone());
+        let vrrp: Vec<String> = n.report.as_ref().map(|r| r.vrrp.iter().map(|(k, v)| format!("{k}={v}")).collect()).unwrap_or_default();
+        println!(
+            "{:<12} {:<8} {:<8} {:>8} {:>6} {:<8} {:<20} {}",
+            n.name,
+            n.state,
+            n.raft,
+            d.as_ref().map(|d| d.applied_revision.to_string()).unwrap_or_else(|| "-".into()),
+            d.as_ref().map(|d| d.drift_repairs.to_string()).unwrap_or_else(|| "-".into()),
+            d.as_ref().and_then(|d| d.sync_daemon.clone()).unwrap_or_else(|| "-".into()),
+            if vrrp.is_empty() { "-".into() } else { vrrp.join(",") },
+            d.and_then(|d| d.last_error).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
