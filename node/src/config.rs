@@ -89,6 +89,13 @@ pub struct ClusterSection {
     /// Time a suspect member has to refute before it is declared dead.
     #[serde(default = "default_suspect_timeout", with = "humantime_serde_compat")]
     pub suspect_timeout: Duration,
+    /// Quorum fencing (off = 0): while this node cannot see a majority of the Raft voters in
+    /// gossip, every VRRP instance's priority drops by this much, so a minority partition does
+    /// not keep or grab the VIPs. Trade-off: if the cluster network fails while the VRRP
+    /// network works, the VIP moves to a node that still sees a majority (good); if the whole
+    /// cluster loses quorum, every node drops by the same amount and nothing moves.
+    #[serde(default)]
+    pub fence_priority_drop: u8,
     /// Raft heartbeat; elections start after 4–8 missed heartbeats.
     #[serde(default = "default_heartbeat", with = "humantime_serde_compat")]
     pub heartbeat: Duration,

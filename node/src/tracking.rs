@@ -22,6 +22,17 @@ pub const POLL: Duration = Duration::from_millis(100);
 pub struct Snapshot {
     pub interfaces: BTreeMap<String, bool>,
     pub scripts: BTreeMap<String, bool>,
+    /// Quorum fencing: this node cannot see a majority of the Raft voters.
+    pub quorum_lost: bool,
+}
+
+/// Set by the cluster member when it loses (true) or regains (false) sight of a majority of
+/// the Raft voters; read by the tracker like any other tracked object. One daemon per process,
+/// so one flag.
+pub static QUORUM_LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn quorum_lost() -> bool {
+    QUORUM_LOST.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// True when the interface is administratively up and not reported down by its driver.
@@ -60,7 +71,7 @@ pub fn effect(ifaces: &[TrackInterface], scripts: &[TrackScriptRef], defs: &[Tra
 
 /// The first snapshot, read synchronously so an instance whose interface is down starts in FAULT.
 pub fn initial(cfg: &Config) -> Snapshot {
-    let mut snap = Snapshot::default();
+    let mut snap = Snapshot { quorum_lost: quorum_lost(), ..Default::default() };
     for v in &cfg.vrrp {
         for t in &v.track_interfaces {
             snap.interfaces.insert(t.name().to_owned(), interface_up(t.name()));
@@ -94,6 +105,12 @@ pub async fn run(cfg: Config, mut snap: Snapshot, tx: mpsc::Sender<Snapshot>) {
         tokio::select! {
             _ = tick.tick() => {
                 let mut changed = false;
+                let ql = quorum_lost();
+                if ql != snap.quorum_lost {
+                    snap.quorum_lost = ql;
+                    changed = true;
+                    tracing::warn!("quorum fencing: this node {} a majority of the Raft voters", if ql { "lost sight of" } else { "sees again" });
+                }
                 let names: Vec<String> = snap.interfaces.keys().cloned().collect();
                 for name in names {
                     let up = interface_up(&name);

@@ -185,14 +185,21 @@ fn sync_groups(cfg: &Config, running: &mut [Running]) -> Vec<SyncGroup> {
     groups
 }
 
+/// Priority subtracted while quorum fencing says this node is in a minority (0 = off).
+fn fence_drop(cfg: &Config) -> i32 {
+    cfg.cluster.as_ref().map(|c| i32::from(c.fence_priority_drop)).unwrap_or(0)
+}
+
 fn start_tracker(cfg: &Config, running: &mut [Running]) -> (mpsc::Receiver<crate::tracking::Snapshot>, Option<tokio::task::JoinHandle<()>>) {
     let snap = crate::tracking::initial(cfg);
+    let fence = fence_drop(cfg);
     for r in running.iter_mut() {
         let (fault, adjust) = crate::tracking::effect(&r.conf.track_interfaces, &r.conf.track_scripts, &cfg.track_script, &snap);
+        let adjust = adjust - if snap.quorum_lost { fence } else { 0 };
         r.inst.set_tracking(Instant::now().into_std(), fault, adjust);
     }
     let (track_tx, track_rx) = mpsc::channel(16);
-    let tracked = cfg.vrrp.iter().any(|v| !v.track_interfaces.is_empty() || !v.track_scripts.is_empty());
+    let tracked = fence > 0 || cfg.vrrp.iter().any(|v| !v.track_interfaces.is_empty() || !v.track_scripts.is_empty());
     let handle = tracked.then(|| tokio::spawn(crate::tracking::run(cfg.clone(), snap, track_tx)));
     (track_rx, handle)
 }
@@ -277,6 +284,7 @@ pub async fn run(
                 for i in 0..running.len() {
                     let r = &mut running[i];
                     let (fault, adjust) = crate::tracking::effect(&r.conf.track_interfaces, &r.conf.track_scripts, &cfg.track_script, &snap);
+                    let adjust = adjust - if snap.quorum_lost { fence_drop(&cfg) } else { 0 };
                     r.inst.set_tracking(now, fault, adjust);
                     step(i, &mut running, &groups, &vips).await;
                 }

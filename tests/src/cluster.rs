@@ -70,6 +70,12 @@ pub struct LabCluster {
 impl LabCluster {
     /// `n` hosts, nothing started.
     pub fn new(tag: &str, n: usize, corrald: PathBuf, corralctl: PathBuf) -> LabCluster {
+        Self::with_hosts(tag, n, n, corrald, corralctl)
+    }
+
+    /// `n` cluster nodes on hosts 1..=n of a LAN with `hosts` hosts (the rest for backends,
+    /// clients, observers), nothing started.
+    pub fn with_hosts(tag: &str, n: usize, hosts: usize, corrald: PathBuf, corralctl: PathBuf) -> LabCluster {
         let root = std::env::temp_dir().join(format!("corral-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
@@ -81,7 +87,7 @@ impl LabCluster {
             })
             .collect();
         LabCluster {
-            lan: Lan::new(n),
+            lan: Lan::new(hosts.max(n)),
             nodes,
             corrald,
             corralctl,

@@ -241,3 +241,36 @@ fn joins_without_valid_token_or_with_a_foreign_ca_are_refused() {
     assert!(st.is_some_and(|s| !s.success()), "corrald started on a garbage raft.redb");
     assert!(c.log_tail(1).contains("raft.redb"), "{}", c.log_tail(1));
 }
+
+/// Quorum fencing: VRRP runs on a second LAN (eth1, 203.0.113.0/24); when the master loses the
+/// cluster network (eth0) it no longer sees a majority of the Raft voters, drops its priority
+/// by `fence_priority_drop`, and a node that still sees the majority takes the VIP; when the
+/// cluster network heals, the VIP goes back.
+#[test]
+fn quorum_fencing_moves_the_vip_away_from_a_minority_node() {
+    let Some((_g, mut c)) = lab("quorum_fencing", 3) else { return };
+    // The VRRP LAN: a second bridge, eth1 in every host.
+    let br2 = tests::Netns::new("br2");
+    br2.sh("ip link add br1 type bridge && ip link set br1 up");
+    for (i, h) in c.lan.hosts.iter().enumerate() {
+        tests::sh(&format!("ip link add q{} netns {} type veth peer name eth1 netns {}", i + 1, br2.name, h.name));
+        br2.sh(&format!("ip link set q{} master br1 && ip link set q{} up", i + 1, i + 1));
+        h.sh(&format!("ip addr add 203.0.113.{}/24 dev eth1 && ip link set eth1 up", i + 1));
+    }
+    c.cluster_extra = "dead_grace = \"30s\"\nfence_priority_drop = 50\n".into();
+    c.extra_sections = "[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth1\"\nvrid = 7\npriority = 2{i}0\nadvert_interval = \"100ms\"\nvirtual_ips = [\"203.0.113.100/24\"]\ngarp_repeat = 1\n".into();
+    c.form(Duration::from_secs(20));
+    let vip_on = |c: &LabCluster, i: usize| {
+        String::from_utf8_lossy(&c.lan.hosts[i].try_sh("ip -o addr show dev eth1").stdout).contains(" 203.0.113.100/")
+    };
+    assert!(wait_for(Duration::from_secs(10), || vip_on(&c, 2) && !vip_on(&c, 1)).is_some(), "d3 (priority 230) should hold the VIP");
+    c.lan.hosts[2].sh("ip link set eth0 down");
+    let t = Instant::now();
+    let moved = wait_for(Duration::from_secs(20), || vip_on(&c, 1) && !vip_on(&c, 2));
+    assert!(moved.is_some(), "the VIP stayed on the node cut off from the cluster:\n{}", c.log_tail(2));
+    eprintln!("d3 lost the cluster network; VIP moved to d2 after {:?}", t.elapsed());
+    c.lan.hosts[2].sh("ip link set eth0 up");
+    let back = wait_for(Duration::from_secs(30), || vip_on(&c, 2) && !vip_on(&c, 1));
+    assert!(back.is_some(), "the VIP did not return to d3 after healing:\n{}", c.log_tail(2));
+    drop(br2);
+}

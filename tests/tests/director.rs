@@ -132,3 +132,118 @@ fn rules_reach_every_director_identically_drift_is_repaired_and_restarts_restore
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(save(&c, 1), table);
 }
+
+/// Directors d1–d3 (192.0.2.1–3) share the VIP 192.0.2.100 by VRRP; backends web1–3
+/// (192.0.2.4–6) hold the VIP on lo for direct routing and serve HTTP on :80 and an echo
+/// service on :7000; the client is 192.0.2.7. The kernel's sync daemon runs as master on the
+/// VRRP master, so a connection opened before the master dies keeps working after.
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask vm test`"]
+fn traffic_through_the_vip_survives_killing_the_master_director() {
+    let Some((d, ctl)) = binaries("director_failover") else { return };
+    let mut c = LabCluster::with_hosts("director_failover", 3, 7, d, ctl);
+    c.cluster_extra = "heartbeat = \"250ms\"\ndead_grace = \"10s\"\n".into();
+    c.extra_sections = "[director]\nsync_interface = \"eth0\"\nsync_id = 51\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 2{i}0\nadvert_interval = \"200ms\"\nvirtual_ips = [\"192.0.2.100/24\"]\ngarp_repeat = 2\n".into();
+    for h in &c.lan.hosts[..3] {
+        h.sh("ipvsadm -C");
+    }
+    for (k, h) in c.lan.hosts[3..6].iter().enumerate() {
+        let n = k + 1;
+        h.sh("ip addr add 192.0.2.100/32 dev lo && sysctl -qw net.ipv4.conf.all.arp_ignore=1 && sysctl -qw net.ipv4.conf.all.arp_announce=2 && sysctl -qw net.ipv4.conf.eth0.arp_ignore=1 && sysctl -qw net.ipv4.conf.eth0.arp_announce=2");
+        let www = c.root().join(format!("www{n}"));
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(www.join("index.html"), format!("web{n}\n")).unwrap();
+        h.sh(&format!("busybox httpd -p 80 -h {}", www.display()));
+        h.sh("(busybox nc -ll -p 7000 -e /bin/cat >/dev/null 2>&1 &)");
+    }
+    c.form(Duration::from_secs(60));
+    let rules = r#"
+[[virtual_server]]
+address = "192.0.2.100:80"
+scheduler = "rr"
+forwarding = "dr"
+[[virtual_server.real_server]]
+address = "192.0.2.4:80"
+[[virtual_server.real_server]]
+address = "192.0.2.5:80"
+[[virtual_server.real_server]]
+address = "192.0.2.6:80"
+
+[[virtual_server]]
+address = "192.0.2.100:7000"
+scheduler = "rr"
+forwarding = "dr"
+[[virtual_server.real_server]]
+address = "192.0.2.4:7000"
+[[virtual_server.real_server]]
+address = "192.0.2.5:7000"
+[[virtual_server.real_server]]
+address = "192.0.2.6:7000"
+"#;
+    let file = c.root().join("services.toml");
+    std::fs::write(&file, rules).unwrap();
+    let o = c.ctl(0, &format!("apply -f {}", file.display()));
+    assert_eq!(o.code, 0, "apply: {}", o.stderr);
+    let names: Vec<String> = c.lan.hosts.iter().map(|h| h.name.clone()).collect();
+    let in_ns = |ns: &str, cmd: &str| {
+        let o = std::process::Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let client = names[6].clone();
+    let get = || in_ns(&client, "timeout 3 bash -c 'exec 3<>/dev/tcp/192.0.2.100/80; printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3; tail -n 1 <&3'");
+    let master = || (0..3).find(|i| in_ns(&names[*i], "ip -o addr show dev eth0").contains(" 192.0.2.100/"));
+    assert!(wait_for(Duration::from_secs(20), || master().is_some() && get().starts_with("web")).is_some(), "no answer through the VIP: {}", c.log_tail(0));
+    let m = master().unwrap();
+    let answers: std::collections::BTreeSet<String> = (0..9).map(|_| get()).collect();
+    eprintln!("9 requests through the VIP (master d{}) answered by {answers:?}", m + 1);
+    assert_eq!(answers.len(), 3, "not every backend answered: {answers:?}");
+    // The sync daemons follow VRRP: master on the master, backup elsewhere.
+    let synced = wait_for(Duration::from_secs(10), || {
+        (0..3).all(|i| {
+            let out = in_ns(&names[i], "ipvsadm -L --daemon");
+            if i == m { out.contains("master sync daemon") } else { out.contains("backup sync daemon") }
+        })
+    });
+    assert!(synced.is_some(), "sync daemons do not follow VRRP");
+
+    // A long-lived connection through the VIP, then the master dies.
+    let conv = c.root().join("conv.sh");
+    std::fs::write(
+        &conv,
+        "exec 3<>/dev/tcp/192.0.2.100/7000\nfor i in 1 2 3 4 5; do echo before$i >&3; read -t 3 l <&3; echo \"$l\"; done\nsleep 6\nfor i in 1 2 3; do echo after$i >&3; read -t 5 l <&3 || { echo LOST; exit 1; }; echo \"$l\"; done\n",
+    )
+    .unwrap();
+    let long = std::process::Command::new("ip")
+        .args(["netns", "exec", &client, "bash", conv.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let t_kill = Instant::now();
+    c.kill(m);
+    let moved = wait_for(Duration::from_secs(10), || master().is_some_and(|n| n != m));
+    assert!(moved.is_some(), "the VIP did not move after killing d{}", m + 1);
+    eprintln!("VIP moved to d{} {:?} after SIGKILL of d{}", master().unwrap() + 1, t_kill.elapsed(), m + 1);
+    let mut failed = 0;
+    let mut ok = 0;
+    while t_kill.elapsed() < Duration::from_secs(6) {
+        if get().starts_with("web") { ok += 1 } else { failed += 1 }
+    }
+    eprintln!("requests after the kill: {ok} answered, {failed} failed");
+    let diag = || {
+        let mut d = format!("client neigh: {}\n", in_ns(&client, "ip neigh; ip -s link show eth0"));
+        d += &in_ns(&client, "(timeout 5 tcpdump -Z root -l -e -n -i eth0 2>&1 &) ; sleep 0.5; timeout 3 bash -c 'exec 3<>/dev/tcp/192.0.2.100/80'; sleep 2");
+        d += &in_ns(&names[1], "(timeout 4 tcpdump -Z root -l -e -n -i eth0 not udp 2>&1 &) ; sleep 3.5");
+        for i in 0..6 {
+            d += &format!("h{}: {}\n{}\n{}\n", i + 1, in_ns(&names[i], "ip -o addr show dev eth0"), in_ns(&names[i], "ipvsadm -Ln --stats; ipvsadm -L --daemon; ipvsadm -Lnc"), in_ns(&names[i], "ip neigh"));
+        }
+        d
+    };
+    for _ in 0..6 {
+        assert!(get().starts_with("web"), "a request failed after the failover\n{}", diag());
+    }
+    let out = long.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("long-lived connection:\n{text}");
+    assert!(out.status.success() && text.contains("after3"), "the connection opened before the failover broke:\n{text}");
+}

@@ -284,8 +284,46 @@ impl Cluster {
         tokio::spawn(cluster.clone().gossip_events(events));
         tokio::spawn(cluster.clone().ca_keeper(dir.clone()));
         tokio::spawn(cluster.clone().membership_loop());
+        if c.fence_priority_drop > 0 {
+            tokio::spawn(cluster.clone().quorum_watch());
+        }
         tracing::info!(%name, %addr, raft_id = id, "cluster member started");
         Ok(cluster)
+    }
+
+    /// Whether gossip shows this node a majority of the Raft voters (itself included).
+    pub fn sees_quorum(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership().clone();
+        let voters: Vec<NodeId> = mem.voter_ids().collect();
+        if voters.is_empty() {
+            return true;
+        }
+        let seen = self.seen();
+        let alive = voters
+            .iter()
+            .filter(|v| {
+                **v == self.id
+                    || mem
+                        .get_node(v)
+                        .and_then(|n| seen.get(&n.name))
+                        .is_some_and(|s| matches!(s.state, Liveness::Alive | Liveness::Suspect))
+            })
+            .count();
+        alive * 2 > voters.len()
+    }
+
+    /// Quorum fencing: publishes [`crate::tracking::QUORUM_LOST`] for the VRRP tracker.
+    async fn quorum_watch(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let lost = !self.sees_quorum();
+            let was = crate::tracking::QUORUM_LOST.swap(lost, std::sync::atomic::Ordering::Relaxed);
+            if was != lost {
+                tracing::warn!(lost, "quorum fencing: majority of Raft voters {}", if lost { "out of sight" } else { "back in sight" });
+            }
+        }
     }
 
     async fn gossip_events(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<MemberEvent>) {
