@@ -70,6 +70,10 @@ struct Running {
     ifindex: u32,
     prefixes: Vec<(IpAddr, u8)>,
     checksum: V3Checksum,
+    /// Bumped whenever the instance leaves MASTER: pending gratuitous ARP/NA repeats of an
+    /// earlier mastership stop, or a router that just stepped down would keep pointing hosts
+    /// at itself after the real master announced (a failover race seen under load).
+    mastership: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Refuses the configuration keys the driver does not implement yet, naming them.
@@ -158,6 +162,7 @@ async fn build(
         ifindex,
         prefixes,
         checksum,
+        mastership: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     })
 }
 
@@ -437,10 +442,15 @@ async fn perform(r: &mut Running, vips: &Vips) -> Vec<GroupEvent> {
                 let (repeat, delay) = (r.conf.garp_repeat.saturating_sub(1), r.conf.garp_delay.max(Duration::from_millis(10)));
                 if repeat > 0 {
                     let ifindex = r.ifindex;
+                    let epoch = r.mastership.clone();
+                    let mine = epoch.load(std::sync::atomic::Ordering::Relaxed);
                     tokio::spawn(async move {
                         let Ok(arp) = ArpSender::open(ifindex) else { return };
                         for _ in 0..repeat {
                             tokio::time::sleep(delay).await;
+                            if epoch.load(std::sync::atomic::Ordering::Relaxed) != mine {
+                                return; // no longer the master that scheduled these
+                            }
                             for f in &frames {
                                 let _ = arp.send(f);
                             }
@@ -449,6 +459,9 @@ async fn perform(r: &mut Running, vips: &Vips) -> Vec<GroupEvent> {
                 }
             }
             Action::StateChanged { from, to, priority } => {
+                if from == State::Master {
+                    r.mastership.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 tracing::info!(instance = %r.conf.name, "{} -> {} (priority {priority})", from.as_str(), to.as_str());
                 notify(&r.conf, to, priority);
                 events.push(GroupEvent::Changed(from, to));
@@ -501,6 +514,7 @@ fn publish(running: &[Running], board: &StatusBoard) {
             counters.insert("priority_zero_received".into(), c.priority_zero_received);
             counters.insert("became_master".into(), c.became_master);
             counters.insert("released_master".into(), c.released_master);
+            counters.insert("lower_priority_masters".into(), c.lower_priority_masters);
             VrrpInstanceStatus {
                 name: r.conf.name.clone(),
                 interface: r.conf.interface.clone(),

@@ -267,3 +267,40 @@ impl Drop for LabCluster {
         }
     }
 }
+
+/// `2026-11-25T06:51:20.907370Z` (tracing's timestamps) → µs since the epoch.
+pub fn parse_ts(s: &str) -> Option<u128> {
+    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, dd) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + dd - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>());
+    let (h, mi, se) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let frac_us: i64 = format!("{frac:0<6}")[..6].parse().ok()?;
+    let secs = days * 86400 + h * 3600 + mi * 60 + se;
+    Some((secs as i128 * 1_000_000 + frac_us as i128) as u128)
+}
+
+/// Wall-clock µs since the epoch.
+pub fn now_us() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
+}
+
+/// Revision → time (µs) at which the director in `log_text` logged "applied rules to IPVS".
+pub fn applied_times(log_text: &str) -> std::collections::BTreeMap<u64, u128> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in log_text.lines().filter(|l| l.contains("applied rules to IPVS")) {
+        let Some(ts) = l.split_whitespace().next().and_then(parse_ts) else { continue };
+        let Some(rev) = l.split("revision=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|r| r.parse().ok()) else { continue };
+        out.entry(rev).or_insert(ts);
+    }
+    out
+}

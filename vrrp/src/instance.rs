@@ -143,6 +143,8 @@ pub struct Counters {
     pub priority_zero_received: u64,
     pub became_master: u64,
     pub released_master: u64,
+    /// Adverts from another master with a lower priority (a failover race): answered at once.
+    pub lower_priority_masters: u64,
     pub drops: std::collections::BTreeMap<String, u64>,
 }
 
@@ -399,8 +401,18 @@ impl Instance {
                     }
                     self.master = Some(src);
                     self.become_backup(now);
+                } else {
+                    // Another router also thinks it is master, with a lower priority: both
+                    // backups' Master_Down timers fired within a skew of each other (a loaded
+                    // host, a slow link). RFC 5798 only discards its advert; like keepalived
+                    // (garp_lower_prio_repeat) we also assert ourselves at once, with an advert
+                    // so it steps down and gratuitous ARP/NA because hosts may have learned its
+                    // MAC for our VIPs in the meantime, which would black-hole them.
+                    self.counters.lower_priority_masters += 1;
+                    self.advert(ours);
+                    self.set_timer(Timer::Adver, Some(now + self.cfg.advert_interval));
+                    self.actions.push_back(Action::SendGratuitous(self.cfg.vips.clone()));
                 }
-                // else discard: we stay master and our next advert asserts it.
             }
         }
     }
@@ -720,6 +732,37 @@ mod tests {
         lan.nodes[1].1 = true; // heal
         lan.run_for(Duration::from_secs(3));
         assert_eq!((lan.state(0), lan.state(1)), (State::Backup, State::Master), "192.0.2.2 > 192.0.2.1");
+    }
+
+    #[test]
+    fn a_lower_priority_master_makes_the_master_reassert_with_gratuitous_arp() {
+        let mut lan = Lan::new(vec![cfg(1, 100), cfg(2, 200)]);
+        // Partitioned: both become master (as after a failover race).
+        lan.nodes[0].1 = false;
+        lan.start(0);
+        lan.start(1);
+        lan.run_for(Duration::from_secs(5));
+        assert_eq!((lan.state(0), lan.state(1)), (State::Master, State::Master));
+        // The lower master's advert reaches the higher one.
+        let repr = lan
+            .log
+            .iter()
+            .rev()
+            .find_map(|(_, i, a)| match a {
+                Action::SendAdvert(r) if *i == 0 => Some(r.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let before = lan.log.len();
+        let src = lan.nodes[0].0.config().primary;
+        let now = lan.now;
+        lan.nodes[1].0.handle_advert(now, src, &repr);
+        lan.nodes[0].1 = true; // heal, so the re-assertion reaches the lower master
+        lan.flush();
+        assert_eq!((lan.state(0), lan.state(1)), (State::Backup, State::Master));
+        let regarp = lan.log[before..].iter().any(|(_, i, a)| *i == 1 && matches!(a, Action::SendGratuitous(_)));
+        assert!(regarp, "the higher master must re-announce its VIPs after a lower master was seen");
+        assert!(lan.nodes[1].0.counters().lower_priority_masters >= 1);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use node::api::{call, Request, ResponseBody};
@@ -151,30 +151,9 @@ impl Drop for Bench {
     }
 }
 
-fn now_us() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
-}
+use tests::cluster::now_us;
 
-/// `2026-11-25T06:51:20.907370Z` → µs since the epoch.
-fn parse_ts(s: &str) -> Option<u128> {
-    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, m, dd) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    // Days from civil (Howard Hinnant).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + dd - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|x| x.parse::<i64>());
-    let (h, mi, se) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let frac_us: i64 = format!("{frac:0<6}")[..6].parse().ok()?;
-    let secs = days * 86400 + h * 3600 + mi * 60 + se;
-    Some((secs as i128 * 1_000_000 + frac_us as i128) as u128)
-}
+use tests::cluster::parse_ts;
 
 fn ms(us: u128) -> f64 {
     us as f64 / 1000.0
@@ -320,4 +299,80 @@ pub fn run(corrald: &Path, sizes: &[usize]) -> Result<()> {
         println!("{}", raft_run(corrald, voters, 500)?);
     }
     Ok(())
+}
+
+/// Propagation at scale on loopback: `n` corrald processes whose directors use the in-memory
+/// IPVS model (named as such: the VM holds only a few kernels), one weight change at a time to
+/// the leader, time until every node logged it applied.
+pub fn propagation_scale(corrald: &Path, n: usize, changes: usize) -> Result<String> {
+    let mut b = Bench::new(corrald, &format!("prop{n}"), 23000 + n as u16 * 3, "heartbeat = \"200ms\"\n\n[director]\nipvs = \"memory\"\nreconcile_interval = \"5s\"\n")?;
+    b.start(0, None)?;
+    b.wait_socket(0, Duration::from_secs(20))?;
+    let token = b.token()?;
+    for i in 1..n {
+        b.start(i, Some(&token))?;
+        if i % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let end = Instant::now() + Duration::from_secs(60 + n as u64);
+    while b.alive_count(0) < n {
+        if Instant::now() > end {
+            bail!("{n}: only {} alive", b.alive_count(0));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every node must be in Raft (voters or learners) and caught up before measuring.
+    let end = Instant::now() + Duration::from_secs(60 + n as u64);
+    loop {
+        if let Ok(ResponseBody::RaftStatus(s)) = call(&b.socket(0), &Request::RaftStatus, Duration::from_secs(5)) {
+            if s.voters.len() + s.learners.len() == n && s.lag.values().all(|l| *l < 5) {
+                break;
+            }
+        }
+        if Instant::now() > end {
+            bail!("{n}: Raft membership did not reach {n} nodes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rules = node::rules::RuleSet::parse(
+        Path::new("bench.toml"),
+        "[[virtual_server]]\naddress = \"192.0.2.100:80\"\nscheduler = \"wrr\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.11:80\"\n",
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    call(&b.socket(0), &Request::Apply { rules, dry_run: false }, Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let mut sent = Vec::new();
+    for k in 0..changes {
+        let edit = node::rules::Edit::RsWeight {
+            service: "192.0.2.100:80".into(),
+            address: "198.51.100.11:80".parse()?,
+            weight: 2 + (k % 50) as i32,
+        };
+        let t = now_us();
+        match call(&b.socket(0), &Request::Edit { edit }, Duration::from_secs(10))? {
+            ResponseBody::Applied { revision: Some(r), .. } => sent.push((r, t)),
+            other => bail!("change {k}: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let logs: Vec<_> = b
+        .nodes
+        .iter()
+        .map(|p| tests::cluster::applied_times(&std::fs::read_to_string(p.dir.join("corrald.log")).unwrap_or_default()))
+        .collect();
+    let mut lat = Vec::new();
+    for (rev, t) in &sent {
+        let per: Option<Vec<u128>> = logs.iter().map(|l| l.range(rev..).next().map(|(_, ts)| *ts)).collect();
+        if let Some(per) = per {
+            lat.push(per.into_iter().max().unwrap_or(*t).saturating_sub(*t));
+        }
+    }
+    if lat.is_empty() {
+        bail!("{n}: no change was seen applied on every node");
+    }
+    lat.sort();
+    let p = |q: f64| ms(lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)]);
+    Ok(format!("| {n} (loopback, in-memory IPVS model) | {} of {changes} | {:.1} ms | {:.1} ms | {:.1} ms |", lat.len(), p(0.5), p(0.99), ms(*lat.last().unwrap())))
 }

@@ -53,6 +53,15 @@ enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_values_t = vec![10, 50, 200])]
         sizes: Vec<usize>,
     },
+    /// Rule change → applied in every director's kernel: 3 and 5 directors in the VM (real IPVS),
+    /// then a loopback scale run with the in-memory IPVS model.
+    Propagation {
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// Node counts of the loopback scale run.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![3, 10, 25, 50])]
+        scale: Vec<usize>,
+    },
     /// corrald vs keepalived: failover time at 10 ms / 50 ms / 1 s, CPU of 256 instances (host netns, root).
     Vrrp {
         /// Failovers per implementation and interval (the median is reported).
@@ -95,6 +104,7 @@ fn main() -> ExitCode {
         Cmd::Bench { cmd: BenchCmd::Cluster { sizes } } => {
             build_bins(true).and_then(|_| bench_cluster::run(&target_dir().join("release/corrald"), &sizes))
         }
+        Cmd::Bench { cmd: BenchCmd::Propagation { changes, scale } } => bench_propagation(changes, &scale),
         Cmd::Vm { cmd: VmCmd::Test { filter } } => vm_test(filter.as_deref()),
         Cmd::Vm { cmd: VmCmd::Run { cmd } } => vm_run(&cmd.join(" ")),
     };
@@ -339,6 +349,35 @@ ip netns del a{n}; ip netns del c{n}
     for &n in sizes {
         println!("corralctl report {n}: {}", get(&format!("corralctl_restore_{n}_report")).replace('_', " "));
         println!("corralctl one change {n}: {}", get(&format!("corralctl_one_change_{n}_report")).replace('_', " "));
+    }
+    Ok(())
+}
+
+fn bench_propagation(changes: usize, scale: &[usize]) -> Result<()> {
+    let mut files = build_bins(true)?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "-p", "tests", "--bin", "corral-bench-propagation"]);
+    check(cmd.status(), "cargo build corral-bench-propagation")?;
+    files.push((target_dir().join("release/corral-bench-propagation"), "/usr/bin/corral-bench-propagation".into()));
+    let script = format!(
+        "set -e\nfor n in 3 5; do corral-bench-propagation --directors $n --changes {changes}; done\n"
+    );
+    eprintln!("bench propagation: VM part (kernel IPVS, TCG)");
+    let payload = vm::Payload { files, script, env: vec![] };
+    let outcome = boot_vm(&payload, Duration::from_secs(3000), true)?;
+    println!("## propagation: change sent to the leader → applied in every director's kernel");
+    println!("| directors | changes measured | p50 | p99 | max |");
+    println!("|---|---|---|---|---|");
+    for l in outcome.log.lines().filter(|l| l.starts_with("PROPAGATION ")) {
+        let f = |k: &str| l.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or("?").to_string();
+        println!("| {} (VM, kernel IPVS) | {} | {} ms | {} ms | {} ms |", f("directors="), f("changes="), f("p50_ms="), f("p99_ms="), f("max_ms="));
+    }
+    report(&outcome, 1)?;
+    for &n in scale {
+        match bench_cluster::propagation_scale(&target_dir().join("release/corrald"), n, 100) {
+            Ok(row) => println!("{row}"),
+            Err(e) => println!("| {n} | failed: {e:#} | | | |"),
+        }
     }
     Ok(())
 }

@@ -1,0 +1,81 @@
+//! `cargo xtask bench propagation`, the part that runs inside the VM (real kernel IPVS): N
+//! directors in network namespaces, one rule change at a time sent to the leader's admin
+//! socket, and the time until every director's reconciler has applied it to its kernel (taken
+//! from each director's log line "applied rules to IPVS revision=N", µs timestamps, one clock).
+//! Prints `PROPAGATION directors=N changes=C p50_ms=.. p99_ms=.. max_ms=..`.
+
+use std::time::Duration;
+
+use node::api::{call, Request, ResponseBody};
+use node::rules::{Edit, RuleSet};
+use tests::cluster::{applied_times, binaries, now_us, LabCluster};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut directors = 3usize;
+    let mut changes = 200usize;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--directors" => directors = args.next().and_then(|v| v.parse().ok()).expect("--directors N"),
+            "--changes" => changes = args.next().and_then(|v| v.parse().ok()).expect("--changes N"),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let (d, c) = binaries("bench-propagation").expect("corrald and corralctl");
+    let mut lab = LabCluster::new(&format!("prop{directors}"), directors, d, c);
+    lab.cluster_extra = "heartbeat = \"250ms\"\ndead_grace = \"60s\"\n".into();
+    lab.extra_sections = "[director]\nreconcile_interval = \"5s\"\n".into();
+    for h in &lab.lan.hosts {
+        h.sh("ipvsadm -C");
+    }
+    lab.form(Duration::from_secs(120));
+    tests::wait_for(Duration::from_secs(60), || {
+        lab.raft(0).is_some_and(|r| r["voters"].as_array().map_or(0, |v| v.len()) == directors.min(5))
+    })
+    .expect("voters formed");
+    let rules: RuleSet = RuleSet::parse(
+        std::path::Path::new("bench.toml"),
+        "[[virtual_server]]\naddress = \"192.0.2.100:80\"\nscheduler = \"wrr\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.11:80\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.12:80\"\n",
+    )
+    .unwrap();
+    let leader = lab.leader().expect("leader");
+    let sock = lab.nodes[leader].socket();
+    call(&sock, &Request::Apply { rules, dry_run: false }, Duration::from_secs(10)).expect("apply");
+    std::thread::sleep(Duration::from_secs(2));
+    let mut sent = Vec::new();
+    for k in 0..changes {
+        let weight = 2 + (k % 50) as i32;
+        let edit = Edit::RsWeight { service: "192.0.2.100:80".into(), address: "198.51.100.11:80".parse().unwrap(), weight };
+        let t = now_us();
+        match call(&sock, &Request::Edit { edit }, Duration::from_secs(10)) {
+            Ok(ResponseBody::Applied { revision: Some(rev), .. }) => sent.push((rev, t)),
+            other => panic!("change {k}: {other:?}"),
+        }
+        // Let every director apply before the next change (measures latency, not a queue).
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let logs: Vec<_> = (0..directors)
+        .map(|i| applied_times(&std::fs::read_to_string(lab.nodes[i].log()).unwrap_or_default()))
+        .collect();
+    let mut lat: Vec<u128> = Vec::new();
+    let mut missing = 0;
+    for (rev, t) in &sent {
+        // A reconcile that applied a later revision applied this one too.
+        let per: Vec<Option<u128>> = logs.iter().map(|l| l.range(rev..).next().map(|(_, t)| *t)).collect();
+        if per.iter().any(|p| p.is_none()) {
+            missing += 1;
+            continue;
+        }
+        lat.push(per.iter().flatten().max().unwrap().saturating_sub(*t));
+    }
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    println!(
+        "PROPAGATION directors={directors} changes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} missing={missing}",
+        lat.len(),
+        p(0.5),
+        p(0.99),
+        *lat.last().unwrap() as f64 / 1000.0
+    );
+}
