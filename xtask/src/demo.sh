@@ -10,8 +10,8 @@ VIP=192.0.2.100
 get() { ns client timeout 3 bash -c "exec 3<>/dev/tcp/$VIP/80; printf 'GET / HTTP/1.0\r\n\r\n' >&3; tail -n 1 <&3" 2>/dev/null || true; }
 # N requests, tallied per backend; fails the demo unless the tally is what the rules promise.
 tally() { local n=$1 want=$2 got; got=$(for i in $(seq "$n"); do get; done | sort | uniq -c | awk '{print $4"="$1}' | tr '\n' ' '); echo "responses per backend: $got"; [ "$got" = "$want" ] || { echo "DEMO FAILED: expected $want"; exit 1; }; }
-wait_until() { local what=$1 secs=$2; shift 2; for _ in $(seq $((secs * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "DEMO FAILED: $what"; exit 1; }
-master() { for d in d1 d2 d3; do ns $d ip -o -4 addr show dev eth0 | grep -q " $VIP/" && echo $d; done; }
+wait_until() { local what=$1 secs=$2; shift 2; for _ in $(seq $((secs * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "DEMO FAILED: $what"; for f in /var/log/corral/*.log; do echo "--- $f"; tail -n 15 "$f"; done; exit 1; }
+master() { for d in d1 d2 d3; do if ns $d ip -o -4 addr show dev eth0 | grep -q " $VIP/"; then echo $d; fi; done; }
 
 step "Building the lab: one LAN 192.0.2.0/24 with directors d1-d3 (.1-.3), backends web1-3 (.11-.13), a client (.50)"
 ip netns add lan; ns lan ip link set lo up; ns lan ip link add br0 type bridge; ns lan ip link set br0 up
@@ -27,7 +27,7 @@ for i in 1 2 3; do
   # Direct routing: the backend owns the VIP on lo but never answers ARP for it.
   ns web$i ip addr add $VIP/32 dev lo
   for k in all eth0; do ns web$i sysctl -qw net.ipv4.conf.$k.arp_ignore=1 net.ipv4.conf.$k.arp_announce=2; done
-  mkdir -p /srv/web$i; echo "web$i" > /srv/web$i/index.html
+  mkdir -p /srv/web$i; echo "hello from web$i (192.0.2.1$i)" > /srv/web$i/index.html
   ns web$i busybox httpd -p 80 -h /srv/web$i
 done
 
@@ -59,7 +59,9 @@ priority = $3
 advert_interval = "200ms"
 virtual_ips = ["$VIP/24"]
 EOF
-  ns $1 corrald --config /etc/corral-$1.toml 2>/var/log/corral/$1.log &
+  # ip netns exec execs corrald, so $! is corrald itself (a function would leave a subshell).
+  ip netns exec $1 corrald --config /etc/corral-$1.toml 2>/var/log/corral/$1.log &
+  echo $! > /run/corral/$1.pid
 }
 conf d1 192.0.2.1 150
 wait_until "d1 did not start" 20 ctl d1 raft status
@@ -112,7 +114,7 @@ tally 9 "web1=6 web2=3 "
 ctl d1 status
 
 step "Killing the VRRP master director $M (SIGKILL): the next in priority takes the VIP"
-pkill -9 -f "corral-$M.toml"
+kill -9 "$(cat /run/corral/$M.pid)"
 wait_until "the VIP did not move" 20 bash -c "[ -n \"\$(for d in d1 d2 d3; do [ \$d != $M ] && ip netns exec \$d ip -o -4 addr show dev eth0 | grep -q ' $VIP/' && echo \$d; done)\" ]"
 # The killed process's namespace keeps its addresses (a real crashed machine would not); drop it
 # the way a dead host drops off the LAN.
@@ -127,6 +129,6 @@ ctl $NEW members
 ctl $NEW status
 
 step "Tearing down"
-pkill corrald || true
+for d in d1 d2 d3; do kill "$(cat /run/corral/$d.pid)" 2>/dev/null || true; done; sleep 1
 for n in d1 d2 d3 web1 web2 web3 client lan; do ip netns del $n; done
 echo "demo finished"
