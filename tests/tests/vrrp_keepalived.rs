@@ -149,8 +149,10 @@ fn v3_corral_master_keepalived_backup_then_crash_and_release() {
     assert!(took < Duration::from_millis(300), "priority-0 handover took {took:?}");
     assert!(c.wait_exit(Duration::from_secs(2)).is_some_and(|s| s.success()), "corrald exits cleanly on SIGTERM");
     assert!(!has_addr(h1, VIP), "corrald removed its VIP on the way out");
-    let dump = std::fs::read_to_string(&capture).unwrap();
-    assert!(dump.contains("192.0.2.1 > 224.0.0.18: VRRPv3, Advertisement, vrid 51, prio 0"), "priority 0 advert on the wire:\n{dump}");
+    // tcpdump's output reaches the file a little after the packet: poll, do not read once.
+    let prio0 = "192.0.2.1 > 224.0.0.18: VRRPv3, Advertisement, vrid 51, prio 0";
+    let seen = wait_for(Duration::from_secs(3), || std::fs::read_to_string(&capture).unwrap_or_default().contains(prio0));
+    assert!(seen.is_some(), "priority 0 advert on the wire:\n{}", std::fs::read_to_string(&capture).unwrap_or_default());
 }
 
 #[test]
