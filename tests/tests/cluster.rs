@@ -41,11 +41,15 @@ fn five_nodes_join_detect_crash_rejoin_and_leave() {
         c.raft(0).is_some_and(|r| r["voters"].as_array().map_or(0, |v| v.len()) == 5)
     });
     assert!(five_voters.is_some(), "never reached 5 voters: {:?}", c.raft(0));
-    for i in 0..5 {
-        let m = c.members(i).unwrap();
-        assert!(m.iter().all(|x| x["raft"] == "voter" || x["raft"] == "leader"), "node {i}: {m:?}");
-        assert_eq!(m.iter().filter(|x| x["raft"] == "leader").count(), 1, "node {i}: {m:?}");
-    }
+    // Followers learn the last membership change with the next replication round.
+    let agreed = wait_for(Duration::from_secs(5), || {
+        (0..5).all(|i| {
+            c.members(i).is_some_and(|m| {
+                m.iter().all(|x| x["raft"] == "voter" || x["raft"] == "leader") && m.iter().filter(|x| x["raft"] == "leader").count() == 1
+            })
+        })
+    });
+    assert!(agreed.is_some(), "roles differ between nodes: {:?}", (0..5).map(|i| c.members(i)).collect::<Vec<_>>());
 
     // A write while d5 is down reaches it after its restart.
     c.kill(4);
