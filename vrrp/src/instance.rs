@@ -152,6 +152,8 @@ pub struct Counters {
 enum Timer {
     Adver = 0,
     MasterDown = 1,
+    /// A second gratuitous burst one advert interval after a lower-priority master was heard.
+    Regarp = 2,
 }
 
 /// One VRRP instance.
@@ -170,7 +172,7 @@ pub struct Instance {
     gate_open: bool,
     /// A gated member whose Master_Down timer expired.
     wants_master: bool,
-    timers: [Option<Instant>; 2],
+    timers: [Option<Instant>; 3],
     started: Option<Instant>,
     actions: VecDeque<Action>,
     counters: Counters,
@@ -190,7 +192,7 @@ impl Instance {
             master: None,
             gate_open: true,
             wants_master: false,
-            timers: [None; 2],
+            timers: [None; 3],
             started: None,
             actions: VecDeque::new(),
             counters: Counters::default(),
@@ -321,7 +323,7 @@ impl Instance {
         if self.state == State::Master {
             self.advert(0);
         }
-        self.timers = [None; 2];
+        self.timers = [None; 3];
         self.transition(State::Initialize);
     }
 
@@ -330,6 +332,12 @@ impl Instance {
         if self.timers[Timer::Adver as usize].is_some_and(|t| t <= now) && self.state == State::Master {
             self.advert(self.priority());
             self.set_timer(Timer::Adver, Some(now + self.cfg.advert_interval));
+        }
+        if self.timers[Timer::Regarp as usize].is_some_and(|t| t <= now) {
+            self.set_timer(Timer::Regarp, None);
+            if self.state == State::Master {
+                self.actions.push_back(Action::SendGratuitous(self.cfg.vips.clone()));
+            }
         }
         if self.timers[Timer::MasterDown as usize].is_some_and(|t| t <= now) && self.state == State::Backup {
             if self.gate_open {
@@ -412,6 +420,9 @@ impl Instance {
                     self.advert(ours);
                     self.set_timer(Timer::Adver, Some(now + self.cfg.advert_interval));
                     self.actions.push_back(Action::SendGratuitous(self.cfg.vips.clone()));
+                    // Its own gratuitous repeats may still be in flight and land after ours;
+                    // by one interval from now it has heard us and stepped down: say it again.
+                    self.set_timer(Timer::Regarp, Some(now + self.cfg.advert_interval));
                 }
             }
         }
@@ -431,7 +442,7 @@ impl Instance {
                 if self.state == State::Master {
                     self.advert(0);
                 }
-                self.timers = [None; 2];
+                self.timers = [None; 3];
                 self.transition(State::Fault);
             }
             (true, false) if self.state == State::Fault => {
@@ -474,7 +485,7 @@ impl Instance {
                 if self.state == State::Master {
                     self.advert(0);
                 }
-                self.timers = [None; 2];
+                self.timers = [None; 3];
                 self.transition(State::Fault);
             }
             // Leaving a group FAULT that was not our own.
@@ -762,6 +773,11 @@ mod tests {
         assert_eq!((lan.state(0), lan.state(1)), (State::Backup, State::Master));
         let regarp = lan.log[before..].iter().any(|(_, i, a)| *i == 1 && matches!(a, Action::SendGratuitous(_)));
         assert!(regarp, "the higher master must re-announce its VIPs after a lower master was seen");
+        // And once more an interval later, after the other router's own repeats.
+        let mark = lan.log.len();
+        lan.run_for(Duration::from_millis(1100));
+        let again = lan.log[mark..].iter().filter(|(_, i, a)| *i == 1 && matches!(a, Action::SendGratuitous(_))).count();
+        assert_eq!(again, 1, "one delayed re-announcement");
         assert!(lan.nodes[1].0.counters().lower_priority_masters >= 1);
     }
 
