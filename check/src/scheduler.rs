@@ -212,6 +212,7 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
         if Self::join_existing(&self.shared, &mut inner, &id, &def) {
             return; // someone started the same definition while we were preparing
         }
+        Self::remove_locked(&mut inner, &id); // a re-registration with another definition
         let key = Arc::new(def);
         let gen = inner.next_gen;
         inner.next_gen += 1;
@@ -386,6 +387,193 @@ async fn run<I: Clone + Eq + Hash + Send + Sync + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::collections::VecDeque;
+
+    use crate::result::FailReason;
+    use crate::Phase;
+
+    /// A scripted probe: pops verdicts (true = ok), then keeps answering `then`. Records when
+    /// each attempt happened.
+    struct Script {
+        verdicts: Mutex<VecDeque<bool>>,
+        then: bool,
+        times: Mutex<Vec<Instant>>,
+        weight: Mutex<Option<u32>>,
+    }
+
+    fn scripted(verdicts: &[bool], then: bool) -> Arc<Script> {
+        Arc::new(Script {
+            verdicts: Mutex::new(verdicts.iter().copied().collect()),
+            then,
+            times: Mutex::new(Vec::new()),
+            weight: Mutex::new(None),
+        })
+    }
+
+    fn checker(script: &Arc<Script>, timing: Timing) -> Checker {
+        let s = script.clone();
+        Checker::fake(
+            timing,
+            Arc::new(move || {
+                s.times.lock().unwrap().push(Instant::now());
+                let ok = s.verdicts.lock().unwrap().pop_front().unwrap_or(s.then);
+                if ok {
+                    CheckResult { latency: Duration::ZERO, error: None, weight: *s.weight.lock().unwrap() }
+                } else {
+                    CheckResult::failed(Duration::ZERO, FailReason::Timeout(Phase::Connect))
+                }
+            }),
+        )
+    }
+
+    fn def_for(port: u16, timing: &Timing) -> CheckDef {
+        let mut d = CheckDef::tcp(([127, 0, 0, 1], port).into());
+        *d.timing_mut() = timing.clone();
+        d
+    }
+
+    fn timing(rise: u32, fall: u32, retries: u32) -> Timing {
+        Timing {
+            interval: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: None,
+            retries,
+            delay_before_retry: Duration::from_secs(2),
+            rise,
+            fall,
+            initial: Initial::Unknown,
+        }
+    }
+
+    fn no_spread() -> (Scheduler<&'static str>, mpsc::UnboundedReceiver<Event<&'static str>>) {
+        Scheduler::with_options(Options { spread: false })
+    }
+
+    /// Advance virtual time in small steps so spawned tasks run between them.
+    async fn run_for(d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn drain<I>(rx: &mut mpsc::UnboundedReceiver<Event<I>>) -> Vec<Event<I>> {
+        let mut v = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            v.push(e);
+        }
+        v
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_within_a_round_with_delay() {
+        let t = timing(1, 1, 2);
+        let (sched, mut rx) = no_spread();
+        // Round 1: fail, fail, ok -> ok. Round 2: fail x3 -> failed.
+        let script = scripted(&[false, false, true, false, false, false], true);
+        let t0 = Instant::now();
+        sched.add_checker("a", def_for(1, &t), checker(&script, t.clone()));
+        run_for(Duration::from_secs(15)).await;
+        let times: Vec<Duration> = script.times.lock().unwrap().iter().map(|i| *i - t0).collect();
+        let s = |n| Duration::from_secs(n);
+        assert_eq!(times, vec![s(0), s(2), s(4), s(10), s(12), s(14)], "retry delay, then interval from the round start");
+        let ev = drain(&mut rx);
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!((ev[0].from, ev[0].to), (State::Unknown, State::Up));
+        assert_eq!((ev[1].from, ev[1].to), (State::Up, State::Down));
+        assert_eq!(ev[1].result.error, Some(FailReason::Timeout(Phase::Connect)));
+        let st = sched.stats();
+        assert_eq!((st.attempts, st.attempts_failed, st.rounds, st.rounds_failed), (6, 5, 2, 1));
+        assert_eq!(st.failures_of(crate::ReasonKind::ConnectTimeout), 5);
+        assert_eq!(st.state_changes, 2);
+        assert!(st.to_prometheus().contains("corral_check_failures_total{reason=\"connect_timeout\"} 5"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rise_and_fall_count_rounds() {
+        let t = timing(3, 2, 0);
+        let (sched, mut rx) = no_spread();
+        // ok | fail ok fail fail | ok ok fail ok ok ok
+        let script = scripted(&[true, false, true, false, false, true, true, false, true, true, true], true);
+        let t0 = Instant::now();
+        sched.add_checker("a", def_for(1, &t), checker(&script, t.clone()));
+        let mut seen = Vec::new();
+        for _ in 0..12 {
+            run_for(Duration::from_secs(10)).await;
+            seen.extend(drain(&mut rx).into_iter().map(|e| (e.from, e.to, (e.result.latency, Instant::now() - t0))));
+        }
+        let flips: Vec<(State, State)> = seen.iter().map(|(f, t, _)| (*f, *t)).collect();
+        assert_eq!(flips, vec![(State::Unknown, State::Up), (State::Up, State::Down), (State::Down, State::Up)]);
+        let status = sched.status(&"a").unwrap();
+        assert_eq!(status.state, State::Up);
+        assert_eq!(status.rounds, 12);
+        // Down after round 5 (index 4, t=40s), up after round 11 (t=100s): seen by the step after.
+        assert_eq!(seen[1].2 .1, Duration::from_secs(50));
+        assert_eq!(seen[2].2 .1, Duration::from_secs(110));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identical_definitions_run_once_and_late_joiners_hear_the_state() {
+        let t = timing(1, 1, 0);
+        let (sched, mut rx) = no_spread();
+        let script = scripted(&[], true);
+        let def = def_for(1, &t);
+        sched.add_checker("a", def.clone(), checker(&script, t.clone()));
+        run_for(Duration::from_secs(1)).await;
+        // Same definition: no new task, "b" hears Up at once.
+        sched.add("b", def.clone()).unwrap();
+        let ev = drain(&mut rx);
+        let ids: Vec<_> = ev.iter().map(|e| (e.id, e.to)).collect();
+        assert_eq!(ids, vec![("a", State::Up), ("b", State::Up)]);
+        run_for(Duration::from_secs(30)).await;
+        assert_eq!(script.times.lock().unwrap().len(), 4, "rounds at 0, 10, 20, 30 s: one probe for both ids");
+        assert_eq!((sched.stats().registered, sched.stats().running), (2, 1));
+
+        // Removing one id keeps the check; removing the last stops it.
+        assert!(sched.remove(&"a"));
+        run_for(Duration::from_secs(10)).await;
+        assert_eq!(script.times.lock().unwrap().len(), 5);
+        assert!(sched.remove(&"b"));
+        assert!(!sched.remove(&"b"));
+        run_for(Duration::from_secs(30)).await;
+        assert_eq!(script.times.lock().unwrap().len(), 5, "no probe after the last removal");
+        assert_eq!((sched.stats().registered, sched.stats().running), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn weight_change_is_an_event() {
+        let t = timing(1, 1, 0);
+        let (sched, mut rx) = no_spread();
+        let script = scripted(&[], true);
+        sched.add_checker("s", def_for(9, &t), checker(&script, t.clone()));
+        run_for(Duration::from_secs(1)).await;
+        assert_eq!(drain(&mut rx).len(), 1);
+        *script.weight.lock().unwrap() = Some(7);
+        run_for(Duration::from_secs(10)).await;
+        let ev = drain(&mut rx);
+        assert_eq!(ev.len(), 1);
+        assert_eq!((ev[0].from, ev[0].to, ev[0].weight), (State::Up, State::Up, Some(7)));
+        run_for(Duration::from_secs(10)).await;
+        assert!(drain(&mut rx).is_empty(), "same weight again: no event");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spread_start_times_within_first_interval() {
+        let t = timing(1, 1, 0);
+        let (sched, _rx) = Scheduler::<u16>::new();
+        let scripts: Vec<_> = (0..50u16).map(|_| scripted(&[], true)).collect();
+        let t0 = Instant::now();
+        for (i, s) in scripts.iter().enumerate() {
+            let i = i as u16;
+            sched.add_checker(i, def_for(i, &t), checker(s, t.clone()));
+        }
+        run_for(Duration::from_secs(10)).await;
+        let firsts: Vec<Duration> = scripts.iter().map(|s| s.times.lock().unwrap()[0] - t0).collect();
+        assert!(firsts.iter().all(|d| *d < Duration::from_secs(10)));
+        let early = firsts.iter().filter(|d| **d < Duration::from_secs(5)).count();
+        assert!((10..=40).contains(&early), "starts spread over the interval: {early}/50 in the first half");
+    }
 
     #[test]
     fn tracker_rise_fall() {
