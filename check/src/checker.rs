@@ -147,7 +147,8 @@ pub async fn check_once(def: &CheckDef) -> Result<CheckResult, DefError> {
 /// Decode hex (either case, no separators) for payloads and digests.
 pub(crate) fn parse_hex(field: &'static str, s: &str) -> Result<Vec<u8>, DefError> {
     let s = s.trim();
-    if s.len() % 2 != 0 {
+    let pairs = s.as_bytes().chunks_exact(2);
+    if !pairs.remainder().is_empty() {
         return Err(DefError::invalid(field, "hex needs an even number of digits"));
     }
     let digit = |c: u8| -> Result<u8, DefError> {
@@ -158,5 +159,5 @@ pub(crate) fn parse_hex(field: &'static str, s: &str) -> Result<Vec<u8>, DefErro
             _ => Err(DefError::invalid(field, format!("{:?} is not a hex digit", c as char))),
         }
     };
-    s.as_bytes().chunks(2).map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?)).collect()
+    pairs.map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?)).collect()
 }
