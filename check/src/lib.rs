@@ -1,1 +1,44 @@
-//! Skeleton: health checkers (issue 7). Nothing here works yet.
+//! Health checkers for corral: keepalived's TCP_CHECK, HTTP_GET, SSL_GET, UDP_CHECK, PING_CHECK,
+//! DNS_CHECK and MISC_CHECK, on tokio, with no thread per check (thousands per core).
+//!
+//! # Layout
+//! - [`def`]: the configuration side. [`CheckDef`] is serde-tagged (`type = "http"`) and
+//!   `Eq + Hash`, so identical checks are found and run once. [`Timing`] holds keepalived's knobs.
+//! - [`result`]: what an attempt says: [`CheckResult`] with latency and a typed [`FailReason`].
+//! - One module per probe: `tcp`, `http` (+ `tls`), `udp`, `icmp`, `dns`, `script`. Each
+//!   does a single attempt; [`Checker`] wraps them with retries into a round.
+//! - [`scheduler`]: [`Scheduler`] runs rounds on intervals with spread start times, applies
+//!   rise/fall, deduplicates definitions, and sends [`Event`]s on state changes.
+//! - [`stats`]: atomic counters and their Prometheus text rendering.
+//!
+//! # Use
+//! ```no_run
+//! # async fn demo() {
+//! use check::{CheckDef, Scheduler};
+//! let (sched, mut events) = Scheduler::<String>::new();
+//! sched.add("vs1/rs1".into(), CheckDef::tcp("10.0.0.5:80".parse().unwrap())).unwrap();
+//! while let Some(ev) = events.recv().await {
+//!     println!("{} went {:?} -> {:?}: {}", ev.id, ev.from, ev.to, ev.result);
+//! }
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod checker;
+pub mod def;
+pub mod dns;
+mod http;
+mod icmp;
+pub mod result;
+pub mod scheduler;
+mod script;
+pub mod stats;
+mod tcp;
+mod tls;
+mod udp;
+
+pub use checker::{check_once, Checker, DefError};
+pub use def::{CheckDef, Timing};
+pub use result::{CheckResult, DnsFailure, FailReason, Phase, ReasonKind};
+pub use scheduler::{Event, Options, Scheduler, State, Status, Tracker};
+pub use stats::StatsSnapshot;

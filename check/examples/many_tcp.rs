@@ -1,0 +1,164 @@
+//! Load figure for the scheduler: N TCP checks at a 1 s interval against loopback listeners,
+//! for D seconds; prints checks/s and the CPU and memory this process used (getrusage).
+//!
+//! ```text
+//! cargo run --release -p check --example many_tcp -- 10000 20
+//! ```
+//!
+//! The listeners live in a child process (this program re-run with `--serve`), so the CPU
+//! figure is the checker's alone, not the accept loops'. Every check needs its own target or the
+//! scheduler would deduplicate them: the child listens on P wildcard ports bound to device `lo`
+//! (SO_BINDTODEVICE, so nothing is exposed on other interfaces), which answers on every
+//! 127.0.0.0/8 address, and check i targets 127.0.0.1 + i/P on port i%P. Needs root or
+//! CAP_NET_RAW for SO_BINDTODEVICE. The open-files limit is raised to its hard maximum.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use check::def::{TcpCheck, Timing};
+use check::{CheckDef, ReasonKind, Scheduler};
+
+const PORTS: usize = 64;
+
+fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+        lim.rlim_cur
+    }
+}
+
+struct Usage {
+    cpu: Duration,
+    max_rss_kib: i64,
+}
+
+fn usage() -> Usage {
+    // SAFETY: getrusage fills the struct we pass.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Usage { cpu: tv(ru.ru_utime) + tv(ru.ru_stime), max_rss_kib: ru.ru_maxrss }
+}
+
+/// Child mode: P listeners on 0.0.0.0:0 bound to `lo`, ports printed on stdout, accept forever.
+fn serve(ports: usize) {
+    raise_nofile();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let mut out = Vec::new();
+        for _ in 0..ports {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            if let Err(e) = s.bind_device(Some(b"lo")) {
+                eprintln!("SO_BINDTODEVICE lo failed ({e}): run as root or with CAP_NET_RAW");
+                std::process::exit(2);
+            }
+            s.set_reuse_address(true).unwrap();
+            s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into()).unwrap();
+            s.listen(4096).unwrap();
+            s.set_nonblocking(true).unwrap();
+            let l = tokio::net::TcpListener::from_std(s.into()).unwrap();
+            out.push(l.local_addr().unwrap().port().to_string());
+            tokio::spawn(async move {
+                loop {
+                    if let Ok((c, _)) = l.accept().await {
+                        drop(c);
+                    }
+                }
+            });
+        }
+        println!("{}", out.join(" "));
+        std::future::pending::<()>().await
+    });
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--serve") {
+        serve(args.get(2).and_then(|p| p.parse().ok()).unwrap_or(PORTS));
+        return;
+    }
+    let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let secs: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let nofile = raise_nofile();
+    if (nofile as usize) < n + 1000 {
+        eprintln!("warning: open-files limit {nofile} is low for {n} checks");
+    }
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--serve", &PORTS.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the listener process");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let ports: Vec<u16> = line.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    if ports.len() != PORTS {
+        let _ = child.kill();
+        panic!("listener process failed: {line:?}");
+    }
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let (sched, mut events) = Scheduler::<usize>::new();
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let mut timing = Timing::quick(Duration::from_secs(1));
+        timing.connect_timeout = Duration::from_secs(2);
+        let base = u32::from(Ipv4Addr::new(127, 0, 0, 1));
+        let before = usage();
+        let start = Instant::now();
+        for i in 0..n {
+            let ip = Ipv4Addr::from(base + (i / PORTS) as u32);
+            let target = SocketAddr::from((ip, ports[i % PORTS]));
+            sched.add(i, CheckDef::Tcp(TcpCheck { target, timing: timing.clone() })).unwrap();
+        }
+        assert_eq!(sched.stats().running, n, "every check distinct");
+        let mut last = (Instant::now(), 0u64);
+        while start.elapsed() < Duration::from_secs(secs) {
+            tokio::time::sleep(Duration::from_secs(5).min(Duration::from_secs(secs).saturating_sub(start.elapsed()))).await;
+            let st = sched.stats();
+            let dt = last.0.elapsed().as_secs_f64();
+            println!(
+                "t={:>4.1}s  {:>7.0} checks/s  attempts={} failed={}",
+                start.elapsed().as_secs_f64(),
+                (st.attempts - last.1) as f64 / dt,
+                st.attempts,
+                st.attempts_failed
+            );
+            last = (Instant::now(), st.attempts);
+        }
+        let wall = start.elapsed();
+        let after = usage();
+        let st = sched.stats();
+        let cpu = after.cpu - before.cpu;
+        println!("---");
+        println!("checks: {n} distinct TCP checks, interval 1 s, {:.1} s wall", wall.as_secs_f64());
+        println!("attempts: {} ({:.0}/s), failed: {}", st.attempts, st.attempts as f64 / wall.as_secs_f64(), st.attempts_failed);
+        for k in ReasonKind::ALL {
+            let f = st.failures_of(k);
+            if f > 0 {
+                println!("  failed {}: {f}", k.as_str());
+            }
+        }
+        println!(
+            "cpu: {:.2} s user+sys = {:.0}% of one core, {:.1} µs per check",
+            cpu.as_secs_f64(),
+            100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / st.attempts.max(1) as f64
+        );
+        println!("max rss: {} MiB", after.max_rss_kib / 1024);
+        drop(sched);
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}

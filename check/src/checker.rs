@@ -1,0 +1,163 @@
+//! A validated, ready-to-run check: [`CheckDef::prepare`] builds it once, the scheduler calls
+//! [`Checker::attempt`] every round.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::def::{CheckDef, Timing};
+use crate::result::CheckResult;
+use crate::{dns, http, icmp, script, tcp, udp};
+
+/// A definition that cannot run, found when it is registered rather than at the first attempt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DefError {
+    /// A field has a value the check cannot use.
+    #[error("invalid {field}: {why}")]
+    Invalid {
+        /// Field name as in the configuration.
+        field: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The CA certificates could not be loaded.
+    #[error("CA certificates: {0}")]
+    Ca(String),
+    /// The TLS client configuration could not be built.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+impl DefError {
+    pub(crate) fn invalid(field: &'static str, why: impl Into<String>) -> Self {
+        DefError::Invalid { field, why: why.into() }
+    }
+}
+
+/// Scripted outcomes for scheduler tests: each call pops one result.
+#[cfg(test)]
+pub(crate) type FakeProbe = std::sync::Arc<dyn Fn() -> CheckResult + Send + Sync>;
+
+pub(crate) enum Probe {
+    Tcp(tcp::TcpProbe),
+    Http(Box<http::HttpProbe>),
+    Udp(udp::UdpProbe),
+    Icmp(icmp::IcmpProbe),
+    Dns(dns::DnsProbe),
+    Script(script::ScriptProbe),
+    #[cfg(test)]
+    Fake(FakeProbe),
+}
+
+/// A runnable check. Cheap to share (`Arc` inside where it matters); one per distinct definition.
+pub struct Checker {
+    probe: Probe,
+    timing: Timing,
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker").field("timing", &self.timing).finish_non_exhaustive()
+    }
+}
+
+impl CheckDef {
+    /// Validate the definition and do the per-definition setup (TLS config, encoded DNS query,
+    /// HTTP request bytes) so each attempt only does I/O.
+    pub fn prepare(&self) -> Result<Checker, DefError> {
+        let timing = self.timing().clone();
+        if timing.interval.is_zero() {
+            return Err(DefError::invalid("interval", "must be more than zero"));
+        }
+        if timing.rise == 0 || timing.fall == 0 {
+            return Err(DefError::invalid("rise/fall", "must be at least 1"));
+        }
+        let probe = match self {
+            CheckDef::Tcp(c) => Probe::Tcp(tcp::TcpProbe::new(c)),
+            CheckDef::Http(c) => Probe::Http(Box::new(http::HttpProbe::new(c, None)?)),
+            CheckDef::Https(c) => Probe::Http(Box::new(http::HttpProbe::new(&c.http, Some(c))?)),
+            CheckDef::Udp(c) => Probe::Udp(udp::UdpProbe::new(c)?),
+            CheckDef::Icmp(c) => Probe::Icmp(icmp::IcmpProbe::new(c)?),
+            CheckDef::Dns(c) => Probe::Dns(dns::DnsProbe::new(c)?),
+            CheckDef::Script(c) => Probe::Script(script::ScriptProbe::new(c)?),
+        };
+        Ok(Checker { probe, timing })
+    }
+}
+
+impl Checker {
+    #[cfg(test)]
+    pub(crate) fn fake(timing: Timing, f: FakeProbe) -> Self {
+        Checker { probe: Probe::Fake(f), timing }
+    }
+
+    /// The timing knobs of the definition this was built from.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// One attempt, no retries: the building block of a round. Never panics on network input;
+    /// every failure comes back as a [`crate::FailReason`].
+    pub async fn attempt(&self) -> CheckResult {
+        let start = Instant::now();
+        let t = &self.timing;
+        let outcome = match &self.probe {
+            Probe::Tcp(p) => p.attempt(t).await.map(|()| None),
+            Probe::Http(p) => p.attempt(t).await.map(|()| None),
+            Probe::Udp(p) => p.attempt(t).await.map(|()| None),
+            Probe::Icmp(p) => p.attempt(t).await.map(|()| None),
+            Probe::Dns(p) => p.attempt(t).await.map(|()| None),
+            Probe::Script(p) => p.attempt(t).await,
+            #[cfg(test)]
+            Probe::Fake(f) => {
+                let r = f();
+                return r;
+            }
+        };
+        let latency: Duration = start.elapsed();
+        match outcome {
+            Ok(weight) => CheckResult { latency, error: None, weight },
+            Err(reason) => CheckResult::failed(latency, reason),
+        }
+    }
+
+    /// One round as the scheduler runs it: attempts until one succeeds or `retries` extra
+    /// attempts have failed, sleeping `delay_before_retry` between them. Each attempt's result is
+    /// passed to `each` (for counters); the round's verdict is the last attempt.
+    pub async fn round(&self, mut each: impl FnMut(&CheckResult)) -> CheckResult {
+        let mut retries_left = self.timing.retries;
+        loop {
+            let r = self.attempt().await;
+            each(&r);
+            if r.is_ok() || retries_left == 0 {
+                return r;
+            }
+            retries_left -= 1;
+            tokio::time::sleep(self.timing.delay_before_retry).await;
+        }
+    }
+}
+
+/// Prepare `def` and run a single attempt: handy for `corralctl check test` style one-offs.
+pub async fn check_once(def: &CheckDef) -> Result<CheckResult, DefError> {
+    Ok(def.prepare()?.attempt().await)
+}
+
+/// Decode hex (either case, no separators) for payloads and digests.
+pub(crate) fn parse_hex(field: &'static str, s: &str) -> Result<Vec<u8>, DefError> {
+    let s = s.trim();
+    let pairs = s.as_bytes().chunks_exact(2);
+    if !pairs.remainder().is_empty() {
+        return Err(DefError::invalid(field, "hex needs an even number of digits"));
+    }
+    let digit = |c: u8| -> Result<u8, DefError> {
+        match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            b'A'..=b'F' => Ok(c - b'A' + 10),
+            _ => Err(DefError::invalid(field, format!("{:?} is not a hex digit", c as char))),
+        }
+    };
+    pairs.map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?)).collect()
+}

@@ -1,0 +1,112 @@
+//! Counters as plain atomics: cheap enough to bump on every attempt from thousands of tasks, and
+//! rendered in the Prometheus text format by whoever serves metrics (no prometheus crate here).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::result::{CheckResult, ReasonKind};
+
+/// Live counters shared by the scheduler's tasks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    attempts: AtomicU64,
+    attempts_failed: AtomicU64,
+    rounds: AtomicU64,
+    rounds_failed: AtomicU64,
+    failures: [AtomicU64; ReasonKind::ALL.len()],
+    state_changes: AtomicU64,
+    went_up: AtomicU64,
+    went_down: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn attempt(&self, r: &CheckResult) {
+        self.attempts.fetch_add(1, Relaxed);
+        if let Some(e) = &r.error {
+            self.attempts_failed.fetch_add(1, Relaxed);
+            self.failures[e.kind().index()].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn round(&self, r: &CheckResult) {
+        self.rounds.fetch_add(1, Relaxed);
+        if !r.is_ok() {
+            self.rounds_failed.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn state_change(&self, up: bool) {
+        self.state_changes.fetch_add(1, Relaxed);
+        if up { &self.went_up } else { &self.went_down }.fetch_add(1, Relaxed);
+    }
+
+    /// A consistent-enough copy (each counter read once, not atomically together).
+    pub fn snapshot(&self, registered: usize, running: usize) -> StatsSnapshot {
+        StatsSnapshot {
+            attempts: self.attempts.load(Relaxed),
+            attempts_failed: self.attempts_failed.load(Relaxed),
+            rounds: self.rounds.load(Relaxed),
+            rounds_failed: self.rounds_failed.load(Relaxed),
+            failures: ReasonKind::ALL.iter().map(|k| (*k, self.failures[k.index()].load(Relaxed))).collect(),
+            state_changes: self.state_changes.load(Relaxed),
+            went_up: self.went_up.load(Relaxed),
+            went_down: self.went_down.load(Relaxed),
+            registered,
+            running,
+        }
+    }
+}
+
+/// A copy of the counters at one moment, for metrics and `corralctl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Attempts made (retries included).
+    pub attempts: u64,
+    /// Attempts that failed.
+    pub attempts_failed: u64,
+    /// Rounds completed (one round = first attempt plus its retries).
+    pub rounds: u64,
+    /// Rounds whose every attempt failed.
+    pub rounds_failed: u64,
+    /// Failed attempts by reason kind, every kind listed (zeros included).
+    pub failures: Vec<(ReasonKind, u64)>,
+    /// State transitions of deduplicated checks (Unknown→Up/Down included).
+    pub state_changes: u64,
+    /// Transitions to Up.
+    pub went_up: u64,
+    /// Transitions to Down.
+    pub went_down: u64,
+    /// Registrations (ids).
+    pub registered: usize,
+    /// Distinct checks running after deduplication.
+    pub running: usize,
+}
+
+impl StatsSnapshot {
+    /// Failed attempts of one kind.
+    pub fn failures_of(&self, kind: ReasonKind) -> u64 {
+        self.failures.iter().find(|(k, _)| *k == kind).map_or(0, |(_, n)| *n)
+    }
+
+    /// Prometheus text exposition format, metric names prefixed `corral_check_`.
+    pub fn to_prometheus(&self) -> String {
+        let mut s = String::new();
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP corral_check_{name} {help}\n# TYPE corral_check_{name} counter\ncorral_check_{name} {v}");
+        };
+        counter("attempts_total", "Check attempts made, retries included.", self.attempts);
+        counter("rounds_total", "Check rounds completed.", self.rounds);
+        counter("rounds_failed_total", "Check rounds that failed after all retries.", self.rounds_failed);
+        counter("state_changes_total", "State transitions of checks.", self.state_changes);
+        let _ = writeln!(s, "# HELP corral_check_failures_total Failed attempts by reason.");
+        let _ = writeln!(s, "# TYPE corral_check_failures_total counter");
+        for (k, v) in &self.failures {
+            let _ = writeln!(s, "corral_check_failures_total{{reason=\"{}\"}} {v}", k.as_str());
+        }
+        let _ = writeln!(s, "# HELP corral_check_running Distinct checks running.\n# TYPE corral_check_running gauge");
+        let _ = writeln!(s, "corral_check_running {}", self.running);
+        let _ = writeln!(s, "# HELP corral_check_registered Check registrations.\n# TYPE corral_check_registered gauge");
+        let _ = writeln!(s, "corral_check_registered {}", self.registered);
+        s
+    }
+}
