@@ -58,6 +58,13 @@ fn five_nodes_join_detect_crash_rejoin_and_leave() {
     let took = t.elapsed();
     eprintln!("SIGKILL of d5 seen dead by all 4 others after {took:?} (bound {:?})", detection_bound(5));
     assert!(seen_dead.is_some() && took <= detection_bound(5), "d5 not dead everywhere within the bound: {took:?}");
+    // Dead longer than dead_grace (3 s here): demoted from voter to learner by the leader.
+    let demoted = wait_for(Duration::from_secs(15), || {
+        c.raft(0).is_some_and(|r| {
+            r["learners"].as_array().is_some_and(|l| l.iter().any(|n| n == "d5")) && !r["voters"].as_array().unwrap().iter().any(|n| n == "d5")
+        })
+    });
+    assert!(demoted.is_some(), "dead d5 was not demoted: {:?}", c.raft(0));
     let o = c.ctl(1, "kv put while-down yes");
     assert_eq!(o.code, 0, "write with 4 of 5: {}{}", o.stdout, o.stderr);
 
