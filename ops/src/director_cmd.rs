@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
-use node::api::{call, Request, ResponseBody};
+use node::api::{Request, ResponseBody};
+
+use crate::remote::call;
 use node::rules::{Edit, Forwarding, MarkFamily, RealServer, RuleSet, VirtualServer};
 
 use crate::ipvs_cmd::Output;

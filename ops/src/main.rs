@@ -7,6 +7,7 @@
 mod cluster_cmd;
 mod director_cmd;
 mod ipvs_cmd;
+mod remote;
 mod vrrp_cmd;
 
 use std::path::PathBuf;
@@ -21,6 +22,12 @@ struct Cli {
     /// The admin socket of the corrald to talk to (commands that need a daemon).
     #[arg(long, global = true, default_value = node::config::DEFAULT_ADMIN_SOCKET)]
     socket: PathBuf,
+    /// Talk to a member's QUIC endpoint (IP:PORT) instead of a local socket; needs --cert-dir.
+    #[arg(long, global = true, requires = "cert_dir")]
+    remote: Option<std::net::SocketAddr>,
+    /// A directory with a cluster certificate (node.pem, node.key, ca.pem), e.g. a node's data_dir.
+    #[arg(long, global = true)]
+    cert_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -108,6 +115,9 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let (Some(addr), Some(dir)) = (cli.remote, cli.cert_dir.clone()) {
+        remote::set_remote(addr, dir);
+    }
     let result = match cli.cmd {
         Cmd::Ipvs { cmd } => ipvs_cmd::run(cmd),
         Cmd::Vrrp { cmd } => vrrp_cmd::run(cmd, cli.socket),

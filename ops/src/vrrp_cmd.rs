@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Subcommand;
-use node::api::{call, Request, ResponseBody};
+use node::api::{Request, ResponseBody};
+
+use crate::remote::call;
 
 use crate::ipvs_cmd::Output;
 

@@ -51,6 +51,16 @@ fn five_nodes_join_detect_crash_rejoin_and_leave() {
     });
     assert!(agreed.is_some(), "roles differ between nodes: {:?}", (0..5).map(|i| c.members(i)).collect::<Vec<_>>());
 
+    // Remote admin: corralctl on d2's host asks d1 over QUIC with d2's certificate.
+    let remote = c.lan.hosts[1].try_sh(&format!(
+        "{} --remote {} --cert-dir {} members -o json",
+        c.corralctl.display(),
+        c.nodes[0].addr(),
+        c.nodes[1].dir.join("data").display()
+    ));
+    let text = String::from_utf8_lossy(&remote.stdout);
+    assert!(remote.status.success() && text.matches("\"alive\"").count() == 5, "remote members: {text}{}", String::from_utf8_lossy(&remote.stderr));
+
     // A write while d5 is down reaches it after its restart.
     c.kill(4);
     let t = Instant::now();
