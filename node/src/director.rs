@@ -140,29 +140,23 @@ fn run(mut ipvs: Ipvs, cfg: DirectorSection, rx: std_mpsc::Receiver<Input>, stat
     let mut next = Instant::now();
     loop {
         let wait = next.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Input::State(s)) => state = Some(s),
-            Ok(Input::VrrpMaster(m)) => master = Some(m),
-            Ok(Input::Stop { flush }) => {
-                if flush {
-                    let empty = Table::default();
-                    if let Ok(k) = ipvs.table() {
-                        let _ = ipvs.apply(&ipvs::diff(&k, &empty));
-                    }
-                }
-                let _ = ipvs.sync_daemon(None);
-                return;
-            }
-            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+        // The first message waits for the next deadline; whatever else is queued is drained
+        // too, since only the newest state matters. One handler for both.
+        let mut msg = match rx.recv_timeout(wait) {
+            Ok(m) => Some(m),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
             Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-        // Drain whatever else is queued: only the newest state matters.
-        while let Ok(m) = rx.try_recv() {
+        };
+        while let Some(m) = msg.take().or_else(|| rx.try_recv().ok()) {
             match m {
                 Input::State(s) => state = Some(s),
                 Input::VrrpMaster(m) => master = Some(m),
                 Input::Stop { flush } => {
-                    let _ = flush;
+                    if flush {
+                        if let Ok(k) = ipvs.table() {
+                            let _ = ipvs.apply(&ipvs::diff(&k, &Table::default()));
+                        }
+                    }
                     let _ = ipvs.sync_daemon(None);
                     return;
                 }

@@ -304,3 +304,24 @@ pub fn applied_times(log_text: &str) -> std::collections::BTreeMap<u64, u128> {
     }
     out
 }
+
+/// Propagation latencies (µs, sorted) of changes `sent` as (revision, send time), given each
+/// director's [`applied_times`]: the time until the last director applied it (a reconcile that
+/// applied a later revision applied this one too). Also returns how many changes some director
+/// never logged.
+pub fn propagation_latencies(
+    sent: &[(u64, u128)],
+    logs: &[std::collections::BTreeMap<u64, u128>],
+) -> (Vec<u128>, usize) {
+    let mut lat = Vec::new();
+    let mut missing = 0;
+    for (rev, t) in sent {
+        let per: Option<Vec<u128>> = logs.iter().map(|l| l.range(rev..).next().map(|(_, ts)| *ts)).collect();
+        match per {
+            Some(per) => lat.push(per.into_iter().max().unwrap_or(*t).saturating_sub(*t)),
+            None => missing += 1,
+        }
+    }
+    lat.sort();
+    (lat, missing)
+}

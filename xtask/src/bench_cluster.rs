@@ -365,17 +365,10 @@ pub fn propagation_scale(corrald: &Path, n: usize, changes: usize) -> Result<Str
         .iter()
         .map(|p| tests::cluster::applied_times(&std::fs::read_to_string(p.dir.join("corrald.log")).unwrap_or_default()))
         .collect();
-    let mut lat = Vec::new();
-    for (rev, t) in &sent {
-        let per: Option<Vec<u128>> = logs.iter().map(|l| l.range(rev..).next().map(|(_, ts)| *ts)).collect();
-        if let Some(per) = per {
-            lat.push(per.into_iter().max().unwrap_or(*t).saturating_sub(*t));
-        }
-    }
+    let (lat, _) = tests::cluster::propagation_latencies(&sent, &logs);
     if lat.is_empty() {
         bail!("{n}: no change was seen applied on every node");
     }
-    lat.sort();
     let p = |q: f64| ms(lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)]);
     Ok(format!("| {n} (loopback, in-memory IPVS model) | {} of {changes} | {:.1} ms | {:.1} ms | {:.1} ms |", lat.len(), p(0.5), p(0.99), ms(*lat.last().unwrap())))
 }

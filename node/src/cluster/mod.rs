@@ -76,7 +76,6 @@ pub struct Cluster {
     cfg: ClusterSection,
     poke: Notify,
     stop: mpsc::Sender<()>,
-    started: Instant,
     /// Serializes read-modify-write of the rules on the leader.
     rules_lock: tokio::sync::Mutex<()>,
     /// Raft/admin messages refused because they did not decode.
@@ -248,7 +247,6 @@ impl Cluster {
             cfg: c.clone(),
             poke: Notify::new(),
             stop,
-            started: Instant::now(),
             rules_lock: tokio::sync::Mutex::new(()),
             bad_messages: Default::default(),
         });
@@ -765,11 +763,6 @@ impl Cluster {
         let _ = self.raft.shutdown().await;
         self.transport.close(Duration::from_millis(500)).await;
     }
-
-    /// How long this member has been running (the membership loop waits for gossip to settle).
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
-    }
 }
 
 fn token_info(r: &TokenRecord) -> TokenInfo {
@@ -812,12 +805,6 @@ pub enum LeaderError {
     Bad(String),
     #[error("{0}")]
     Write(WriteError),
-}
-
-impl From<WriteError> for String {
-    fn from(e: WriteError) -> String {
-        e.to_string()
-    }
 }
 
 impl From<WriteError> for LeaderError {

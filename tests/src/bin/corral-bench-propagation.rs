@@ -58,18 +58,7 @@ fn main() {
     let logs: Vec<_> = (0..directors)
         .map(|i| applied_times(&std::fs::read_to_string(lab.nodes[i].log()).unwrap_or_default()))
         .collect();
-    let mut lat: Vec<u128> = Vec::new();
-    let mut missing = 0;
-    for (rev, t) in &sent {
-        // A reconcile that applied a later revision applied this one too.
-        let per: Vec<Option<u128>> = logs.iter().map(|l| l.range(rev..).next().map(|(_, t)| *t)).collect();
-        if per.iter().any(|p| p.is_none()) {
-            missing += 1;
-            continue;
-        }
-        lat.push(per.iter().flatten().max().unwrap().saturating_sub(*t));
-    }
-    lat.sort();
+    let (lat, missing) = tests::cluster::propagation_latencies(&sent, &logs);
     let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
     println!(
         "PROPAGATION directors={directors} changes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} missing={missing}",
