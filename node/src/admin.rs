@@ -32,6 +32,7 @@ pub struct Admin {
     pub board: StatusBoard,
     pub cluster: Option<Arc<Cluster>>,
     pub director: Option<Arc<std::sync::Mutex<crate::director::DirectorStatus>>>,
+    pub health: Option<Arc<crate::health::Health>>,
 }
 
 impl Admin {
@@ -60,6 +61,10 @@ impl Admin {
             Request::GetServices => Ok(ResponseBody::Services { revision: c.sm.current().revision, rules: c.current_rules()? }),
             Request::Status => Ok(self.status(c).await),
             Request::Join { seed } => c.announce(&seed).await,
+            Request::Observe { .. } => Err("health reports are accepted only from cluster members over QUIC".into()),
+            Request::LocalChecks => Ok(ResponseBody::LocalChecks { results: self.health()?.local_results() }),
+            Request::RsList => Ok(ResponseBody::RsList { revision: c.sm.current().revision, rows: self.health()?.rs_list().await }),
+            Request::Metrics => Ok(ResponseBody::Metrics { text: self.metrics(c) }),
             Request::Leave => c.leave().await,
             Request::Forwarded { inner } => {
                 if matches!(*inner, Request::Forwarded { .. }) {
@@ -70,6 +75,24 @@ impl Admin {
             r if r.needs_leader() => c.on_leader(&r).await,
             r => Err(format!("{r:?}: not handled")),
         }
+    }
+
+    fn health(&self) -> Result<&Arc<crate::health::Health>, String> {
+        self.health.as_ref().ok_or_else(|| "health checking is not running on this node".to_string())
+    }
+
+    fn metrics(&self, c: &Cluster) -> String {
+        let mut s = self.health.as_ref().map(|h| h.metrics()).unwrap_or_default();
+        let bad = c.bad_messages.load(std::sync::atomic::Ordering::Relaxed);
+        s.push_str(&format!("# HELP corral_cluster_bad_messages_total Raft/admin messages refused as undecodable.\n# TYPE corral_cluster_bad_messages_total counter\ncorral_cluster_bad_messages_total {bad}\n"));
+        let st = c.sm.current();
+        s.push_str(&format!("# HELP corral_cluster_revision Revision of the replicated state applied here.\n# TYPE corral_cluster_revision gauge\ncorral_cluster_revision {}\n", st.revision));
+        if let Some(d) = &self.director {
+            let d = d.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            s.push_str(&format!("# HELP corral_director_applied_revision Revision whose rules are in IPVS.\n# TYPE corral_director_applied_revision gauge\ncorral_director_applied_revision {}\n", d.applied_revision));
+            s.push_str(&format!("# HELP corral_director_drift_repairs_total Reconciles that repaired a drifted IPVS table.\n# TYPE corral_director_drift_repairs_total counter\ncorral_director_drift_repairs_total {}\n", d.drift_repairs));
+        }
+        s
     }
 
     /// This node's own report (also gossiped).
@@ -115,6 +138,17 @@ impl Admin {
             Box::pin(async move {
                 let line = String::from_utf8_lossy(&body);
                 let resp = match decode_request(&line) {
+                    Ok(Request::Observe { report }) => match &me.health {
+                        Some(h) if report.node == peer.name => {
+                            h.receive(report);
+                            Response::Ok { result: ResponseBody::Done { message: "noted".into(), revision: None } }
+                        }
+                        Some(h) => {
+                            h.refuse(&format!("{} sent a report in the name of {}", peer.name, report.node));
+                            Response::Error { message: "a report must come from the node it names".into() }
+                        }
+                        None => Response::Error { message: "health checking is not running on this node".into() },
+                    },
                     Ok(req) => {
                         tracing::debug!(peer = %peer.name, ?req, "remote admin request");
                         me.handle(req).await

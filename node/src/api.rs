@@ -63,6 +63,15 @@ pub enum Request {
     Edit { edit: crate::rules::Edit },
     /// Per node: applied revision, drift, last error, VRRP and sync-daemon state.
     Status,
+    /// An observer's health claims for the Raft leader (cluster members over QUIC only; the
+    /// sender must be the node its certificate names).
+    Observe { report: crate::health::verdicts::ObserverReport },
+    /// This node's latest results for the checks it observes.
+    LocalChecks,
+    /// Every real server with its verdict and its observers' latest results.
+    RsList,
+    /// Prometheus text exposition of this node's counters.
+    Metrics,
     /// A request another member forwarded to this node because it is the Raft leader; never
     /// forwarded again (no loops).
     Forwarded { inner: Box<Request> },
@@ -108,6 +117,9 @@ pub enum ResponseBody {
     Applied { revision: Option<u64>, dry_run: bool, changes: Vec<String> },
     Services { revision: u64, rules: crate::rules::RuleSet },
     Status { revision: u64, nodes: Vec<NodeStatus> },
+    LocalChecks { results: std::collections::BTreeMap<String, crate::health::LocalResult> },
+    RsList { revision: u64, rows: Vec<crate::health::RsRow> },
+    Metrics { text: String },
 }
 
 /// One director in `corralctl status`.

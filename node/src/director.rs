@@ -16,7 +16,7 @@ use raft::ClusterState;
 use serde::{Deserialize, Serialize};
 
 use crate::config::DirectorSection;
-use crate::rules::{self, RuleSet, Verdicts};
+use crate::rules::{self, RuleSet};
 
 /// Namespace and key of the rules in the replicated state.
 pub const NS_RULES: &str = "rules";
@@ -221,7 +221,7 @@ fn reconcile(
         Ok(Some(r)) => r,
         Err(e) => return set_err(e),
     };
-    let desired = rules.desired_table(&Verdicts::new());
+    let desired = rules.desired_table(&crate::health::verdicts::verdicts_of(state));
     let kernel = match ipvs.table() {
         Ok(k) => k,
         Err(e) => return set_err(format!("read the IPVS table: {e}")),

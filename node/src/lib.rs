@@ -10,6 +10,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod director;
+pub mod health;
 pub mod rules;
 pub mod tracking;
 pub mod vrrp_driver;

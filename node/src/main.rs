@@ -83,10 +83,12 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let health = cluster.as_ref().map(|c| node::health::Health::start(c.clone()));
     let admin = node::admin::Admin {
         board: board.clone(),
         cluster: cluster.clone(),
         director: director.as_ref().map(|d| d.status.clone()),
+        health,
     };
     admin.serve_quic()?;
     tokio::spawn(admin.clone().publish_reports());

@@ -16,7 +16,14 @@
 //! address = "198.51.100.11:80"
 //! weight = 1
 //! inhibit_on_failure = false      # failed: weight 0 instead of removal
+//! check = { type = "http", path = "/health", interval = "2s", fall = 3, rise = 2 }
+//! notify_down = "/usr/local/bin/page-oncall"   # run once per cluster on a committed verdict
 //! ```
+//!
+//! A health check is written without `target`: it probes the real server's own address (or
+//! `port = N` of it, keepalived's `connect_port`). A `check` on the virtual server applies to
+//! each of its real servers that has none. `[health] observers = 3` (top level) is how many
+//! directors check each real server.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -35,8 +42,31 @@ pub const SCHEDULERS: &[&str] = &["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSet {
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub health: HealthRules,
     #[serde(default, rename = "virtual_server", skip_serializing_if = "Vec::is_empty")]
     pub virtual_servers: Vec<VirtualServer>,
+}
+
+/// Cluster-wide health-check settings: in the rules (not each node's config) because the
+/// leader and every observer must agree on who observes what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthRules {
+    /// How many live directors check each real server (all of them when fewer are alive). A
+    /// verdict changes only when a majority of a real server's observers agree.
+    #[serde(default = "three")]
+    pub observers: u32,
+}
+
+fn three() -> u32 {
+    3
+}
+
+impl Default for HealthRules {
+    fn default() -> Self {
+        HealthRules { observers: 3 }
+    }
 }
 
 /// How packets reach a real server.
@@ -143,6 +173,16 @@ pub struct VirtualServer {
     /// keepalived's omega: run quorum_down when the service is removed.
     #[serde(default, skip_serializing_if = "is_default")]
     pub omega: bool,
+    /// Health check for real servers that have none of their own (no `target`: each real
+    /// server's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<serde_json::Value>,
+    /// Run (once per cluster, by the Raft leader) when the live weight falls below the quorum
+    /// and the sorry server takes over / when it is back (keepalived `quorum_down` / `quorum_up`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_down: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_up: Option<String>,
     #[serde(default, rename = "real_server", skip_serializing_if = "Vec::is_empty")]
     pub real_servers: Vec<RealServer>,
 }
@@ -169,6 +209,15 @@ pub struct RealServer {
     pub lower_threshold: u32,
     #[serde(default, skip_serializing_if = "is_default")]
     pub inhibit_on_failure: bool,
+    /// Health check (a `check` crate definition without `target`; `port` overrides the port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<serde_json::Value>,
+    /// Run by the Raft leader, once per cluster, when the committed verdict turns up / down
+    /// (keepalived `notify_up` / `notify_down`: the command line as written, via `/bin/sh -c`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_up: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_down: Option<String>,
 }
 
 /// Health of one real server as committed by the cluster (issue: health checks). Absent = up.
@@ -178,8 +227,54 @@ pub enum Verdict {
     Down,
 }
 
-/// (virtual server key, real server address) → verdict.
-pub type Verdicts = BTreeMap<(ServiceKey, SocketAddr), Verdict>;
+/// Real-server key ([`rs_key`]) → committed verdict. Absent: up, or down under `alpha`.
+pub type Verdicts = BTreeMap<String, Verdict>;
+
+/// The name of a real server within a virtual server, as stored with its verdict and shown to
+/// operators: `TCP 192.0.2.100:80 -> 198.51.100.11:80` (ipvsadm's words).
+pub fn rs_key(service: &ServiceKey, rs: SocketAddr) -> String {
+    format!("{service} -> {rs}")
+}
+
+/// One real server's health check as every node derives it from the rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RsCheck {
+    /// [`rs_key`] of the real server.
+    pub key: String,
+    pub def: check::CheckDef,
+    /// The verdict before any is committed (`alpha`: down until proven up).
+    pub default_up: bool,
+    pub notify_up: Option<String>,
+    pub notify_down: Option<String>,
+}
+
+/// Turns a rules `check` table into a definition: fills `target` from the real server's
+/// address (`port` = keepalived's connect_port), then lets the `check` crate validate it.
+fn check_def(raw: &serde_json::Value, rs: SocketAddr) -> Result<check::CheckDef, String> {
+    let mut map = raw.as_object().cloned().ok_or("a check is a table, e.g. { type = \"tcp\" }")?;
+    let kind = map.get("type").and_then(|t| t.as_str()).ok_or("a check needs type = \"tcp\" | \"http\" | \"https\" | \"udp\" | \"icmp\" | \"dns\" | \"script\"")?.to_string();
+    let port = match map.remove("port") {
+        None => rs.port(),
+        Some(p) => p.as_u64().filter(|p| (1..=65535).contains(p)).ok_or("port must be 1..=65535")? as u16,
+    };
+    if !map.contains_key("target") {
+        match kind.as_str() {
+            "icmp" => {
+                map.insert("target".into(), rs.ip().to_string().into());
+            }
+            "script" => {}
+            _ if port == 0 => return Err("the real server has port 0: give the check a port = N".into()),
+            _ => {
+                map.insert("target".into(), SocketAddr::new(rs.ip(), port).to_string().into());
+            }
+        }
+    }
+    let def: check::CheckDef = serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| e.to_string())?;
+    if def.timing().interval.is_zero() {
+        return Err("interval must be above 0".into());
+    }
+    Ok(def)
+}
 
 impl VirtualServer {
     /// The kernel key of this virtual server.
@@ -227,6 +322,9 @@ impl RuleSet {
     pub fn validate(&self) -> Result<(), (Vec<KeySeg>, String)> {
         use KeySeg::{Index, Key};
         let vs_at = |i: usize, k: &str| vec![Key("virtual_server".into()), Index(i), Key(k.into())];
+        if self.health.observers == 0 {
+            return Err((vec![Key("health".into()), Key("observers".into())], "at least 1 observer".into()));
+        }
         let mut keys = BTreeSet::new();
         for (i, vs) in self.virtual_servers.iter().enumerate() {
             let key = match (vs.address, vs.fwmark) {
@@ -279,9 +377,61 @@ impl RuleSet {
                 if rs.lower_threshold > 0 && rs.upper_threshold > 0 && rs.lower_threshold > rs.upper_threshold {
                     return Err((rs_at("lower_threshold"), "lower_threshold above upper_threshold".into()));
                 }
+                match (&rs.check, &vs.check) {
+                    (Some(c), _) => check_def(c, rs.address).map_err(|e| (rs_at("check"), e))?,
+                    (None, Some(c)) => check_def(c, rs.address).map_err(|e| (vs_at(i, "check"), format!("for real server {}: {e}", rs.address)))?,
+                    (None, None) => continue,
+                };
             }
         }
         Ok(())
+    }
+
+    /// Whether a real server counts as up under `verdicts`. Only checked real servers can be
+    /// down: a stale verdict for a real server whose check was removed is ignored.
+    fn is_up(&self, vs: &VirtualServer, key: &ServiceKey, rs: &RealServer, verdicts: &Verdicts) -> bool {
+        if rs.check.is_none() && vs.check.is_none() {
+            return true;
+        }
+        match verdicts.get(&rs_key(key, rs.address)) {
+            Some(v) => *v == Verdict::Up,
+            None => !vs.alpha,
+        }
+    }
+
+    /// Every real server's health check (valid rules only; invalid checks are skipped).
+    pub fn checks(&self) -> Vec<RsCheck> {
+        let mut out = Vec::new();
+        for vs in &self.virtual_servers {
+            let Some(key) = vs.key() else { continue };
+            for rs in &vs.real_servers {
+                let Some(raw) = rs.check.as_ref().or(vs.check.as_ref()) else { continue };
+                let Ok(def) = check_def(raw, rs.address) else { continue };
+                out.push(RsCheck {
+                    key: rs_key(&key, rs.address),
+                    def,
+                    default_up: !vs.alpha,
+                    notify_up: rs.notify_up.clone(),
+                    notify_down: rs.notify_down.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Per virtual server with a sorry server: whether its quorum is lost under `verdicts`
+    /// (the sorry server is in), with the quorum_up/quorum_down commands.
+    pub fn quorum_states(&self, verdicts: &Verdicts) -> Vec<(String, bool, Option<String>, Option<String>)> {
+        let t = self.desired_table(verdicts);
+        self.virtual_servers
+            .iter()
+            .filter_map(|vs| {
+                let key = vs.key()?;
+                let sorry = vs.sorry_server?;
+                let lost = t.services.get(&key).is_some_and(|s| s.dests.contains_key(&dest_key(sorry)));
+                Some((key.to_string(), lost, vs.quorum_up.clone(), vs.quorum_down.clone()))
+            })
+            .collect()
     }
 
     /// The IPVS table every director programs for these rules and verdicts (pure: equal inputs,
@@ -298,7 +448,7 @@ impl RuleSet {
             svc.one_packet = vs.one_packet;
             let mut live_weight: u64 = 0;
             for rs in &vs.real_servers {
-                let up = verdicts.get(&(key, rs.address)).copied().unwrap_or(if vs.alpha { Verdict::Down } else { Verdict::Up }) == Verdict::Up;
+                let up = self.is_up(vs, &key, rs, verdicts);
                 let weight = match (up, rs.inhibit_on_failure) {
                     (true, _) => rs.weight,
                     (false, true) => 0,
@@ -320,6 +470,9 @@ impl RuleSet {
                         upper_threshold: 0,
                         lower_threshold: 0,
                         inhibit_on_failure: false,
+                        check: None,
+                        notify_up: None,
+                        notify_down: None,
                     };
                     svc.dests.insert(dest_key(sorry), dest(sorry, vs.forwarding, 1, &placeholder));
                 }
@@ -475,6 +628,7 @@ scheduler = "rr"
 persistence_timeout = "5m"
 persistence_granularity = "255.255.255.0"
 sorry_server = "198.51.100.99:80"
+check = { type = "tcp", interval = "2s" }
 [[virtual_server.real_server]]
 address = "198.51.100.11:80"
 weight = 3
@@ -515,8 +669,8 @@ address = "[2001:db8::11]:0"
         assert!(svc.dests.values().all(|d| d.forward == Forward::Masq));
         // One down (removed), one down with inhibit (weight 0): live weight 0 → sorry server.
         let mut v = Verdicts::new();
-        v.insert((key, "198.51.100.11:80".parse().unwrap()), Verdict::Down);
-        v.insert((key, "198.51.100.12:80".parse().unwrap()), Verdict::Down);
+        v.insert(rs_key(&key, "198.51.100.11:80".parse().unwrap()), Verdict::Down);
+        v.insert(rs_key(&key, "198.51.100.12:80".parse().unwrap()), Verdict::Down);
         let t = r.desired_table(&v);
         let d = &t.services[&key].dests;
         assert_eq!(d.len(), 2);
@@ -524,6 +678,42 @@ address = "[2001:db8::11]:0"
         assert!(d.contains_key(&dest_key("198.51.100.99:80".parse().unwrap())));
         // Same inputs, same table (what makes -Sn identical on every director).
         assert_eq!(r.desired_table(&v), r.desired_table(&v));
+    }
+
+    #[test]
+    fn checks_default_to_the_real_server_address() {
+        let r = parse(EXAMPLE).unwrap();
+        let checks = r.checks();
+        assert_eq!(checks.len(), 2, "the fwmark service has no check");
+        assert_eq!(checks[0].key, "TCP 192.0.2.100:80 -> 198.51.100.11:80");
+        assert_eq!(checks[0].def, {
+            let mut d = check::CheckDef::tcp("198.51.100.11:80".parse().unwrap());
+            d.timing_mut().interval = Duration::from_secs(2);
+            d
+        });
+        let own = parse(
+            "[health]\nobservers = 2\n[[virtual_server]]\naddress = \"192.0.2.1:80\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\ncheck = { type = \"http\", port = 8080, path = \"/hc\" }\n",
+        )
+        .unwrap();
+        let c = &own.checks()[0];
+        assert!(matches!(&c.def, check::CheckDef::Http(h) if h.target == "198.51.100.1:8080".parse().unwrap() && h.path == "/hc"));
+        assert_eq!(own.health.observers, 2);
+        assert_eq!(parse(&to_toml(&own)).unwrap(), own, "checks round-trip as written");
+        // A real server without a check cannot be voted down.
+        let key = own.virtual_servers[0].key().unwrap();
+        let mut v = Verdicts::new();
+        v.insert(c.key.clone(), Verdict::Down);
+        assert!(own.desired_table(&v).services[&key].dests.is_empty());
+        let mut unchecked = own.clone();
+        unchecked.virtual_servers[0].real_servers[0].check = None;
+        assert_eq!(unchecked.desired_table(&v).services[&key].dests.len(), 1);
+        // Bad checks name the key.
+        let e = parse("[[virtual_server]]\naddress = \"192.0.2.1:80\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\ncheck = { type = \"gopher\" }\n").unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].real_server[0].check");
+        let e = parse("[[virtual_server]]\naddress = \"192.0.2.1:80\"\ncheck = { type = \"tcp\", interval = \"soon\" }\n[[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\n").unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].check");
+        let e = parse("[health]\nobservers = 0\n").unwrap_err();
+        assert_eq!(e.key, "health.observers");
     }
 
     #[test]

@@ -94,6 +94,15 @@ pub enum RsCmd {
         forwarding: Option<Fwd>,
         #[arg(long)]
         inhibit_on_failure: bool,
+        /// Health check as an inline TOML table without target, e.g.
+        /// '{ type = "http", path = "/health", interval = "2s", fall = 3 }'.
+        #[arg(long)]
+        check: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Every real server: committed health verdict and each observer's latest result.
+    List {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -215,9 +224,12 @@ pub fn vs(socket: &Path, cmd: VsCmd) -> Result<()> {
                 hysteresis: 0,
                 alpha: false,
                 omega: false,
+                check: None,
+                quorum_up: None,
+                quorum_down: None,
                 real_servers: Vec::new(),
             };
-            RuleSet { virtual_servers: vec![vs.clone()] }
+            RuleSet { virtual_servers: vec![vs.clone()], ..Default::default() }
                 .validate()
                 .map_err(|(segs, m)| anyhow::anyhow!("{}: {m}", node::config::key_path(&segs)))?;
             edit(socket, Edit::VsAdd { vs: Box::new(vs) }, output)
@@ -228,7 +240,17 @@ pub fn vs(socket: &Path, cmd: VsCmd) -> Result<()> {
 
 pub fn rs(socket: &Path, cmd: RsCmd) -> Result<()> {
     match cmd {
-        RsCmd::Add { service, address, weight, forwarding, inhibit_on_failure, output } => {
+        RsCmd::List { output } => rs_list(socket, output),
+        RsCmd::Add { service, address, weight, forwarding, inhibit_on_failure, check, output } => {
+            let check = check
+                .map(|c| {
+                    #[derive(serde::Deserialize)]
+                    struct Wrap {
+                        check: serde_json::Value,
+                    }
+                    toml::from_str::<Wrap>(&format!("check = {c}")).map(|w| w.check).map_err(|e| anyhow::anyhow!("--check {c:?}: {}", e.message()))
+                })
+                .transpose()?;
             let rs = RealServer {
                 address,
                 weight,
@@ -236,6 +258,9 @@ pub fn rs(socket: &Path, cmd: RsCmd) -> Result<()> {
                 upper_threshold: 0,
                 lower_threshold: 0,
                 inhibit_on_failure,
+                check,
+                notify_up: None,
+                notify_down: None,
             };
             edit(socket, Edit::RsAdd { service, rs }, output)
         }
@@ -269,5 +294,47 @@ pub fn status(socket: &Path, output: Output) -> Result<()> {
             d.and_then(|d| d.last_error).unwrap_or_default()
         );
     }
+    Ok(())
+}
+
+fn rs_list(socket: &Path, output: Output) -> Result<()> {
+    let body = call(socket, &Request::RsList, TIMEOUT)?;
+    let ResponseBody::RsList { revision, rows } = &body else { bail!("unexpected answer") };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    println!("cluster revision {revision}");
+    println!("{:<26} {:<24} {:>6} {:<6} {:<10} OBSERVERS (latest local result)", "SERVICE", "REAL SERVER", "WEIGHT", "CHECK", "VERDICT");
+    for r in rows {
+        let verdict = if r.committed || r.verdict == "unchecked" { r.verdict.clone() } else { format!("{}?", r.verdict) };
+        let obs: Vec<String> = r
+            .observers
+            .iter()
+            .map(|o| match &o.result {
+                None => format!("{}: no answer", o.node),
+                Some(l) => format!("{}: {} ({})", o.node, l.state, l.last.as_deref().unwrap_or("no round yet")),
+            })
+            .collect();
+        println!(
+            "{:<26} {:<24} {:>6} {:<6} {:<10} {}",
+            r.service,
+            r.address.to_string(),
+            r.weight,
+            r.check.as_deref().unwrap_or("-"),
+            verdict,
+            if obs.is_empty() { "-".into() } else { obs.join("; ") }
+        );
+        if !r.reason.is_empty() {
+            println!("{:<26} {:<24} {:>6} {:<6} {:<10} committed because: {}", "", "", "", "", "", r.reason);
+        }
+    }
+    Ok(())
+}
+
+pub fn metrics(socket: &Path) -> Result<()> {
+    let body = call(socket, &Request::Metrics, TIMEOUT)?;
+    let ResponseBody::Metrics { text } = body else { bail!("unexpected answer") };
+    print!("{text}");
     Ok(())
 }

@@ -69,6 +69,8 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: ipvs_cmd::Output,
     },
+    /// This node's counters in Prometheus text format (checks, verdicts, cluster, director).
+    Metrics,
     /// Cluster members as the node sees them (gossip state and Raft role).
     Members {
         #[arg(short, long, value_enum, default_value = "table")]
@@ -126,6 +128,7 @@ fn main() -> ExitCode {
         Cmd::Vs { cmd } => director_cmd::vs(&cli.socket, cmd),
         Cmd::Rs { cmd } => director_cmd::rs(&cli.socket, cmd),
         Cmd::Status { output } => director_cmd::status(&cli.socket, output),
+        Cmd::Metrics => director_cmd::metrics(&cli.socket),
         Cmd::Members { output } => cluster_cmd::members(&cli.socket, output),
         Cmd::Join { seed, output } => cluster_cmd::simple(&cli.socket, node::api::Request::Join { seed }, output),
         Cmd::Leave { output } => cluster_cmd::simple(&cli.socket, node::api::Request::Leave, output),

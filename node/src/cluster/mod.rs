@@ -413,6 +413,39 @@ impl Cluster {
         }
     }
 
+    /// Names of the members gossip shows alive (or suspect: not yet declared dead), this node
+    /// included, sorted: the set health-check observers are chosen from.
+    pub fn live_members(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .seen()
+            .into_iter()
+            .filter(|(_, s)| matches!(s.state, Liveness::Alive | Liveness::Suspect))
+            .map(|(n, _)| n)
+            .collect();
+        if !v.contains(&self.name) {
+            v.push(self.name.clone());
+        }
+        v.sort();
+        v
+    }
+
+    /// A member's QUIC address as gossip knows it.
+    pub fn member_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.seen().get(name).map(|s| s.id.addr)
+    }
+
+    /// The current Raft leader: its id and address, or no address when it is this node.
+    pub fn leader(&self) -> Option<(NodeId, Option<SocketAddr>)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let l = m.current_leader?;
+        if l == self.id {
+            return Some((l, None));
+        }
+        let addr = m.membership_config.membership().get_node(&l)?.addr.parse().ok()?;
+        Some((l, Some(addr)))
+    }
+
     /// The gossip view as a snapshot.
     pub fn seen(&self) -> HashMap<String, SeenMember> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -627,7 +660,7 @@ impl Cluster {
 
     async fn write_rules(&self, rules: crate::rules::RuleSet, dry_run: bool) -> Result<ResponseBody, LeaderError> {
         let old = self.current_rules().map_err(LeaderError::Bad)?;
-        let verdicts = crate::rules::Verdicts::new();
+        let verdicts = crate::health::verdicts::verdicts_of(&self.sm.current());
         let changes = crate::rules::describe_diff(&old.desired_table(&verdicts), &rules.desired_table(&verdicts));
         if dry_run {
             return Ok(ResponseBody::Applied { revision: None, dry_run: true, changes });

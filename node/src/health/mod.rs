@@ -1,0 +1,491 @@
+//! Consensus health checking inside corrald: no single director can evict a healthy backend.
+//!
+//! Every node runs the checks that rendezvous hashing assigns to it (`k` observers per real
+//! server, `[health] observers` in the rules) with the `check` crate. Whenever a real server's
+//! local state (after rise/fall) differs from the committed verdict, the observer tells the Raft
+//! leader (a small report over the cluster's mutual-TLS QUIC, sent on change and every
+//! [`REPORT_REFRESH`]). The leader folds the reports ([`verdicts::fold`]): a verdict changes
+//! only when a strict majority of the real server's current observers claim it, and is
+//! committed through Raft; the director then applies it on every node, and the leader alone
+//! runs the notify hooks, once per cluster.
+//!
+//! Why reports go to the leader rather than ride on SWIM packets: SWIM metadata is limited to
+//! half a datagram (550 bytes), while a backend subnet going dark produces thousands of claims
+//! at once. The reports carry only disagreements, so they are empty when all is well.
+
+pub mod verdicts;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use check::{Event, Scheduler, State};
+use gossip::transport::Alpn;
+use raft::Command;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+
+use crate::api::{self, Request, ResponseBody};
+use crate::cluster::Cluster;
+use crate::rules::{RsCheck, RuleSet, Verdict};
+use verdicts::{Claim, ObserverReport, VerdictRecord, NS_VERDICTS};
+
+/// An observer re-sends its report this often even without changes (a new leader learns the
+/// claims within this bound).
+pub const REPORT_REFRESH: Duration = Duration::from_secs(2);
+/// The leader ignores a report older than this (its sender stopped talking).
+pub const REPORT_MAX_AGE: Duration = Duration::from_secs(7);
+/// At most one report per this interval: many checks changing at once make one report.
+const REPORT_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// One check's latest local result, for `corralctl rs list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalResult {
+    /// `up`, `down` or `unknown` (after rise/fall).
+    pub state: String,
+    /// The last round: `ok in 1.2ms` or the failure and its reason.
+    pub last: Option<String>,
+    pub latency_us: Option<u64>,
+    pub rounds: u64,
+}
+
+/// A real server as `corralctl rs list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RsRow {
+    pub service: String,
+    pub address: SocketAddr,
+    pub weight: i32,
+    /// The check kind (`tcp`, `http`, ...); absent: not checked.
+    pub check: Option<String>,
+    /// `up`, `down` or `unchecked`.
+    pub verdict: String,
+    /// Whether the verdict was committed (false: the default before any observation).
+    pub committed: bool,
+    pub since_unix: Option<u64>,
+    pub reason: String,
+    /// The observers of this real server now, with their latest local results.
+    pub observers: Vec<ObserverResult>,
+}
+
+/// One observer's view of one real server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObserverResult {
+    pub node: String,
+    /// Absent when the node did not answer.
+    pub result: Option<LocalResult>,
+}
+
+/// The health-check part of a running node.
+pub struct Health {
+    cluster: Arc<Cluster>,
+    sched: Scheduler<String>,
+    /// Checks this node observes now, by real-server key.
+    assigned: Mutex<BTreeMap<String, RsCheck>>,
+    /// Leader side: the latest report of each observer and when it came.
+    reports: Mutex<BTreeMap<String, (Instant, ObserverReport)>>,
+    reports_changed: Notify,
+    pub verdict_changes: AtomicU64,
+    pub reports_received: AtomicU64,
+    pub reports_refused: AtomicU64,
+    pub reports_failed: AtomicU64,
+    pub hooks_run: AtomicU64,
+}
+
+fn state_str(s: State) -> &'static str {
+    match s {
+        State::Up => "up",
+        State::Down => "down",
+        State::Unknown => "unknown",
+    }
+}
+
+impl Health {
+    /// Starts the checker and the observer and leader loops.
+    pub fn start(cluster: Arc<Cluster>) -> Arc<Health> {
+        let (sched, events) = Scheduler::new();
+        let h = Arc::new(Health {
+            cluster,
+            sched,
+            assigned: Mutex::new(BTreeMap::new()),
+            reports: Mutex::new(BTreeMap::new()),
+            reports_changed: Notify::new(),
+            verdict_changes: AtomicU64::new(0),
+            reports_received: AtomicU64::new(0),
+            reports_refused: AtomicU64::new(0),
+            reports_failed: AtomicU64::new(0),
+            hooks_run: AtomicU64::new(0),
+        });
+        tokio::spawn(h.clone().observer_loop(events));
+        tokio::spawn(h.clone().leader_loop());
+        h
+    }
+
+    fn rules(&self) -> RuleSet {
+        self.cluster.current_rules().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "health checks: rules unreadable, checking nothing");
+            RuleSet::default()
+        })
+    }
+
+    /// Makes the running checks exactly this node's share.
+    fn reassign(&self, rules: &RuleSet, members: &[String]) {
+        let k = rules.health.observers as usize;
+        let me = self.cluster.name.as_str();
+        let mine: BTreeMap<String, RsCheck> = rules
+            .checks()
+            .into_iter()
+            .filter(|c| verdicts::observers(&verdicts::subject(c), members, k).contains(&me))
+            .map(|c| (c.key.clone(), c))
+            .collect();
+        let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        let same = assigned.len() == mine.len() && assigned.iter().zip(&mine).all(|((a, x), (b, y))| a == b && x.def == y.def);
+        if !same {
+            for (id, e) in self.sched.sync(mine.iter().map(|(k, c)| (k.clone(), c.def.clone()))) {
+                tracing::warn!(rs = %id, error = %e, "health check not started");
+            }
+            tracing::info!(observing = mine.len(), members = members.len(), k, "health checks assigned");
+            *assigned = mine;
+        }
+    }
+
+    /// This node's claims: real servers whose local state differs from the committed verdict.
+    fn claims(&self) -> BTreeMap<String, Claim> {
+        let committed = verdicts::verdicts_of(&self.cluster.sm.current());
+        let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = BTreeMap::new();
+        for (key, c) in assigned.iter() {
+            let Some(st) = self.sched.status(key) else { continue };
+            let up = match st.state {
+                State::Up => true,
+                State::Down => false,
+                State::Unknown => continue,
+            };
+            let current = committed.get(key).map_or(c.default_up, |v| *v == Verdict::Up);
+            if up != current {
+                let reason = st.last.as_ref().and_then(|r| r.error.as_ref()).map(|e| e.to_string()).unwrap_or_default();
+                out.insert(key.clone(), Claim { up, reason });
+            }
+        }
+        out
+    }
+
+    async fn send_report(&self) -> Result<(), String> {
+        let report = ObserverReport { v: 1, node: self.cluster.name.clone(), claims: self.claims() };
+        match self.cluster.leader() {
+            None => Err("no leader".into()),
+            Some((_, None)) => {
+                self.receive(report);
+                Ok(())
+            }
+            Some((_, Some(addr))) => {
+                let body = api::encode_request(&Request::Observe { report });
+                let reply = tokio::time::timeout(Duration::from_secs(2), self.cluster.transport.request(addr, Alpn::Admin, body.as_bytes()))
+                    .await
+                    .map_err(|_| format!("leader {addr} did not answer"))?
+                    .map_err(|e| e.to_string())?;
+                api::decode_response(&String::from_utf8_lossy(&reply)).map(|_| ()).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn observer_loop(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Event<String>>) {
+        let mut states = self.cluster.sm.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut inputs: Option<(u64, Vec<String>)> = None;
+        let mut last_sent: Option<Instant> = None;
+        let mut last_leader = None;
+        let mut dirty = true;
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    None => return,
+                    Some(ev) => {
+                        tracing::info!(rs = %ev.id, from = state_str(ev.from), to = state_str(ev.to), result = %ev.result, "health check changed here");
+                        dirty = true;
+                    }
+                },
+                r = states.changed() => {
+                    if r.is_err() { return; }
+                    dirty = true;
+                }
+                _ = tick.tick() => {}
+            }
+            let now = (self.cluster.sm.current().revision, self.cluster.live_members());
+            if inputs.as_ref() != Some(&now) {
+                self.reassign(&self.rules(), &now.1);
+                inputs = Some(now);
+                dirty = true;
+            }
+            let leader = self.cluster.leader().map(|l| l.0);
+            if leader != last_leader {
+                last_leader = leader;
+                dirty = true;
+            }
+            if last_sent.is_none_or(|t| t.elapsed() >= REPORT_REFRESH) {
+                dirty = true;
+            }
+            if dirty && last_sent.is_none_or(|t| t.elapsed() >= REPORT_DEBOUNCE) {
+                // Let a burst of events (a whole subnet failing) settle into one report.
+                tokio::time::sleep(REPORT_DEBOUNCE).await;
+                while events.try_recv().is_ok() {}
+                match self.send_report().await {
+                    Ok(()) => dirty = false,
+                    Err(e) => {
+                        self.reports_failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "health report not delivered; retrying");
+                    }
+                }
+                last_sent = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Leader side: keeps an observer's report.
+    pub fn receive(&self, report: ObserverReport) {
+        self.reports_received.fetch_add(1, Ordering::Relaxed);
+        let mut r = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = r.get(&report.node).is_none_or(|(_, old)| old.claims != report.claims);
+        r.insert(report.node.clone(), (Instant::now(), report));
+        drop(r);
+        if changed {
+            self.reports_changed.notify_one();
+        }
+    }
+
+    /// Counts a report refused (sender is not who it claims to be, or not a member).
+    pub fn refuse(&self, why: &str) {
+        self.reports_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%why, "health report refused");
+    }
+
+    async fn leader_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut last_input: Option<(u64, Vec<String>)> = None;
+        let mut last_fold = Instant::now();
+        loop {
+            let mut forced = tokio::select! {
+                _ = tick.tick() => false,
+                _ = self.reports_changed.notified() => true,
+            };
+            if !self.cluster.is_leader() {
+                last_input = None;
+                continue;
+            }
+            let state = self.cluster.sm.current();
+            let members = self.cluster.live_members();
+            let input = (state.revision, members.clone());
+            if last_input.as_ref() != Some(&input) || last_fold.elapsed() >= Duration::from_secs(1) {
+                forced = true;
+            }
+            if !forced {
+                continue;
+            }
+            last_input = Some(input);
+            last_fold = Instant::now();
+            let rules = self.rules();
+            let checks = rules.checks();
+            let claims: BTreeMap<String, ObserverReport> = self
+                .reports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(_, (at, _))| at.elapsed() < REPORT_MAX_AGE)
+                .map(|(n, (_, r))| (n.clone(), r.clone()))
+                .collect();
+            let records = verdicts::committed(&state);
+            let before: crate::rules::Verdicts = records.iter().map(|(k, r)| (k.clone(), if r.up { Verdict::Up } else { Verdict::Down })).collect();
+            let flips = verdicts::fold(&checks, &members, rules.health.observers as usize, &before, &claims);
+            let stale = verdicts::stale(&checks, records.keys());
+            if flips.is_empty() && stale.is_empty() {
+                continue;
+            }
+            let now = crate::cluster::records::now_unix();
+            let mut cmds = Vec::new();
+            for f in &flips {
+                let rec = VerdictRecord { up: f.up, since_unix: now, agreed: f.agreed.clone(), observers: f.observers, reason: f.reason.clone() };
+                match raft::codec::encode("verdict", &rec) {
+                    Ok(value) => cmds.push(Command::Put { ns: NS_VERDICTS.into(), key: f.key.clone(), value }),
+                    Err(e) => tracing::error!(error = %e, "encode verdict"),
+                }
+            }
+            cmds.extend(stale.iter().map(|k| Command::Delete { ns: NS_VERDICTS.into(), key: k.clone() }));
+            match self.cluster.write(Command::Batch(cmds)).await {
+                Err(e) => tracing::warn!(error = %e, "committing health verdicts"),
+                Ok(rev) => {
+                    let mut after = before.clone();
+                    for f in &flips {
+                        after.insert(f.key.clone(), if f.up { Verdict::Up } else { Verdict::Down });
+                        self.verdict_changes.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(rs = %f.key, verdict = if f.up { "up" } else { "down" }, agreed = ?f.agreed, observers = f.observers, reason = %f.reason, revision = rev, "health verdict committed");
+                        let c = checks.iter().find(|c| c.key == f.key);
+                        let hook = c.and_then(|c| if f.up { c.notify_up.clone() } else { c.notify_down.clone() });
+                        if let Some(cmd) = hook {
+                            self.run_hook(cmd, &f.key, if f.up { "UP" } else { "DOWN" });
+                        }
+                    }
+                    for k in &stale {
+                        after.remove(k);
+                    }
+                    let q0 = rules.quorum_states(&before);
+                    for (svc, lost, up_cmd, down_cmd) in rules.quorum_states(&after) {
+                        if q0.iter().any(|(s, l, _, _)| *s == svc && *l != lost) {
+                            tracing::warn!(service = %svc, quorum = if lost { "lost: sorry server in" } else { "back" }, "virtual server quorum");
+                            if let Some(cmd) = if lost { down_cmd } else { up_cmd } {
+                                self.run_hook(cmd, &svc, if lost { "QUORUM_DOWN" } else { "QUORUM_UP" });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs an operator's hook without blocking anything: `/bin/sh -c CMD` as keepalived does,
+    /// with the subject in `CORRAL_SUBJECT` and the event in `CORRAL_EVENT`.
+    fn run_hook(&self, cmd: String, subject: &str, event: &str) {
+        self.hooks_run.fetch_add(1, Ordering::Relaxed);
+        let mut c = tokio::process::Command::new("/bin/sh");
+        c.arg("-c").arg(&cmd).env("CORRAL_SUBJECT", subject).env("CORRAL_EVENT", event).stdin(std::process::Stdio::null());
+        let subject = subject.to_string();
+        let event = event.to_string();
+        tokio::spawn(async move {
+            match c.spawn() {
+                Err(e) => tracing::warn!(%cmd, error = %e, "notify hook did not start"),
+                Ok(mut child) => match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
+                    Ok(Ok(s)) if s.success() => tracing::info!(%cmd, %subject, %event, "notify hook ran"),
+                    Ok(Ok(s)) => tracing::warn!(%cmd, %subject, %event, status = %s, "notify hook failed"),
+                    Ok(Err(e)) => tracing::warn!(%cmd, error = %e, "notify hook"),
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        tracing::warn!(%cmd, "notify hook killed after 60 s");
+                    }
+                },
+            }
+        });
+    }
+
+    /// This node's latest results for the checks it observes.
+    pub fn local_results(&self) -> BTreeMap<String, LocalResult> {
+        let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        assigned
+            .keys()
+            .filter_map(|k| {
+                let st = self.sched.status(k)?;
+                Some((
+                    k.clone(),
+                    LocalResult {
+                        state: state_str(st.state).into(),
+                        last: st.last.as_ref().map(|r| r.to_string()),
+                        latency_us: st.last.as_ref().map(|r| r.latency.as_micros() as u64),
+                        rounds: st.rounds,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// `corralctl rs list`: every real server with its verdict and its observers' results
+    /// (asked of each observer over QUIC, one second at most).
+    pub async fn rs_list(&self) -> Vec<RsRow> {
+        let rules = self.rules();
+        let state = self.cluster.sm.current();
+        let records = verdicts::committed(&state);
+        let members = self.cluster.live_members();
+        let k = rules.health.observers as usize;
+        let checks: BTreeMap<String, RsCheck> = rules.checks().into_iter().map(|c| (c.key.clone(), c)).collect();
+        let mut results: BTreeMap<String, BTreeMap<String, LocalResult>> = BTreeMap::new();
+        let mut asks = Vec::new();
+        for m in &members {
+            if *m == self.cluster.name {
+                results.insert(m.clone(), self.local_results());
+            } else if let Some(addr) = self.cluster.member_addr(m) {
+                let t = self.cluster.transport.clone();
+                let name = m.clone();
+                asks.push(async move {
+                    let body = api::encode_request(&Request::LocalChecks);
+                    let r = tokio::time::timeout(Duration::from_secs(1), t.request(addr, Alpn::Admin, body.as_bytes())).await;
+                    let parsed = match r {
+                        Ok(Ok(bytes)) => match api::decode_response(&String::from_utf8_lossy(&bytes)) {
+                            Ok(ResponseBody::LocalChecks { results }) => Some(results),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    (name, parsed)
+                });
+            }
+        }
+        for (name, r) in futures_join_all(asks).await {
+            if let Some(r) = r {
+                results.insert(name, r);
+            }
+        }
+        let mut rows = Vec::new();
+        for vs in &rules.virtual_servers {
+            let Some(key) = vs.key() else { continue };
+            for rs in &vs.real_servers {
+                let rk = crate::rules::rs_key(&key, rs.address);
+                let c = checks.get(&rk);
+                let rec = records.get(&rk);
+                let (verdict, committed) = match (c, rec) {
+                    (None, _) => ("unchecked", false),
+                    (Some(_), Some(r)) => (if r.up { "up" } else { "down" }, true),
+                    (Some(c), None) => (if c.default_up { "up" } else { "down" }, false),
+                };
+                let observers = match c {
+                    None => Vec::new(),
+                    Some(c) => verdicts::observers(&verdicts::subject(c), &members, k)
+                        .into_iter()
+                        .map(|o| ObserverResult { node: o.to_string(), result: results.get(o).and_then(|m| m.get(&rk)).cloned() })
+                        .collect(),
+                };
+                rows.push(RsRow {
+                    service: key.to_string(),
+                    address: rs.address,
+                    weight: rs.weight,
+                    check: c.map(|c| c.def.kind_name().to_string()),
+                    verdict: verdict.into(),
+                    committed,
+                    since_unix: rec.filter(|_| c.is_some()).map(|r| r.since_unix),
+                    reason: rec.filter(|_| c.is_some()).map(|r| r.reason.clone()).unwrap_or_default(),
+                    observers,
+                });
+            }
+        }
+        rows
+    }
+
+    /// Prometheus text: the checker's counters plus the consensus ones.
+    pub fn metrics(&self) -> String {
+        let mut s = self.sched.stats().to_prometheus();
+        let mut counter = |name: &str, help: &str, v: u64| {
+            s.push_str(&format!("# HELP corral_health_{name} {help}\n# TYPE corral_health_{name} counter\ncorral_health_{name} {v}\n"));
+        };
+        counter("verdict_changes_total", "Verdict changes this node committed as Raft leader.", self.verdict_changes.load(Ordering::Relaxed));
+        counter("reports_received_total", "Observer reports received (as leader).", self.reports_received.load(Ordering::Relaxed));
+        counter("reports_refused_total", "Observer reports refused (sender mismatch).", self.reports_refused.load(Ordering::Relaxed));
+        counter("reports_failed_total", "Reports this node could not deliver to the leader.", self.reports_failed.load(Ordering::Relaxed));
+        counter("hooks_run_total", "notify_up/notify_down/quorum hooks started.", self.hooks_run.load(Ordering::Relaxed));
+        let n = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).len();
+        s.push_str(&format!("# HELP corral_health_observing Real servers this node observes.\n# TYPE corral_health_observing gauge\ncorral_health_observing {n}\n"));
+        s
+    }
+}
+
+/// Awaits all futures concurrently (a tiny join_all, to avoid a dependency for one call).
+async fn futures_join_all<F>(futs: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}

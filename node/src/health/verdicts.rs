@@ -1,0 +1,263 @@
+//! The pure part of consensus health checking: who observes a real server (rendezvous hashing
+//! over the live members), how committed verdicts are stored, and how the leader folds the
+//! observers' claims into verdict changes. No I/O here, so every rule is unit-tested.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::rules::{RsCheck, Verdict, Verdicts};
+
+/// Namespace of committed verdicts in the replicated state, keyed by [`crate::rules::rs_key`].
+pub const NS_VERDICTS: &str = "verdicts";
+
+/// A committed verdict as stored in Raft (versioned postcard, `raft::codec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictRecord {
+    pub up: bool,
+    /// Wall-clock time of the commit (seconds since the epoch), for operators.
+    pub since_unix: u64,
+    /// The observers whose agreement committed it.
+    pub agreed: Vec<String>,
+    /// How many observers the real server had then.
+    pub observers: u32,
+    /// The first agreeing observer's failure reason (empty when up).
+    pub reason: String,
+}
+
+/// The committed verdicts in `state` (records that do not decode are skipped and logged: a
+/// newer build's record must not take a backend down here).
+pub fn committed(state: &raft::ClusterState) -> BTreeMap<String, VerdictRecord> {
+    state
+        .namespace(NS_VERDICTS)
+        .filter_map(|(k, v)| match raft::codec::decode::<VerdictRecord>("verdict", v) {
+            Ok(r) => Some((k.clone(), r)),
+            Err(e) => {
+                tracing::warn!(key = %k, error = %e, "verdict record ignored");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The verdict map the desired table is computed from.
+pub fn verdicts_of(state: &raft::ClusterState) -> Verdicts {
+    committed(state).into_iter().map(|(k, r)| (k, if r.up { Verdict::Up } else { Verdict::Down })).collect()
+}
+
+/// FNV-1a, fixed here (not `std`'s randomly seeded hasher) because every node must compute
+/// the same observers.
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.iter().chain(&[0xff]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    // Finalizer (splitmix64) so near-identical names still spread.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The `k` members (by name) that observe `subject`: highest-random-weight hashing, so each
+/// subject's observers are spread evenly and a member joining or dying moves only the subjects
+/// it gains or loses. All members when there are `k` or fewer.
+pub fn observers<'a>(subject: &str, members: &'a [String], k: usize) -> Vec<&'a str> {
+    let mut scored: Vec<(u64, &str)> = members.iter().map(|m| (fnv(&[m.as_bytes(), subject.as_bytes()]), m.as_str())).collect();
+    scored.sort_unstable_by(|a, b| b.cmp(a));
+    scored.into_iter().take(k.max(1)).map(|(_, m)| m).collect()
+}
+
+/// What a check subject is hashed by: the definition itself, so identical checks used by
+/// several virtual servers land on the same observers and run once there.
+pub fn subject(c: &RsCheck) -> String {
+    serde_json::to_string(&c.def).unwrap_or_else(|_| c.key.clone())
+}
+
+/// One observer's current opinion about a real server that differs from the committed verdict
+/// (observers send only those: the report stays small when everyone agrees).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub up: bool,
+    /// Why the check fails (empty when up).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// What an observer sends the Raft leader.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ObserverReport {
+    pub v: u32,
+    pub node: String,
+    /// [`crate::rules::rs_key`] → claim, for real servers whose local state (after rise/fall)
+    /// differs from the committed verdict.
+    pub claims: BTreeMap<String, Claim>,
+}
+
+/// A verdict change the leader should commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flip {
+    pub key: String,
+    pub up: bool,
+    pub agreed: Vec<String>,
+    pub observers: u32,
+    pub reason: String,
+}
+
+/// Folds claims into verdict changes: a real server's verdict flips only when a strict
+/// majority of its current observers claim the opposite of what is committed. An observer
+/// that has no opinion yet (just assigned, just restarted) counts against the change, which
+/// is what keeps restarts and reassignments from flapping anything.
+pub fn fold(checks: &[RsCheck], members: &[String], k: usize, committed: &Verdicts, claims: &BTreeMap<String, ObserverReport>) -> Vec<Flip> {
+    let mut out = Vec::new();
+    // Only real servers somebody disagrees about can change: skip the rest cheaply.
+    let claimed: BTreeSet<&str> = claims.values().flat_map(|r| r.claims.keys().map(String::as_str)).collect();
+    for c in checks.iter().filter(|c| claimed.contains(c.key.as_str())) {
+        let current_up = committed.get(&c.key).map_or(c.default_up, |v| *v == Verdict::Up);
+        let obs = observers(&subject(c), members, k);
+        let mut agreed: Vec<String> = obs
+            .iter()
+            .filter(|o| claims.get(**o).and_then(|r| r.claims.get(&c.key)).is_some_and(|cl| cl.up != current_up))
+            .map(|o| o.to_string())
+            .collect();
+        agreed.sort();
+        if agreed.len() * 2 > obs.len() {
+            let reason = agreed
+                .iter()
+                .find_map(|o| claims.get(o).and_then(|r| r.claims.get(&c.key)).map(|cl| cl.reason.clone()).filter(|r| !r.is_empty()))
+                .unwrap_or_default();
+            out.push(Flip { key: c.key.clone(), up: !current_up, agreed, observers: obs.len() as u32, reason });
+        }
+    }
+    out
+}
+
+/// Verdict records for real servers that no longer have a check (removed from the rules):
+/// deleted so the state does not grow forever.
+pub fn stale<'a>(checks: &[RsCheck], committed: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let live: BTreeSet<&str> = checks.iter().map(|c| c.key.as_str()).collect();
+    committed.filter(|k| !live.contains(k.as_str())).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("d{i}")).collect()
+    }
+
+    fn check(key: &str, port: u16) -> RsCheck {
+        RsCheck {
+            key: key.into(),
+            def: check::CheckDef::tcp(format!("198.51.100.1:{port}").parse().unwrap()),
+            default_up: true,
+            notify_up: None,
+            notify_down: None,
+        }
+    }
+
+    fn report(node: &str, claims: &[(&str, bool)]) -> (String, ObserverReport) {
+        (
+            node.into(),
+            ObserverReport {
+                v: 1,
+                node: node.into(),
+                claims: claims.iter().map(|(k, up)| (k.to_string(), Claim { up: *up, reason: if *up { "" } else { "refused" }.into() })).collect(),
+            },
+        )
+    }
+
+    #[test]
+    fn observers_are_stable_spread_and_move_minimally() {
+        let m = names(10);
+        let a = observers("x", &m, 3);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a, observers("x", &m, 3), "deterministic");
+        let mut shuffled = m.clone();
+        shuffled.reverse();
+        assert_eq!(a, observers("x", &shuffled, 3), "independent of member order");
+        assert_eq!(observers("x", &names(2), 3).len(), 2, "all members when fewer than k");
+        // Spread: 3000 subjects over 10 members, k = 3 → about 900 each.
+        let mut load = BTreeMap::new();
+        for s in 0..3000 {
+            for o in observers(&format!("s{s}"), &m, 3) {
+                *load.entry(o.to_string()).or_insert(0) += 1;
+            }
+        }
+        assert!(load.values().all(|n| (700..1100).contains(n)), "{load:?}");
+        // A member dying moves only the subjects it observed.
+        let without: Vec<String> = m.iter().filter(|n| *n != "d4").cloned().collect();
+        for s in 0..500 {
+            let s = format!("s{s}");
+            let before = observers(&s, &m, 3);
+            let after = observers(&s, &without, 3);
+            if !before.contains(&"d4") {
+                assert_eq!(before, after);
+            } else {
+                assert_eq!(before.iter().filter(|o| after.contains(o)).count(), 2);
+            }
+        }
+    }
+
+    #[test]
+    fn a_majority_of_observers_flips_a_verdict_and_a_minority_does_not() {
+        let m = names(3);
+        let checks = vec![check("a", 80)];
+        let none = Verdicts::new();
+        // One director cannot reach the backend (its route is broken): nothing changes.
+        let claims: BTreeMap<_, _> = [report("d1", &[("a", false)])].into();
+        assert!(fold(&checks, &m, 3, &none, &claims).is_empty());
+        // Two of three agree: down.
+        let claims: BTreeMap<_, _> = [report("d1", &[("a", false)]), report("d2", &[("a", false)])].into();
+        let f = fold(&checks, &m, 3, &none, &claims);
+        assert_eq!(f.len(), 1);
+        assert!(!f[0].up);
+        assert_eq!(f[0].agreed, vec!["d1", "d2"]);
+        assert_eq!(f[0].reason, "refused");
+        // Once committed down, the same claims change nothing (no re-commit loop).
+        let mut down = Verdicts::new();
+        down.insert("a".into(), Verdict::Down);
+        assert!(fold(&checks, &m, 3, &down, &claims).is_empty());
+        // Back up needs a majority too.
+        let claims: BTreeMap<_, _> = [report("d3", &[("a", true)])].into();
+        assert!(fold(&checks, &m, 3, &down, &claims).is_empty());
+        let claims: BTreeMap<_, _> = [report("d3", &[("a", true)]), report("d1", &[("a", true)])].into();
+        assert!(fold(&checks, &m, 3, &down, &claims)[0].up);
+    }
+
+    #[test]
+    fn claims_from_non_observers_do_not_count() {
+        let m = names(5);
+        let checks = vec![check("a", 80)];
+        let obs = observers(&subject(&checks[0]), &m, 1);
+        let outsider = m.iter().find(|n| !obs.contains(&n.as_str())).unwrap();
+        let claims: BTreeMap<_, _> = [report(outsider, &[("a", false)])].into();
+        assert!(fold(&checks, &m, 1, &Verdicts::new(), &claims).is_empty());
+        let claims: BTreeMap<_, _> = [report(obs[0], &[("a", false)])].into();
+        assert_eq!(fold(&checks, &m, 1, &Verdicts::new(), &claims).len(), 1);
+    }
+
+    #[test]
+    fn alpha_starts_down_and_stale_records_are_found() {
+        let mut c = check("a", 80);
+        c.default_up = false;
+        let m = names(1);
+        let claims: BTreeMap<_, _> = [report("d1", &[("a", true)])].into();
+        assert!(fold(&[c.clone()], &m, 3, &Verdicts::new(), &claims)[0].up);
+        let keys = ["a".to_string(), "gone".to_string()];
+        assert_eq!(stale(&[c], keys.iter()), vec!["gone".to_string()]);
+    }
+
+    #[test]
+    fn identical_checks_share_observers() {
+        let m = names(7);
+        let a = check("TCP 192.0.2.1:80 -> 198.51.100.1:80", 80);
+        let b = check("TCP 192.0.2.2:80 -> 198.51.100.1:80", 80);
+        assert_eq!(observers(&subject(&a), &m, 3), observers(&subject(&b), &m, 3));
+    }
+}

@@ -1,0 +1,194 @@
+//! Consensus health checks in the namespace lab: three `corrald` processes check two HTTP
+//! backends (Python's http.server in their own namespaces) and commit verdicts through Raft.
+//! The kernel side (the verdict leaving every director's IPVS table) is the VM test in
+//! `director.rs`; here the committed verdicts are read with `corralctl rs list`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::cluster::{binaries, LabCluster};
+use tests::{require_root, wait_for, Daemon};
+
+const B1: &str = "192.0.2.4:8080";
+const B2: &str = "192.0.2.5:8080";
+
+fn rules(observers: u32, hooks: &std::path::Path) -> String {
+    format!(
+        r#"[health]
+observers = {observers}
+
+[[virtual_server]]
+address = "192.0.2.100:80"
+scheduler = "rr"
+check = {{ type = "http", path = "/", interval = "300ms", connect_timeout = "200ms", retries = 0, fall = 2, rise = 2 }}
+[[virtual_server.real_server]]
+address = "{B1}"
+notify_up = "echo \"$CORRAL_SUBJECT $CORRAL_EVENT\" >> {h}"
+notify_down = "echo \"$CORRAL_SUBJECT $CORRAL_EVENT\" >> {h}"
+[[virtual_server.real_server]]
+address = "{B2}"
+"#,
+        h = hooks.display()
+    )
+}
+
+/// `rs list -o json` rows from node `i`.
+fn rows(c: &LabCluster, i: usize) -> Option<Vec<Value>> {
+    let o = c.ctl(i, "rs list -o json");
+    if o.code != 0 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&o.stdout).ok()?;
+    v["rows"].as_array().cloned()
+}
+
+fn row(c: &LabCluster, i: usize, rs: &str) -> Option<Value> {
+    rows(c, i)?.into_iter().find(|r| r["address"] == rs)
+}
+
+/// The committed verdict of `rs` as node `i` has it (`up?` = default, nothing committed).
+fn verdict(c: &LabCluster, i: usize, rs: &str) -> Option<String> {
+    let r = row(c, i, rs)?;
+    let v = r["verdict"].as_str()?.to_string();
+    Some(if r["committed"] == true { v } else { format!("{v}?") })
+}
+
+/// Observer name → its local state for `rs`, as node `i` gathers them.
+fn observer_states(c: &LabCluster, i: usize, rs: &str) -> Vec<(String, String)> {
+    row(c, i, rs)
+        .and_then(|r| r["observers"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|o| (o["node"].as_str().unwrap_or("?").to_string(), o["result"]["state"].as_str().unwrap_or("no answer").to_string()))
+        .collect()
+}
+
+fn backend(c: &LabCluster, host: usize) -> Daemon {
+    let ip = format!("192.0.2.{}", host + 1);
+    let mut cmd = c.lan.hosts[host].cmd("python3");
+    cmd.args(["-m", "http.server", "--bind", &ip, "8080", "--directory", "/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    Daemon::spawn(cmd, &format!("backend {ip}"))
+}
+
+fn committed_lines(c: &LabCluster) -> usize {
+    (0..c.nodes.len())
+        .map(|i| std::fs::read_to_string(c.nodes[i].log()).unwrap_or_default().matches("health verdict committed").count())
+        .sum()
+}
+
+#[test]
+fn verdicts_need_a_majority_of_observers() {
+    let test = "health_verdicts";
+    if !require_root(test) {
+        return;
+    }
+    let Some((d, ctl)) = binaries(test) else { return };
+    if std::process::Command::new("python3").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: python3 missing");
+        eprintln!("SKIP: {test}: python3 missing");
+        return;
+    }
+    // d1-d3 are directors on hosts 1-3; the backends live on hosts 4 and 5.
+    let mut c = LabCluster::with_hosts(test, 3, 5, d, ctl);
+    c.cluster_extra = "dead_grace = \"3s\"\nprobe_period = \"300ms\"\nsuspect_timeout = \"1s\"\n".into();
+    let hooks = c.root().join("hooks.log");
+    c.form(Duration::from_secs(20));
+    let mut b1 = Some(backend(&c, 3));
+    let _b2 = backend(&c, 4);
+    let listening = |c: &LabCluster, addr: &str| {
+        let (ip, port) = addr.split_once(':').unwrap();
+        c.lan.hosts[0].try_sh(&format!("bash -c 'exec 3<>/dev/tcp/{ip}/{port}'")).status.success()
+    };
+    let ready = wait_for(Duration::from_secs(10), || listening(&c, B1) && listening(&c, B2));
+    assert!(ready.is_some(), "backends did not start listening");
+    let file = c.root().join("services.toml");
+    std::fs::write(&file, rules(3, &hooks)).unwrap();
+    let o = c.ctl(0, &format!("apply -f {}", file.display()));
+    assert_eq!(o.code, 0, "apply: {}{}", o.stdout, o.stderr);
+
+    // Every director observes both backends (3 directors, k = 3) and sees them up.
+    let all_up = |c: &LabCluster, rs: &str| {
+        let s = observer_states(c, 0, rs);
+        s.len() == 3 && s.iter().all(|(_, st)| st == "up")
+    };
+    let ok = wait_for(Duration::from_secs(15), || all_up(&c, B1) && all_up(&c, B2));
+    assert!(ok.is_some(), "observers never all up: {:?} {:?}\n{}", observer_states(&c, 0, B1), observer_states(&c, 0, B2), c.log_tail(0));
+    assert_eq!(verdict(&c, 1, B1).as_deref(), Some("up?"), "nothing to commit while all agree");
+    assert_eq!(committed_lines(&c), 0);
+
+    // B2 unreachable from d3 only (a broken route in that director's namespace): d3 sees it
+    // down, the verdict stays up everywhere.
+    c.lan.hosts[2].sh("ip route add blackhole 192.0.2.5/32");
+    let d3_down = wait_for(Duration::from_secs(10), || observer_states(&c, 0, B2).iter().any(|(n, s)| n == "d3" && s == "down"));
+    assert!(d3_down.is_some(), "d3 never saw B2 down: {:?}", observer_states(&c, 0, B2));
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..3 {
+        assert_eq!(verdict(&c, i, B2).as_deref(), Some("up?"), "one director's broken route evicted B2 (seen from d{})", i + 1);
+    }
+
+    // B1 stopped: down on every node after the fall count, hook run once for the cluster.
+    b1.take();
+    let t = Instant::now();
+    let down = wait_for(Duration::from_secs(10), || (0..3).all(|i| verdict(&c, i, B1).as_deref() == Some("down")));
+    eprintln!("B1 stopped → committed down on all 3 nodes after {:?} (fall 2 × 300 ms)", t.elapsed());
+    assert!(down.is_some(), "B1 not down everywhere: {:?}\n{}", (0..3).map(|i| verdict(&c, i, B1)).collect::<Vec<_>>(), c.log_tail(0));
+    let r = row(&c, 1, B1).unwrap();
+    assert!(r["reason"].as_str().is_some_and(|s| !s.is_empty()), "no reason recorded: {r}");
+    let hook_down = wait_for(Duration::from_secs(5), || std::fs::read_to_string(&hooks).unwrap_or_default().contains("DOWN"));
+    assert!(hook_down.is_some(), "notify_down did not run");
+
+    // Back after the rise count.
+    b1 = Some(backend(&c, 3));
+    let t = Instant::now();
+    assert!(wait_for(Duration::from_secs(10), || listening(&c, B1)).is_some());
+    let up = wait_for(Duration::from_secs(10), || (0..3).all(|i| verdict(&c, i, B1).as_deref() == Some("up")));
+    eprintln!("B1 restarted → committed up on all 3 nodes after {:?} (rise 2 × 300 ms)", t.elapsed());
+    assert!(up.is_some(), "B1 not back up: {:?}", (0..3).map(|i| verdict(&c, i, B1)).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_millis(500));
+    let h = std::fs::read_to_string(&hooks).unwrap_or_default();
+    assert_eq!(h.lines().filter(|l| l.ends_with("DOWN")).count(), 1, "notify_down must run once per cluster: {h}");
+    assert_eq!(h.lines().filter(|l| l.ends_with(" UP")).count(), 1, "notify_up must run once per cluster: {h}");
+    assert!(h.contains("TCP 192.0.2.100:80 -> 192.0.2.4:8080"), "{h}");
+
+    // A director restart causes no verdict change (no flapping), even for B2 which the
+    // restarting node's peer d3 still sees down.
+    let before = committed_lines(&c);
+    c.kill(1);
+    c.start(1);
+    assert!(c.wait_up(1, Duration::from_secs(20)), "d2 did not restart: {}", c.log_tail(1));
+    let back = wait_for(Duration::from_secs(15), || observer_states(&c, 0, B1).iter().any(|(n, s)| n == "d2" && s == "up"));
+    assert!(back.is_some(), "d2 did not resume checking: {:?}", observer_states(&c, 0, B1));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(committed_lines(&c), before, "a director restart changed verdicts");
+    assert_eq!(verdict(&c, 0, B1).as_deref(), Some("up"));
+    assert_eq!(verdict(&c, 0, B2).as_deref(), Some("up?"));
+
+    // Observers are reassigned when a director dies: with k = 2, kill one observer of B1; the
+    // third director takes over, and the two live observers can still vote B1 down.
+    c.lan.hosts[2].sh("ip route del blackhole 192.0.2.5/32");
+    std::fs::write(&file, rules(2, &hooks)).unwrap();
+    let o = c.ctl(0, &format!("apply -f {}", file.display()));
+    assert_eq!(o.code, 0, "apply k=2: {}{}", o.stdout, o.stderr);
+    let two = wait_for(Duration::from_secs(5), || observer_states(&c, 0, B1).len() == 2);
+    assert!(two.is_some(), "k = 2 not applied: {:?}", observer_states(&c, 0, B1));
+    let obs: Vec<String> = observer_states(&c, 0, B1).into_iter().map(|(n, _)| n).collect();
+    let leader = c.leader().expect("a leader");
+    // Kill an observer that is not the leader (the leader is asked for rs list below).
+    let victim = obs.iter().map(|n| n[1..].parse::<usize>().unwrap() - 1).find(|i| *i != leader).unwrap_or_else(|| {
+        panic!("both observers {obs:?} cannot be the leader d{}", leader + 1);
+    });
+    let spare = (0..3).find(|i| !obs.contains(&format!("d{}", i + 1))).unwrap();
+    c.kill(victim);
+    let t = Instant::now();
+    let moved = wait_for(Duration::from_secs(20), || {
+        let s = observer_states(&c, leader, B1);
+        s.iter().any(|(n, st)| *n == format!("d{}", spare + 1) && st == "up") && !s.iter().any(|(n, _)| *n == format!("d{}", victim + 1))
+    });
+    eprintln!("observer d{} killed → B1 observed by {:?} after {:?}", victim + 1, observer_states(&c, leader, B1), t.elapsed());
+    assert!(moved.is_some(), "observers not reassigned: {:?}", observer_states(&c, leader, B1));
+    b1.take();
+    let down = wait_for(Duration::from_secs(10), || verdict(&c, leader, B1).as_deref() == Some("down"));
+    assert!(down.is_some(), "B1 not voted down by the reassigned observers: {:?}", row(&c, leader, B1));
+}
