@@ -150,7 +150,7 @@ fn traffic_through_the_vip_survives_killing_the_master_director() {
         let www = c.root().join(format!("www{n}"));
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(www.join("index.html"), format!("web{n}\n")).unwrap();
-        h.sh(&format!("busybox httpd -p 80 -h {}", www.display()));
+        h.sh(&format!("(busybox httpd -f -p 80 -h {} >/dev/null 2>&1 & echo $! > {}/httpd.pid)", www.display(), www.display()));
         h.sh("(busybox nc -ll -p 7000 -e /bin/cat >/dev/null 2>&1 &)");
     }
     c.form(Duration::from_secs(60));
@@ -159,6 +159,7 @@ fn traffic_through_the_vip_survives_killing_the_master_director() {
 address = "192.0.2.100:80"
 scheduler = "rr"
 forwarding = "dr"
+check = { type = "http", path = "/", interval = "1s", connect_timeout = "2s", retries = 0, fall = 2, rise = 2 }
 [[virtual_server.real_server]]
 address = "192.0.2.4:80"
 [[virtual_server.real_server]]
@@ -193,7 +194,10 @@ address = "192.0.2.6:7000"
     let m = master().unwrap();
     let answers: std::collections::BTreeSet<String> = (0..9).map(|_| get()).collect();
     eprintln!("9 requests through the VIP (master d{}) answered by {answers:?}", m + 1);
-    assert_eq!(answers.len(), 3, "not every backend answered: {answers:?}");
+    let verdict_log = || -> String {
+        (0..3).flat_map(|i| std::fs::read_to_string(c.nodes[i].log()).unwrap_or_default().lines().filter(|l| l.contains("health")).map(String::from).collect::<Vec<_>>()).collect::<Vec<_>>().join("\n")
+    };
+    assert_eq!(answers.len(), 3, "not every backend answered: {answers:?}\n{}\n{}", c.ctl(0, "rs list").stdout, verdict_log());
     // The sync daemons follow VRRP: master on the master, backup elsewhere.
     let synced = wait_for(Duration::from_secs(10), || {
         (0..3).all(|i| {
@@ -201,7 +205,36 @@ address = "192.0.2.6:7000"
             if i == m { out.contains("master sync daemon") } else { out.contains("backup sync daemon") }
         })
     });
-    assert!(synced.is_some(), "sync daemons do not follow VRRP");
+    assert!(
+        synced.is_some(),
+        "sync daemons do not follow VRRP (master was d{}, now {:?}): {:?}\n{}",
+        m + 1,
+        master(),
+        (0..3).map(|i| in_ns(&names[i], "ipvsadm -L --daemon")).collect::<Vec<_>>(),
+        (0..3).map(|i| c.log_tail(i)).collect::<Vec<_>>().join("\n----\n")
+    );
+
+    // Health checks: web2's HTTP server stops → after the fall count it leaves every
+    // director's table (a committed verdict, applied everywhere); it returns after rise.
+    let www2 = c.root().join("www2");
+    let pid = std::fs::read_to_string(www2.join("httpd.pid")).unwrap();
+    let all_tables = |has: bool| (0..3).all(|i| in_ns(&names[i], "ipvsadm -Sn").contains("-r 192.0.2.5:80 ") == has);
+    assert!(all_tables(true), "web2 missing before the check test");
+    tests::sh(&format!("kill {}", pid.trim()));
+    let t = Instant::now();
+    let gone = wait_for(Duration::from_secs(20), || all_tables(false));
+    assert!(gone.is_some(), "stopped web2 still in a table:\n{}\n{}", in_ns(&names[0], "ipvsadm -Sn"), c.ctl(0, "rs list").stdout);
+    eprintln!("web2 stopped → out of all 3 directors' tables after {:?} (fall 2 × 1 s)", t.elapsed());
+    let rs = c.ctl(1, "rs list");
+    eprintln!("{}", rs.stdout);
+    assert!(rs.stdout.contains("192.0.2.5:80") && rs.stdout.contains("down"), "{}", rs.stdout);
+    let answers: std::collections::BTreeSet<String> = (0..6).map(|_| get()).collect();
+    assert_eq!(answers, ["web1".to_string(), "web3".to_string()].into(), "requests must go to the live backends only");
+    c.lan.hosts[4].sh(&format!("(busybox httpd -f -p 80 -h {} >/dev/null 2>&1 &)", www2.display()));
+    let t = Instant::now();
+    let back = wait_for(Duration::from_secs(20), || all_tables(true));
+    assert!(back.is_some(), "web2 did not return:\n{}", c.ctl(0, "rs list").stdout);
+    eprintln!("web2 restarted → back in all 3 tables after {:?} (rise 2 × 1 s)", t.elapsed());
 
     // A long-lived connection through the VIP, then the master dies.
     let conv = c.root().join("conv.sh");
