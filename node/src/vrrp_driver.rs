@@ -29,6 +29,9 @@ use crate::config::{self, Config, SyncGroupConfig, VrrpInstanceConfig};
 /// What `corralctl vrrp status` reads; refreshed after every event.
 pub type StatusBoard = Arc<Mutex<Vec<VrrpInstanceStatus>>>;
 
+/// The raw sockets by (interface, IPv6?): an index into this list is half of a dispatch key.
+type Sockets = Vec<((String, bool), Arc<AsyncFd<VrrpSocket>>)>;
+
 /// What a sync group needs to hear about after an instance acted.
 #[derive(Debug, Clone, Copy)]
 enum GroupEvent {
@@ -138,7 +141,7 @@ async fn build(
     v: &VrrpInstanceConfig,
     vips: &Vips,
     vmacs: &mut Vmacs,
-    sockets: &mut Vec<((String, bool), Arc<AsyncFd<VrrpSocket>>)>,
+    sockets: &mut Sockets,
     tx: &mpsc::Sender<(usize, vrrp::sys::socket::Received)>,
 ) -> Result<Running> {
     let ifindex = vrrp::sys::ifindex(&v.interface)?;
@@ -225,7 +228,7 @@ fn mac_string(m: [u8; 6]) -> String {
 
 /// Stops an instance for good: releases it (priority 0, VIPs removed), deletes its vmac and
 /// retires the vmac's socket, whose device is gone (a re-created vmac needs a new one).
-async fn retire(mut r: Running, vips: &Vips, vmacs: &mut Vmacs, sockets: &mut [((String, bool), Arc<AsyncFd<VrrpSocket>>)]) {
+async fn retire(mut r: Running, vips: &Vips, vmacs: &mut Vmacs, sockets: &mut Sockets) {
     r.inst.shutdown(Instant::now().into_std());
     perform(&mut r, vips).await;
     if let Some(m) = r.vmac.take() {
@@ -312,7 +315,7 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel::<(usize, vrrp::sys::socket::Received)>(4096);
     // One socket per interface, shared by its instances: every raw socket gets a copy of every
     // VRRP packet on the link, so a socket per instance would multiply the work by the count.
-    let mut sockets: Vec<((String, bool), Arc<AsyncFd<VrrpSocket>>)> = Vec::new();
+    let mut sockets: Sockets = Vec::new();
     let mut running = Vec::new();
     for v in cfg.vrrp.iter() {
         match build(v, &vips, &mut vmacs, &mut sockets, &tx).await {

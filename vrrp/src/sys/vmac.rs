@@ -55,7 +55,7 @@ pub enum VmacError {
         op: &'static str,
         name: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     #[error("sysctl {path}: {source}")]
     Sysctl {
@@ -74,7 +74,7 @@ pub enum VmacError {
         name: String,
         addr: Ipv6Addr,
         #[source]
-        source: super::vip::VipError,
+        source: Box<super::vip::VipError>,
     },
 }
 
@@ -134,7 +134,7 @@ impl Vmacs {
             }
             Ok(None) => Ok(None),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(source) => Err(VmacError::Netlink { op: "look up", name: name.to_owned(), source }),
+            Err(source) => Err(VmacError::Netlink { op: "look up", name: name.to_owned(), source: Box::new(source) }),
         }
     }
 
@@ -156,13 +156,13 @@ impl Vmacs {
             // A leftover of a crashed run (ours by name and kind): start from a clean link.
             Some((true, index)) => {
                 tracing::warn!("vmac {name}: removing a leftover macvlan");
-                self.handle.link().del(index).execute().await.map_err(|source| VmacError::Netlink { op: "delete", name: name.to_owned(), source })?;
+                self.handle.link().del(index).execute().await.map_err(|source| VmacError::Netlink { op: "delete", name: name.to_owned(), source: Box::new(source) })?;
             }
             Some((false, _)) => return Err(VmacError::Conflict { name: name.to_owned() }),
         }
         let mac = virtual_mac(vrid, v6);
         let msg = LinkMacVlan::new(name, parent_index, MacVlanMode::Private).address(mac.to_vec()).build();
-        self.handle.link().add(msg).execute().await.map_err(|source| VmacError::Netlink { op: "create", name: name.to_owned(), source })?;
+        self.handle.link().add(msg).execute().await.map_err(|source| VmacError::Netlink { op: "create", name: name.to_owned(), source: Box::new(source) })?;
         let ifindex = super::ifindex(name).map_err(|source| VmacError::Io { name: name.to_owned(), source })?;
         let vmac = Vmac { name: name.to_owned(), ifindex, mac, parent: parent.to_owned(), v6 };
         // From here on, a failure must not leave the half-made link behind.
@@ -188,9 +188,9 @@ impl Vmacs {
             self.hold_parent(&vmac.parent)?;
         }
         let up = LinkUnspec::new_with_index(vmac.ifindex).up().build();
-        self.handle.link().set(up).execute().await.map_err(|source| VmacError::Netlink { op: "bring up", name: name.to_owned(), source })?;
+        self.handle.link().set(up).execute().await.map_err(|source| VmacError::Netlink { op: "bring up", name: name.to_owned(), source: Box::new(source) })?;
         if let Some(addr) = link_local {
-            vips.add(vmac.ifindex, IpAddr::V6(addr), 64).await.map_err(|source| VmacError::LinkLocal { name: name.to_owned(), addr, source })?;
+            vips.add(vmac.ifindex, IpAddr::V6(addr), 64).await.map_err(|source| VmacError::LinkLocal { name: name.to_owned(), addr, source: Box::new(source) })?;
         }
         Ok(())
     }
@@ -233,7 +233,7 @@ impl Vmacs {
         match self.handle.link().del(vmac.ifindex).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
-            Err(source) => Err(VmacError::Netlink { op: "delete", name: vmac.name.clone(), source }),
+            Err(source) => Err(VmacError::Netlink { op: "delete", name: vmac.name.clone(), source: Box::new(source) }),
         }
     }
 }
