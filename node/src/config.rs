@@ -231,9 +231,12 @@ pub struct VrrpInstanceConfig {
     pub track_interfaces: Vec<TrackInterface>,
     #[serde(default)]
     pub track_scripts: Vec<TrackScriptRef>,
-    /// keepalived's `use_vmac`: a macvlan with MAC 00:00:5e:00:01:VRID carries the VIPs.
+    /// keepalived's `use_vmac`: a macvlan with MAC 00:00:5e:00:01:VRID (IPv6 00:00:5e:00:02:VRID)
+    /// carries the VIPs and sends the adverts, so a failover changes no host's ARP cache.
     #[serde(default)]
     pub use_vmac: bool,
+    /// The vmac's name (keepalived's `use_vmac NAME`); default `vrrp.VRID`, `vrrp6.VRID` for IPv6.
+    pub vmac_name: Option<String>,
     /// Gratuitous ARP / NA burst on becoming master.
     #[serde(default = "default_garp_repeat")]
     pub garp_repeat: u32,
@@ -246,7 +249,16 @@ pub struct VrrpInstanceConfig {
     pub notify: Option<String>,
 }
 
-/// `[[vrrp_sync_group]]`.
+impl VrrpInstanceConfig {
+    /// The vmac's interface name when `use_vmac` is on.
+    pub fn vmac_ifname(&self) -> Option<String> {
+        let v6 = self.virtual_ips.first().is_some_and(|s| s.contains(':'));
+        self.use_vmac.then(|| self.vmac_name.clone().unwrap_or_else(|| vrrp::sys::vmac::default_name(self.vrid, v6)))
+    }
+}
+
+/// `[[vrrp_sync_group]]`: keepalived's `vrrp_sync_group`. The group's scripts run when the
+/// group as a whole changes state (`notify` as `notify GROUP NAME STATE 0`, like keepalived).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncGroupConfig {
@@ -487,6 +499,21 @@ impl Config {
                 }
             }
         }
+        let mut vmacs = std::collections::HashSet::new();
+        for (i, v) in self.vrrp.iter().enumerate() {
+            if v.vmac_name.is_some() && !v.use_vmac {
+                return Err((at(i, "vmac_name"), "vmac_name needs use_vmac = true".into()));
+            }
+            if let Some(name) = v.vmac_ifname() {
+                let key = if v.vmac_name.is_some() { "vmac_name" } else { "use_vmac" };
+                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) || name == "." || name == ".." {
+                    return Err((at(i, key), format!("{name:?} is not a valid interface name (1..=15 bytes, no '/', ':' or space)")));
+                }
+                if name == v.interface || !vmacs.insert(name.clone()) {
+                    return Err((at(i, key), format!("vmac {name:?} is already used; give each instance its own vmac_name")));
+                }
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, v) in self.vrrp.iter().enumerate() {
             let fam = v.virtual_ips.first().map(|s| s.contains(':')).unwrap_or(false);
@@ -681,6 +708,24 @@ virtual_ips = ["2001:db8::100/64"]
     fn syntax_error_has_line() {
         let e = parse("[[vrrp]\nname=").unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn vmac_names_default_like_keepalived_and_must_be_unique() {
+        let text = GOOD.replace("preempt = true", "preempt = true\nuse_vmac = true").replace(
+            "vrid = 51\nvirtual_ips = [\"2001:db8::100/64\"]",
+            "vrid = 51\nuse_vmac = true\nvirtual_ips = [\"2001:db8::100/64\"]",
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.vrrp[0].vmac_ifname().as_deref(), Some("vrrp.51"));
+        assert_eq!(c.vrrp[1].vmac_ifname().as_deref(), Some("vrrp6.51"));
+        let clash = text.replace("use_vmac = true\nvirtual_ips = [\"2001", "use_vmac = true\nvmac_name = \"vrrp.51\"\nvirtual_ips = [\"2001");
+        let e = parse(&clash).unwrap_err();
+        assert_eq!(e.key, "vrrp[1].vmac_name", "{e}");
+        let long = text.replace("preempt = true\nuse_vmac = true", "preempt = true\nuse_vmac = true\nvmac_name = \"a-very-long-vmac-name\"");
+        assert_eq!(parse(&long).unwrap_err().key, "vrrp[0].vmac_name");
+        let orphan = GOOD.replace("preempt = true", "preempt = true\nvmac_name = \"v51\"");
+        assert_eq!(parse(&orphan).unwrap_err().key, "vrrp[0].vmac_name");
     }
 
     #[test]

@@ -4,8 +4,12 @@
 //! keepalived semantics: an object with weight 0 that fails puts the instance in FAULT; a
 //! positive weight is added while the object is up/OK; a negative weight is subtracted while
 //! it is down/KO. Scripts need `rise` successes / `fall` failures in a row to change state.
-//! Interfaces are polled every 100 ms from sysfs (an rtnetlink link-event subscription would
-//! cut that latency; it is the planned next step).
+//!
+//! Interfaces (the tracked ones and every instance's own) follow rtnetlink link events
+//! (RTNLGRP_LINK): a link going down reaches the instance within a millisecond. A sysfs poll
+//! every [`SAFETY_POLL`] stays as a safety net, because a netlink socket drops notifications
+//! when its buffer overflows; if the subscription cannot be opened at all, the poll runs
+//! every [`POLL`] instead.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,8 +18,13 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, TrackInterface, TrackScriptConfig, TrackScriptRef};
 
-/// How often interface state is read.
+/// How often scripts are considered for a run (their own `interval` decides), and how often
+/// interfaces are polled when link events are unavailable.
 pub const POLL: Duration = Duration::from_millis(100);
+
+/// How often interfaces are re-read from sysfs while link events flow: only to catch a lost
+/// notification.
+pub const SAFETY_POLL: Duration = Duration::from_secs(1);
 
 /// The state of every tracked object, by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +82,7 @@ pub fn effect(ifaces: &[TrackInterface], scripts: &[TrackScriptRef], defs: &[Tra
 pub fn initial(cfg: &Config) -> Snapshot {
     let mut snap = Snapshot { quorum_lost: quorum_lost(), ..Default::default() };
     for v in &cfg.vrrp {
+        snap.interfaces.insert(v.interface.clone(), interface_up(&v.interface));
         for t in &v.track_interfaces {
             snap.interfaces.insert(t.name().to_owned(), interface_up(t.name()));
         }
@@ -100,9 +110,49 @@ pub async fn run(cfg: Config, mut snap: Snapshot, tx: mpsc::Sender<Snapshot>) {
         .map(|d| ScriptState { def: d.clone(), ok: true, streak: 0, due: tokio::time::Instant::now(), running: false })
         .collect();
     let (done_tx, mut done_rx) = mpsc::channel::<(usize, bool)>(64);
+    let mut events = match vrrp::sys::link::LinkEvents::subscribe() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!("no rtnetlink link events ({e}); polling interfaces every {POLL:?}");
+            None
+        }
+    };
     let mut tick = tokio::time::interval(POLL);
+    let mut safety = tokio::time::interval(if events.is_some() { SAFETY_POLL } else { POLL });
+    safety.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            ev = async { events.as_mut()?.next().await }, if events.is_some() => {
+                let Some(ev) = ev else {
+                    tracing::warn!("rtnetlink link events ended; polling interfaces every {POLL:?}");
+                    events = None;
+                    safety = tokio::time::interval(POLL);
+                    continue;
+                };
+                // A rename or a deleted link may leave the event without a tracked name: the
+                // name decides, because the configuration tracks names.
+                let Some(name) = ev.name.filter(|n| snap.interfaces.contains_key(n)) else { continue };
+                if snap.interfaces.insert(name.clone(), ev.up) != Some(ev.up) {
+                    tracing::info!(interface = %name, "link is {}", if ev.up { "up" } else { "down" });
+                    if tx.send(snap.clone()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            _ = safety.tick() => {
+                let names: Vec<String> = snap.interfaces.keys().cloned().collect();
+                let mut changed = false;
+                for name in names {
+                    let up = interface_up(&name);
+                    if snap.interfaces.insert(name.clone(), up) != Some(up) {
+                        tracing::info!(interface = %name, "link is {} (seen by the poll)", if up { "up" } else { "down" });
+                        changed = true;
+                    }
+                }
+                if changed && tx.send(snap.clone()).await.is_err() {
+                    return;
+                }
+            }
             _ = tick.tick() => {
                 let mut changed = false;
                 let ql = quorum_lost();
@@ -110,13 +160,6 @@ pub async fn run(cfg: Config, mut snap: Snapshot, tx: mpsc::Sender<Snapshot>) {
                     snap.quorum_lost = ql;
                     changed = true;
                     tracing::warn!("quorum fencing: this node {} a majority of the Raft voters", if ql { "lost sight of" } else { "sees again" });
-                }
-                let names: Vec<String> = snap.interfaces.keys().cloned().collect();
-                for name in names {
-                    let up = interface_up(&name);
-                    if snap.interfaces.insert(name, up) != Some(up) {
-                        changed = true;
-                    }
                 }
                 let now = tokio::time::Instant::now();
                 for (i, s) in scripts.iter_mut().enumerate() {

@@ -2,15 +2,16 @@
 //! wakes at the earliest deadline; one reader task per socket forwards received adverts.
 //!
 //! Today: IPv4 and IPv6, VRRPv2 and v3, multicast or unicast peers, gratuitous ARP and
-//! unsolicited NA, notify scripts, tracked interfaces and scripts with keepalived's weights,
-//! sync groups, priority-0 release on SIGTERM. Not yet: virtual MAC (`corrald` refuses it).
+//! unsolicited NA, virtual MACs (`use_vmac`), notify scripts for instances and sync groups,
+//! tracked interfaces (link events) and scripts with keepalived's weights, FAULT while the
+//! instance's own interface is down, sync groups, priority-0 release on SIGTERM.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -19,13 +20,17 @@ use vrrp::instance::{Action, Instance, InstanceConfig, State};
 use vrrp::sys::garp::{self, ArpSender};
 use vrrp::sys::socket::VrrpSocket;
 use vrrp::sys::vip::Vips;
+use vrrp::sys::vmac::{Vmac, Vmacs};
 use vrrp::wire::{self, Auth, Packet, Repr, RxContext, V3Checksum, Version};
 
 use crate::api::VrrpInstanceStatus;
-use crate::config::{self, Config, VrrpInstanceConfig};
+use crate::config::{self, Config, SyncGroupConfig, VrrpInstanceConfig};
 
 /// What `corralctl vrrp status` reads; refreshed after every event.
 pub type StatusBoard = Arc<Mutex<Vec<VrrpInstanceStatus>>>;
+
+/// The raw sockets by (interface, IPv6?): an index into this list is half of a dispatch key.
+type Sockets = Vec<((String, bool), Arc<AsyncFd<VrrpSocket>>)>;
 
 /// What a sync group needs to hear about after an instance acted.
 #[derive(Debug, Clone, Copy)]
@@ -40,20 +45,40 @@ impl AsMut<Instance> for Running {
     }
 }
 
+/// A sync group as the driver runs it: the sans-IO rules, the config (notify scripts) and the
+/// state its scripts were last told.
+struct Group {
+    sync: SyncGroup,
+    conf: SyncGroupConfig,
+    notified: Option<State>,
+}
+
 /// Performs instance `i`'s actions, then lets its sync groups react, and performs the actions of
-/// every member they forced, until nothing is left to do.
-async fn step(i: usize, running: &mut [Running], groups: &[SyncGroup], vips: &Vips) {
+/// every member they forced, until nothing is left to do; then runs the notify scripts of every
+/// group whose state changed.
+async fn step(i: usize, running: &mut [Running], groups: &mut [Group], vips: &Vips) {
     let mut queue = vec![i];
     while let Some(k) = queue.pop() {
         let events = perform(&mut running[k], vips).await;
         let now = Instant::now().into_std();
         for e in events {
-            for g in groups {
+            for g in groups.iter() {
                 let forced = match e {
-                    GroupEvent::Changed(from, to) => g.on_change(now, running, k, from, to),
-                    GroupEvent::WantMaster => g.on_want_master(now, running, k),
+                    GroupEvent::Changed(from, to) => g.sync.on_change(now, running, k, from, to),
+                    GroupEvent::WantMaster => g.sync.on_want_master(now, running, k),
                 };
                 queue.extend(forced);
+            }
+        }
+    }
+    // Cheap (a few members per group), and a forced member may sit in another group too.
+    for g in groups.iter_mut() {
+        let state = g.sync.state(|m| running[m].inst.state());
+        if state.is_some() && state != g.notified {
+            g.notified = state;
+            if let Some(to) = state {
+                tracing::info!(group = %g.conf.name, "sync group is now {}", to.as_str());
+                spawn_scripts(notify_commands(&Hooks::group(&g.conf), &g.conf.name, to, 0));
             }
         }
     }
@@ -66,8 +91,12 @@ struct Running {
     /// Index of `socket` in the driver's socket list: with the VRID, the dispatch key.
     sock_index: usize,
     arp: ArpSender,
+    /// The source MAC of gratuitous ARP/NA: the interface's, or the virtual MAC.
     mac: [u8; 6],
+    /// Where the VIPs go: the instance's interface, or its vmac.
     ifindex: u32,
+    /// The virtual MAC interface, deleted when the instance stops.
+    vmac: Option<Vmac>,
     prefixes: Vec<(IpAddr, u8)>,
     checksum: V3Checksum,
     /// Bumped whenever the instance leaves MASTER: pending gratuitous ARP/NA repeats of an
@@ -76,18 +105,10 @@ struct Running {
     mastership: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Refuses the configuration keys the driver does not implement yet, naming them.
-pub fn check_supported(cfg: &Config) -> Result<()> {
-    for v in &cfg.vrrp {
-        let unsupported = [
-            (v.use_vmac, "use_vmac"),
-        ];
-        for (bad, what) in unsupported {
-            if bad {
-                bail!("vrrp instance {:?}: {what} is not implemented yet in this corrald", v.name);
-            }
-        }
-    }
+/// Refuses the configuration keys the driver does not implement yet, naming them, so
+/// `--config-test` and a reload fail loudly instead of running half a config. Every key of
+/// `[[vrrp]]` is implemented today; the hook stays for the next one.
+pub fn check_supported(_cfg: &Config) -> Result<()> {
     Ok(())
 }
 
@@ -114,11 +135,13 @@ fn instance_config(v: &VrrpInstanceConfig, primary: IpAddr) -> Result<InstanceCo
     Ok(c)
 }
 
-/// Sets up one instance: its (shared) socket, ARP/NA sender and sans-IO core.
+/// Sets up one instance: its vmac if configured, its (shared) socket, ARP/NA sender and
+/// sans-IO core.
 async fn build(
     v: &VrrpInstanceConfig,
     vips: &Vips,
-    sockets: &mut Vec<((String, bool), Arc<AsyncFd<VrrpSocket>>)>,
+    vmacs: &mut Vmacs,
+    sockets: &mut Sockets,
     tx: &mpsc::Sender<(usize, vrrp::sys::socket::Received)>,
 ) -> Result<Running> {
     let ifindex = vrrp::sys::ifindex(&v.interface)?;
@@ -132,22 +155,54 @@ async fn build(
         .primary(ifindex, v6, &exclude)
         .await
         .with_context(|| format!("{} has no {} address to send adverts from", v.interface, if v6 { "IPv6 link-local" } else { "IPv4" }))?;
-    let key = (v.interface.clone(), v6);
-    let (sock_index, socket) = match sockets.iter().position(|(k, _)| *k == key) {
-        Some(i) => (i, sockets[i].1.clone()),
-        None => {
-            let raw = match primary {
-                IpAddr::V4(p4) => VrrpSocket::open_v4(&v.interface, p4),
-                IpAddr::V6(p6) => VrrpSocket::open_v6(&v.interface, p6),
+    let inst = Instance::new(instance_config(v, primary)?)?;
+    // With use_vmac everything but the primary address lives on the vmac: the socket (a frame
+    // carrying our own virtual MAC as source reaches only the vmac), the VIPs and the
+    // gratuitous ARP/NA, all with the virtual MAC as source.
+    let vmac = match v.vmac_ifname() {
+        Some(name) => {
+            let link_local = match primary {
+                IpAddr::V6(p6) => Some(p6),
+                IpAddr::V4(_) => None,
+            };
+            let m = vmacs.create(&v.interface, &name, v.vrid, link_local, vips).await.with_context(|| format!("vrrp instance {:?}", v.name))?;
+            tracing::info!(instance = %v.name, "vmac {} ({}) is up on {}", m.name, mac_string(m.mac), v.interface);
+            Some(m)
+        }
+        None => None,
+    };
+    let attach = async {
+        let (ifname, ifindex, mac) = match &vmac {
+            Some(m) => (m.name.clone(), m.ifindex, m.mac),
+            None => (v.interface.clone(), ifindex, vrrp::sys::mac_of(&v.interface)?),
+        };
+        let key = (ifname.clone(), v6);
+        let (sock_index, socket) = match sockets.iter().position(|(k, _)| *k == key) {
+            Some(i) => (i, sockets[i].1.clone()),
+            None => {
+                let raw = match (primary, vmac.is_some()) {
+                    (IpAddr::V4(p4), false) => VrrpSocket::open_v4(&ifname, p4),
+                    (IpAddr::V4(p4), true) => VrrpSocket::open_v4_vmac(&ifname, p4),
+                    (IpAddr::V6(p6), _) => VrrpSocket::open_v6(&ifname, p6),
+                }
+                .with_context(|| format!("raw socket on {ifname}"))?;
+                let socket = Arc::new(async_fd(raw)?);
+                spawn_reader(sockets.len(), socket.clone(), tx.clone());
+                sockets.push((key, socket.clone()));
+                (sockets.len() - 1, socket)
             }
-            .with_context(|| format!("raw socket on {}", v.interface))?;
-            let socket = Arc::new(async_fd(raw)?);
-            spawn_reader(sockets.len(), socket.clone(), tx.clone());
-            sockets.push((key, socket.clone()));
-            (sockets.len() - 1, socket)
+        };
+        anyhow::Ok((sock_index, socket, ArpSender::open(ifindex)?, mac, ifindex))
+    };
+    let (sock_index, socket, arp, mac, ifindex) = match attach.await {
+        Ok(parts) => parts,
+        Err(e) => {
+            if let Some(m) = &vmac {
+                let _ = vmacs.delete(m).await;
+            }
+            return Err(e);
         }
     };
-    let inst = Instance::new(instance_config(v, primary)?)?;
     let checksum = match v.v3_checksum {
         config::V3Checksum::PseudoHeader => V3Checksum::PseudoHeader,
         config::V3Checksum::Plain => V3Checksum::Plain,
@@ -157,13 +212,34 @@ async fn build(
         inst,
         socket,
         sock_index,
-        arp: ArpSender::open(ifindex)?,
-        mac: vrrp::sys::mac_of(&v.interface)?,
+        arp,
+        mac,
         ifindex,
+        vmac,
         prefixes,
         checksum,
         mastership: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     })
+}
+
+fn mac_string(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Stops an instance for good: releases it (priority 0, VIPs removed), deletes its vmac and
+/// retires the vmac's socket, whose device is gone (a re-created vmac needs a new one).
+async fn retire(mut r: Running, vips: &Vips, vmacs: &mut Vmacs, sockets: &mut Sockets) {
+    r.inst.shutdown(Instant::now().into_std());
+    perform(&mut r, vips).await;
+    if let Some(m) = r.vmac.take() {
+        if let Err(e) = vmacs.delete(&m).await {
+            tracing::error!(instance = %r.conf.name, "{e}");
+        }
+        // The slot stays (indices are dispatch keys) but no configuration can name it again.
+        if let Some(slot) = sockets.get_mut(r.sock_index) {
+            slot.0 .0 = String::new();
+        }
+    }
 }
 
 /// (socket, VRID) -> instance: a received advert finds its instance in O(1), which matters
@@ -172,20 +248,26 @@ fn dispatch_table(running: &[Running]) -> std::collections::HashMap<(usize, u8),
     running.iter().enumerate().map(|(i, r)| ((r.sock_index, r.conf.vrid), i)).collect()
 }
 
-fn sync_groups(cfg: &Config, running: &mut [Running]) -> Vec<SyncGroup> {
-    let groups: Vec<SyncGroup> = cfg
+/// The configured sync groups over `running`; a group whose config is unchanged keeps what its
+/// scripts were last told (`previous`), so a reload does not re-announce it.
+fn sync_groups(cfg: &Config, running: &mut [Running], previous: &[Group]) -> Vec<Group> {
+    let groups: Vec<Group> = cfg
         .vrrp_sync_group
         .iter()
-        .map(|g| SyncGroup {
-            name: g.name.clone(),
-            members: g.members.iter().filter_map(|m| running.iter().position(|r| &r.conf.name == m)).collect(),
+        .map(|g| Group {
+            sync: SyncGroup {
+                name: g.name.clone(),
+                members: g.members.iter().filter_map(|m| running.iter().position(|r| &r.conf.name == m)).collect(),
+            },
+            conf: g.clone(),
+            notified: previous.iter().find(|p| p.conf == *g).and_then(|p| p.notified),
         })
         .collect();
     for r in running.iter_mut() {
         r.inst.set_gated(false);
     }
     for g in &groups {
-        g.install(running);
+        g.sync.install(running);
     }
     groups
 }
@@ -197,16 +279,25 @@ fn fence_drop(cfg: &Config) -> i32 {
 
 fn start_tracker(cfg: &Config, running: &mut [Running]) -> (mpsc::Receiver<crate::tracking::Snapshot>, Option<tokio::task::JoinHandle<()>>) {
     let snap = crate::tracking::initial(cfg);
-    let fence = fence_drop(cfg);
     for r in running.iter_mut() {
-        let (fault, adjust) = crate::tracking::effect(&r.conf.track_interfaces, &r.conf.track_scripts, &cfg.track_script, &snap);
-        let adjust = adjust - if snap.quorum_lost { fence } else { 0 };
-        r.inst.set_tracking(Instant::now().into_std(), fault, adjust);
+        apply_tracking(r, cfg, &snap);
     }
     let (track_tx, track_rx) = mpsc::channel(16);
-    let tracked = fence > 0 || cfg.vrrp.iter().any(|v| !v.track_interfaces.is_empty() || !v.track_scripts.is_empty());
+    // Every instance tracks at least its own interface (down means FAULT, as in keepalived).
+    let tracked = !cfg.vrrp.is_empty() || fence_drop(cfg) > 0;
     let handle = tracked.then(|| tokio::spawn(crate::tracking::run(cfg.clone(), snap, track_tx)));
     (track_rx, handle)
+}
+
+/// Feeds one instance the tracking state in `snap`: its own interface (weight 0, like
+/// keepalived: an instance cannot work on a link that is down), its tracked interfaces and
+/// scripts, and quorum fencing.
+fn apply_tracking(r: &mut Running, cfg: &Config, snap: &crate::tracking::Snapshot) {
+    let own = config::TrackInterface::Name(r.conf.interface.clone());
+    let ifaces: Vec<config::TrackInterface> = std::iter::once(own).chain(r.conf.track_interfaces.iter().cloned()).collect();
+    let (fault, adjust) = crate::tracking::effect(&ifaces, &r.conf.track_scripts, &cfg.track_script, snap);
+    let adjust = adjust - if snap.quorum_lost { fence_drop(cfg) } else { 0 };
+    r.inst.set_tracking(Instant::now().into_std(), fault, adjust);
 }
 
 /// Runs until `shutdown` resolves, then releases mastership (priority 0) and removes VIPs.
@@ -220,15 +311,25 @@ pub async fn run(
 ) -> Result<()> {
     check_supported(&cfg)?;
     let vips = Vips::new().context("open rtnetlink")?;
+    let mut vmacs = Vmacs::new().context("open rtnetlink")?;
     let (tx, mut rx) = mpsc::channel::<(usize, vrrp::sys::socket::Received)>(4096);
     // One socket per interface, shared by its instances: every raw socket gets a copy of every
     // VRRP packet on the link, so a socket per instance would multiply the work by the count.
-    let mut sockets: Vec<((String, bool), Arc<AsyncFd<VrrpSocket>>)> = Vec::new();
+    let mut sockets: Sockets = Vec::new();
     let mut running = Vec::new();
     for v in cfg.vrrp.iter() {
-        running.push(build(v, &vips, &mut sockets, &tx).await?);
+        match build(v, &vips, &mut vmacs, &mut sockets, &tx).await {
+            Ok(r) => running.push(r),
+            Err(e) => {
+                // Leave nothing behind: the vmacs already made go with the error.
+                for r in running {
+                    retire(r, &vips, &mut vmacs, &mut sockets).await;
+                }
+                return Err(e);
+            }
+        }
     }
-    let mut groups = sync_groups(&cfg, &mut running);
+    let mut groups = sync_groups(&cfg, &mut running, &[]);
     let mut dispatch = dispatch_table(&running);
     // Tracked objects: read once now (an instance whose interface is down starts in FAULT),
     // then watched by their own task.
@@ -242,7 +343,7 @@ pub async fn run(
         r.inst.startup(now);
     }
     for i in 0..running.len() {
-        step(i, &mut running, &groups, &vips).await;
+        step(i, &mut running, &mut groups, &vips).await;
     }
     publish(&running, &board);
     // The status board is refreshed on a tick, not per packet: with hundreds of instances
@@ -262,7 +363,7 @@ pub async fn run(
                 for i in 0..running.len() {
                     if running[i].inst.poll_timeout().is_some_and(|t| t <= now) {
                         running[i].inst.handle_timeout(now);
-                        step(i, &mut running, &groups, &vips).await;
+                        step(i, &mut running, &mut groups, &vips).await;
                     }
                 }
             }
@@ -272,7 +373,7 @@ pub async fn run(
                 match vrid.and_then(|v| dispatch.get(&(sock, v)).copied()) {
                     Some(i) => {
                         receive(&mut running[i], pkt);
-                        step(i, &mut running, &groups, &vips).await;
+                        step(i, &mut running, &mut groups, &vips).await;
                     }
                     None => {
                         // Not ours (another router's VRID, or too short to say): count it on
@@ -285,13 +386,9 @@ pub async fn run(
                 }
             }
             Some(snap) = track_rx.recv() => {
-                let now = Instant::now().into_std();
                 for i in 0..running.len() {
-                    let r = &mut running[i];
-                    let (fault, adjust) = crate::tracking::effect(&r.conf.track_interfaces, &r.conf.track_scripts, &cfg.track_script, &snap);
-                    let adjust = adjust - if snap.quorum_lost { fence_drop(&cfg) } else { 0 };
-                    r.inst.set_tracking(now, fault, adjust);
-                    step(i, &mut running, &groups, &vips).await;
+                    apply_tracking(&mut running[i], &cfg, &snap);
+                    step(i, &mut running, &mut groups, &vips).await;
                 }
             }
             Some(new) = reload.recv() => {
@@ -299,16 +396,14 @@ pub async fn run(
                     tracing::error!("reload refused, nothing changed: {e:#}");
                     continue;
                 }
-                let now = Instant::now().into_std();
                 // Release and drop the instances that are gone or changed.
                 let mut kept = Vec::new();
-                for mut r in std::mem::take(&mut running) {
+                for r in std::mem::take(&mut running) {
                     if new.vrrp.iter().any(|v| *v == r.conf) {
                         kept.push(r);
                     } else {
                         tracing::info!(instance = %r.conf.name, "reload: instance removed or changed, releasing it");
-                        r.inst.shutdown(now);
-                        perform(&mut r, &vips).await;
+                        retire(r, &vips, &mut vmacs, &mut sockets).await;
                     }
                 }
                 running = kept;
@@ -316,7 +411,7 @@ pub async fn run(
                     if running.iter().any(|r| r.conf == *v) {
                         continue;
                     }
-                    match build(v, &vips, &mut sockets, &tx).await {
+                    match build(v, &vips, &mut vmacs, &mut sockets, &tx).await {
                         Ok(r) => running.push(r),
                         Err(e) => tracing::error!(instance = %v.name, "reload: {e:#}"),
                     }
@@ -324,7 +419,7 @@ pub async fn run(
                 // Keep the configured order (status listings, group indices).
                 running.sort_by_key(|r| new.vrrp.iter().position(|v| v.name == r.conf.name));
                 cfg = new;
-                groups = sync_groups(&cfg, &mut running);
+                groups = sync_groups(&cfg, &mut running, &groups);
                 dispatch = dispatch_table(&running);
                 if let Some(t) = tracker.take() {
                     t.abort();
@@ -334,7 +429,7 @@ pub async fn run(
                 for i in 0..running.len() {
                     if running[i].inst.state() == State::Initialize {
                         running[i].inst.startup(now);
-                        step(i, &mut running, &groups, &vips).await;
+                        step(i, &mut running, &mut groups, &vips).await;
                     }
                 }
                 publish(&running, &board);
@@ -344,12 +439,14 @@ pub async fn run(
             _ = shutdown.recv() => break,
         }
     }
-    let now = Instant::now().into_std();
     for r in &mut running {
-        r.inst.shutdown(now);
+        r.inst.shutdown(Instant::now().into_std());
         perform(r, &vips).await;
     }
     publish(&running, &board);
+    for r in running {
+        retire(r, &vips, &mut vmacs, &mut sockets).await;
+    }
     Ok(())
 }
 
@@ -463,7 +560,7 @@ async fn perform(r: &mut Running, vips: &Vips) -> Vec<GroupEvent> {
                     r.mastership.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 tracing::info!(instance = %r.conf.name, "{} -> {} (priority {priority})", from.as_str(), to.as_str());
-                notify(&r.conf, to, priority);
+                spawn_scripts(notify_commands(&Hooks::instance(&r.conf), &r.conf.name, to, priority));
                 events.push(GroupEvent::Changed(from, to));
             }
             Action::WantMaster => events.push(GroupEvent::WantMaster),
@@ -472,20 +569,58 @@ async fn perform(r: &mut Running, vips: &Vips) -> Vec<GroupEvent> {
     events
 }
 
-/// keepalived-compatible notify hooks, run without waiting for them.
-fn notify(v: &VrrpInstanceConfig, to: State, priority: u8) {
+/// The notify hooks of an instance or a sync group (the same four keys in both sections).
+struct Hooks<'a> {
+    /// `INSTANCE` or `GROUP`: the first argument of `notify`.
+    kind: &'static str,
+    master: Option<&'a str>,
+    backup: Option<&'a str>,
+    fault: Option<&'a str>,
+    notify: Option<&'a str>,
+}
+
+impl<'a> Hooks<'a> {
+    fn instance(v: &'a VrrpInstanceConfig) -> Hooks<'a> {
+        Hooks {
+            kind: "INSTANCE",
+            master: v.notify_master.as_deref(),
+            backup: v.notify_backup.as_deref(),
+            fault: v.notify_fault.as_deref(),
+            notify: v.notify.as_deref(),
+        }
+    }
+    fn group(g: &'a SyncGroupConfig) -> Hooks<'a> {
+        Hooks {
+            kind: "GROUP",
+            master: g.notify_master.as_deref(),
+            backup: g.notify_backup.as_deref(),
+            fault: g.notify_fault.as_deref(),
+            notify: g.notify.as_deref(),
+        }
+    }
+}
+
+/// keepalived's notify conventions: the state's own script as written, then `notify` with
+/// `{INSTANCE|GROUP} NAME {MASTER|BACKUP|FAULT} PRIORITY` (a group's priority is always 0).
+fn notify_commands(h: &Hooks, name: &str, to: State, priority: u8) -> Vec<String> {
     let specific = match to {
-        State::Master => v.notify_master.as_deref(),
-        State::Backup => v.notify_backup.as_deref(),
-        State::Fault => v.notify_fault.as_deref(),
+        State::Master => h.master,
+        State::Backup => h.backup,
+        State::Fault => h.fault,
         State::Initialize => None,
     };
     let mut cmds: Vec<String> = specific.map(|s| vec![s.to_owned()]).unwrap_or_default();
-    if let Some(n) = &v.notify {
+    if let Some(n) = h.notify {
         if to != State::Initialize {
-            cmds.push(format!("{n} INSTANCE {} {} {priority}", shell_quote(&v.name), to.as_str()));
+            cmds.push(format!("{n} {} {} {} {priority}", h.kind, shell_quote(name), to.as_str()));
         }
     }
+    cmds
+}
+
+/// Runs the commands through `/bin/sh -c` without waiting for them: a slow script must never
+/// hold up an advert. A reaper task collects each exit status.
+fn spawn_scripts(cmds: Vec<String>) {
     for cmd in cmds {
         match tokio::process::Command::new("/bin/sh").arg("-c").arg(&cmd).spawn() {
             Ok(mut child) => {
@@ -537,4 +672,56 @@ fn publish(running: &[Running], board: &StatusBoard) {
 #[allow(deprecated)]
 fn async_fd(s: VrrpSocket) -> std::io::Result<AsyncFd<VrrpSocket>> {
     AsyncFd::new(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group() -> SyncGroupConfig {
+        SyncGroupConfig {
+            name: "G 1".into(),
+            members: vec!["A".into()],
+            notify_master: Some("/bin/m".into()),
+            notify_backup: None,
+            notify_fault: Some("/bin/f x".into()),
+            notify: Some("/bin/n".into()),
+        }
+    }
+
+    #[test]
+    fn group_notify_follows_keepalived_conventions() {
+        let g = group();
+        let h = Hooks::group(&g);
+        assert_eq!(notify_commands(&h, &g.name, State::Master, 0), vec!["/bin/m".to_owned(), "/bin/n GROUP 'G 1' MASTER 0".into()]);
+        assert_eq!(notify_commands(&h, &g.name, State::Backup, 0), vec!["/bin/n GROUP 'G 1' BACKUP 0".to_owned()]);
+        assert_eq!(notify_commands(&h, &g.name, State::Fault, 0), vec!["/bin/f x".to_owned(), "/bin/n GROUP 'G 1' FAULT 0".into()]);
+        assert!(notify_commands(&h, &g.name, State::Initialize, 0).is_empty());
+    }
+
+    #[tokio::test]
+    async fn notify_scripts_run_with_their_arguments() {
+        let dir = std::env::temp_dir().join(format!("corral-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out");
+        let script = dir.join("notify.sh");
+        std::fs::write(&script, format!("#!/bin/sh\nprintf '[%s]' \"$@\" >> {o}\necho >> {o}\n", o = out.display())).unwrap();
+        let mut g = group();
+        g.notify_master = None;
+        g.notify_fault = None;
+        let mut path = std::ffi::OsString::from("/bin/sh ");
+        path.push(&script);
+        g.notify = Some(path.into_string().unwrap());
+        spawn_scripts(notify_commands(&Hooks::group(&g), "it's G", State::Fault, 0));
+        let mut text = String::new();
+        for _ in 0..200 {
+            text = std::fs::read_to_string(&out).unwrap_or_default();
+            if text.ends_with('\n') {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(text, "[GROUP][it's G][FAULT][0]\n", "the name arrives as one argument, quotes intact");
+    }
 }

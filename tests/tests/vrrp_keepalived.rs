@@ -372,6 +372,11 @@ fn sync_group_moves_together_against_keepalived() {
         d = dir.path.display(),
         f = flag.display()
     );
+    // keepalived's group notify convention: `notify GROUP NAME STATE 0`, once per group change.
+    let notified = dir.path.join("group-notify");
+    let script = dir.path.join("notify.sh");
+    std::fs::write(&script, format!("#!/bin/sh\nprintf '%s ' \"$@\" >> {n}\necho >> {n}\n", n = notified.display())).unwrap();
+    let cfg = format!("{cfg}notify = \"/bin/sh {}\"\n", script.display());
     let (_c, _) = start_corrald(&bin, h1, &dir, &cfg);
     let kcfg = format!(
         "global_defs {{\n    vrrp_version 3\n    vrrp_garp_master_delay 0\n}}\nvrrp_sync_group G {{\n    group {{\n        OUT\n        IN\n    }}\n}}\n\
@@ -387,6 +392,9 @@ fn sync_group_moves_together_against_keepalived() {
     assert!(wait_for(Duration::from_secs(3), || both(h2) && none(h1)).is_some(), "both VIPs moved to keepalived together");
     std::fs::write(&flag, "").unwrap();
     assert!(wait_for(Duration::from_secs(3), || both(h1) && none(h2)).is_some(), "the group comes back together");
+    let expect = "GROUP G BACKUP 0 \nGROUP G MASTER 0 \nGROUP G FAULT 0 \nGROUP G BACKUP 0 \nGROUP G MASTER 0 \n";
+    let got = || std::fs::read_to_string(&notified).unwrap_or_default();
+    assert!(wait_for(Duration::from_secs(2), || got() == expect).is_some(), "group notify calls:\n{}", got());
 }
 
 #[test]
@@ -429,4 +437,158 @@ fn sighup_reload_leaves_unchanged_instances_alone() {
     let b = status("B").unwrap();
     assert_eq!(b["base_priority"], 160, "{b}");
     assert!(status("C").is_some());
+}
+
+/// True when `addr` is configured on `dev` inside `ns`.
+fn has_addr_on(ns: &Netns, dev: &str, addr: &str) -> bool {
+    let out = ns.try_sh(&format!("ip -o addr show dev {dev}"));
+    String::from_utf8_lossy(&out.stdout).contains(&format!(" {addr}/"))
+}
+
+fn link_exists(ns: &Netns, dev: &str) -> bool {
+    ns.try_sh(&format!("ip link show dev {dev}")).status.success()
+}
+
+fn vmac_config(dir: &tempdir::Dir, priority: u8) -> String {
+    format!(
+        "[node]\nadmin_socket = \"{}/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = {priority}\n\
+         advert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\ngarp_repeat = 2\nuse_vmac = true\n",
+        dir.path.display()
+    )
+}
+
+/// The source MACs of every ARP reply for the VIP to one broadcast request from `ns` (scapy).
+fn vip_arp_replies(ns: &Netns) -> Vec<String> {
+    let py = format!(
+        "from scapy.all import *\nconf.verb = 0\nans, _ = srp(Ether(dst='ff:ff:ff:ff:ff:ff')/ARP(pdst='{VIP}'), iface='eth0', timeout=1, multi=True)\nfor _, r in ans: print(r[ARP].hwsrc)\n"
+    );
+    let out = ns.try_sh(&format!("/usr/bin/python3 -c \"{py}\""));
+    assert!(out.status.success(), "scapy: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+fn scapy_available(test: &str) -> bool {
+    if Command::new("/usr/bin/python3").args(["-c", "import scapy"]).output().is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: python3-scapy is missing and CI=true forbids skipping");
+    eprintln!("SKIP: {test}: python3-scapy is not installed");
+    false
+}
+
+#[test]
+fn use_vmac_master_uses_the_virtual_mac_and_fails_over() {
+    let Some(bin) = prerequisites("use_vmac_master_uses_the_virtual_mac_and_fails_over") else { return };
+    if !scapy_available("use_vmac_master_uses_the_virtual_mac_and_fails_over") {
+        return;
+    }
+    const VMAC: &str = "00:00:5e:00:01:33"; // VRID 51
+    let lan = Lan::new(3);
+    let (h1, h2, h3) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
+    let dir = tempdir::Dir::new("vmac");
+    let out = dir.path.join("tcpdump-e.txt");
+    let mut cmd = h3.cmd("tcpdump");
+    cmd.args(["-e", "-i", "eth0", "-nn", "-l", "-tt", "vrrp or arp"]).stdout(std::fs::File::create(&out).unwrap()).stderr(Stdio::null());
+    let _tcpdump = Daemon::spawn(cmd, "tcpdump");
+    std::thread::sleep(Duration::from_millis(300));
+    let dump = || std::fs::read_to_string(&out).unwrap_or_default();
+    let k = keepalived(h2, &dir, 3, 100, "0.1", None);
+    let (mut c, _) = start_corrald(&bin, h1, &dir, &vmac_config(&dir, 150));
+    assert!(wait_for(Duration::from_secs(3), || has_addr_on(h1, "vrrp.51", VIP)).is_some(), "corral is master with the VIP on its vmac");
+    assert!(wait_for(Duration::from_secs(2), || !has_addr(h2, VIP)).is_some(), "keepalived is backup");
+    assert!(!has_addr(h1, VIP), "the VIP is on the vmac, not on eth0");
+    let link = h1.sh("ip -d link show dev vrrp.51");
+    assert!(link.contains(VMAC) && link.contains("macvlan mode private"), "{link}");
+    assert_eq!(h1.sh("cat /proc/sys/net/ipv4/conf/eth0/arp_ignore /proc/sys/net/ipv4/conf/eth0/arp_filter"), "1\n1\n", "parent ARP settings (keepalived's)");
+    // On the wire: adverts and gratuitous ARP from the virtual MAC.
+    let advert = format!("{VMAC} > 01:00:5e:00:00:12");
+    let garp = |l: &str| l.starts_with(|c: char| c.is_ascii_digit()) && l.contains(&format!("{VMAC} > ff:ff:ff:ff:ff:ff")) && l.contains(&format!("who-has {VIP} (")) && l.contains(&format!("tell {VIP},"));
+    assert!(
+        wait_for(Duration::from_secs(2), || dump().lines().any(|l| l.contains(&advert) && l.contains("192.0.2.1 > 224.0.0.18: VRRPv3"))).is_some(),
+        "advert from the virtual MAC:\n{}",
+        dump()
+    );
+    assert!(wait_for(Duration::from_secs(2), || dump().lines().any(garp)).is_some(), "gratuitous ARP from the virtual MAC:\n{}", dump());
+    // The VIP answers ARP with the virtual MAC, and only with it (the parent keeps quiet).
+    assert_eq!(vip_arp_replies(h3), vec![VMAC.to_owned()], "one ARP reply for the VIP, from the virtual MAC");
+    std::thread::sleep(Duration::from_millis(200));
+    let replies: Vec<String> = dump().lines().filter(|l| l.contains(&format!("Reply {VIP} is-at"))).map(str::to_owned).collect();
+    assert!(!replies.is_empty() && replies.iter().all(|l| l.contains(&format!("is-at {VMAC}"))), "ARP replies: {replies:?}");
+    // Stable: keepalived hears our adverts.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(has_addr_on(h1, "vrrp.51", VIP) && !has_addr(h2, VIP));
+    // SIGTERM: release to keepalived, vmac deleted, parent settings restored.
+    c.signal("TERM");
+    assert!(wait_for(Duration::from_secs(1), || has_addr(h2, VIP)).is_some(), "keepalived takes over after the release");
+    assert!(c.wait_exit(Duration::from_secs(3)).is_some_and(|s| s.success()), "corrald exits cleanly");
+    assert!(!link_exists(h1, "vrrp.51"), "the vmac is removed on exit");
+    assert_eq!(h1.sh("cat /proc/sys/net/ipv4/conf/eth0/arp_ignore /proc/sys/net/ipv4/conf/eth0/arp_filter"), "0\n0\n", "parent restored");
+    drop(k);
+}
+
+#[test]
+fn use_vmac_fails_over_between_two_corralds() {
+    let Some(bin) = prerequisites("use_vmac_fails_over_between_two_corralds") else { return };
+    if !scapy_available("use_vmac_fails_over_between_two_corralds") {
+        return;
+    }
+    const VMAC: &str = "00:00:5e:00:01:33";
+    let lan = Lan::new(3);
+    let (h1, h2, h3) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
+    let (d1, d2) = (tempdir::Dir::new("vmac-a"), tempdir::Dir::new("vmac-b"));
+    let (mut a, _) = start_corrald(&bin, h1, &d1, &vmac_config(&d1, 150));
+    assert!(wait_for(Duration::from_secs(3), || has_addr_on(h1, "vrrp.51", VIP)).is_some(), "A is master");
+    let (b, _) = start_corrald(&bin, h2, &d2, &vmac_config(&d2, 100));
+    assert!(wait_for(Duration::from_secs(2), || link_exists(h2, "vrrp.51")).is_some(), "B made its vmac");
+    // Both vmacs share one MAC; a frame with its own MAC as source reaches only the vmac, so B
+    // hears A only because its socket lives on the vmac. Stable for several intervals:
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(has_addr_on(h1, "vrrp.51", VIP) && !has_addr_on(h2, "vrrp.51", VIP), "B stays backup while A advertises");
+    assert_eq!(vrrp_status(&bin, &d2)["state"], "BACKUP");
+    assert_eq!(vip_arp_replies(h3), vec![VMAC.to_owned()], "A answers ARP for the VIP");
+    a.signal("TERM");
+    let took = wait_for(Duration::from_secs(2), || has_addr_on(h2, "vrrp.51", VIP)).expect("B takes over after A's release");
+    assert!(took < Duration::from_millis(500), "priority-0 handover took {took:?}");
+    assert!(a.wait_exit(Duration::from_secs(3)).is_some());
+    assert!(!link_exists(h1, "vrrp.51"), "A removed its vmac");
+    // Same virtual MAC after the failover: hosts need no new ARP entry.
+    assert_eq!(vip_arp_replies(h3), vec![VMAC.to_owned()], "B answers ARP for the VIP with the same MAC, A is silent");
+    drop(b);
+}
+
+/// Link down on the instance's own interface, or on a tracked weight-0 one, means FAULT at once
+/// (link events, not a poll); link up brings the instance back.
+#[test]
+fn link_down_means_fault_promptly() {
+    let Some(bin) = prerequisites("link_down_means_fault_promptly") else { return };
+    let lan = Lan::new(2);
+    let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = tempdir::Dir::new("linkdown");
+    h1.sh("ip link add eth1 type veth peer name eth1p && ip link set eth1p up && ip link set eth1 up");
+    let cfg = format!(
+        "[node]\nadmin_socket = \"{}/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\n\
+         advert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\ntrack_interfaces = [\"eth1\"]\n",
+        dir.path.display()
+    );
+    let (_c, _) = start_corrald(&bin, h1, &dir, &cfg);
+    let _k = keepalived(h2, &dir, 3, 100, "0.1", None);
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral (150) is master");
+    // IPv4 addresses stay on a downed interface: the VIP leaving proves corrald reacted.
+    for (what, down, up) in [
+        ("tracked eth1", "ip link set dev eth1 down", "ip link set dev eth1 up"),
+        ("own eth0", "ip link set dev eth0 down", "ip link set dev eth0 up"),
+    ] {
+        let t0 = std::time::Instant::now();
+        h1.sh(down);
+        assert!(wait_for(Duration::from_secs(2), || !has_addr(h1, VIP)).is_some(), "{what} down: VIP released");
+        let took = t0.elapsed();
+        assert!(took < Duration::from_millis(500), "{what} down -> FAULT took {took:?} (link events should make it a few ms)");
+        eprintln!("{what}: link down -> VIP released in {took:?}");
+        assert!(wait_for(Duration::from_secs(1), || vrrp_status(&bin, &dir)["state"] == "FAULT").is_some(), "{what}: FAULT");
+        assert!(wait_for(Duration::from_secs(2), || has_addr(h2, VIP)).is_some(), "{what}: keepalived took over");
+        h1.sh(up);
+        assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "{what} up: corral recovers and preempts");
+        assert!(wait_for(Duration::from_secs(1), || vrrp_status(&bin, &dir)["state"] == "MASTER").is_some());
+        assert!(wait_for(Duration::from_secs(2), || !has_addr(h2, VIP)).is_some(), "{what}: keepalived back to backup");
+    }
 }

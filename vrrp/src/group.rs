@@ -25,6 +25,27 @@ pub struct SyncGroup {
 }
 
 impl SyncGroup {
+    /// The group's state for its notify scripts (keepalived's `vgroup->state`): FAULT while any
+    /// member is in FAULT, MASTER when every member is, BACKUP when every member is BACKUP or
+    /// MASTER but not all MASTER (the group goes BACKUP as soon as one member does); `None`
+    /// before startup (a member still in Initialize) or for an empty group.
+    pub fn state(&self, state_of: impl Fn(usize) -> State) -> Option<State> {
+        let states: Vec<State> = self.members.iter().map(|&m| state_of(m)).collect();
+        if states.is_empty() {
+            return None;
+        }
+        if states.contains(&State::Fault) {
+            return Some(State::Fault);
+        }
+        if states.contains(&State::Initialize) {
+            return None;
+        }
+        if states.iter().all(|s| *s == State::Master) {
+            return Some(State::Master);
+        }
+        Some(State::Backup)
+    }
+
     /// Gates every member (call once before startup).
     pub fn install<T: AsMut<Instance>>(&self, all: &mut [T]) {
         for &m in &self.members {
@@ -250,6 +271,27 @@ mod tests {
         n.run_for(Duration::from_secs(30));
         let after = n.all.iter().map(|i| i.counters().became_master).collect::<Vec<_>>();
         assert_eq!(before, after, "no further transitions: the groups do not thrash");
+    }
+
+    #[test]
+    fn group_state_is_what_keepalived_reports() {
+        let g = SyncGroup { name: "G".into(), members: vec![0, 1] };
+        let of = |a: State, b: State| g.state(|m| if m == 0 { a } else { b });
+        assert_eq!(of(M, M), Some(M));
+        assert_eq!(of(B, B), Some(B));
+        assert_eq!(of(M, B), Some(B), "one member down to BACKUP takes the group");
+        assert_eq!(of(F, M), Some(F));
+        assert_eq!(of(State::Initialize, B), None, "not started");
+        assert_eq!(SyncGroup { name: "E".into(), members: vec![] }.state(|_| M), None);
+        // And through a real failover of the group.
+        let mut n = Net::new(200, 100);
+        n.run_for(Duration::from_secs(10));
+        let (a, b) = (n.groups[0].clone(), n.groups[1].clone());
+        assert_eq!((a.state(|m| n.all[m].state()), b.state(|m| n.all[m].state())), (Some(M), Some(B)));
+        n.all[1].set_tracking(n.now, true, 0);
+        n.settle();
+        n.run_for(Duration::from_secs(10));
+        assert_eq!((a.state(|m| n.all[m].state()), b.state(|m| n.all[m].state())), (Some(F), Some(M)));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The Linux edge of VRRP: raw IP sockets for adverts, gratuitous ARP through AF_PACKET, and
-//! the virtual addresses through rtnetlink. Everything protocol-shaped lives in the sans-IO
-//! core; these are thin, testable wrappers around the kernel.
+//! the virtual addresses, virtual MACs and link events through rtnetlink. Everything
+//! protocol-shaped lives in the sans-IO core; these are thin, testable wrappers around the kernel.
 
 pub mod garp;
+pub mod link;
 pub mod socket;
 pub mod vip;
+pub mod vmac;
 
 /// The interface index for a name, or a clear error.
 pub fn ifindex(name: &str) -> std::io::Result<u32> {

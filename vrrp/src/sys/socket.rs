@@ -35,6 +35,9 @@ pub struct VrrpSocket {
     v6: bool,
     /// IPv6: the link-local source every advert must carry (it is also in the checksum).
     src6: Option<std::net::Ipv6Addr>,
+    /// IPv4 on a vmac: the source pinned per packet, because the vmac holds only VIPs and the
+    /// kernel would pick one of them for a unicast advert.
+    src4: Option<Ipv4Addr>,
     ifindex: u32,
 }
 
@@ -54,13 +57,40 @@ impl VrrpSocket {
         let index = super::ifindex(ifname)?;
         let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(PROTOCOL as i32)))?;
         sock.bind_device(Some(ifname.as_bytes()))?;
-        sock.set_multicast_if_v4(&primary)?;
+        // ip_mreqn names the interface and the source: on a vmac the source (the parent's
+        // primary) is not an address of the interface, and the address-only form would pick
+        // the parent, which a socket bound to the vmac may not use.
+        let mreqn = libc::ip_mreqn {
+            imr_multiaddr: libc::in_addr { s_addr: 0 },
+            imr_address: libc::in_addr { s_addr: u32::from(primary).to_be() },
+            imr_ifindex: index as libc::c_int,
+        };
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MULTICAST_IF,
+                &mreqn as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::ip_mreqn>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
         sock.set_multicast_ttl_v4(TTL as u32)?;
         sock.set_ttl_v4(TTL as u32)?;
         sock.set_multicast_loop_v4(false)?;
         sock.join_multicast_v4_n(&MULTICAST_V4, &InterfaceIndexOrAddress::Index(index))?;
         sock.set_nonblocking(true)?;
-        Ok(VrrpSocket { sock, v6: false, src6: None, ifindex: index })
+        Ok(VrrpSocket { sock, v6: false, src6: None, src4: None, ifindex: index })
+    }
+
+    /// Opens the IPv4 socket on a vmac (see [`super::vmac`]); every advert leaves from
+    /// `primary`, the parent's address, with the virtual MAC as its Ethernet source.
+    pub fn open_v4_vmac(vmac: &str, primary: Ipv4Addr) -> io::Result<VrrpSocket> {
+        let mut s = VrrpSocket::open_v4(vmac, primary)?;
+        s.src4 = Some(primary);
+        Ok(s)
     }
 
     /// Opens the IPv6 socket on `ifname`; adverts leave from the link-local `primary`.
@@ -78,19 +108,55 @@ impl VrrpSocket {
         setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?;
         setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
         sock.set_nonblocking(true)?;
-        Ok(VrrpSocket { sock, v6: true, src6: Some(primary), ifindex: index })
+        Ok(VrrpSocket { sock, v6: true, src6: Some(primary), src4: None, ifindex: index })
     }
 
     /// Sends one VRRP message to `dst` (the group or a unicast peer).
     pub fn send(&self, payload: &[u8], dst: IpAddr) -> io::Result<()> {
-        match (dst, self.src6) {
-            (IpAddr::V6(d), Some(src)) => self.send_v6(payload, d, src),
+        match (dst, self.src6, self.src4) {
+            (IpAddr::V6(d), Some(src), _) => self.send_v6(payload, d, src),
+            (IpAddr::V4(d), _, Some(src)) => self.send_v4_from(payload, d, src),
             _ => {
                 let addr = SockAddr::from(SocketAddr::new(dst, 0));
                 self.sock.send_to(payload, &addr)?;
                 Ok(())
             }
         }
+    }
+
+    /// IPv4 with a pinned source: IP_PKTINFO's `ipi_spec_dst` is the source address, and its
+    /// interface is the socket's own.
+    fn send_v4_from(&self, payload: &[u8], dst: Ipv4Addr, src: Ipv4Addr) -> io::Result<()> {
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as u16;
+        sa.sin_addr.s_addr = u32::from(dst).to_be();
+        let info = libc::in_pktinfo {
+            ipi_ifindex: self.ifindex as libc::c_int,
+            ipi_spec_dst: libc::in_addr { s_addr: u32::from(src).to_be() },
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        };
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32) } as usize;
+        let mut control = vec![0u8; space];
+        let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = &mut sa as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space as _;
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::IPPROTO_IP;
+            (*c).cmsg_type = libc::IP_PKTINFO;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as _;
+            std::ptr::copy_nonoverlapping(&info as *const _ as *const u8, libc::CMSG_DATA(c), std::mem::size_of::<libc::in_pktinfo>());
+        }
+        let r = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, 0) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// IPv6 sends pin the source with IPV6_PKTINFO: the checksum was computed over it.
