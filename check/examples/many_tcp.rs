@@ -120,7 +120,7 @@ fn main() {
         for i in 0..n {
             let ip = Ipv4Addr::from(base + (i / PORTS) as u32);
             let target = SocketAddr::from((ip, ports[i % PORTS]));
-            sched.add(i, CheckDef::Tcp(TcpCheck { target, timing: timing.clone() })).unwrap();
+            sched.add(i, CheckDef::Tcp(TcpCheck { target, graceful_close: false, timing: timing.clone() })).unwrap();
         }
         assert_eq!(sched.stats().running, n, "every check distinct");
         let mut last = (Instant::now(), 0u64);

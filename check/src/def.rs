@@ -82,7 +82,7 @@ impl CheckDef {
 
     /// A TCP check of `target` with default timing: the common case made short.
     pub fn tcp(target: SocketAddr) -> Self {
-        CheckDef::Tcp(TcpCheck { target, timing: Timing::default() })
+        CheckDef::Tcp(TcpCheck { target, graceful_close: false, timing: Timing::default() })
     }
 }
 
@@ -171,6 +171,10 @@ impl Timing {
 pub struct TcpCheck {
     /// Address and port to connect to (keepalived `connect_ip` / `connect_port`).
     pub target: SocketAddr,
+    /// Close the probe connection with a FIN instead of a reset. Off by default: a reset
+    /// leaves no TIME_WAIT state behind on the director (see `tcp.rs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub graceful_close: bool,
     /// Timing knobs.
     #[serde(flatten)]
     pub timing: Timing,

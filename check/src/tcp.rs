@@ -10,16 +10,25 @@ use crate::result::{FailReason, Phase};
 
 pub(crate) struct TcpProbe {
     target: SocketAddr,
+    graceful: bool,
 }
 
 impl TcpProbe {
     pub(crate) fn new(def: &TcpCheck) -> Self {
-        TcpProbe { target: def.target }
+        TcpProbe { target: def.target, graceful: def.graceful_close }
     }
 
     pub(crate) async fn attempt(&self, timing: &Timing) -> Result<(), FailReason> {
-        // Dropping the stream closes it with a FIN, as keepalived does.
-        connect(self.target, timing.connect_timeout).await.map(drop)
+        let s = connect(self.target, timing.connect_timeout).await?;
+        if !self.graceful {
+            // Close with a reset (SO_LINGER 0), as HAProxy's checks do: one packet instead of a
+            // FIN handshake, and no TIME_WAIT entry per check on the director — at 10 000
+            // checks/s a graceful close keeps ~600 000 of them (60 s each).
+            // A zero linger resets at once; it never blocks the thread on close.
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        }
+        drop(s);
+        Ok(())
     }
 }
 

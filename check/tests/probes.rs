@@ -25,7 +25,7 @@ fn err(r: &CheckResult) -> FailReason {
 // ---------------------------------------------------------------- TCP
 
 fn tcp(target: SocketAddr) -> CheckDef {
-    CheckDef::Tcp(TcpCheck { target, timing: fast() })
+    CheckDef::Tcp(TcpCheck { target, graceful_close: false, timing: fast() })
 }
 
 #[tokio::test]

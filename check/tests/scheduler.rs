@@ -17,7 +17,7 @@ fn every(ms: u64) -> Timing {
 }
 
 fn tcp(target: std::net::SocketAddr, t: &Timing) -> CheckDef {
-    CheckDef::Tcp(TcpCheck { target, timing: t.clone() })
+    CheckDef::Tcp(TcpCheck { target, graceful_close: false, timing: t.clone() })
 }
 
 #[tokio::test]

@@ -52,6 +52,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    raise_nofile();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -64,6 +65,19 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("corrald: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Health checks open a socket per attempt: lift the soft open-files limit to the hard one
+/// (1024 by default on many systems, too few for thousands of checks), as daemons commonly do.
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }

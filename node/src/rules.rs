@@ -170,7 +170,8 @@ pub struct VirtualServer {
     /// keepalived's alpha: real servers start failed until their first check passes.
     #[serde(default, skip_serializing_if = "is_default")]
     pub alpha: bool,
-    /// keepalived's omega: run quorum_down when the service is removed.
+    /// keepalived's omega: run quorum_down when the virtual server is removed from the rules
+    /// (the cluster's analogue of keepalived running it at shutdown).
     #[serde(default, skip_serializing_if = "is_default")]
     pub omega: bool,
     /// Health check for real servers that have none of their own (no `target`: each real

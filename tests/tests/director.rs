@@ -190,7 +190,14 @@ address = "192.0.2.6:7000"
     let client = names[6].clone();
     let get = || in_ns(&client, "timeout 3 bash -c 'exec 3<>/dev/tcp/192.0.2.100/80; printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3; tail -n 1 <&3'");
     let master = || (0..3).find(|i| in_ns(&names[*i], "ip -o addr show dev eth0").contains(" 192.0.2.100/"));
-    assert!(wait_for(Duration::from_secs(20), || master().is_some() && get().starts_with("web")).is_some(), "no answer through the VIP: {}", c.log_tail(0));
+    // d3 has the highest priority (230) and preempts whoever came up first (d1 starts alone):
+    // measure once it holds the VIP, not during that hand-over.
+    assert!(
+        wait_for(Duration::from_secs(30), || master() == Some(2) && get().starts_with("web")).is_some(),
+        "no answer through the VIP from d3 as master (master: {:?}): {}",
+        master(),
+        c.log_tail(2)
+    );
     let m = master().unwrap();
     let answers: std::collections::BTreeSet<String> = (0..9).map(|_| get()).collect();
     eprintln!("9 requests through the VIP (master d{}) answered by {answers:?}", m + 1);

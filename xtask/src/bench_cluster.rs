@@ -18,10 +18,10 @@ const PROBE: Duration = Duration::from_millis(500);
 const SUSPECT: Duration = Duration::from_secs(3);
 const GOSSIP_ROUND: Duration = Duration::from_millis(200);
 
-struct Proc {
-    name: String,
-    dir: PathBuf,
-    child: Option<Child>,
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) child: Option<Child>,
 }
 
 impl Drop for Proc {
@@ -33,32 +33,32 @@ impl Drop for Proc {
     }
 }
 
-struct Bench {
+pub(crate) struct Bench {
     corrald: PathBuf,
     root: PathBuf,
-    nodes: Vec<Proc>,
+    pub(crate) nodes: Vec<Proc>,
     base_port: u16,
     extra: String,
 }
 
 impl Bench {
-    fn new(corrald: &Path, tag: &str, base_port: u16, extra: &str) -> Result<Bench> {
+    pub(crate) fn new(corrald: &Path, tag: &str, base_port: u16, extra: &str) -> Result<Bench> {
         let root = std::env::temp_dir().join(format!("corral-bench-cluster-{tag}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root)?;
         Ok(Bench { corrald: corrald.into(), root, nodes: Vec::new(), base_port, extra: extra.into() })
     }
 
-    fn addr(&self, i: usize) -> String {
+    pub(crate) fn addr(&self, i: usize) -> String {
         format!("127.0.0.1:{}", self.base_port + i as u16)
     }
 
-    fn socket(&self, i: usize) -> PathBuf {
+    pub(crate) fn socket(&self, i: usize) -> PathBuf {
         self.nodes[i].dir.join("admin.sock")
     }
 
     /// Starts node `i` (creating it when new); the first node creates the cluster.
-    fn start(&mut self, i: usize, token: Option<&str>) -> Result<()> {
+    pub(crate) fn start(&mut self, i: usize, token: Option<&str>) -> Result<()> {
         if i == self.nodes.len() {
             let dir = self.root.join(format!("n{i}"));
             std::fs::create_dir_all(&dir)?;
@@ -89,14 +89,14 @@ impl Bench {
         Ok(())
     }
 
-    fn kill(&mut self, i: usize) {
+    pub(crate) fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    fn wait_socket(&self, i: usize, within: Duration) -> Result<()> {
+    pub(crate) fn wait_socket(&self, i: usize, within: Duration) -> Result<()> {
         let end = Instant::now() + within;
         while Instant::now() < end {
             if call(&self.socket(i), &Request::RaftStatus, Duration::from_secs(2)).is_ok() {
@@ -107,7 +107,7 @@ impl Bench {
         bail!("node {i} did not answer within {within:?}")
     }
 
-    fn token(&self) -> Result<String> {
+    pub(crate) fn token(&self) -> Result<String> {
         let end = Instant::now() + Duration::from_secs(15);
         loop {
             match call(&self.socket(0), &Request::TokenCreate { ttl: Some("1h".into()), description: "bench".into() }, Duration::from_secs(10)) {
@@ -118,7 +118,7 @@ impl Bench {
         }
     }
 
-    fn alive_count(&self, i: usize) -> usize {
+    pub(crate) fn alive_count(&self, i: usize) -> usize {
         match call(&self.socket(i), &Request::Members, Duration::from_secs(5)) {
             Ok(ResponseBody::Members { members }) => members.iter().filter(|m| m.state == "alive").count(),
             _ => 0,

@@ -3,6 +3,7 @@
 //! Everything that needs a real IPVS kernel runs inside a qemu VM (see [`vm`]), because the
 //! host kernel of our machines has none.
 
+mod bench_checks;
 mod bench_cluster;
 mod bench_vrrp;
 mod vm;
@@ -71,6 +72,15 @@ enum BenchCmd {
         #[arg(long, default_value_t = 30)]
         cpu_seconds: u64,
     },
+    /// N real servers checked every 1 s by corrald on loopback: one node alone, then 3 nodes
+    /// with k = 3; CPU, memory and check rounds per node.
+    Checks {
+        #[arg(long, default_value_t = 10_000)]
+        real_servers: usize,
+        /// Measurement window in seconds.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,6 +115,17 @@ fn main() -> ExitCode {
             build_bins(true).and_then(|_| bench_cluster::run(&target_dir().join("release/corrald"), &sizes))
         }
         Cmd::Bench { cmd: BenchCmd::Propagation { changes, scale } } => bench_propagation(changes, &scale),
+        Cmd::Bench { cmd: BenchCmd::Checks { real_servers, seconds } } => build_bins(true).and_then(|_| {
+            let mut cmd = cargo();
+            cmd.args(["build", "--release", "-p", "check", "--example", "many_tcp"]);
+            check(cmd.status(), "cargo build many_tcp")?;
+            bench_checks::run(
+                &target_dir().join("release/corrald"),
+                &target_dir().join("release/examples/many_tcp"),
+                real_servers,
+                Duration::from_secs(seconds),
+            )
+        }),
         Cmd::Vm { cmd: VmCmd::Test { filter } } => vm_test(filter.as_deref()),
         Cmd::Vm { cmd: VmCmd::Run { cmd } } => vm_run(&cmd.join(" ")),
     };

@@ -677,6 +677,15 @@ impl Cluster {
             })
             .await?;
         tracing::info!(revision = rev, changes = changes.len(), "rules changed");
+        // keepalived's omega: a removed virtual server runs its quorum_down (once, here on the
+        // leader that committed the removal).
+        for vs in &old.virtual_servers {
+            if let (true, Some(cmd), Some(key)) = (vs.omega, &vs.quorum_down, vs.key()) {
+                if !rules.virtual_servers.iter().any(|n| n.key() == Some(key)) {
+                    crate::health::run_hook(cmd.clone(), &key.to_string(), "QUORUM_DOWN");
+                }
+            }
+        }
         Ok(ResponseBody::Applied { revision: Some(rev), dry_run: false, changes })
     }
 

@@ -342,28 +342,9 @@ impl Health {
         }
     }
 
-    /// Runs an operator's hook without blocking anything: `/bin/sh -c CMD` as keepalived does,
-    /// with the subject in `CORRAL_SUBJECT` and the event in `CORRAL_EVENT`.
     fn run_hook(&self, cmd: String, subject: &str, event: &str) {
         self.hooks_run.fetch_add(1, Ordering::Relaxed);
-        let mut c = tokio::process::Command::new("/bin/sh");
-        c.arg("-c").arg(&cmd).env("CORRAL_SUBJECT", subject).env("CORRAL_EVENT", event).stdin(std::process::Stdio::null());
-        let subject = subject.to_string();
-        let event = event.to_string();
-        tokio::spawn(async move {
-            match c.spawn() {
-                Err(e) => tracing::warn!(%cmd, error = %e, "notify hook did not start"),
-                Ok(mut child) => match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
-                    Ok(Ok(s)) if s.success() => tracing::info!(%cmd, %subject, %event, "notify hook ran"),
-                    Ok(Ok(s)) => tracing::warn!(%cmd, %subject, %event, status = %s, "notify hook failed"),
-                    Ok(Err(e)) => tracing::warn!(%cmd, error = %e, "notify hook"),
-                    Err(_) => {
-                        let _ = child.kill().await;
-                        tracing::warn!(%cmd, "notify hook killed after 60 s");
-                    }
-                },
-            }
-        });
+        run_hook(cmd, subject, event);
     }
 
     /// This node's latest results for the checks it observes.
@@ -472,6 +453,29 @@ impl Health {
         s.push_str(&format!("# HELP corral_health_observing Real servers this node observes.\n# TYPE corral_health_observing gauge\ncorral_health_observing {n}\n"));
         s
     }
+}
+
+/// Runs an operator's hook without blocking anything: `/bin/sh -c CMD` as keepalived does,
+/// with the subject in `CORRAL_SUBJECT` and the event in `CORRAL_EVENT`; killed after 60 s.
+pub fn run_hook(cmd: String, subject: &str, event: &str) {
+    let mut c = tokio::process::Command::new("/bin/sh");
+    c.arg("-c").arg(&cmd).env("CORRAL_SUBJECT", subject).env("CORRAL_EVENT", event).stdin(std::process::Stdio::null());
+    let subject = subject.to_string();
+    let event = event.to_string();
+    tokio::spawn(async move {
+        match c.spawn() {
+            Err(e) => tracing::warn!(%cmd, error = %e, "notify hook did not start"),
+            Ok(mut child) => match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
+                Ok(Ok(s)) if s.success() => tracing::info!(%cmd, %subject, %event, "notify hook ran"),
+                Ok(Ok(s)) => tracing::warn!(%cmd, %subject, %event, status = %s, "notify hook failed"),
+                Ok(Err(e)) => tracing::warn!(%cmd, error = %e, "notify hook"),
+                Err(_) => {
+                    let _ = child.kill().await;
+                    tracing::warn!(%cmd, "notify hook killed after 60 s");
+                }
+            },
+        }
+    });
 }
 
 /// Awaits all futures concurrently (a tiny join_all, to avoid a dependency for one call).
