@@ -280,7 +280,7 @@ fn raft_run(corrald: &Path, voters: usize, writes: usize) -> Result<String> {
 }
 
 /// Runs both parts and prints Markdown rows for docs/BENCHMARKS.md.
-pub fn run(corrald: &Path, sizes: &[usize]) -> Result<()> {
+pub fn run(corrald: &Path, bench_gossip: &Path, sizes: &[usize]) -> Result<()> {
     // 200 processes (inherited limit) and many admin-socket connections from here.
     let lim = libc::rlimit { rlim_cur: 65536, rlim_max: 65536 };
     // SAFETY: setrlimit with a valid pointer to an initialized struct.
@@ -293,6 +293,14 @@ pub fn run(corrald: &Path, sizes: &[usize]) -> Result<()> {
             Ok(row) => println!("{row}"),
             Err(e) => println!("| {n} | failed: {e:#} | | | | |"),
         }
+    }
+    println!();
+    println!("## gossip alone: the same knobs, N members in one process (own QUIC endpoint each), no Raft");
+    println!("| nodes | join → all members | dissemination ⌈log3 N⌉×200 ms | crash → dead on all | typical 1.5 probe + suspicion + dissemination | worst-case bound |");
+    println!("|---|---|---|---|---|---|");
+    for &n in sizes {
+        let out = Command::new(bench_gossip).arg(n.to_string()).stderr(Stdio::inherit()).output().context("run corral-bench-gossip")?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
     }
     println!();
     println!("## raft: writes to the leader (KvPut over the admin socket, durable redb commit)");

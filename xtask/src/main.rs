@@ -112,7 +112,12 @@ fn main() -> ExitCode {
             build_bins(true).and_then(|_| bench_vrrp::run(&target_dir().join("release/corrald"), repeats, Duration::from_secs(cpu_seconds)))
         }
         Cmd::Bench { cmd: BenchCmd::Cluster { sizes } } => {
-            build_bins(true).and_then(|_| bench_cluster::run(&target_dir().join("release/corrald"), &sizes))
+            build_bins(true).and_then(|_| {
+                let mut cmd = cargo();
+                cmd.args(["build", "--release", "-p", "tests", "--bin", "corral-bench-gossip"]);
+                check(cmd.status(), "cargo build corral-bench-gossip")?;
+                bench_cluster::run(&target_dir().join("release/corrald"), &target_dir().join("release/corral-bench-gossip"), &sizes)
+            })
         }
         Cmd::Bench { cmd: BenchCmd::Propagation { changes, scale } } => bench_propagation(changes, &scale),
         Cmd::Bench { cmd: BenchCmd::Checks { real_servers, seconds } } => build_bins(true).and_then(|_| {
