@@ -363,7 +363,7 @@ async fn run<I: Clone + Eq + Hash + Send + Sync + 'static>(
         status.send_replace(Status { state, last: Some(result.clone()), weight, rounds });
         if let Some((_, to)) = change {
             s.stats.state_change(to == State::Up);
-            tracing::info!(check = %key.kind_name(), ?to, %result, "check state changed");
+            tracing::debug!(check = %key.kind_name(), ?to, %result, "check state changed");
         }
         if change.is_some() || weight != old_weight {
             let from = change.map_or(state, |(from, _)| from);

@@ -202,7 +202,12 @@ impl Health {
                 ev = events.recv() => match ev {
                     None => return,
                     Some(ev) => {
-                        tracing::info!(rs = %ev.id, from = state_str(ev.from), to = state_str(ev.to), result = %ev.result, "health check changed here");
+                        // A first verdict of "up" is the normal start: not worth a line per check.
+                        if ev.from == State::Unknown && ev.to == State::Up {
+                            tracing::debug!(rs = %ev.id, result = %ev.result, "health check up here");
+                        } else {
+                            tracing::info!(rs = %ev.id, from = state_str(ev.from), to = state_str(ev.to), result = %ev.result, "health check changed here");
+                        }
                         dirty = true;
                     }
                 },
