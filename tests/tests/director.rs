@@ -586,6 +586,10 @@ fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
         // A dead director drops off both LANs; its namespace would otherwise keep the VIPs and
         // its kernel keep forwarding, and the test could not tell a failover from a zombie.
         ns_out(&names[m], "ip link set eth0 down; ip link set eth1 down");
+        // Until here d3's kernel still forwards (IPVS needs no corrald): a request that started
+        // before its links went down may be answered by the dead master, so the failover is
+        // judged on requests started after this point.
+        let t_down = Instant::now();
         let moved = wait_every(Duration::from_secs(30), every, || master(Some(m)).is_some());
         assert!(
             moved.is_some(),
@@ -597,20 +601,30 @@ fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
         let n = master(Some(m)).unwrap();
         eprintln!("both VIPs seen on d{} by the test's poll {:?} after SIGKILL of d3", n + 1, t_kill.elapsed());
         // The loop must come back, then keep succeeding and reach every backend.
-        let ok_after = |l: &[(Instant, Instant, String)]| l.iter().find(|(s, _, a)| *s > t_kill && a.starts_with("web")).map(|(_, e, _)| *e);
+        let ok_after = |l: &[(Instant, Instant, String)]| l.iter().find(|(s, _, a)| *s > t_down && a.starts_with("web")).map(|(_, e, _)| *e);
         let back = wait_every(Duration::from_secs(30), every, || ok_after(&log.lock().unwrap()).is_some());
         assert!(back.is_some(), "no request succeeded after the failover\n{}", diag());
         let first_ok = ok_after(&log.lock().unwrap()).unwrap();
-        let after = |l: &[(Instant, Instant, String)]| -> Vec<String> { l.iter().filter(|(s, _, _)| *s > first_ok).map(|(_, _, a)| a.clone()).collect() };
-        let enough = wait_every(Duration::from_secs(60), every, || after(&log.lock().unwrap()).len() >= 12);
+        // The failover is over at the first answer and once VRRP is quiet: both backups' Master_Down
+        // timers differ by only (220 - 210) / 256 advert intervals, under TCG both may
+        // become master, and the lower one steps back when it hears the higher one's advert.
+        let settled = || -> Instant {
+            let last = transitions().iter().map(|(ts, _)| *ts).filter(|ts| *ts >= kill_us).max().unwrap_or(kill_us);
+            t_kill + Duration::from_micros((last - kill_us) as u64)
+        };
+        let from = || first_ok.max(settled());
+        let after = |l: &[(Instant, Instant, String)], from: Instant| -> Vec<String> { l.iter().filter(|(s, _, _)| *s > from).map(|(_, _, a)| a.clone()).collect() };
+        let enough = wait_every(Duration::from_secs(60), every, || after(&log.lock().unwrap(), from()).len() >= 12);
         assert!(enough.is_some(), "the request loop stalled after the failover\n{}", diag());
         std::fs::write(&go, "").unwrap();
         let done = wait_every(Duration::from_secs(90), every, || long.try_wait().unwrap().is_some());
         stop.store(true, Ordering::SeqCst);
         let l = log.lock().unwrap().clone();
         let before: Vec<&String> = l.iter().filter(|(s, _, _)| *s < t_kill).map(|(_, _, a)| a).collect();
-        let gap: Vec<&String> = l.iter().filter(|(s, _, _)| *s >= t_kill && *s <= first_ok).map(|(_, _, a)| a).collect();
-        let post = after(&l);
+        let dying: Vec<&String> = l.iter().filter(|(s, _, _)| *s >= t_kill && *s <= t_down).map(|(_, _, a)| a).collect();
+        let from = from();
+        let gap: Vec<&String> = l.iter().filter(|(s, _, _)| *s > t_down && *s <= from).map(|(_, _, a)| a).collect();
+        let post = after(&l, from);
         let since_kill: Vec<String> = transitions()
             .into_iter()
             .filter(|(ts, _)| *ts >= kill_us)
@@ -618,12 +632,16 @@ fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
             .collect();
         eprintln!("VRRP after SIGKILL of d3 (directors' logs):\n{}", since_kill.join("\n"));
         eprintln!(
-            "client request loop: {} requests before the kill, {} failed; {} started during the failover, {} failed; first answer {:?} after the kill; then {} requests, {} failed, answered by {:?}",
+            "client request loop: {} requests before the kill, {} failed; {} between SIGKILL and links down ({:?}), {} failed; {} started during the failover, {} failed; first answer {:?} and VRRP quiet {:?} after the kill; then {} requests, {} failed, answered by {:?}",
             before.len(),
             before.iter().filter(|a| !a.starts_with("web")).count(),
+            dying.len(),
+            t_down - t_kill,
+            dying.iter().filter(|a| !a.starts_with("web")).count(),
             gap.len(),
             gap.iter().filter(|a| !a.starts_with("web")).count(),
             first_ok - t_kill,
+            settled() - t_kill,
             post.len(),
             post.iter().filter(|a| !a.starts_with("web")).count(),
             post.iter().collect::<BTreeSet<_>>()
