@@ -101,6 +101,31 @@ impl Lan {
     }
 }
 
+/// One more LAN over namespaces that already exist (a director's second, backend-side
+/// interface; a backend that lives on that LAN only): its own bridge namespace and one veth
+/// per host, named `ifname` inside the host, up, with the host's IPv4 address. Dropping it
+/// deletes the bridge namespace, which deletes every veth pair with it; the hosts' own guards
+/// delete the hosts.
+pub struct SideLan {
+    pub bridge: Netns,
+}
+
+impl SideLan {
+    /// `hosts`: (namespace, "198.51.100.N/24"), each given `ifname`.
+    pub fn new(ifname: &str, hosts: &[(&Netns, &str)]) -> SideLan {
+        let bridge = Netns::new("br");
+        bridge.sh("ip link add br0 type bridge && ip link set br0 up");
+        let lan = SideLan { bridge };
+        for (k, (h, addr)) in hosts.iter().enumerate() {
+            let port = format!("p{}", k + 1);
+            sh(&format!("ip link add {port} netns {} type veth peer name {ifname} netns {}", lan.bridge.name, h.name));
+            lan.bridge.sh(&format!("ip link set {port} master br0 && ip link set {port} up"));
+            h.sh(&format!("ip addr add {addr} dev {ifname} && ip link set {ifname} up"));
+        }
+        lan
+    }
+}
+
 /// A child process killed on drop.
 pub struct Daemon {
     pub child: Child,
@@ -143,6 +168,19 @@ pub fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duratio
             return Some(start.elapsed());
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// Like [`wait_for`], but polls every `every`: for conditions that spawn processes, whose
+/// tight polling would load a slow (TCG) VM enough to disturb the daemons under test.
+pub fn wait_every(within: Duration, every: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(every);
     }
     None
 }

@@ -340,3 +340,368 @@ address = "192.0.2.6:7000"
         panic!("the connection opened before the failover broke:\n{text}\n{d}\n{}", conv.join("\n"));
     }
 }
+
+/// The LVS-NAT directors (keepalived's classic two-LAN layout): VI_1 holds the VIP on the client
+/// LAN (eth0), VI_2 the backends' default gateway on the backend LAN (eth1). A sync group moves
+/// them together: a director that took the VIP but not the gateway would forward requests whose
+/// replies go to another director. The kernel's sync daemon runs on the backend LAN and follows
+/// VI_1. Adverts every second (keepalived's default): under TCG a loaded corrald stalls for
+/// 0.5–1.2 s at times (seen in captures), and with 200 ms adverts (0.65 s Master_Down) the
+/// backups then briefly take the VIPs; direct routing shrugs that off, NAT does not (replies
+/// of connections opened during the flap go to whichever director the backends' gateway ARP
+/// entry names).
+const NAT_DIRECTOR: &str = r#"[director]
+sync_interface = "eth1"
+sync_id = 52
+sync_instance = "VI_1"
+
+[[vrrp]]
+name = "VI_1"
+interface = "eth0"
+vrid = 51
+priority = 2{i}0
+advert_interval = "1s"
+virtual_ips = ["192.0.2.100/24"]
+garp_repeat = 2
+
+[[vrrp]]
+name = "VI_2"
+interface = "eth1"
+vrid = 52
+priority = 2{i}0
+advert_interval = "1s"
+virtual_ips = ["198.51.100.1/24"]
+garp_repeat = 2
+
+[[vrrp_sync_group]]
+name = "LVS"
+members = ["VI_1", "VI_2"]
+"#;
+
+const NAT_RULES: &str = r#"
+[[virtual_server]]
+address = "192.0.2.100:80"
+scheduler = "rr"
+forwarding = "nat"
+check = { type = "http", path = "/", interval = "1s", connect_timeout = "2s", retries = 0, fall = 2, rise = 2 }
+[[virtual_server.real_server]]
+address = "198.51.100.11:80"
+[[virtual_server.real_server]]
+address = "198.51.100.12:80"
+[[virtual_server.real_server]]
+address = "198.51.100.13:80"
+
+[[virtual_server]]
+address = "192.0.2.100:7000"
+scheduler = "rr"
+forwarding = "nat"
+[[virtual_server.real_server]]
+address = "198.51.100.11:7000"
+[[virtual_server.real_server]]
+address = "198.51.100.12:7000"
+[[virtual_server.real_server]]
+address = "198.51.100.13:7000"
+"#;
+
+/// Stdout of `cmd` run by sh in namespace `ns`, whatever its status.
+fn ns_out(ns: &str, cmd: &str) -> String {
+    let o = std::process::Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Sets the flag when dropped: stops a scoped worker thread even when the test panics (a
+/// scope joins its threads before it unwinds).
+struct SetOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// LVS-NAT. Client LAN 192.0.2.0/24: directors d1–d3 (.1–.3), the client (.4), the VIP
+/// 192.0.2.100 (VI_1). Backend LAN 198.51.100.0/24: directors (.2–.4), backends web1–3 (.11–.13,
+/// on that LAN only, HTTP on :80 and an echo service on :7000) whose default route is the
+/// gateway VIP 198.51.100.1 (VI_2). Every reply goes back through the VRRP master, which
+/// un-NATs it; after the master dies the new master has the connection from the kernel's sync
+/// daemon, so both new requests and a connection opened before the failover keep working.
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask vm test`"]
+fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    use tests::cluster::{now_us, parse_ts};
+    use tests::{wait_every, Netns, SideLan};
+
+    let Some((d, ctl)) = binaries("director_nat") else { return };
+    let mut c = LabCluster::with_hosts("director_nat", 3, 4, d, ctl);
+    c.cluster_extra = "heartbeat = \"250ms\"\ndead_grace = \"10s\"\n".into();
+    c.extra_sections = NAT_DIRECTOR.into();
+    let backends: Vec<Netns> = (1..=3).map(|n| Netns::new(&format!("web{n}"))).collect();
+    let mut side: Vec<(&Netns, String)> = (0..3).map(|i| (&c.lan.hosts[i], format!("198.51.100.{}/24", i + 2))).collect();
+    side.extend(backends.iter().enumerate().map(|(k, b)| (b, format!("198.51.100.{}/24", k + 11))));
+    let side: Vec<(&Netns, &str)> = side.iter().map(|(n, a)| (*n, a.as_str())).collect();
+    let backend_lan = SideLan::new("eth1", &side);
+    for h in &c.lan.hosts[..3] {
+        h.sh("ipvsadm -C && sysctl -qw net.ipv4.ip_forward=1");
+    }
+    for (k, b) in backends.iter().enumerate() {
+        let n = k + 1;
+        let www = c.root().join(format!("www{n}"));
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(www.join("index.html"), format!("web{n}\n")).unwrap();
+        b.sh("ip route add default via 198.51.100.1");
+        b.sh(&format!("(busybox httpd -f -p 80 -h {} >/dev/null 2>&1 &)", www.display()));
+        b.sh("(busybox nc -ll -p 7000 -e /bin/cat >/dev/null 2>&1 &)");
+    }
+    // VRRP adverts on both LANs, for the advert gaps in a failure message.
+    let vcap = [("eth0", c.root().join("vrrp-eth0.cap")), ("eth1", c.root().join("vrrp-eth1.cap"))];
+    for ((_, cap), br) in vcap.iter().zip([&c.lan.bridge, &backend_lan.bridge]) {
+        ns_out(&br.name, &format!("(timeout 600 tcpdump -Z root -l -nn -tt -i br0 vrrp > {} 2>&1 &)", cap.display()));
+    }
+    c.form(Duration::from_secs(60));
+    let file = c.root().join("services.toml");
+    std::fs::write(&file, NAT_RULES).unwrap();
+    let o = c.ctl(0, &format!("apply -f {}", file.display()));
+    assert_eq!(o.code, 0, "apply: {}", o.stderr);
+
+    let names: Vec<String> = c.lan.hosts.iter().map(|h| h.name.clone()).collect();
+    let client = names[3].clone();
+    let every = Duration::from_millis(100);
+    let t = Instant::now();
+    let same = wait_every(Duration::from_secs(60), every, || {
+        let a = save(&c, 0);
+        a.lines().count() == 8 && (1..3).all(|i| save(&c, i) == a)
+    });
+    assert!(same.is_some(), "tables differ or incomplete:\n{}\n{}\n{}", save(&c, 0), save(&c, 1), save(&c, 2));
+    let table = save(&c, 0);
+    eprintln!("apply → identical ipvsadm -Sn on 3 directors after {:?}:\n{table}", t.elapsed());
+    let masq: Vec<&str> = table.lines().filter(|l| l.starts_with("-a ")).collect();
+    assert!(masq.len() == 6 && masq.iter().all(|l| l.contains(" -m ")), "real servers must be masqueraded (-m):\n{table}");
+
+    let get = |ns: &str| ns_out(ns, "timeout 3 bash -c 'exec 3<>/dev/tcp/192.0.2.100/80; printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3; tail -n 1 <&3'");
+    // Which directors other than `skip` hold `vip` on `dev` (a killed director keeps its
+    // addresses on its downed links).
+    let holders = |dev: &str, vip: &str, skip: Option<usize>| -> Vec<usize> {
+        (0..3).filter(|i| Some(*i) != skip && ns_out(&names[*i], &format!("ip -o addr show dev {dev}")).contains(&format!(" {vip}/"))).collect()
+    };
+    // The one director holding both VIPs, when exactly one holds each and it is the same one.
+    let master = |skip: Option<usize>| {
+        let (a, b) = (holders("eth0", "192.0.2.100", skip), holders("eth1", "198.51.100.1", skip));
+        (a.len() == 1 && a == b).then(|| a[0])
+    };
+    // VRRP transitions from the directors' logs: (µs since the epoch, "dN: line").
+    let logs: Vec<std::path::PathBuf> = c.nodes.iter().map(|n| n.log()).collect();
+    let transitions = || -> Vec<(u128, String)> {
+        let mut v: Vec<(u128, String)> = (0..3)
+            .flat_map(|i| {
+                let text = std::fs::read_to_string(&logs[i]).unwrap_or_default();
+                text.lines()
+                    .filter(|l| (l.contains(" -> ") && l.contains("instance=")) || l.contains("sync group is now"))
+                    .filter_map(|l| Some((parse_ts(l.split_whitespace().next()?)?, format!("d{}: {l}", i + 1))))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let advert_gaps = || -> String {
+        let mut out = String::new();
+        for (dev, cap) in &vcap {
+            let mut last: std::collections::HashMap<String, f64> = Default::default();
+            for l in std::fs::read_to_string(cap).unwrap_or_default().lines() {
+                let mut w = l.split_whitespace();
+                let (Some(Ok(ts)), Some(_), Some(src)) = (w.next().map(str::parse::<f64>), w.next(), w.next()) else { continue };
+                let prio = l.split("prio ").nth(1).and_then(|x| x.split(',').next()).unwrap_or("?");
+                if let Some(p) = last.insert(format!("{src} prio {prio}"), ts) {
+                    if ts - p > 1.5 {
+                        out += &format!("{dev}: adverts from {src} prio {prio}: {:.3} s gap ending at {ts}\n", ts - p);
+                    }
+                }
+            }
+        }
+        out
+    };
+    // The highest priority director (d3) must hold both VIPs: preemption is over.
+    let t = Instant::now();
+    let up = wait_every(Duration::from_secs(45), every, || master(None) == Some(2) && get(&client).starts_with("web"));
+    assert!(
+        up.is_some(),
+        "no answer through the VIP held by d3 (VIP on {:?}, gateway on {:?}):\n{:#?}\n{}",
+        holders("eth0", "192.0.2.100", None),
+        holders("eth1", "198.51.100.1", None),
+        transitions(),
+        advert_gaps()
+    );
+    let m = 2;
+    eprintln!("first answer through the VIP after {:?}; d3 holds both VIPs", t.elapsed());
+    let answers: BTreeSet<String> = (0..9).map(|_| get(&client)).collect();
+    eprintln!("9 requests through the VIP answered by {answers:?}");
+    assert_eq!(
+        answers,
+        ["web1", "web2", "web3"].map(String::from).into(),
+        "not every backend answered:\n{}\n{:#?}\n{}",
+        c.ctl(0, "rs list").stdout,
+        transitions(),
+        advert_gaps()
+    );
+    let synced = wait_every(Duration::from_secs(15), every, || {
+        (0..3).all(|i| ns_out(&names[i], "ipvsadm -L --daemon").contains(if i == m { "master sync daemon" } else { "backup sync daemon" }))
+    });
+    assert!(synced.is_some(), "sync daemons do not follow VRRP (master d3): {:?}", (0..3).map(|i| ns_out(&names[i], "ipvsadm -L --daemon")).collect::<Vec<_>>());
+
+    // A long-lived connection: five echoes before the failover, then (when the test says go,
+    // after the failover) three more on the same connection.
+    let conv = c.root().join("conv.sh");
+    let conv_out = c.root().join("conv.out");
+    let go = c.root().join("GO");
+    std::fs::write(
+        &conv,
+        format!(
+            "exec 3<>/dev/tcp/192.0.2.100/7000 || {{ echo NOCONNECT; exit 1; }}\n\
+             for i in 1 2 3 4 5; do echo before$i >&3; read -t 5 l <&3 || {{ echo LOST-BEFORE; exit 1; }}; echo \"$l\"; done\n\
+             n=0; while [ ! -e {go} ]; do sleep 0.2; n=$((n+1)); [ $n -lt 900 ] || {{ echo NO-GO; exit 1; }}; done\n\
+             for i in 1 2 3; do echo after$i >&3; read -t 20 l <&3 || {{ echo LOST; exit 1; }}; echo \"$l\"; done\n",
+            go = go.display()
+        ),
+    )
+    .unwrap();
+    let mut long = std::process::Command::new("ip")
+        .args(["netns", "exec", &client, "bash", conv.to_str().unwrap()])
+        .stdout(std::fs::File::create(&conv_out).unwrap())
+        .spawn()
+        .unwrap();
+    let conv_text = || std::fs::read_to_string(&conv_out).unwrap_or_default();
+    let opened = wait_every(Duration::from_secs(30), every, || ["before5", "LOST", "NOCONNECT"].iter().any(|w| conv_text().contains(w)));
+    assert!(opened.is_some() && conv_text().contains("before5"), "the echo conversation did not start: {:?}", conv_text());
+    // The kernel's master sync thread flushes a partly filled buffer only every 2 s: wait until
+    // both backups hold the connection (a younger connection can be lost on failover; that is
+    // IPVS, not corral).
+    let conn = ns_out(&names[m], "ipvsadm -Lnc").lines().find(|l| l.contains(":7000")).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
+    let synced = wait_every(Duration::from_secs(15), every, || {
+        (0..3).filter(|i| *i != m).all(|i| ns_out(&names[i], "ipvsadm -Lnc").lines().any(|l| l.contains(":7000") && l.contains("ESTABLISHED")))
+    });
+    assert!(synced.is_some(), "the backups never received the connection {conn:?} from the master's sync daemon");
+    eprintln!("connection {} synced to both backups after {:?}", conn.unwrap_or_default(), synced.unwrap());
+
+    let caps = [(client.as_str(), "eth0", c.root().join("client.cap")), (backend_lan.bridge.name.as_str(), "br0", c.root().join("backend.cap"))];
+    for (ns, dev, cap) in &caps {
+        ns_out(ns, &format!("(timeout 120 tcpdump -Z root -l -e -nn -i {dev} tcp or arp > {} 2>&1 &)", cap.display()));
+    }
+    let diag = || {
+        let mut d = format!("client neigh: {}\nconversation: {:?}\n", ns_out(&client, "ip neigh"), conv_text());
+        for (i, ns) in names[..3].iter().enumerate() {
+            d += &format!(
+                "d{}: {}\n{}\n{}\n",
+                i + 1,
+                ns_out(ns, "ip -o link show; ip -o -4 addr show"),
+                ns_out(ns, "ipvsadm -Ln --stats; ipvsadm -Lnc; ipvsadm -L --daemon"),
+                ns_out(ns, "ip neigh")
+            );
+        }
+        for (k, b) in backends.iter().enumerate() {
+            d += &format!("web{}: {}\n", k + 1, ns_out(&b.name, "ip neigh; ip route"));
+        }
+        for (_, _, cap) in &caps {
+            let text = std::fs::read_to_string(cap).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            d += &format!("{}:\n{}\n", cap.display(), lines[lines.len().saturating_sub(60)..].join("\n"));
+        }
+        d + &format!("{:#?}\n{}", transitions(), advert_gaps())
+    };
+
+    // The client's request loop runs throughout the failover, a request every 100 ms.
+    let stop = AtomicBool::new(false);
+    let log: Mutex<Vec<(Instant, Instant, String)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        let _stop = SetOnDrop(&stop);
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                let a = get(&client);
+                log.lock().unwrap().push((t, Instant::now(), a));
+                std::thread::sleep(every);
+            }
+        });
+        assert!(wait_every(Duration::from_secs(20), every, || log.lock().unwrap().len() >= 3).is_some(), "the request loop does not run");
+        let (t_kill, kill_us) = (Instant::now(), now_us());
+        c.kill(m);
+        // A dead director drops off both LANs; its namespace would otherwise keep the VIPs and
+        // its kernel keep forwarding, and the test could not tell a failover from a zombie.
+        ns_out(&names[m], "ip link set eth0 down; ip link set eth1 down");
+        // Until here d3's kernel still forwards (IPVS needs no corrald): a request that started
+        // before its links went down may be answered by the dead master, so the failover is
+        // judged on requests started after this point.
+        let t_down = Instant::now();
+        let moved = wait_every(Duration::from_secs(30), every, || master(Some(m)).is_some());
+        assert!(
+            moved.is_some(),
+            "the VIPs did not move together after killing d3: VIP on {:?}, gateway on {:?}\n{}",
+            holders("eth0", "192.0.2.100", Some(m)),
+            holders("eth1", "198.51.100.1", Some(m)),
+            diag()
+        );
+        let n = master(Some(m)).unwrap();
+        eprintln!("both VIPs seen on d{} by the test's poll {:?} after SIGKILL of d3", n + 1, t_kill.elapsed());
+        // The loop must come back, then keep succeeding and reach every backend.
+        let ok_after = |l: &[(Instant, Instant, String)]| l.iter().find(|(s, _, a)| *s > t_down && a.starts_with("web")).map(|(_, e, _)| *e);
+        let back = wait_every(Duration::from_secs(30), every, || ok_after(&log.lock().unwrap()).is_some());
+        assert!(back.is_some(), "no request succeeded after the failover\n{}", diag());
+        let first_ok = ok_after(&log.lock().unwrap()).unwrap();
+        // The failover is over at the first answer and once VRRP is quiet: both backups' Master_Down
+        // timers differ by only (220 - 210) / 256 advert intervals, under TCG both may
+        // become master, and the lower one steps back when it hears the higher one's advert.
+        let settled = || -> Instant {
+            let last = transitions().iter().map(|(ts, _)| *ts).filter(|ts| *ts >= kill_us).max().unwrap_or(kill_us);
+            t_kill + Duration::from_micros((last - kill_us) as u64)
+        };
+        let from = || first_ok.max(settled());
+        let after = |l: &[(Instant, Instant, String)], from: Instant| -> Vec<String> { l.iter().filter(|(s, _, _)| *s > from).map(|(_, _, a)| a.clone()).collect() };
+        let enough = wait_every(Duration::from_secs(60), every, || after(&log.lock().unwrap(), from()).len() >= 12);
+        assert!(enough.is_some(), "the request loop stalled after the failover\n{}", diag());
+        std::fs::write(&go, "").unwrap();
+        let done = wait_every(Duration::from_secs(90), every, || long.try_wait().unwrap().is_some());
+        stop.store(true, Ordering::SeqCst);
+        let l = log.lock().unwrap().clone();
+        let before: Vec<&String> = l.iter().filter(|(s, _, _)| *s < t_kill).map(|(_, _, a)| a).collect();
+        let dying: Vec<&String> = l.iter().filter(|(s, _, _)| *s >= t_kill && *s <= t_down).map(|(_, _, a)| a).collect();
+        let from = from();
+        let gap: Vec<&String> = l.iter().filter(|(s, _, _)| *s > t_down && *s <= from).map(|(_, _, a)| a).collect();
+        let post = after(&l, from);
+        let since_kill: Vec<String> = transitions()
+            .into_iter()
+            .filter(|(ts, _)| *ts >= kill_us)
+            .map(|(ts, line)| format!("  +{:.3}s {}", (ts - kill_us) as f64 / 1e6, line.split_once(": ").map(|(d, rest)| format!("{d}: {}", rest.split_once("  INFO ").map_or(rest, |x| x.1))).unwrap_or(line)))
+            .collect();
+        eprintln!("VRRP after SIGKILL of d3 (directors' logs):\n{}", since_kill.join("\n"));
+        eprintln!(
+            "client request loop: {} requests before the kill, {} failed; {} between SIGKILL and links down ({:?}), {} failed; {} started during the failover, {} failed; first answer {:?} and VRRP quiet {:?} after the kill; then {} requests, {} failed, answered by {:?}",
+            before.len(),
+            before.iter().filter(|a| !a.starts_with("web")).count(),
+            dying.len(),
+            t_down - t_kill,
+            dying.iter().filter(|a| !a.starts_with("web")).count(),
+            gap.len(),
+            gap.iter().filter(|a| !a.starts_with("web")).count(),
+            first_ok - t_kill,
+            settled() - t_kill,
+            post.len(),
+            post.iter().filter(|a| !a.starts_with("web")).count(),
+            post.iter().collect::<BTreeSet<_>>()
+        );
+        assert!(before.iter().all(|a| a.starts_with("web")), "requests failed before the kill: {before:?}\n{}", diag());
+        assert!(post.iter().all(|a| a.starts_with("web")), "a request failed after the failover: {post:?}\n{}", diag());
+        assert_eq!(post.iter().cloned().collect::<BTreeSet<_>>(), ["web1", "web2", "web3"].map(String::from).into(), "not every backend answered after the failover");
+        assert_eq!(master(Some(m)), Some(n), "the VIPs moved again during the test\n{}", diag());
+        let text = conv_text();
+        eprintln!("long-lived connection (done {:?} after the kill):\n{text}", t_kill.elapsed());
+        assert!(
+            done.is_some() && long.wait().unwrap().success() && text.contains("after3"),
+            "the connection opened before the failover broke:\n{text}\n{}",
+            diag()
+        );
+        let new_conn = ns_out(&names[n], "ipvsadm -Lnc").lines().find(|l| l.contains(":7000")).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
+        eprintln!("on d{} (new master): {}", n + 1, new_conn.unwrap_or_default());
+    });
+}
