@@ -132,7 +132,17 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     });
     let socket = config.node.admin_socket.clone();
     let config_flush = config.director.as_ref().is_some_and(|d| d.flush_on_stop);
-    let result = node::vrrp_driver::run(config, board, stop_rx, reload_rx).await;
+    // VRRP runs on its own thread and runtime: its timers (adverts every few ms, the
+    // master-down timer) must not wait behind Raft, QUIC, health checks or the admin API.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("vrrp".into()).spawn(move || {
+        let r = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(node::vrrp_driver::run(config, board, stop_rx, reload_rx)),
+            Err(e) => Err(anyhow::anyhow!("VRRP runtime: {e}")),
+        };
+        let _ = done_tx.send(r);
+    })?;
+    let result = done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the VRRP thread ended without a result")));
     if let Some(d) = director {
         let flush = config_flush;
         tokio::task::spawn_blocking(move || d.stop(flush)).await.ok();

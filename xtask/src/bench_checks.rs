@@ -106,7 +106,35 @@ fn sample(b: &Bench, i: usize) -> Result<Sample> {
     Ok(Sample { cpu: cpu_seconds(pid)?, rounds: metric(b, i, "corral_check_rounds_total").unwrap_or(0.0), failed: failures(b, i) })
 }
 
-fn run_nodes(corrald: &Path, many_tcp: &Path, nodes: usize, n: usize, window: Duration) -> Result<Vec<String>> {
+/// The anchor: the kernel's own cost of one check on loopback, measured with a plain blocking
+/// loop (connect, then close with a reset) against the same listeners, no runtime, no timers.
+/// Loopback charges both ends' TCP work (the listener's SYN handling, the child socket) to the
+/// connecting thread, so this is the floor any checker on this machine pays per check.
+fn floor_us(ports: &[u16], n: usize) -> Result<f64> {
+    use std::os::fd::AsRawFd;
+    let thread_cpu = || {
+        // SAFETY: getrusage fills the struct we pass.
+        let ru = unsafe {
+            let mut ru: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_THREAD, &mut ru);
+            ru
+        };
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    };
+    let c0 = thread_cpu();
+    for i in 0..n {
+        let a = std::net::SocketAddr::from((std::net::Ipv4Addr::new(127, 0, 0, 1 + (i / PORTS % 150) as u8), ports[i % PORTS]));
+        let s = std::net::TcpStream::connect(a).with_context(|| format!("floor connect {a}"))?;
+        let l = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setsockopt on an open socket with a valid linger struct.
+        unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &l as *const _ as *const libc::c_void, std::mem::size_of::<libc::linger>() as u32) };
+        drop(s);
+    }
+    Ok((thread_cpu() - c0) / n as f64 * 1e6)
+}
+
+fn run_nodes(corrald: &Path, many_tcp: &Path, nodes: usize, n: usize, window: Duration, anchor_pct: f64) -> Result<Vec<String>> {
     let (_backends, ports) = backends(many_tcp)?;
     let mut b = Bench::new(corrald, &format!("checks{nodes}"), 26000 + nodes as u16 * 7, "heartbeat = \"200ms\"\n")?;
     b.start(0, None)?;
@@ -155,11 +183,12 @@ fn run_nodes(corrald: &Path, many_tcp: &Path, nodes: usize, n: usize, window: Du
         let pid = b.nodes[i].child.as_ref().context("node")?.id();
         let cpu = (s1[i].cpu - s0[i].cpu) / secs * 100.0;
         rows.push(format!(
-            "| {nodes} node(s), k = 3 | {}{} | {:.0} | {:.1} % | {:.1} % | {:.0} MiB | {} |",
+            "| {nodes} node(s), k = 3 | {}{} | {:.0} | {:.1} % | {:.2} | {:.1} % | {:.0} MiB | {} |",
             b.nodes[i].name,
             if leader == Some(i) { " (leader)" } else { "" },
             (s1[i].rounds - s0[i].rounds) / secs,
             cpu,
+            cpu / anchor_pct,
             idle[i] / 10.0 * 100.0,
             rss_mib(pid)?,
             s1[i].failed - s0[i].failed,
@@ -171,10 +200,18 @@ fn run_nodes(corrald: &Path, many_tcp: &Path, nodes: usize, n: usize, window: Du
 /// Runs both configurations and prints a Markdown table.
 pub fn run(corrald: &Path, many_tcp: &Path, n: usize, window: Duration) -> Result<()> {
     println!("checks: {n} real servers, TCP check every 1 s, {:?} window (after 5 s warm-up)", window);
-    println!("| setup | node | check rounds/s | CPU (% of one core) | idle CPU before the rules | RSS | failed rounds |");
-    println!("|---|---|---|---|---|---|---|");
+    let floor = {
+        let (_b, ports) = backends(many_tcp)?;
+        floor_us(&ports, 50_000)?
+    };
+    println!(
+        "anchor (same run, same listeners): a blocking connect + reset loop costs {floor:.1} µs of CPU per check = {:.1} % of one core at {n} checks/s",
+        floor * n as f64 / 1e4
+    );
+    println!("| setup | node | check rounds/s | CPU (% of one core) | × anchor | idle CPU before the rules | RSS | failed rounds |");
+    println!("|---|---|---|---|---|---|---|---|");
     for nodes in [1, 3] {
-        for row in run_nodes(corrald, many_tcp, nodes, n, window)? {
+        for row in run_nodes(corrald, many_tcp, nodes, n, window, floor * n as f64 / 1e4)? {
             println!("{row}");
         }
     }

@@ -123,6 +123,10 @@ async fn run(n: usize) -> Result<String, String> {
     // Crash: a member's driver and endpoint stop without a word (what SIGKILL looks like).
     let victim = n / 2;
     let vname = members[victim].id.name.clone();
+    // Only Down events after the crash count (a loaded machine may have flapped it before).
+    for m in &members {
+        m.down.lock().unwrap().remove(&vname);
+    }
     let t_kill = Instant::now();
     if let Some(s) = members[victim].swim.take() {
         s.abort();
