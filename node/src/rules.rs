@@ -223,9 +223,18 @@ pub struct RealServer {
 
 /// Health of one real server as committed by the cluster (issue: health checks). Absent = up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Verdict {
-    Up,
-    Down,
+pub struct Verdict {
+    pub up: bool,
+    /// The weight a MISC_CHECK with `misc_dynamic` asked for (exit code − 2), once a majority
+    /// of the observers agreed on it: it replaces the configured weight, as keepalived does.
+    pub weight: Option<u32>,
+}
+
+impl Verdict {
+    /// Up at the configured weight.
+    pub const UP: Verdict = Verdict { up: true, weight: None };
+    /// Down.
+    pub const DOWN: Verdict = Verdict { up: false, weight: None };
 }
 
 /// Real-server key ([`rs_key`]) → committed verdict. Absent: up, or down under `alpha`.
@@ -388,15 +397,17 @@ impl RuleSet {
         Ok(())
     }
 
-    /// Whether a real server counts as up under `verdicts`. Only checked real servers can be
-    /// down: a stale verdict for a real server whose check was removed is ignored.
-    fn is_up(&self, vs: &VirtualServer, key: &ServiceKey, rs: &RealServer, verdicts: &Verdicts) -> bool {
+    /// A real server's verdict under `verdicts`. Only checked real servers can be down or
+    /// weighted by a script: a stale verdict for a real server whose check was removed is
+    /// ignored.
+    fn verdict(&self, vs: &VirtualServer, key: &ServiceKey, rs: &RealServer, verdicts: &Verdicts) -> Verdict {
         if rs.check.is_none() && vs.check.is_none() {
-            return true;
+            return Verdict::UP;
         }
         match verdicts.get(&rs_key(key, rs.address)) {
-            Some(v) => *v == Verdict::Up,
-            None => !vs.alpha,
+            Some(v) => *v,
+            None if vs.alpha => Verdict::DOWN,
+            None => Verdict::UP,
         }
     }
 
@@ -449,14 +460,14 @@ impl RuleSet {
             svc.one_packet = vs.one_packet;
             let mut live_weight: u64 = 0;
             for rs in &vs.real_servers {
-                let up = self.is_up(vs, &key, rs, verdicts);
-                let weight = match (up, rs.inhibit_on_failure) {
-                    (true, _) => rs.weight,
+                let v = self.verdict(vs, &key, rs, verdicts);
+                let weight = match (v.up, rs.inhibit_on_failure) {
+                    (true, _) => v.weight.map_or(rs.weight, |w| i32::try_from(w).unwrap_or(i32::MAX)),
                     (false, true) => 0,
                     (false, false) => continue,
                 };
-                if up {
-                    live_weight += rs.weight.max(0) as u64;
+                if v.up {
+                    live_weight += weight.max(0) as u64;
                 }
                 svc.dests.insert(dest_key(rs.address), dest(rs.address, rs.forwarding.unwrap_or(vs.forwarding), weight, rs));
             }
@@ -670,8 +681,8 @@ address = "[2001:db8::11]:0"
         assert!(svc.dests.values().all(|d| d.forward == Forward::Masq));
         // One down (removed), one down with inhibit (weight 0): live weight 0 → sorry server.
         let mut v = Verdicts::new();
-        v.insert(rs_key(&key, "198.51.100.11:80".parse().unwrap()), Verdict::Down);
-        v.insert(rs_key(&key, "198.51.100.12:80".parse().unwrap()), Verdict::Down);
+        v.insert(rs_key(&key, "198.51.100.11:80".parse().unwrap()), Verdict::DOWN);
+        v.insert(rs_key(&key, "198.51.100.12:80".parse().unwrap()), Verdict::DOWN);
         let t = r.desired_table(&v);
         let d = &t.services[&key].dests;
         assert_eq!(d.len(), 2);
@@ -679,6 +690,19 @@ address = "[2001:db8::11]:0"
         assert!(d.contains_key(&dest_key("198.51.100.99:80".parse().unwrap())));
         // Same inputs, same table (what makes -Sn identical on every director).
         assert_eq!(r.desired_table(&v), r.desired_table(&v));
+        // A script's dynamic weight replaces the configured one (3) ...
+        let rs11 = rs_key(&key, "198.51.100.11:80".parse().unwrap());
+        let mut v = Verdicts::new();
+        v.insert(rs11.clone(), Verdict { up: true, weight: Some(7) });
+        let t = r.desired_table(&v);
+        assert_eq!(t.services[&key].dests[&dest_key("198.51.100.11:80".parse().unwrap())].weight, 7);
+        assert_eq!(t.services[&key].dests.len(), 2, "live weight 8: no sorry server");
+        // ... and is what counts toward the quorum: weight 0 with the other one down → sorry server.
+        v.insert(rs11, Verdict { up: true, weight: Some(0) });
+        v.insert(rs_key(&key, "198.51.100.12:80".parse().unwrap()), Verdict::DOWN);
+        let d = &r.desired_table(&v).services[&key].dests;
+        assert_eq!(d[&dest_key("198.51.100.11:80".parse().unwrap())].weight, 0);
+        assert!(d.contains_key(&dest_key("198.51.100.99:80".parse().unwrap())), "live weight 0 → sorry server");
     }
 
     #[test]
@@ -703,7 +727,7 @@ address = "[2001:db8::11]:0"
         // A real server without a check cannot be voted down.
         let key = own.virtual_servers[0].key().unwrap();
         let mut v = Verdicts::new();
-        v.insert(c.key.clone(), Verdict::Down);
+        v.insert(c.key.clone(), Verdict::DOWN);
         assert!(own.desired_table(&v).services[&key].dests.is_empty());
         let mut unchecked = own.clone();
         unchecked.virtual_servers[0].real_servers[0].check = None;

@@ -328,6 +328,9 @@ fn rs_list(socket: &Path, output: Output) -> Result<()> {
         if !r.reason.is_empty() {
             println!("{:<26} {:<24} {:>6} {:<6} {:<10} committed because: {}", "", "", "", "", "", r.reason);
         }
+        if let Some(w) = r.script_weight {
+            println!("{:<26} {:<24} {:>6} {:<6} {:<10} IPVS weight {w}: set by the check script (misc_dynamic)", "", "", "", "", "");
+        }
     }
     Ok(())
 }

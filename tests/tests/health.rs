@@ -11,6 +11,21 @@ use tests::{require_root, wait_for, Daemon};
 
 const B1: &str = "192.0.2.4:8080";
 const B2: &str = "192.0.2.5:8080";
+/// Checked by a MISC_CHECK script with `misc_dynamic` (its exit code sets the weight); nothing
+/// listens there.
+const B3: &str = "192.0.2.6:9000";
+
+/// The MISC_CHECK script of B3: exits with the code written in `code` beside it.
+fn weight_script(root: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = root.join("weight.sh");
+    if !root.join("code").exists() {
+        std::fs::write(root.join("code"), "0").unwrap();
+    }
+    std::fs::write(&script, format!("#!/bin/sh\nexit $(cat {})\n", root.join("code").display())).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
 
 fn rules(observers: u32, hooks: &std::path::Path) -> String {
     format!(
@@ -27,8 +42,14 @@ notify_up = "echo \"$CORRAL_SUBJECT $CORRAL_EVENT\" >> {h}"
 notify_down = "echo \"$CORRAL_SUBJECT $CORRAL_EVENT\" >> {h}"
 [[virtual_server.real_server]]
 address = "{B2}"
+[[virtual_server.real_server]]
+address = "{B3}"
+weight = 3
+check = {{ type = "script", misc_path = "{s}", misc_dynamic = true, interval = "300ms", fall = 1, rise = 1 }}
+notify_up = "echo \"$CORRAL_SUBJECT $CORRAL_EVENT\" >> {h}"
 "#,
-        h = hooks.display()
+        h = hooks.display(),
+        s = weight_script(hooks.parent().unwrap()).display()
     )
 }
 
@@ -151,6 +172,14 @@ fn verdicts_need_a_majority_of_observers() {
     assert_eq!(h.lines().filter(|l| l.ends_with("DOWN")).count(), 1, "notify_down must run once per cluster: {h}");
     assert_eq!(h.lines().filter(|l| l.ends_with(" UP")).count(), 1, "notify_up must run once per cluster: {h}");
     assert!(h.contains("TCP 192.0.2.100:80 -> 192.0.2.4:8080"), "{h}");
+
+    // MISC_CHECK misc_dynamic: every observer's script exits 12 → weight 10, committed once
+    // for the cluster and shown by rs list; no notify hook for a weight change.
+    assert_eq!(row(&c, 0, B3).map(|r| r["script_weight"].clone()), Some(Value::Null), "no weight before the script sets one");
+    std::fs::write(c.root().join("code"), "12").unwrap();
+    let weighed = wait_for(Duration::from_secs(10), || (0..3).all(|i| row(&c, i, B3).is_some_and(|r| r["script_weight"] == 10 && r["verdict"] == "up")));
+    assert!(weighed.is_some(), "script weight not committed: {:?}\n{}", row(&c, 0, B3), c.log_tail(0));
+    assert!(!std::fs::read_to_string(&hooks).unwrap_or_default().contains(B3), "a weight change ran a notify hook");
 
     // A director restart causes no verdict change (no flapping), even for B2 which the
     // restarting node's peer d3 still sees down.

@@ -56,7 +56,11 @@ pub struct LocalResult {
 pub struct RsRow {
     pub service: String,
     pub address: SocketAddr,
+    /// The configured weight.
     pub weight: i32,
+    /// The committed MISC_CHECK `misc_dynamic` weight, which IPVS uses instead while set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_weight: Option<u32>,
     /// The check kind (`tcp`, `http`, ...); absent: not checked.
     pub check: Option<String>,
     /// `up`, `down` or `unchecked`.
@@ -162,10 +166,9 @@ impl Health {
                 State::Down => false,
                 State::Unknown => continue,
             };
-            let current = committed.get(key).map_or(c.default_up, |v| *v == Verdict::Up);
-            if up != current {
-                let reason = st.last.as_ref().and_then(|r| r.error.as_ref()).map(|e| e.to_string()).unwrap_or_default();
-                out.insert(key.clone(), Claim { up, reason });
+            let reason = || st.last.as_ref().and_then(|r| r.error.as_ref()).map(|e| e.to_string()).unwrap_or_default();
+            if let Some(claim) = Claim::against(verdicts::current(c, &committed), up, st.weight, reason) {
+                out.insert(key.clone(), claim);
             }
         }
         out
@@ -300,7 +303,7 @@ impl Health {
                 .map(|(n, (_, r))| (n.clone(), r.clone()))
                 .collect();
             let records = verdicts::committed(&state);
-            let before: crate::rules::Verdicts = records.iter().map(|(k, r)| (k.clone(), if r.up { Verdict::Up } else { Verdict::Down })).collect();
+            let before: crate::rules::Verdicts = records.iter().map(|(k, r)| (k.clone(), r.verdict())).collect();
             let flips = verdicts::fold(&checks, &members, rules.health.observers as usize, &before, &claims);
             let stale = verdicts::stale(&checks, records.keys());
             if flips.is_empty() && stale.is_empty() {
@@ -309,7 +312,7 @@ impl Health {
             let now = crate::cluster::records::now_unix();
             let mut cmds = Vec::new();
             for f in &flips {
-                let rec = VerdictRecord { up: f.up, since_unix: now, agreed: f.agreed.clone(), observers: f.observers, reason: f.reason.clone() };
+                let rec = VerdictRecord { up: f.up, since_unix: now, agreed: f.agreed.clone(), observers: f.observers, reason: f.reason.clone(), weight: f.weight };
                 match raft::codec::encode("verdict", &rec) {
                     Ok(value) => cmds.push(Command::Put { ns: NS_VERDICTS.into(), key: f.key.clone(), value }),
                     Err(e) => tracing::error!(error = %e, "encode verdict"),
@@ -321,10 +324,14 @@ impl Health {
                 Ok(rev) => {
                     let mut after = before.clone();
                     for f in &flips {
-                        after.insert(f.key.clone(), if f.up { Verdict::Up } else { Verdict::Down });
+                        let was_up = before.get(&f.key).map(|v| v.up);
+                        after.insert(f.key.clone(), Verdict { up: f.up, weight: f.weight });
                         self.verdict_changes.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(rs = %f.key, verdict = if f.up { "up" } else { "down" }, agreed = ?f.agreed, observers = f.observers, reason = %f.reason, revision = rev, "health verdict committed");
+                        tracing::info!(rs = %f.key, verdict = if f.up { "up" } else { "down" }, weight = ?f.weight, agreed = ?f.agreed, observers = f.observers, reason = %f.reason, revision = rev, "health verdict committed");
                         let c = checks.iter().find(|c| c.key == f.key);
+                        if was_up == Some(f.up) || (was_up.is_none() && c.is_some_and(|c| c.default_up == f.up)) {
+                            continue; // only the weight changed: keepalived runs no notify for that
+                        }
                         let hook = c.and_then(|c| if f.up { c.notify_up.clone() } else { c.notify_down.clone() });
                         if let Some(cmd) = hook {
                             self.run_hook(cmd, &f.key, if f.up { "UP" } else { "DOWN" });
@@ -431,6 +438,7 @@ impl Health {
                     service: key.to_string(),
                     address: rs.address,
                     weight: rs.weight,
+                    script_weight: rec.filter(|_| c.is_some()).and_then(|r| r.weight),
                     check: c.map(|c| c.def.kind_name().to_string()),
                     verdict: verdict.into(),
                     committed,

@@ -23,6 +23,35 @@ pub struct VerdictRecord {
     pub observers: u32,
     /// The first agreeing observer's failure reason (empty when up).
     pub reason: String,
+    /// MISC_CHECK `misc_dynamic` weight agreed by a majority of the observers (replaces the
+    /// configured weight while up).
+    pub weight: Option<u32>,
+}
+
+/// A [`VerdictRecord`] as written before dynamic weights existed (postcard has no optional
+/// trailing fields, so such records are read with this shape).
+#[derive(Deserialize)]
+struct VerdictRecordV0 {
+    up: bool,
+    since_unix: u64,
+    agreed: Vec<String>,
+    observers: u32,
+    reason: String,
+}
+
+impl VerdictRecord {
+    /// Decodes a stored record, of either shape.
+    pub fn decode(bytes: &[u8]) -> Result<VerdictRecord, raft::codec::CodecError> {
+        raft::codec::decode::<VerdictRecord>("verdict", bytes).or_else(|e| match raft::codec::decode::<VerdictRecordV0>("verdict", bytes) {
+            Ok(o) => Ok(VerdictRecord { up: o.up, since_unix: o.since_unix, agreed: o.agreed, observers: o.observers, reason: o.reason, weight: None }),
+            Err(_) => Err(e),
+        })
+    }
+
+    /// What the desired table needs of it.
+    pub fn verdict(&self) -> Verdict {
+        Verdict { up: self.up, weight: self.weight }
+    }
 }
 
 /// The committed verdicts in `state` (records that do not decode are skipped and logged: a
@@ -30,7 +59,7 @@ pub struct VerdictRecord {
 pub fn committed(state: &raft::ClusterState) -> BTreeMap<String, VerdictRecord> {
     state
         .namespace(NS_VERDICTS)
-        .filter_map(|(k, v)| match raft::codec::decode::<VerdictRecord>("verdict", v) {
+        .filter_map(|(k, v)| match VerdictRecord::decode(v) {
             Ok(r) => Some((k.clone(), r)),
             Err(e) => {
                 tracing::warn!(key = %k, error = %e, "verdict record ignored");
@@ -42,7 +71,7 @@ pub fn committed(state: &raft::ClusterState) -> BTreeMap<String, VerdictRecord> 
 
 /// The verdict map the desired table is computed from.
 pub fn verdicts_of(state: &raft::ClusterState) -> Verdicts {
-    committed(state).into_iter().map(|(k, r)| (k, if r.up { Verdict::Up } else { Verdict::Down })).collect()
+    committed(state).into_iter().map(|(k, r)| (k, r.verdict())).collect()
 }
 
 /// FNV-1a, fixed here (not `std`'s randomly seeded hasher) because every node must compute
@@ -86,6 +115,19 @@ pub struct Claim {
     /// Why the check fails (empty when up).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// The weight this observer's MISC_CHECK script last asked for (`misc_dynamic`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl Claim {
+    /// The claim an observer whose local state is `up` (with `weight`) makes against
+    /// `committed`, or none when it agrees. An observer without a script weight has no opinion
+    /// on the weight.
+    pub fn against(committed: Verdict, up: bool, weight: Option<u32>, reason: impl FnOnce() -> String) -> Option<Claim> {
+        let weight_differs = up && committed.up && weight.is_some() && weight != committed.weight;
+        (up != committed.up || weight_differs).then(|| Claim { up, reason: if up { String::new() } else { reason() }, weight: weight.filter(|_| up) })
+    }
 }
 
 /// What an observer sends the Raft leader.
@@ -103,35 +145,47 @@ pub struct ObserverReport {
 pub struct Flip {
     pub key: String,
     pub up: bool,
+    /// The dynamic weight to commit with it.
+    pub weight: Option<u32>,
     pub agreed: Vec<String>,
     pub observers: u32,
     pub reason: String,
 }
 
+/// The committed verdict of `c`, or its default before anything was committed.
+pub fn current(c: &RsCheck, committed: &Verdicts) -> Verdict {
+    committed.get(&c.key).copied().unwrap_or(if c.default_up { Verdict::UP } else { Verdict::DOWN })
+}
+
 /// Folds claims into verdict changes: a real server's verdict flips only when a strict
 /// majority of its current observers claim the opposite of what is committed. An observer
 /// that has no opinion yet (just assigned, just restarted) counts against the change, which
-/// is what keeps restarts and reassignments from flapping anything.
+/// is what keeps restarts and reassignments from flapping anything. A MISC_CHECK's dynamic
+/// weight follows the same rule: it changes when a strict majority of the observers report
+/// a weight other than the committed one, to the lower median of their weights (so one
+/// observer's odd reading cannot pick it).
 pub fn fold(checks: &[RsCheck], members: &[String], k: usize, committed: &Verdicts, claims: &BTreeMap<String, ObserverReport>) -> Vec<Flip> {
     let mut out = Vec::new();
     // Only real servers somebody disagrees about can change: skip the rest cheaply.
     let claimed: BTreeSet<&str> = claims.values().flat_map(|r| r.claims.keys().map(String::as_str)).collect();
     for c in checks.iter().filter(|c| claimed.contains(c.key.as_str())) {
-        let current_up = committed.get(&c.key).map_or(c.default_up, |v| *v == Verdict::Up);
+        let now = current(c, committed);
         let obs = observers(&subject(c), members, k);
-        let mut agreed: Vec<String> = obs
-            .iter()
-            .filter(|o| claims.get(**o).and_then(|r| r.claims.get(&c.key)).is_some_and(|cl| cl.up != current_up))
-            .map(|o| o.to_string())
-            .collect();
-        agreed.sort();
-        if agreed.len() * 2 > obs.len() {
-            let reason = agreed
-                .iter()
-                .find_map(|o| claims.get(o).and_then(|r| r.claims.get(&c.key)).map(|cl| cl.reason.clone()).filter(|r| !r.is_empty()))
-                .unwrap_or_default();
-            out.push(Flip { key: c.key.clone(), up: !current_up, agreed, observers: obs.len() as u32, reason });
-        }
+        let claim_of = |o: &str| claims.get(o).and_then(|r| r.claims.get(&c.key));
+        let agreeing = |pred: &dyn Fn(&Claim) -> bool| {
+            let mut a: Vec<(String, &Claim)> = obs.iter().filter_map(|o| claim_of(o).filter(|cl| pred(cl)).map(|cl| (o.to_string(), cl))).collect();
+            a.sort_by(|x, y| x.0.cmp(&y.0));
+            (a.len() * 2 > obs.len()).then_some(a)
+        };
+        let flipped = agreeing(&|cl| cl.up != now.up);
+        let reweighed = || agreeing(&|cl| cl.up && now.up && cl.weight.is_some_and(|w| Some(w) != now.weight));
+        let Some(agreed) = flipped.or_else(reweighed) else { continue };
+        let up = agreed[0].1.up;
+        let mut weights: Vec<u32> = agreed.iter().filter_map(|(_, cl)| cl.weight).collect();
+        weights.sort_unstable();
+        let weight = if up { weights.get(weights.len().saturating_sub(1) / 2).copied().or(now.weight) } else { now.weight };
+        let reason = agreed.iter().map(|(_, cl)| cl.reason.clone()).find(|r| !r.is_empty()).unwrap_or_default();
+        out.push(Flip { key: c.key.clone(), up, weight, agreed: agreed.into_iter().map(|(o, _)| o).collect(), observers: obs.len() as u32, reason });
     }
     out
 }
@@ -167,7 +221,7 @@ mod tests {
             ObserverReport {
                 v: 1,
                 node: node.into(),
-                claims: claims.iter().map(|(k, up)| (k.to_string(), Claim { up: *up, reason: if *up { "" } else { "refused" }.into() })).collect(),
+                claims: claims.iter().map(|(k, up)| (k.to_string(), Claim { up: *up, reason: if *up { "" } else { "refused" }.into(), weight: None })).collect(),
             },
         )
     }
@@ -221,13 +275,78 @@ mod tests {
         assert_eq!(f[0].reason, "refused");
         // Once committed down, the same claims change nothing (no re-commit loop).
         let mut down = Verdicts::new();
-        down.insert("a".into(), Verdict::Down);
+        down.insert("a".into(), Verdict::DOWN);
         assert!(fold(&checks, &m, 3, &down, &claims).is_empty());
         // Back up needs a majority too.
         let claims: BTreeMap<_, _> = [report("d3", &[("a", true)])].into();
         assert!(fold(&checks, &m, 3, &down, &claims).is_empty());
         let claims: BTreeMap<_, _> = [report("d3", &[("a", true)]), report("d1", &[("a", true)])].into();
         assert!(fold(&checks, &m, 3, &down, &claims)[0].up);
+    }
+
+    fn weigh(node: &str, key: &str, weight: u32) -> (String, ObserverReport) {
+        let (n, mut r) = report(node, &[(key, true)]);
+        r.claims.get_mut(key).unwrap().weight = Some(weight);
+        (n, r)
+    }
+
+    #[test]
+    fn a_dynamic_weight_needs_a_majority_and_takes_the_lower_median() {
+        let m = names(3);
+        let checks = vec![check("a", 80)];
+        let none = Verdicts::new();
+        // One observer's script asks for weight 5: nothing changes.
+        let claims: BTreeMap<_, _> = [weigh("d1", "a", 5)].into();
+        assert!(fold(&checks, &m, 3, &none, &claims).is_empty());
+        // Two of three (5 and 9): the lower median, 5; the verdict stays up.
+        let claims: BTreeMap<_, _> = [weigh("d1", "a", 5), weigh("d2", "a", 9)].into();
+        let f = fold(&checks, &m, 3, &none, &claims);
+        assert_eq!((f.len(), f[0].up, f[0].weight), (1, true, Some(5)));
+        // Committed 5: d1 agrees (sends no claim), d2 alone cannot move it.
+        let five: Verdicts = [("a".to_string(), Verdict { up: true, weight: Some(5) })].into();
+        let claims: BTreeMap<_, _> = [weigh("d2", "a", 9)].into();
+        assert!(fold(&checks, &m, 3, &five, &claims).is_empty());
+        // Going down keeps the weight for when it comes back; coming back with weights picks anew.
+        let claims: BTreeMap<_, _> = [report("d1", &[("a", false)]), report("d3", &[("a", false)])].into();
+        let f = fold(&checks, &m, 3, &five, &claims);
+        assert_eq!((f[0].up, f[0].weight), (false, Some(5)));
+        let down5: Verdicts = [("a".to_string(), Verdict { up: false, weight: Some(5) })].into();
+        let claims: BTreeMap<_, _> = [report("d1", &[("a", true)]), weigh("d2", "a", 2)].into();
+        let f = fold(&checks, &m, 3, &down5, &claims);
+        assert_eq!((f[0].up, f[0].weight), (true, Some(2)));
+        let claims: BTreeMap<_, _> = [report("d1", &[("a", true)]), report("d2", &[("a", true)])].into();
+        assert_eq!(fold(&checks, &m, 3, &down5, &claims)[0].weight, Some(5), "no weight reported: the last one stays");
+    }
+
+    #[test]
+    fn observers_claim_only_disagreements() {
+        let up5 = Verdict { up: true, weight: Some(5) };
+        let r = || "refused".to_string();
+        assert_eq!(Claim::against(up5, true, Some(5), r), None);
+        assert_eq!(Claim::against(up5, true, None, r), None, "no script weight: no opinion on it");
+        assert_eq!(Claim::against(up5, true, Some(6), r).unwrap().weight, Some(6));
+        let down = Claim::against(up5, false, Some(6), r).unwrap();
+        assert_eq!((down.up, down.reason.as_str(), down.weight), (false, "refused", None));
+        assert_eq!(Claim::against(Verdict::DOWN, false, None, r), None);
+        assert!(Claim::against(Verdict::DOWN, true, None, r).unwrap().up);
+    }
+
+    #[test]
+    fn records_written_before_weights_still_decode() {
+        #[derive(Serialize)]
+        struct Old {
+            up: bool,
+            since_unix: u64,
+            agreed: Vec<String>,
+            observers: u32,
+            reason: String,
+        }
+        let old = raft::codec::encode("verdict", &Old { up: false, since_unix: 7, agreed: vec!["d1".into()], observers: 3, reason: "refused".into() }).unwrap();
+        let r = VerdictRecord::decode(&old).unwrap();
+        assert_eq!((r.up, r.since_unix, r.weight, r.reason.as_str()), (false, 7, None, "refused"));
+        let new = VerdictRecord { weight: Some(4), ..r };
+        assert_eq!(VerdictRecord::decode(&raft::codec::encode("verdict", &new).unwrap()).unwrap(), new);
+        assert!(VerdictRecord::decode(&old[..old.len() - 2]).is_err(), "truncated is still an error");
     }
 
     #[test]
