@@ -93,6 +93,12 @@ impl Netns {
         ip(&["-n", &ns.name, "route", "add", "local", "198.51.100.0/24", "dev", "lo"])?;
         ip(&["route", "add", "198.51.100.0/24", "via", "203.0.113.2", "dev", &host])?;
         if napi {
+            // veth hands a TCP segment to the peer's NAPI only when the sending end has no TSO
+            // (veth_skb_is_eligible_for_gro); otherwise it takes the backlog path in softirq.
+            let ok = Command::new("ethtool").args(["-K", &host, "tso", "off"]).status().context("ethtool (apt-get install ethtool)")?;
+            if !ok.success() {
+                bail!("ethtool -K {host} tso off failed");
+            }
             let ok = Command::new("ip")
                 .args(["netns", "exec", &ns.name, "ethtool", "-K", &ns.dev, "gro", "on"])
                 .status()
