@@ -228,6 +228,20 @@ fn metric(b: &Bench, i: usize, name: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Non-zero failure counters by reason (`connect_timeout=12 refused=3`), so failed rounds are
+/// explained in the output.
+fn failure_reasons(b: &Bench, i: usize) -> String {
+    let Ok(ResponseBody::Metrics { text }) = call(&b.socket(i), &Request::Metrics, Duration::from_secs(5)) else { return String::new() };
+    let mut out = Vec::new();
+    for l in text.lines().filter(|l| l.starts_with("corral_check_failures_total{reason=\"")) {
+        let reason = l.split('"').nth(1).unwrap_or("?");
+        if let Some(v) = l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()).filter(|v| *v > 0.0) {
+            out.push(format!("{reason}={v}"));
+        }
+    }
+    out.join(" ")
+}
+
 fn failures(b: &Bench, i: usize) -> f64 {
     metric(b, i, "corral_check_rounds_failed_total").unwrap_or(0.0)
 }
@@ -398,6 +412,10 @@ fn run_nodes(r: &Run, nodes: usize) -> Result<Vec<String>> {
             rss_mib(pid)?,
             s1[i].failed - s0[i].failed,
         ));
+        let why = failure_reasons(&b, i);
+        if !why.is_empty() {
+            eprintln!("{} {nodes} node(s) {}: attempt failures since start: {why}", r.setup.name(), b.nodes[i].name);
+        }
     }
     Ok(rows)
 }
