@@ -51,17 +51,20 @@ fn usage() -> Usage {
     Usage { cpu: tv(ru.ru_utime) + tv(ru.ru_stime), max_rss_kib: ru.ru_maxrss }
 }
 
-/// Child mode: P listeners on 0.0.0.0:0 bound to `lo`, ports printed on stdout, accept forever.
-fn serve(ports: usize) {
+/// Child mode: P listeners on 0.0.0.0:0 bound to `dev` (default `lo`; `-` for none, only
+/// inside a network namespace of its own), ports printed on stdout, accept forever.
+fn serve(ports: usize, dev: &str) {
     raise_nofile();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let mut out = Vec::new();
         for _ in 0..ports {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            if let Err(e) = s.bind_device(Some(b"lo")) {
-                eprintln!("SO_BINDTODEVICE lo failed ({e}): run as root or with CAP_NET_RAW");
-                std::process::exit(2);
+            if dev != "-" {
+                if let Err(e) = s.bind_device(Some(dev.as_bytes())) {
+                    eprintln!("SO_BINDTODEVICE {dev} failed ({e}): run as root or with CAP_NET_RAW");
+                    std::process::exit(2);
+                }
             }
             s.set_reuse_address(true).unwrap();
             s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into()).unwrap();
@@ -85,7 +88,7 @@ fn serve(ports: usize) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--serve") {
-        serve(args.get(2).and_then(|p| p.parse().ok()).unwrap_or(PORTS));
+        serve(args.get(2).and_then(|p| p.parse().ok()).unwrap_or(PORTS), args.get(3).map_or("lo", String::as_str));
         return;
     }
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);

@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use crate::def::{CheckDef, Timing};
 use crate::result::CheckResult;
+use crate::scheduler::Grid;
 use crate::{dns, http, icmp, script, tcp, udp};
 
 /// A definition that cannot run, found when it is registered rather than at the first attempt.
@@ -125,7 +126,16 @@ impl Checker {
     /// One round as the scheduler runs it: attempts until one succeeds or `retries` extra
     /// attempts have failed, sleeping `delay_before_retry` between them. Each attempt's result is
     /// passed to `each` (for counters); the round's verdict is the last attempt.
-    pub async fn round(&self, mut each: impl FnMut(&CheckResult)) -> CheckResult {
+    pub async fn round(&self, each: impl FnMut(&CheckResult)) -> CheckResult {
+        self.round_inner(None, each).await
+    }
+
+    /// [`Checker::round`] with retry starts rounded up to the scheduler's start grid.
+    pub(crate) async fn round_on(&self, grid: &Grid, each: impl FnMut(&CheckResult)) -> CheckResult {
+        self.round_inner(Some(grid), each).await
+    }
+
+    async fn round_inner(&self, grid: Option<&Grid>, mut each: impl FnMut(&CheckResult)) -> CheckResult {
         let mut retries_left = self.timing.retries;
         loop {
             let r = self.attempt().await;
@@ -134,7 +144,8 @@ impl Checker {
                 return r;
             }
             retries_left -= 1;
-            tokio::time::sleep(self.timing.delay_before_retry).await;
+            let at = Instant::now() + self.timing.delay_before_retry;
+            tokio::time::sleep_until(grid.map_or(at, |g| g.align(at))).await;
         }
     }
 }

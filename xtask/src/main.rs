@@ -80,6 +80,10 @@ enum BenchCmd {
         /// Measurement window in seconds.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// Where the backends live: loopback, veth (own namespace over a veth pair), veth-napi
+        /// (the same with threaded NAPI on the backends' end); comma-separated.
+        #[arg(long, default_value = "loopback,veth,veth-napi")]
+        setups: String,
     },
 }
 
@@ -120,7 +124,7 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Bench { cmd: BenchCmd::Propagation { changes, scale } } => bench_propagation(changes, &scale),
-        Cmd::Bench { cmd: BenchCmd::Checks { real_servers, seconds } } => build_bins(true).and_then(|_| {
+        Cmd::Bench { cmd: BenchCmd::Checks { real_servers, seconds, setups } } => build_bins(true).and_then(|_| {
             let mut cmd = cargo();
             cmd.args(["build", "--release", "-p", "check", "--example", "many_tcp"]);
             check(cmd.status(), "cargo build many_tcp")?;
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
                 &target_dir().join("release/examples/many_tcp"),
                 real_servers,
                 Duration::from_secs(seconds),
+                &bench_checks::parse_setups(&setups)?,
             )
         }),
         Cmd::Vm { cmd: VmCmd::Test { filter } } => vm_test(filter.as_deref()),
