@@ -346,3 +346,68 @@ pub async fn feed(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(revision: u64, weight: u32, extra_service: bool) -> ClusterState {
+        let mut text = format!(
+            "[[virtual_server]]\naddress = \"192.0.2.100:80\"\nscheduler = \"wrr\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.11:80\"\nweight = {weight}\n"
+        );
+        if extra_service {
+            text.push_str("[[virtual_server]]\naddress = \"192.0.2.101:80\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.12:80\"\n");
+        }
+        let rules = RuleSet::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let mut s = ClusterState { revision, data: Default::default() };
+        s.data.entry(NS_RULES.into()).or_default().insert(KEY_RULES.into(), rules::encode(&rules));
+        s
+    }
+
+    fn desired(s: &ClusterState) -> Table {
+        rules_of(s).unwrap().unwrap().desired_table(&crate::health::verdicts::verdicts_of(s))
+    }
+
+    fn model(r: &mut Reconciler) -> &mut Table {
+        match &mut r.ipvs {
+            Ipvs::Model(t) => t,
+            Ipvs::Kernel(_) => unreachable!(),
+        }
+    }
+
+    /// A rule change is diffed against the known table (a hand-made service survives it, so
+    /// the kernel was not read), the periodic check reads the kernel and repairs, and a change
+    /// the kernel refuses (the table was flushed behind the director) is repaired at once.
+    #[test]
+    fn rule_changes_use_the_known_table_and_drift_is_still_repaired() {
+        let status = Arc::new(Mutex::new(DirectorStatus::default()));
+        let mut r = Reconciler { ipvs: Ipvs::Model(Table::default()), known: None, applied_rev: None, status: status.clone() };
+        let s1 = state(1, 1, true);
+        r.reconcile(&s1, true, Check::Known);
+        assert_eq!(*model(&mut r), desired(&s1));
+
+        // An operator adds a service by hand; a weight change does not read the table.
+        let mut stray = desired(&s1).services.values().next().unwrap().clone();
+        if let ipvs::ServiceKey::Addr { addr, .. } = &mut stray.key {
+            *addr = "192.0.2.102:8080".parse().unwrap();
+        }
+        model(&mut r).insert(stray);
+        let s2 = state(2, 5, true);
+        r.reconcile(&s2, true, Check::Known);
+        assert_eq!(model(&mut r).services.len(), 3, "the known table was used, not a dump");
+        // The periodic check reads the kernel and removes it.
+        r.reconcile(&s2, false, Check::Kernel);
+        assert_eq!(*model(&mut r), desired(&s2));
+        assert_eq!(status.lock().unwrap().drift_repairs, 1);
+
+        // `ipvsadm -C` behind the director, then a weight change: the edit is refused, the
+        // director reads the kernel and restores everything in the same reconcile.
+        *model(&mut r) = Table::default();
+        let s3 = state(3, 7, true);
+        r.reconcile(&s3, true, Check::Known);
+        assert_eq!(*model(&mut r), desired(&s3));
+        assert_eq!(status.lock().unwrap().drift_repairs, 2);
+        assert_eq!(status.lock().unwrap().applied_revision, 3);
+        assert_eq!(status.lock().unwrap().last_error, None);
+    }
+}
