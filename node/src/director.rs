@@ -132,9 +132,9 @@ impl Director {
     }
 }
 
-fn run(mut ipvs: Ipvs, cfg: DirectorSection, rx: std_mpsc::Receiver<Input>, status: Arc<Mutex<DirectorStatus>>) {
+fn run(ipvs: Ipvs, cfg: DirectorSection, rx: std_mpsc::Receiver<Input>, status: Arc<Mutex<DirectorStatus>>) {
+    let mut r = Reconciler { ipvs, known: None, applied_rev: None, status };
     let mut state: Option<Arc<ClusterState>> = None;
-    let mut applied_rev: Option<u64> = None;
     let mut master: Option<bool> = None;
     let mut sync_applied: Option<Option<bool>> = None;
     let mut next = Instant::now();
@@ -149,26 +149,31 @@ fn run(mut ipvs: Ipvs, cfg: DirectorSection, rx: std_mpsc::Receiver<Input>, stat
         };
         while let Some(m) = msg.take().or_else(|| rx.try_recv().ok()) {
             match m {
-                Input::State(s) => state = Some(s),
+                Input::State(s) => {
+                    tracing::debug!(target: "corral_stage", stage = "wake", first = s.revision, last = s.revision, took_us = 0u64);
+                    state = Some(s)
+                }
                 Input::VrrpMaster(m) => master = Some(m),
                 Input::Stop { flush } => {
                     if flush {
-                        if let Ok(k) = ipvs.table() {
-                            let _ = ipvs.apply(&ipvs::diff(&k, &Table::default()));
+                        if let Ok(k) = r.ipvs.table() {
+                            let _ = r.ipvs.apply(&ipvs::diff(&k, &Table::default()));
                         }
                     }
-                    let _ = ipvs.sync_daemon(None);
+                    let _ = r.ipvs.sync_daemon(None);
                     return;
                 }
             }
         }
-        let rule_change = state.as_ref().map(|s| s.revision) != applied_rev;
+        let rule_change = state.as_ref().map(|s| s.revision) != r.applied_rev;
         let due = Instant::now() >= next;
         if !rule_change && !due && sync_applied == Some(master) {
             continue;
         }
         if let Some(s) = &state {
-            reconcile(&mut ipvs, s, rule_change, &mut applied_rev, &status);
+            // A rule change is diffed against the table this director last saw and changed;
+            // the periodic check reads the kernel and repairs whatever drifted.
+            r.reconcile(s, rule_change, if due { Check::Kernel } else { Check::Known });
         }
         if cfg.sync_interface.is_some() && sync_applied != Some(master) {
             let want = master.map(|m| SyncDaemon {
@@ -180,16 +185,16 @@ fn run(mut ipvs: Ipvs, cfg: DirectorSection, rx: std_mpsc::Receiver<Input>, stat
                 port: 0,
                 ttl: 0,
             });
-            match ipvs.sync_daemon(want.as_ref()) {
+            match r.ipvs.sync_daemon(want.as_ref()) {
                 Ok(()) => {
                     sync_applied = Some(master);
                     let role = master.map(|m| if m { "master" } else { "backup" }.to_string());
                     tracing::info!(role = ?role, "connection sync daemon follows VRRP");
-                    status.lock().unwrap_or_else(|p| p.into_inner()).sync_daemon = role;
+                    r.status.lock().unwrap_or_else(|p| p.into_inner()).sync_daemon = role;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "connection sync daemon");
-                    status.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(e);
+                    r.status.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(e);
                 }
             }
         }
@@ -199,53 +204,111 @@ fn run(mut ipvs: Ipvs, cfg: DirectorSection, rx: std_mpsc::Receiver<Input>, stat
     }
 }
 
-fn reconcile(
-    ipvs: &mut Ipvs,
-    state: &ClusterState,
-    rule_change: bool,
-    applied_rev: &mut Option<u64>,
-    status: &Arc<Mutex<DirectorStatus>>,
-) {
-    let t0 = Instant::now();
-    let set_err = |e: String| {
+/// What a reconcile compares the desired table with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// The table this director last read from the kernel, changed by what it applied since
+    /// (no kernel dump: a rule change costs the netlink requests of its changes only). Falls
+    /// back to [`Check::Kernel`] when nothing is known yet or the kernel refuses a change.
+    Known,
+    /// A fresh dump of the kernel table: the periodic drift check.
+    Kernel,
+}
+
+/// The reconcile state: the table backend, what this director believes is in it, and the
+/// revision it applied last.
+struct Reconciler {
+    ipvs: Ipvs,
+    /// The kernel table as last dumped, with every change applied since; `None` after any
+    /// failure (the next reconcile reads the kernel).
+    known: Option<Table>,
+    applied_rev: Option<u64>,
+    status: Arc<Mutex<DirectorStatus>>,
+}
+
+impl Reconciler {
+    fn set_err(&self, e: String) {
         tracing::warn!(error = %e, "reconcile");
-        status.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(e);
-    };
-    let rules = match rules_of(state) {
-        // No rules were ever applied: leave the kernel alone (a new node must not flush
-        // tables an operator made before the cluster owned them).
-        Ok(None) => {
-            *applied_rev = Some(state.revision);
-            return;
-        }
-        Ok(Some(r)) => r,
-        Err(e) => return set_err(e),
-    };
-    let desired = rules.desired_table(&crate::health::verdicts::verdicts_of(state));
-    let kernel = match ipvs.table() {
-        Ok(k) => k,
-        Err(e) => return set_err(format!("read the IPVS table: {e}")),
-    };
-    let ops = ipvs::diff(&kernel, &desired);
-    if !ops.is_empty() {
-        if let Err(e) = ipvs.apply(&ops) {
-            return set_err(format!("apply {} changes: {e}", ops.len()));
-        }
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(e);
     }
-    let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
-    if !ops.is_empty() {
-        if rule_change {
-            tracing::info!(revision = state.revision, changes = ops.len(), took_us = t0.elapsed().as_micros() as u64, "applied rules to IPVS");
+
+    fn reconcile(&mut self, state: &ClusterState, rule_change: bool, check: Check) {
+        let t0 = Instant::now();
+        let rules = match rules_of(state) {
+            // No rules were ever applied: leave the kernel alone (a new node must not flush
+            // tables an operator made before the cluster owned them).
+            Ok(None) => {
+                self.applied_rev = Some(state.revision);
+                return;
+            }
+            Ok(Some(r)) => r,
+            Err(e) => return self.set_err(e),
+        };
+        let desired = rules.desired_table(&crate::health::verdicts::verdicts_of(state));
+        let t_desired = t0.elapsed();
+        let (mut table, dumped) = match (check, self.known.take()) {
+            (Check::Known, Some(k)) => (k, false),
+            _ => match self.ipvs.table() {
+                Ok(k) => (k, true),
+                Err(e) => return self.set_err(format!("read the IPVS table: {e}")),
+            },
+        };
+        let t_dump = t0.elapsed();
+        let ops = ipvs::diff(&table, &desired);
+        let t_diff = t0.elapsed();
+        if !ops.is_empty() {
+            if let Err(e) = self.ipvs.apply(&ops) {
+                if !dumped {
+                    // The kernel is not what this director last left there (an operator
+                    // changed it): read it and diff again, now.
+                    // Counted as a drift repair here when the retry is a rule change (the
+                    // retry counts it otherwise).
+                    tracing::warn!(error = %e, "the IPVS table changed behind the director: reading it again");
+                    if rule_change {
+                        self.status.lock().unwrap_or_else(|p| p.into_inner()).drift_repairs += 1;
+                    }
+                    return self.reconcile(state, rule_change, Check::Kernel);
+                }
+                return self.set_err(format!("apply {} changes: {e}", ops.len()));
+            }
+            // Replay on the model of the kernel; a model that disagrees is dropped and the
+            // next reconcile reads the kernel.
+            self.known = match ipvs::diff::apply_in_memory(&mut table, &ops) {
+                Ok(()) => Some(table),
+                Err(e) => {
+                    tracing::debug!(error = %e, "applied changes do not replay on the known table: dropping it");
+                    None
+                }
+            };
         } else {
-            st.drift_repairs += 1;
-            tracing::warn!(revision = state.revision, changes = ops.len(), "IPVS table drifted from the rules: repaired");
+            self.known = Some(table);
         }
-        st.last_ops = ops.len();
+        let t_apply = t0.elapsed();
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if !ops.is_empty() {
+            if rule_change {
+                tracing::info!(
+                    revision = state.revision,
+                    changes = ops.len(),
+                    dumped,
+                    took_us = t_apply.as_micros() as u64,
+                    desired_us = t_desired.as_micros() as u64,
+                    dump_us = (t_dump - t_desired).as_micros() as u64,
+                    diff_us = (t_diff - t_dump).as_micros() as u64,
+                    apply_us = (t_apply - t_diff).as_micros() as u64,
+                    "applied rules to IPVS"
+                );
+            } else {
+                st.drift_repairs += 1;
+                tracing::warn!(revision = state.revision, changes = ops.len(), "IPVS table drifted from the rules: repaired");
+            }
+            st.last_ops = ops.len();
+        }
+        st.applied_revision = state.revision;
+        st.last_error = None;
+        st.kernel_objects = desired.object_count();
+        self.applied_rev = Some(state.revision);
     }
-    st.applied_revision = state.revision;
-    st.last_error = None;
-    st.kernel_objects = desired.object_count();
-    *applied_rev = Some(state.revision);
 }
 
 /// Feeds replicated-state changes and the VRRP role of `sync_instance` to the director.
@@ -263,6 +326,7 @@ pub async fn feed(
             r = states.changed() => {
                 if r.is_err() { return; }
                 let s = states.borrow_and_update().clone();
+                tracing::debug!(target: "corral_stage", stage = "feed", first = s.revision, last = s.revision, took_us = 0u64);
                 if tx.send(Input::State(s)).is_err() { return; }
             }
             _ = tick.tick() => {
@@ -280,5 +344,70 @@ pub async fn feed(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(revision: u64, weight: u32, extra_service: bool) -> ClusterState {
+        let mut text = format!(
+            "[[virtual_server]]\naddress = \"192.0.2.100:80\"\nscheduler = \"wrr\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.11:80\"\nweight = {weight}\n"
+        );
+        if extra_service {
+            text.push_str("[[virtual_server]]\naddress = \"192.0.2.101:80\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.12:80\"\n");
+        }
+        let rules = RuleSet::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let mut s = ClusterState { revision, data: Default::default() };
+        s.data.entry(NS_RULES.into()).or_default().insert(KEY_RULES.into(), rules::encode(&rules));
+        s
+    }
+
+    fn desired(s: &ClusterState) -> Table {
+        rules_of(s).unwrap().unwrap().desired_table(&crate::health::verdicts::verdicts_of(s))
+    }
+
+    fn model(r: &mut Reconciler) -> &mut Table {
+        match &mut r.ipvs {
+            Ipvs::Model(t) => t,
+            Ipvs::Kernel(_) => unreachable!(),
+        }
+    }
+
+    /// A rule change is diffed against the known table (a hand-made service survives it, so
+    /// the kernel was not read), the periodic check reads the kernel and repairs, and a change
+    /// the kernel refuses (the table was flushed behind the director) is repaired at once.
+    #[test]
+    fn rule_changes_use_the_known_table_and_drift_is_still_repaired() {
+        let status = Arc::new(Mutex::new(DirectorStatus::default()));
+        let mut r = Reconciler { ipvs: Ipvs::Model(Table::default()), known: None, applied_rev: None, status: status.clone() };
+        let s1 = state(1, 1, true);
+        r.reconcile(&s1, true, Check::Known);
+        assert_eq!(*model(&mut r), desired(&s1));
+
+        // An operator adds a service by hand; a weight change does not read the table.
+        let mut stray = desired(&s1).services.values().next().unwrap().clone();
+        if let ipvs::ServiceKey::Addr { addr, .. } = &mut stray.key {
+            *addr = "192.0.2.102:8080".parse().unwrap();
+        }
+        model(&mut r).insert(stray);
+        let s2 = state(2, 5, true);
+        r.reconcile(&s2, true, Check::Known);
+        assert_eq!(model(&mut r).services.len(), 3, "the known table was used, not a dump");
+        // The periodic check reads the kernel and removes it.
+        r.reconcile(&s2, false, Check::Kernel);
+        assert_eq!(*model(&mut r), desired(&s2));
+        assert_eq!(status.lock().unwrap().drift_repairs, 1);
+
+        // `ipvsadm -C` behind the director, then a weight change: the edit is refused, the
+        // director reads the kernel and restores everything in the same reconcile.
+        *model(&mut r) = Table::default();
+        let s3 = state(3, 7, true);
+        r.reconcile(&s3, true, Check::Known);
+        assert_eq!(*model(&mut r), desired(&s3));
+        assert_eq!(status.lock().unwrap().drift_repairs, 2);
+        assert_eq!(status.lock().unwrap().applied_revision, 3);
+        assert_eq!(status.lock().unwrap().last_error, None);
     }
 }

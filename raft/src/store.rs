@@ -33,6 +33,21 @@ const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
 type SE = StorageError<NodeId>;
 
+/// One stage of a write's way through this node, for `cargo xtask bench propagation
+/// --stages`: a DEBUG event on target `corral_stage` (off unless RUST_LOG enables it), logged
+/// when the stage ends, with the log indexes it covered and how long it took.
+macro_rules! stage {
+    ($name:literal, $first:expr, $last:expr, $t0:expr) => {
+        tracing::debug!(
+            target: "corral_stage",
+            stage = $name,
+            first = $first.unwrap_or(0),
+            last = $last.unwrap_or(0),
+            took_us = $t0.elapsed().as_micros() as u64,
+        )
+    };
+}
+
 /// Why the store could not be opened: always names the file and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -115,7 +130,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt { path: path.to_path_buf(), reason };
 
     // Check every fixed record and the log's ends decode now, not at the first election.
-    let log = LogStore { db: db.clone() };
+    let log = LogStore { db: db.clone(), committed: Default::default() };
     (|| -> Result<(), SE> {
         log.meta::<Vote<NodeId>>("vote")?;
         log.meta::<Option<LogId<NodeId>>>("committed")?;
@@ -141,6 +156,8 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), StoreError> {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// The newest commit index openraft reported; written to disk with the next log append.
+    committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
 }
 
 impl LogStore {
@@ -263,12 +280,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta("vote")
     }
 
+    /// Kept in memory and written by the next log append's transaction. openraft calls this
+    /// before every apply on every node; its own write transaction (a disk sync) sat on the
+    /// way of each change to the directors. The record only lets a restarted node re-apply
+    /// committed entries before it hears from a leader, and an older commit index is still a
+    /// true one (the rest is learnt from the leader as usual).
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SE> {
-        self.put_meta("committed", &committed, false).await
+        let i = committed.map(|c| c.index);
+        let t0 = std::time::Instant::now();
+        let mut g = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        if committed > *g {
+            *g = committed;
+        }
+        stage!("save_committed", i, i, t0);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SE> {
-        Ok(self.meta::<Option<LogId<NodeId>>>("committed")?.flatten())
+        let stored = self.meta::<Option<LogId<NodeId>>>("committed")?.flatten();
+        let pending = *self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(stored.max(pending))
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SE>
@@ -281,6 +312,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = encode("raft log entry", &e).map_err(write_logs_err)?;
             rows.push((e.log_id.index, bytes));
         }
+        let (first, last) = (rows.first().map(|r| r.0), rows.last().map(|r| r.0));
+        let committed = *self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let committed = match committed {
+            Some(c) => Some(encode("committed", &Some(c)).map_err(write_logs_err)?),
+            None => None,
+        };
+        let t0 = std::time::Instant::now();
         let db = self.db.clone();
         let res = blocking(move || {
             let txn = db.begin_write().map_err(write_logs_err)?;
@@ -289,10 +327,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 for (i, b) in &rows {
                     t.insert(*i, b.as_slice()).map_err(write_logs_err)?;
                 }
+                if let Some(c) = &committed {
+                    txn.open_table(META).map_err(write_logs_err)?.insert("committed", c.as_slice()).map_err(write_logs_err)?;
+                }
             }
             txn.commit().map_err(write_logs_err)
         })
         .await;
+        stage!("append", first, last, t0);
         match &res {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
@@ -475,6 +517,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Some(m) => Some(encode("membership", m).map_err(sm_write_err)?),
             None => None,
         };
+        let t0 = std::time::Instant::now();
+        let first = entries.first().map(|e| e.log_id.index);
+        let mut out = Vec::with_capacity(entries.len());
+        {
+            let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            for e in entries.iter() {
+                if let EntryPayload::Normal(cmd) = &e.payload {
+                    g.state.apply(cmd);
+                }
+                out.push(Response { revision: e.log_id.index });
+            }
+            g.last_applied = Some(last);
+            g.state.revision = last.index;
+            if let Some(m) = membership {
+                g.membership = m;
+            }
+        }
+        // Readers (the director above all) get the new state before it is written: it is
+        // the committed log's, whatever happens to this node's copy. A failed write stops
+        // Raft (openraft treats it as a storage error) and a restart re-applies from the log.
+        self.publish();
+        stage!("apply", first, Some(last.index), t0);
         let db = self.db.clone();
         let entries = Arc::new(entries);
         let for_db = entries.clone();
@@ -505,22 +569,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             txn.commit().map_err(sm_write_err)
         })
         .await?;
-        let mut out = Vec::with_capacity(entries.len());
-        {
-            let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
-            for e in entries.iter() {
-                if let EntryPayload::Normal(cmd) = &e.payload {
-                    g.state.apply(cmd);
-                }
-                out.push(Response { revision: e.log_id.index });
-            }
-            g.last_applied = Some(last);
-            g.state.revision = last.index;
-            if let Some(m) = membership {
-                g.membership = m;
-            }
-        }
-        self.publish();
         Ok(out)
     }
 

@@ -65,6 +65,8 @@ pub struct LabCluster {
     /// Extra sections appended to every node's config (e.g. `[director]`, `[[vrrp]]`); `{i}`
     /// is replaced by the node's 1-based number.
     pub extra_sections: String,
+    /// Extra environment for every corrald (e.g. `RUST_LOG` for stage timings).
+    pub env: Vec<(String, String)>,
 }
 
 impl LabCluster {
@@ -94,6 +96,7 @@ impl LabCluster {
             root,
             cluster_extra: "dead_grace = \"3s\"\n".into(),
             extra_sections: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -123,6 +126,7 @@ impl LabCluster {
         let mut cmd = self.lan.hosts[i].cmd(self.corrald.to_str().unwrap());
         cmd.arg("--config").arg(n.dir.join("corrald.toml")).stdout(Stdio::null()).stderr(log);
         cmd.env("NO_COLOR", "1");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let d = Daemon::spawn(cmd, &n.name);
         self.nodes[i].daemon = Some(d);
     }
@@ -324,4 +328,58 @@ pub fn propagation_latencies(
     }
     lat.sort();
     (lat, missing)
+}
+
+/// `RUST_LOG` for corrald that adds the per-stage DEBUG events (target `corral_stage`) to the
+/// default filter, for [`stage_times`].
+pub const STAGE_LOG_FILTER: &str = "info,openraft=error,openraft::replication=off,openraft::engine=off,corral_stage=debug";
+
+/// One node's stage marks: stage name → revision → (end time µs, duration µs). A stage that
+/// covered several log indexes (one append or apply of a batch) counts for each of them.
+pub type StageTimes = std::collections::BTreeMap<String, std::collections::BTreeMap<u64, (u128, u64)>>;
+
+/// Parses a corrald log for `corral_stage` events (`stage=NAME first=A last=B took_us=T`) and
+/// the director's "applied rules to IPVS" lines (stages `reconcile`, and its parts `desired`,
+/// `dump`, `diff`, `netlink`, each as the time it ended). `request` events carry no revision:
+/// they are returned in order under revision 0, 1, 2, … (one per admin request).
+pub fn stage_times(log_text: &str) -> StageTimes {
+    let field = |l: &str, k: &str| -> Option<u64> {
+        l.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.trim_matches('"').parse().ok())
+    };
+    let mut out = StageTimes::new();
+    let mut requests = 0u64;
+    for l in log_text.lines() {
+        let Some(ts) = l.split_whitespace().next().and_then(parse_ts) else { continue };
+        if l.contains("applied rules to IPVS") {
+            let Some(rev) = field(l, "revision=") else { continue };
+            let took = field(l, "took_us=").unwrap_or(0);
+            let start = ts.saturating_sub(took as u128);
+            let mut at = start;
+            for (name, key) in [("desired", "desired_us="), ("dump", "dump_us="), ("diff", "diff_us="), ("netlink", "apply_us=")] {
+                let d = field(l, key).unwrap_or(0);
+                at += d as u128;
+                out.entry(name.into()).or_default().entry(rev).or_insert((at, d));
+            }
+            out.entry("reconcile".into()).or_default().entry(rev).or_insert((ts, took));
+            continue;
+        }
+        if !l.contains("corral_stage") {
+            continue;
+        }
+        let Some(name) = l.split_whitespace().find_map(|w| w.strip_prefix("stage=")).map(|v| v.trim_matches('"').to_string()) else {
+            continue;
+        };
+        let took = field(l, "took_us=").unwrap_or(0);
+        if name == "request" {
+            out.entry(name).or_default().insert(requests, (ts, took));
+            requests += 1;
+            continue;
+        }
+        let (Some(first), Some(last)) = (field(l, "first="), field(l, "last=")) else { continue };
+        let m = out.entry(name).or_default();
+        for rev in first..=last.max(first) {
+            m.entry(rev).or_insert((ts, took));
+        }
+    }
+    out
 }

@@ -62,6 +62,17 @@ enum BenchCmd {
         /// Node counts of the loopback scale run.
         #[arg(long, value_delimiter = ',', default_values_t = vec![3, 10, 25, 50])]
         scale: Vec<usize>,
+        /// Director counts of the VM run.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![3, 5])]
+        directors: Vec<usize>,
+        /// Skip the loopback scale run.
+        #[arg(long)]
+        no_scale: bool,
+        /// Also log every stage of each change (request, log append, commit, apply, director
+        /// wake-up, kernel dump, diff, netlink) and print where the time goes. The extra log
+        /// lines cost a little: the headline figures come from runs without it.
+        #[arg(long)]
+        stages: bool,
     },
     /// corrald vs keepalived: failover time at 10 ms / 50 ms / 1 s, CPU of 256 instances (host netns, root).
     Vrrp {
@@ -123,7 +134,9 @@ fn main() -> ExitCode {
                 bench_cluster::run(&target_dir().join("release/corrald"), &target_dir().join("release/corral-bench-gossip"), &sizes)
             })
         }
-        Cmd::Bench { cmd: BenchCmd::Propagation { changes, scale } } => bench_propagation(changes, &scale),
+        Cmd::Bench { cmd: BenchCmd::Propagation { changes, scale, directors, no_scale, stages } } => {
+            bench_propagation(changes, &directors, if no_scale { &[] } else { &scale }, stages)
+        }
         Cmd::Bench { cmd: BenchCmd::Checks { real_servers, seconds, setups } } => build_bins(true).and_then(|_| {
             let mut cmd = cargo();
             cmd.args(["build", "--release", "-p", "check", "--example", "many_tcp"]);
@@ -384,14 +397,17 @@ ip netns del a{n}; ip netns del c{n}
     Ok(())
 }
 
-fn bench_propagation(changes: usize, scale: &[usize]) -> Result<()> {
+fn bench_propagation(changes: usize, directors: &[usize], scale: &[usize], stages: bool) -> Result<()> {
     let mut files = build_bins(true)?;
     let mut cmd = cargo();
     cmd.args(["build", "--release", "-p", "tests", "--bin", "corral-bench-propagation"]);
     check(cmd.status(), "cargo build corral-bench-propagation")?;
     files.push((target_dir().join("release/corral-bench-propagation"), "/usr/bin/corral-bench-propagation".into()));
+    let list: Vec<String> = directors.iter().map(|d| d.to_string()).collect();
+    let flag = if stages { " --stages" } else { "" };
     let script = format!(
-        "set -e\nfor n in 3 5; do corral-bench-propagation --directors $n --changes {changes}; done\n"
+        "set -e\nfor n in {}; do corral-bench-propagation --directors $n --changes {changes}{flag}; done\n",
+        list.join(" ")
     );
     eprintln!("bench propagation: VM part (kernel IPVS, TCG)");
     let payload = vm::Payload { files, script, env: vec![] };
@@ -402,6 +418,9 @@ fn bench_propagation(changes: usize, scale: &[usize]) -> Result<()> {
     for l in outcome.log.lines().filter(|l| l.starts_with("PROPAGATION ")) {
         let f = |k: &str| l.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or("?").to_string();
         println!("| {} (VM, kernel IPVS) | {} | {} ms | {} ms | {} ms |", f("directors="), f("changes="), f("p50_ms="), f("p99_ms="), f("max_ms="));
+    }
+    for l in outcome.log.lines().filter_map(|l| l.strip_prefix("STAGES ")) {
+        println!("{l}");
     }
     report(&outcome, 1)?;
     for &n in scale {

@@ -640,6 +640,8 @@ impl Cluster {
                 self.write_rules(rules.clone(), *dry_run).await
             }
             Request::Edit { edit } => {
+                // Stage marks for `cargo xtask bench propagation --stages` (off by default).
+                tracing::debug!(target: "corral_stage", stage = "request", first = 0u64, last = 0u64, took_us = 0u64);
                 let _g = self.rules_lock.lock().await;
                 let mut rules = self.current_rules().map_err(LeaderError::Bad)?;
                 edit.apply(&mut rules).map_err(LeaderError::Bad)?;
@@ -669,6 +671,7 @@ impl Cluster {
         if old == rules && stored {
             return Ok(ResponseBody::Applied { revision: Some(self.sm.current().revision), dry_run: false, changes });
         }
+        let t0 = Instant::now();
         let rev = self
             .write(Command::Put {
                 ns: crate::director::NS_RULES.into(),
@@ -676,6 +679,7 @@ impl Cluster {
                 value: crate::rules::encode(&rules),
             })
             .await?;
+        tracing::debug!(target: "corral_stage", stage = "client_write", first = rev, last = rev, took_us = t0.elapsed().as_micros() as u64);
         tracing::info!(revision = rev, changes = changes.len(), "rules changed");
         // keepalived's omega: a removed virtual server runs its quorum_down (once, here on the
         // leader that committed the removal).

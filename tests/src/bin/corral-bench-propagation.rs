@@ -14,8 +14,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mut directors = 3usize;
     let mut changes = 200usize;
+    let mut stages = false;
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--stages" => stages = true,
             "--directors" => directors = args.next().and_then(|v| v.parse().ok()).expect("--directors N"),
             "--changes" => changes = args.next().and_then(|v| v.parse().ok()).expect("--changes N"),
             other => panic!("unknown argument {other}"),
@@ -25,6 +27,9 @@ fn main() {
     let mut lab = LabCluster::new(&format!("prop{directors}"), directors, d, c);
     lab.cluster_extra = "heartbeat = \"250ms\"\ndead_grace = \"60s\"\n".into();
     lab.extra_sections = "[director]\nreconcile_interval = \"5s\"\n".into();
+    if stages {
+        lab.env.push(("RUST_LOG".into(), tests::cluster::STAGE_LOG_FILTER.into()));
+    }
     for h in &lab.lan.hosts {
         h.sh("ipvsadm -C");
     }
@@ -59,6 +64,10 @@ fn main() {
         .map(|i| applied_times(&std::fs::read_to_string(lab.nodes[i].log()).unwrap_or_default()))
         .collect();
     let (lat, missing) = tests::cluster::propagation_latencies(&sent, &logs);
+    if stages {
+        let texts: Vec<String> = (0..directors).map(|i| std::fs::read_to_string(lab.nodes[i].log()).unwrap_or_default()).collect();
+        print_stages(&sent, &texts, leader);
+    }
     let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
     println!(
         "PROPAGATION directors={directors} changes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} missing={missing}",
@@ -67,4 +76,58 @@ fn main() {
         p(0.99),
         *lat.last().unwrap() as f64 / 1000.0
     );
+}
+
+/// Prints, per node (leader first) and per stage, when the stage ended after the request was
+/// sent (p50 and p90 over the changes) and how long the stage itself took (p50), as
+/// `STAGES ` lines holding a markdown table.
+fn print_stages(sent: &[(u64, u128)], texts: &[String], leader: usize) {
+    let order = [
+        ("request", "admin request received (leader)"),
+        ("append", "Raft log append done (redb, durable)"),
+        ("save_committed", "commit index saved (= learned the commit)"),
+        ("apply", "state machine applied (published to the director)"),
+        ("client_write", "client_write returned (leader)"),
+        ("feed", "director feed saw the new state"),
+        ("wake", "director thread woke"),
+        ("desired", "desired table built"),
+        ("dump", "kernel table dumped"),
+        ("diff", "diff done"),
+        ("netlink", "netlink apply done = applied"),
+    ];
+    let mut nodes: Vec<usize> = (0..texts.len()).collect();
+    nodes.sort_by_key(|i| *i != leader);
+    let times: Vec<_> = texts.iter().map(|t| tests::cluster::stage_times(t)).collect();
+    let pct = |v: &mut Vec<u128>, q: f64| -> String {
+        if v.is_empty() {
+            return "-".into();
+        }
+        v.sort();
+        format!("{:.2}", v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1000.0)
+    };
+    println!("STAGES");
+    println!("STAGES {} directors, {} changes:", texts.len(), sent.len());
+    println!("STAGES");
+    let head: Vec<String> = nodes.iter().map(|i| format!("d{}{}", i + 1, if *i == leader { " (leader)" } else { "" })).collect();
+    println!("STAGES | stage (ms after the request was sent: ends p50 / p90; own duration p50) | {} |", head.join(" | "));
+    println!("STAGES |---|{}", "---|".repeat(nodes.len()));
+    for (name, what) in order {
+        let mut cells = Vec::new();
+        for &i in &nodes {
+            let Some(m) = times[i].get(name) else {
+                cells.push("-".to_string());
+                continue;
+            };
+            let (mut ends, mut durs) = (Vec::new(), Vec::new());
+            for (k, (rev, t0)) in sent.iter().enumerate() {
+                let key = if name == "request" { k as u64 } else { *rev };
+                if let Some((end, took)) = m.get(&key) {
+                    ends.push(end.saturating_sub(*t0));
+                    durs.push(*took as u128);
+                }
+            }
+            cells.push(format!("{} / {}; {}", pct(&mut ends, 0.5), pct(&mut ends, 0.9), pct(&mut durs, 0.5)));
+        }
+        println!("STAGES | {what} | {} |", cells.join(" | "));
+    }
 }
