@@ -57,6 +57,11 @@ struct Group {
 /// every member they forced, until nothing is left to do; then runs the notify scripts of every
 /// group whose state changed.
 async fn step(i: usize, running: &mut [Running], groups: &mut [Group], vips: &Vips) {
+    if groups.is_empty() {
+        // The common case, per advert: nothing to cascade to.
+        perform(&mut running[i], vips).await;
+        return;
+    }
     let mut queue = vec![i];
     while let Some(k) = queue.pop() {
         let events = perform(&mut running[k], vips).await;
@@ -103,6 +108,11 @@ struct Running {
     /// earlier mastership stop, or a router that just stepped down would keep pointing hosts
     /// at itself after the real master announced (a failover race seen under load).
     mastership: Arc<std::sync::atomic::AtomicU64>,
+    /// Set while a timer expiry is performed: (the deadline, when the driver woke for it), so
+    /// a takeover can report where its microseconds went.
+    fired: Option<(std::time::Instant, std::time::Instant)>,
+    /// The state the driver last acted on (its last `StateChanged`).
+    acted_state: State,
 }
 
 /// Refuses the configuration keys the driver does not implement yet, naming them, so
@@ -219,6 +229,8 @@ async fn build(
         prefixes,
         checksum,
         mastership: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        fired: None,
+        acted_state: State::Initialize,
     })
 }
 
@@ -349,21 +361,24 @@ pub async fn run(
     // The status board is refreshed on a tick, not per packet: with hundreds of instances
     // at 10 ms adverts, rebuilding it per event would cost more than the protocol itself.
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut timer = DeadlineTimer::new().context("timerfd for VRRP deadlines")?;
+    // The earliest deadline over all instances, or earlier: it is recomputed in full only when
+    // the timer fires or many instances may have changed. A received advert only pushes its
+    // own instance's deadline (later, as a rule), so it is merged in O(1); a deadline that
+    // moved later costs at most one early wake-up, which finds nothing due and re-arms.
+    let mut next = earliest(&running);
     loop {
-        let deadline = running.iter().filter_map(|r| r.inst.poll_timeout()).min();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(Instant::from_std(d)).await,
-                None => std::future::pending().await,
-            }
-        };
+        timer.arm(next);
+        let mut rescan = true;
         tokio::select! {
-            _ = sleep => {
-                let now = Instant::now().into_std();
+            _ = timer.expired() => {
+                let now = std::time::Instant::now();
                 for i in 0..running.len() {
-                    if running[i].inst.poll_timeout().is_some_and(|t| t <= now) {
+                    if let Some(t) = running[i].inst.poll_timeout().filter(|t| *t <= now) {
+                        running[i].fired = Some((t, now));
                         running[i].inst.handle_timeout(now);
                         step(i, &mut running, &mut groups, &vips).await;
+                        running[i].fired = None;
                     }
                 }
             }
@@ -374,6 +389,11 @@ pub async fn run(
                     Some(i) => {
                         receive(&mut running[i], pkt);
                         step(i, &mut running, &mut groups, &vips).await;
+                        if groups.is_empty() {
+                            // Only instance i can have moved.
+                            next = min_opt(next, running[i].inst.poll_timeout());
+                            rescan = false;
+                        }
                     }
                     None => {
                         // Not ours (another router's VRID, or too short to say): count it on
@@ -435,8 +455,14 @@ pub async fn run(
                 publish(&running, &board);
                 tracing::info!("reload: {} instance(s) running", running.len());
             }
-            _ = tick.tick() => publish(&running, &board),
+            _ = tick.tick() => {
+                publish(&running, &board);
+                rescan = false;
+            }
             _ = shutdown.recv() => break,
+        }
+        if rescan {
+            next = earliest(&running);
         }
     }
     for r in &mut running {
@@ -448,6 +474,95 @@ pub async fn run(
         retire(r, &vips, &mut vmacs, &mut sockets).await;
     }
     Ok(())
+}
+
+/// The earliest deadline of any instance.
+fn earliest(running: &[Running]) -> Option<std::time::Instant> {
+    running.iter().filter_map(|r| r.inst.poll_timeout()).min()
+}
+
+fn min_opt(a: Option<std::time::Instant>, b: Option<std::time::Instant>) -> Option<std::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A timerfd holding the driver's next deadline.
+///
+/// Why not `tokio::time::sleep_until`: tokio's timer wheel has 1 ms granularity and rounds
+/// deadlines up, and its `epoll_wait` timeout is in whole milliseconds, so a Master_Down expiry
+/// fired 0.7 to 1.6 ms after its deadline (measured). A timerfd is a kernel hrtimer: it wakes
+/// the runtime within tens of microseconds, and the sans-IO core still gets the time as an
+/// `Instant` argument (its clock stays injected).
+struct DeadlineTimer {
+    fd: AsyncFd<TimerFd>,
+    /// What the timerfd is set to (`None`: disarmed, or fired and not re-armed).
+    armed: Option<std::time::Instant>,
+}
+
+struct TimerFd(std::os::fd::OwnedFd);
+
+impl std::os::fd::AsRawFd for TimerFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.0)
+    }
+}
+
+impl DeadlineTimer {
+    #[allow(deprecated)] // AsyncFd::new: TimerFd owns its fd (OwnedFd closes it on drop).
+    fn new() -> std::io::Result<DeadlineTimer> {
+        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(DeadlineTimer { fd: AsyncFd::new(TimerFd(owned))?, armed: None })
+    }
+
+    /// Sets the timer to `at` (a deadline in the past fires at once; `None` disarms); a system
+    /// call only when the deadline changed.
+    fn arm(&mut self, at: Option<std::time::Instant>) {
+        if at == self.armed {
+            return;
+        }
+        self.armed = at;
+        let value = match at {
+            None => Duration::ZERO,
+            // `std::time::Instant` is CLOCK_MONOTONIC on Linux, like the timerfd; a zero
+            // it_value would disarm it, so "now" is 1 ns.
+            Some(t) => t.saturating_duration_since(std::time::Instant::now()).max(Duration::from_nanos(1)),
+        };
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec { tv_sec: value.as_secs() as libc::time_t, tv_nsec: value.subsec_nanos() as libc::c_long },
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.fd.get_ref());
+        if unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) } != 0 {
+            // Cannot happen with a valid fd and spec; never wait forever on it.
+            tracing::error!("timerfd_settime: {}", std::io::Error::last_os_error());
+            self.armed = None;
+        }
+    }
+
+    /// Resolves when the armed deadline passes (cancel-safe: an expiry not yet read stays).
+    async fn expired(&mut self) {
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                return std::future::pending().await;
+            };
+            let mut ticks = [0u8; 8];
+            let fd = std::os::fd::AsRawFd::as_raw_fd(guard.get_inner());
+            let n = unsafe { libc::read(fd, ticks.as_mut_ptr() as *mut libc::c_void, 8) };
+            if n == 8 {
+                self.armed = None;
+                return;
+            }
+            // EAGAIN: re-armed after the expiry was signalled (re-arming clears it).
+            guard.clear_ready();
+        }
+    }
 }
 
 fn spawn_reader(index: usize, socket: Arc<AsyncFd<VrrpSocket>>, tx: mpsc::Sender<(usize, vrrp::sys::socket::Received)>) {
@@ -490,30 +605,49 @@ fn receive(r: &mut Running, pkt: vrrp::sys::socket::Received) {
     }
 }
 
+/// Sends one advert to the group or to each unicast peer.
+fn send_advert(r: &Running, repr: &Repr) {
+    let src = r.inst.config().primary;
+    let group = [if src.is_ipv6() { IpAddr::V6(wire::MULTICAST_V6) } else { IpAddr::V4(wire::MULTICAST_V4) }];
+    let peers = &r.inst.config().unicast_peers;
+    let dsts: &[IpAddr] = if peers.is_empty() { &group } else { peers };
+    for &dst in dsts {
+        let bytes = repr.to_bytes(src, dst, r.checksum);
+        if let Err(e) = r.socket.get_ref().send(&bytes, dst) {
+            tracing::warn!(instance = %r.conf.name, "send advert to {dst}: {e}");
+        }
+    }
+}
+
 async fn perform(r: &mut Running, vips: &Vips) -> Vec<GroupEvent> {
     let mut events = Vec::new();
+    // Takeover timing (debug log): when the advert, the VIPs and the first GARP went out.
+    let (mut t_advert, mut t_vips, mut t_garp, mut took_over) = (None, None, None, false);
+    let mut pending = Vec::new();
+    // On a takeover the hosts hear first, as with keepalived (its vrrp_state_master_tx adds the
+    // VIPs and sends the gratuitous ARP/NA, then the advert): the first advert is held until
+    // the first gratuitous ARP/NA is out. RFC 5798 §6.4.2 lists both as one event's actions;
+    // the other routers learn of the new master ~0.1 ms later, which no timer can notice.
+    let taking_over = r.inst.state() == State::Master && r.acted_state != State::Master;
+    let mut held = Vec::new();
     while let Some(action) = r.inst.poll_action() {
         match action {
+            Action::SendAdvert(repr) if taking_over && t_garp.is_none() => held.push(repr),
             Action::SendAdvert(repr) => {
-                let src = r.inst.config().primary;
-                let dsts: Vec<IpAddr> = if r.inst.config().unicast_peers.is_empty() {
-                    vec![if src.is_ipv6() { IpAddr::V6(wire::MULTICAST_V6) } else { IpAddr::V4(wire::MULTICAST_V4) }]
-                } else {
-                    r.inst.config().unicast_peers.clone()
-                };
-                for dst in dsts {
-                    let bytes = repr.to_bytes(src, dst, r.checksum);
-                    if let Err(e) = r.socket.get_ref().send(&bytes, dst) {
-                        tracing::warn!(instance = %r.conf.name, "send advert to {dst}: {e}");
-                    }
-                }
+                send_advert(r, &repr);
+                t_advert.get_or_insert_with(std::time::Instant::now);
             }
             Action::AddVips(_) => {
+                // The kernel adds each address inside the send; the acknowledgements are read
+                // after the gratuitous ARP/NA that follow, so the first GARP waits for no
+                // round trip through the runtime, and goes out with the VIPs already in place.
                 for (a, p) in &r.prefixes {
-                    if let Err(e) = vips.add(r.ifindex, *a, *p).await {
-                        tracing::error!(instance = %r.conf.name, "{e}");
+                    match vips.add_now(r.ifindex, *a, *p) {
+                        Ok(pa) => pending.push(pa),
+                        Err(e) => tracing::error!(instance = %r.conf.name, "{e}"),
                     }
                 }
+                t_vips = Some(std::time::Instant::now());
             }
             Action::RemoveVips(_) => {
                 for (a, p) in &r.prefixes {
@@ -534,6 +668,11 @@ async fn perform(r: &mut Running, vips: &Vips) -> Vec<GroupEvent> {
                     if let Err(e) = r.arp.send(f) {
                         tracing::warn!(instance = %r.conf.name, "gratuitous ARP / NA: {e}");
                     }
+                }
+                t_garp.get_or_insert_with(std::time::Instant::now);
+                for repr in held.drain(..) {
+                    send_advert(r, &repr);
+                    t_advert.get_or_insert_with(std::time::Instant::now);
                 }
                 // The repeats go out later without holding up the protocol.
                 let (repeat, delay) = (r.conf.garp_repeat.saturating_sub(1), r.conf.garp_delay.max(Duration::from_millis(10)));
@@ -559,12 +698,35 @@ async fn perform(r: &mut Running, vips: &Vips) -> Vec<GroupEvent> {
                 if from == State::Master {
                     r.mastership.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
+                took_over |= to == State::Master;
+                r.acted_state = to;
                 tracing::info!(instance = %r.conf.name, "{} -> {} (priority {priority})", from.as_str(), to.as_str());
                 spawn_scripts(notify_commands(&Hooks::instance(&r.conf), &r.conf.name, to, priority));
                 events.push(GroupEvent::Changed(from, to));
             }
             Action::WantMaster => events.push(GroupEvent::WantMaster),
         }
+    }
+    for repr in held.drain(..) {
+        send_advert(r, &repr);
+    }
+    if !pending.is_empty() {
+        match tokio::time::timeout(Duration::from_secs(2), vips.add_acks(pending)).await {
+            Ok(results) => {
+                for e in results.into_iter().filter_map(Result::err) {
+                    tracing::error!(instance = %r.conf.name, "{e}");
+                }
+            }
+            Err(_) => tracing::error!(instance = %r.conf.name, "no answer from the kernel to adding the VIPs within 2 s"),
+        }
+    }
+    if let (true, Some((deadline, woke))) = (took_over, r.fired) {
+        let us = |t: Option<std::time::Instant>| t.map_or(-1, |t| t.saturating_duration_since(deadline).as_micros() as i64);
+        tracing::debug!(
+            instance = %r.conf.name,
+            "takeover timing (µs after the timer's deadline): woke {}, VIPs added {}, first GARP sent {}, advert sent {}",
+            us(Some(woke)), us(t_vips), us(t_garp), us(t_advert)
+        );
     }
     events
 }

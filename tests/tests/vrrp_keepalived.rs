@@ -564,6 +564,77 @@ fn use_vmac_fails_over_between_two_corralds() {
     drop(b);
 }
 
+/// IPv6 with `use_vmac`: the vmac carries the IPv6 virtual MAC (00:00:5e:00:02:VRID, RFC 5798
+/// §7.3), the parent's link-local address (the advert source) and the VIP; adverts and the
+/// unsolicited NA leave from the virtual MAC, and a host that resolves the VIP learns that MAC.
+/// keepalived (no vmac) is the backup and takes over after the release.
+#[test]
+fn use_vmac_ipv6_uses_the_virtual_mac_and_fails_over() {
+    let Some(bin) = prerequisites("use_vmac_ipv6_uses_the_virtual_mac_and_fails_over") else { return };
+    const VIP6: &str = "2001:db8::100";
+    const VMAC6: &str = "00:00:5e:00:02:33"; // VRID 51, IPv6
+    const VMAC_IF: &str = "vrrp6.51"; // corrald names IPv6 vmacs vrrp6.VRID
+    let lan = Lan::new(3);
+    let (h1, h2, h3) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
+    let dir = tempdir::Dir::new("vmac6");
+    // The LAN gives every host an address in the VIP's prefix (the observer's is 2001:db8::3).
+    let out = dir.path.join("tcpdump-e6.txt");
+    let mut cmd = h3.cmd("tcpdump");
+    cmd.args(["-e", "-i", "eth0", "-nn", "-l", "-tt", "icmp6 or ip6 proto 112"]).stdout(std::fs::File::create(&out).unwrap()).stderr(Stdio::null());
+    let _tcpdump = Daemon::spawn(cmd, "tcpdump");
+    std::thread::sleep(Duration::from_millis(300));
+    let dump = || std::fs::read_to_string(&out).unwrap_or_default();
+    let k = keepalived_vip(h2, &dir, 3, 100, "0.1", None, &format!("{VIP6}/64"));
+    let cfg = format!(
+        "[node]\nadmin_socket = \"{}/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\n\
+         advert_interval = \"100ms\"\nvirtual_ips = [\"{VIP6}/64\"]\ngarp_repeat = 2\nuse_vmac = true\n",
+        dir.path.display()
+    );
+    let (mut c, _) = start_corrald(&bin, h1, &dir, &cfg);
+    assert!(wait_for(Duration::from_secs(4), || has_addr_on(h1, VMAC_IF, VIP6)).is_some(), "corral is master with the IPv6 VIP on its vmac");
+    assert!(wait_for(Duration::from_secs(2), || !has_addr(h2, VIP6)).is_some(), "keepalived is backup");
+    assert!(!has_addr_on(h1, "eth0", VIP6), "the VIP is on the vmac, not on eth0");
+    let link = h1.sh(&format!("ip -d link show dev {VMAC_IF}"));
+    assert!(link.contains(VMAC6) && link.contains("macvlan mode private"), "{link}");
+    let lladdr = h1.sh("ip -6 -o addr show dev eth0 scope link");
+    let ll = lladdr.split_whitespace().nth(3).and_then(|a| a.split('/').next()).expect("eth0 has a link-local address").to_owned();
+    assert!(has_addr_on(h1, VMAC_IF, &ll), "the vmac carries the parent's link-local {ll}: {}", h1.sh(&format!("ip -6 addr show dev {VMAC_IF}")));
+    // On the wire: adverts to ff02::12 and the unsolicited NA, both from the virtual MAC.
+    let advert = |l: &str| l.contains(&format!("{VMAC6} > 33:33:00:00:00:12")) && l.contains(&format!("{ll} > ff02::12: "));
+    assert!(wait_for(Duration::from_secs(2), || dump().lines().any(advert)).is_some(), "advert from the virtual MAC:\n{}", dump());
+    let na = |l: &str| l.contains("neighbor advertisement") && l.contains(&format!("tgt is {VIP6}"));
+    assert!(
+        wait_for(Duration::from_secs(2), || dump().lines().any(|l| na(l) && l.contains(&format!("{VMAC6} > 33:33:00:00:00:01")))).is_some(),
+        "unsolicited NA from the virtual MAC:\n{}",
+        dump()
+    );
+    // A host resolving the VIP learns the virtual MAC (a UDP datagram to the VIP makes the
+    // observer's kernel send a neighbour solicitation; the image has no ping).
+    h3.sh(&format!("/usr/bin/python3 -c \"import socket; socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b'x', ('{VIP6}', 9))\""));
+    let neigh = || h3.sh(&format!("ip -6 neigh show {VIP6}"));
+    assert!(
+        wait_for(Duration::from_secs(2), || neigh().contains(&format!("lladdr {VMAC6}"))).is_some(),
+        "the observer resolved the VIP to the virtual MAC: {}\n{}",
+        neigh(),
+        dump()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    // The solicited answers (not to ff02::1: keepalived may have announced the VIP before corral
+    // started) come from the virtual MAC only: the parent stays silent.
+    let nas: Vec<String> = dump().lines().filter(|l| na(l) && !l.contains("> ff02::1:")).map(str::to_owned).collect();
+    assert!(!nas.is_empty() && nas.iter().all(|l| l.contains(&format!("{VMAC6} > "))), "solicited NAs for the VIP: {nas:?}");
+    // Stable: keepalived hears our adverts from the vmac.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(has_addr_on(h1, VMAC_IF, VIP6) && !has_addr(h2, VIP6));
+    assert_eq!(vrrp_status(&bin, &dir)["state"], "MASTER");
+    // SIGTERM: release to keepalived, vmac deleted.
+    c.signal("TERM");
+    assert!(wait_for(Duration::from_secs(1), || has_addr(h2, VIP6)).is_some(), "keepalived takes over after the release");
+    assert!(c.wait_exit(Duration::from_secs(3)).is_some_and(|s| s.success()), "corrald exits cleanly");
+    assert!(!link_exists(h1, VMAC_IF), "the vmac is removed on exit");
+    drop(k);
+}
+
 /// Link down on the instance's own interface, or on a tracked weight-0 one, means FAULT at once
 /// (link events, not a poll); link up brings the instance back.
 #[test]

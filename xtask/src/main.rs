@@ -79,9 +79,12 @@ enum BenchCmd {
         /// Failovers per implementation and interval (the median is reported).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
-        /// CPU measurement window in seconds.
+        /// CPU measurement window in seconds (0 skips the CPU part).
         #[arg(long, default_value_t = 30)]
         cpu_seconds: u64,
+        /// Advert intervals to time failovers at, in ms.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![10, 50, 1000])]
+        intervals: Vec<u64>,
     },
     /// N real servers checked every 1 s by corrald on loopback: one node alone, then 3 nodes
     /// with k = 3; CPU, memory and check rounds per node.
@@ -123,9 +126,8 @@ fn main() -> ExitCode {
         Cmd::Test => test_all(),
         Cmd::Demo => demo(),
         Cmd::Bench { cmd: BenchCmd::Ipvs { sizes } } => bench_ipvs(&sizes),
-        Cmd::Bench { cmd: BenchCmd::Vrrp { repeats, cpu_seconds } } => {
-            build_bins(true).and_then(|_| bench_vrrp::run(&target_dir().join("release/corrald"), repeats, Duration::from_secs(cpu_seconds)))
-        }
+        Cmd::Bench { cmd: BenchCmd::Vrrp { repeats, cpu_seconds, intervals } } => build_bins(true)
+            .and_then(|_| bench_vrrp::run(&target_dir().join("release/corrald"), repeats, Duration::from_secs(cpu_seconds), &intervals)),
         Cmd::Bench { cmd: BenchCmd::Cluster { sizes } } => {
             build_bins(true).and_then(|_| {
                 let mut cmd = cargo();
