@@ -391,7 +391,7 @@ pub async fn run(
                         step(i, &mut running, &mut groups, &vips).await;
                         if groups.is_empty() {
                             // Only instance i can have moved.
-                            next = min_opt(next, running[i].inst.poll_timeout());
+                            next = min_opt(next, wake_at(&running[i]));
                             rescan = false;
                         }
                     }
@@ -476,9 +476,30 @@ pub async fn run(
     Ok(())
 }
 
-/// The earliest deadline of any instance.
+/// When the driver must wake for an instance: a master's next advert rounded up to the
+/// [`ADVERT_GRID`], every other deadline (Master_Down, the failover itself) exactly.
+fn wake_at(r: &Running) -> Option<std::time::Instant> {
+    let t = r.inst.poll_timeout()?;
+    Some(if r.inst.state() == State::Master { advert_grid(t) } else { t })
+}
+
+/// Masters' advert deadlines are rounded up to this grid so adverts due within the same
+/// step go out in one wake-up: 256 masters at 10 ms would otherwise wake the thread 25,600
+/// times a second through the timerfd (tokio's 1 ms wheel batched them the same way). An
+/// advert is at most this late; the receivers' Master_Down_Interval is three intervals.
+const ADVERT_GRID: Duration = Duration::from_millis(1);
+
+fn advert_grid(t: std::time::Instant) -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    let since = t.saturating_duration_since(epoch).as_nanos();
+    let step = ADVERT_GRID.as_nanos();
+    epoch + Duration::from_nanos(u64::try_from(since.div_ceil(step) * step).unwrap_or(u64::MAX))
+}
+
+/// The earliest wake-up any instance needs.
 fn earliest(running: &[Running]) -> Option<std::time::Instant> {
-    running.iter().filter_map(|r| r.inst.poll_timeout()).min()
+    running.iter().filter_map(wake_at).min()
 }
 
 fn min_opt(a: Option<std::time::Instant>, b: Option<std::time::Instant>) -> Option<std::time::Instant> {
@@ -839,6 +860,20 @@ fn async_fd(s: VrrpSocket) -> std::io::Result<AsyncFd<VrrpSocket>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advert_deadlines_round_up_to_one_grid_step_at_most() {
+        let t0 = std::time::Instant::now() + Duration::from_millis(5);
+        let ts: Vec<_> = (0..50).map(|i| t0 + Duration::from_micros(37 * i)).collect();
+        for t in &ts {
+            let g = advert_grid(*t);
+            assert!(g >= *t && g - *t < ADVERT_GRID, "{:?}", g - *t);
+            assert_eq!(advert_grid(g), g, "on the grid: unchanged");
+        }
+        // 50 deadlines spread over 1.8 ms need at most 3 wake-ups.
+        let wakes: std::collections::BTreeSet<_> = ts.iter().map(|t| advert_grid(*t)).collect();
+        assert!(wakes.len() <= 3, "{}", wakes.len());
+    }
 
     fn group() -> SyncGroupConfig {
         SyncGroupConfig {
