@@ -200,6 +200,8 @@ fn cpu_run(which: Impl, bin: &Path, dir: &Path, n: usize, window: Duration) -> R
     std::thread::sleep(Duration::from_secs(5));
     let (mp, bp) = (master.vrrp_pid()?, backup.vrrp_pid()?);
     let (m0, b0) = (cpu_secs(mp)?, cpu_secs(bp)?);
+    // Printed so a profiler can be aimed at the window (e.g. `perf record -g -p PID`).
+    eprintln!("bench vrrp: {} CPU window of {} s starts: master pid {mp}, backup pid {bp}", which.name(), window.as_secs());
     std::thread::sleep(window);
     let (m1, b1) = (cpu_secs(mp)?, cpu_secs(bp)?);
     // Sanity: the master holds every VIP (minus its own two addresses), the backup none.
