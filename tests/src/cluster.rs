@@ -383,3 +383,32 @@ pub fn stage_times(log_text: &str) -> StageTimes {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_times_reads_stage_events_and_director_lines() {
+        let log = r#"2026-11-26T01:00:00.000100Z DEBUG corral_stage: stage="request" took_us=5
+2026-11-26T01:00:00.000300Z DEBUG corral_stage: stage="commit" first=7 last=8 took_us=20
+2026-11-26T01:00:00.000900Z  INFO node::director: applied rules to IPVS revision=8 changes=1 took_us=400 desired_us=10 dump_us=100 diff_us=5 apply_us=200
+2026-11-26T01:00:00.001000Z DEBUG corral_stage: stage="request" took_us=6
+not a log line
+2026-11-26T01:00:00.001100Z DEBUG corral_stage: stage="commit" first=8 last=8 took_us=1
+"#;
+        let t = stage_times(log);
+        let at = |us: u128| parse_ts("2026-11-26T01:00:00.000000Z").unwrap() + us;
+        // Requests are numbered in order; a commit covers first..=last; the first sighting wins.
+        assert_eq!(t["request"][&0], (at(100), 5));
+        assert_eq!(t["request"][&1], (at(1000), 6));
+        assert_eq!(t["commit"][&7], (at(300), 20));
+        assert_eq!(t["commit"][&8], (at(300), 20));
+        // The director's parts end one after another from the reconcile's start (900 - 400 µs).
+        assert_eq!(t["reconcile"][&8], (at(900), 400));
+        assert_eq!(t["desired"][&8], (at(510), 10));
+        assert_eq!(t["dump"][&8], (at(610), 100));
+        assert_eq!(t["diff"][&8], (at(615), 5));
+        assert_eq!(t["netlink"][&8], (at(815), 200));
+    }
+}
