@@ -324,12 +324,11 @@ impl Health {
                 Ok(rev) => {
                     let mut after = before.clone();
                     for f in &flips {
-                        let was_up = before.get(&f.key).map(|v| v.up);
                         after.insert(f.key.clone(), Verdict { up: f.up, weight: f.weight });
                         self.verdict_changes.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(rs = %f.key, verdict = if f.up { "up" } else { "down" }, weight = ?f.weight, agreed = ?f.agreed, observers = f.observers, reason = %f.reason, revision = rev, "health verdict committed");
                         let c = checks.iter().find(|c| c.key == f.key);
-                        if was_up == Some(f.up) || (was_up.is_none() && c.is_some_and(|c| c.default_up == f.up)) {
+                        if c.is_some_and(|c| verdicts::current(c, &before).up == f.up) {
                             continue; // only the weight changed: keepalived runs no notify for that
                         }
                         let hook = c.and_then(|c| if f.up { c.notify_up.clone() } else { c.notify_down.clone() });
