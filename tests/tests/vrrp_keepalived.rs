@@ -90,9 +90,17 @@ fn observer(ns: &Netns, dir: &tempdir::Dir) -> (Daemon, PathBuf) {
 }
 
 fn capture(ns: &Netns, dir: &tempdir::Dir, filter: &str) -> (Daemon, PathBuf) {
-    let out = dir.path.join("tcpdump.txt");
+    capture_args(ns, dir.path.join("tcpdump.txt"), &[filter])
+}
+
+/// [`capture`] with each frame's Ethernet header (`-e`): source MACs for the vmac tests.
+fn capture_macs(ns: &Netns, dir: &tempdir::Dir, filter: &str) -> (Daemon, PathBuf) {
+    capture_args(ns, dir.path.join("tcpdump-e.txt"), &["-e", filter])
+}
+
+fn capture_args(ns: &Netns, out: PathBuf, extra: &[&str]) -> (Daemon, PathBuf) {
     let mut cmd = ns.cmd("tcpdump");
-    cmd.args(["-i", "eth0", "-nn", "-l", "-tt", filter]).stdout(std::fs::File::create(&out).unwrap()).stderr(Stdio::null());
+    cmd.args(["-i", "eth0", "-nn", "-l", "-tt"]).args(extra).stdout(std::fs::File::create(&out).unwrap()).stderr(Stdio::null());
     let d = Daemon::spawn(cmd, "tcpdump");
     std::thread::sleep(Duration::from_millis(300));
     (d, out)
@@ -494,11 +502,7 @@ fn use_vmac_master_uses_the_virtual_mac_and_fails_over() {
     let lan = Lan::new(3);
     let (h1, h2, h3) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
     let dir = tempdir::Dir::new("vmac");
-    let out = dir.path.join("tcpdump-e.txt");
-    let mut cmd = h3.cmd("tcpdump");
-    cmd.args(["-e", "-i", "eth0", "-nn", "-l", "-tt", "vrrp or arp"]).stdout(std::fs::File::create(&out).unwrap()).stderr(Stdio::null());
-    let _tcpdump = Daemon::spawn(cmd, "tcpdump");
-    std::thread::sleep(Duration::from_millis(300));
+    let (_tcpdump, out) = capture_macs(h3, &dir, "vrrp or arp");
     let dump = || std::fs::read_to_string(&out).unwrap_or_default();
     let k = keepalived(h2, &dir, 3, 100, "0.1", None);
     let (mut c, _) = start_corrald(&bin, h1, &dir, &vmac_config(&dir, 150));
@@ -578,11 +582,7 @@ fn use_vmac_ipv6_uses_the_virtual_mac_and_fails_over() {
     let (h1, h2, h3) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
     let dir = tempdir::Dir::new("vmac6");
     // The LAN gives every host an address in the VIP's prefix (the observer's is 2001:db8::3).
-    let out = dir.path.join("tcpdump-e6.txt");
-    let mut cmd = h3.cmd("tcpdump");
-    cmd.args(["-e", "-i", "eth0", "-nn", "-l", "-tt", "icmp6 or ip6 proto 112"]).stdout(std::fs::File::create(&out).unwrap()).stderr(Stdio::null());
-    let _tcpdump = Daemon::spawn(cmd, "tcpdump");
-    std::thread::sleep(Duration::from_millis(300));
+    let (_tcpdump, out) = capture_macs(h3, &dir, "icmp6 or ip6 proto 112");
     let dump = || std::fs::read_to_string(&out).unwrap_or_default();
     let k = keepalived_vip(h2, &dir, 3, 100, "0.1", None, &format!("{VIP6}/64"));
     let cfg = format!(
