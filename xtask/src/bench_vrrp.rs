@@ -5,7 +5,12 @@
 //!    tcpdump on the observer, at advert intervals 10 ms, 50 ms and 1 s; compared with the RFC
 //!    bound 3 x interval + Skew_Time for the backup's priority (100).
 //! 2. CPU: 256 instances at 10 ms adverts on each of two routers for 30 s; CPU seconds used by
-//!    the master's and the backup's process.
+//!    the master's and the backup's process. Run on two kinds of link: plain veth, where the
+//!    whole delivery of an advert (bridge, the backup's socket, waking the backup) runs in
+//!    softirq inside the master's `sendto` and is billed to the master, and veth with threaded
+//!    NAPI on every receiving end, where that work runs in `napi/…` kernel threads (shown
+//!    apart), as it would on another machine behind a NIC. Both implementations run on the
+//!    same links in the same run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -186,7 +191,57 @@ fn cpu_secs(pid: u32) -> Result<f64> {
     Ok(ticks / 100.0)
 }
 
-fn cpu_run(which: Impl, bin: &Path, dir: &Path, n: usize, window: Duration) -> Result<(f64, f64, usize)> {
+/// The links of the CPU part (see the module comment).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Links {
+    Veth,
+    VethNapi,
+}
+
+impl Links {
+    fn name(self) -> &'static str {
+        match self {
+            Links::Veth => "veth",
+            Links::VethNapi => "veth-napi",
+        }
+    }
+}
+
+/// Parses `--cpu-links veth,veth-napi`.
+pub fn parse_links(names: &[String]) -> Result<Vec<Links>> {
+    names
+        .iter()
+        .map(|n| match n.as_str() {
+            "veth" => Ok(Links::Veth),
+            "veth-napi" => Ok(Links::VethNapi),
+            other => bail!("--cpu-links: unknown link kind {other:?} (veth, veth-napi)"),
+        })
+        .collect()
+}
+
+/// Puts the receiving end `dev` (in `ns`) of a veth pair into threaded NAPI. veth hands a
+/// packet to the peer's NAPI only when GRO is on there and the *sending* end has no TSO
+/// (`veth_skb_is_eligible_for_gro`), so `peer` (in `peer_ns`) loses TSO.
+fn threaded_napi(ns: &Netns, dev: &str, peer_ns: &Netns, peer: &str) {
+    peer_ns.sh(&format!("ethtool -K {peer} tso off >/dev/null"));
+    ns.sh(&format!("ethtool -K {dev} gro on >/dev/null && echo 1 > /sys/class/net/{dev}/threaded"));
+}
+
+/// CPU seconds of the `napi/…` kernel threads of the given devices (threaded mode only).
+fn napi_cpu(devs: &[&str]) -> f64 {
+    let mut total = 0.0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if devs.iter().any(|d| comm.starts_with(&format!("napi/{d}-"))) {
+            total += cpu_secs(pid).unwrap_or(0.0);
+        }
+    }
+    total
+}
+
+/// The CPU part on `links`: (master CPU s, backup CPU s, NAPI threads' CPU s, VIPs on master).
+fn cpu_run(which: Impl, bin: &Path, dir: &Path, n: usize, window: Duration, links: Links) -> Result<(f64, f64, f64, usize)> {
     let lan = Lan::new(2);
     let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
     if n > 255 {
@@ -194,16 +249,25 @@ fn cpu_run(which: Impl, bin: &Path, dir: &Path, n: usize, window: Duration) -> R
         h1.sh("ip addr add 203.0.113.101/24 dev eth1 && ip link set eth1 up");
         h2.sh("ip addr add 203.0.113.102/24 dev eth1 && ip link set eth1 up");
     }
+    let napi_devs = ["p1", "p2", "eth1"];
+    if links == Links::VethNapi {
+        threaded_napi(&lan.bridge, "p1", h1, "eth0");
+        threaded_napi(&lan.bridge, "p2", h2, "eth0");
+        if n > 255 {
+            threaded_napi(h2, "eth1", h1, "eth1");
+            threaded_napi(h1, "eth1", h2, "eth1");
+        }
+    }
     let master = start(which, bin, h1, dir, "m", 200, Duration::from_millis(10), n)?;
     std::thread::sleep(Duration::from_secs(2));
     let backup = start(which, bin, h2, dir, "b", 100, Duration::from_millis(10), n)?;
     std::thread::sleep(Duration::from_secs(5));
     let (mp, bp) = (master.vrrp_pid()?, backup.vrrp_pid()?);
-    let (m0, b0) = (cpu_secs(mp)?, cpu_secs(bp)?);
+    let (m0, b0, k0) = (cpu_secs(mp)?, cpu_secs(bp)?, napi_cpu(&napi_devs));
     // Printed so a profiler can be aimed at the window (e.g. `perf record -g -p PID`).
     eprintln!("bench vrrp: {} CPU window of {} s starts: master pid {mp}, backup pid {bp}", which.name(), window.as_secs());
     std::thread::sleep(window);
-    let (m1, b1) = (cpu_secs(mp)?, cpu_secs(bp)?);
+    let (m1, b1, k1) = (cpu_secs(mp)?, cpu_secs(bp)?, napi_cpu(&napi_devs));
     // Sanity: the master holds every VIP (minus its own two addresses), the backup none.
     let out = h1.try_sh("ip -o -4 addr show");
     let vips_on_master = String::from_utf8_lossy(&out.stdout).lines().count().saturating_sub(if n > 255 { 3 } else { 2 });
@@ -212,10 +276,13 @@ fn cpu_run(which: Impl, bin: &Path, dir: &Path, n: usize, window: Duration) -> R
     if master.daemon_exited() || backup.daemon_exited() || extra_on_backup != 0 {
         bail!("{}: the CPU run is not in a steady state (daemon exited, or the backup holds {extra_on_backup} VIPs)", which.name());
     }
-    Ok((m1 - m0, b1 - b0, vips_on_master))
+    if links == Links::VethNapi && k1 - k0 < 0.01 {
+        bail!("{}: threaded NAPI was asked for, but no napi/ thread ran: the adverts did not take the NAPI path", which.name());
+    }
+    Ok((m1 - m0, b1 - b0, k1 - k0, vips_on_master))
 }
 
-pub fn run(bin: &Path, repeats: usize, cpu_window: Duration, intervals: &[u64]) -> Result<()> {
+pub fn run(bin: &Path, repeats: usize, cpu_window: Duration, intervals: &[u64], links: &[Links]) -> Result<()> {
     if unsafe { libc_geteuid() } != 0 {
         bail!("the VRRP benchmark builds network namespaces: run it as root");
     }
@@ -253,11 +320,17 @@ pub fn run(bin: &Path, repeats: usize, cpu_window: Duration, intervals: &[u64]) 
         let _ = std::fs::remove_dir_all(&dir);
         return Ok(());
     }
-    println!("\n| 256 instances, 10 ms adverts, {} s window | master CPU s | backup CPU s | VIPs on master |", cpu_window.as_secs());
-    println!("|---|---|---|---|");
-    for which in [Impl::Corral, Impl::Keepalived] {
-        let (m, b, v) = cpu_run(which, bin, &dir, 256, cpu_window)?;
-        println!("| {} | {m:.2} | {b:.2} | {v} |", which.name());
+    println!("\n| 256 instances, 10 ms adverts, {} s window | links | master CPU s | backup CPU s | NAPI threads CPU s | VIPs on master |", cpu_window.as_secs());
+    println!("|---|---|---|---|---|---|");
+    for &l in links {
+        let mut master = [0.0; 2];
+        for (k, which) in [Impl::Corral, Impl::Keepalived].into_iter().enumerate() {
+            let (m, b, napi, v) = cpu_run(which, bin, &dir, 256, cpu_window, l)?;
+            master[k] = m;
+            let napi = if l == Links::VethNapi { format!("{napi:.2}") } else { "-".to_owned() };
+            println!("| {} | {} | {m:.2} | {b:.2} | {napi} | {v} |", which.name(), l.name());
+        }
+        println!("| corrald / keepalived (master) | {} | {:.2} | | | |", l.name(), master[0] / master[1]);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -85,6 +85,11 @@ enum BenchCmd {
         /// Advert intervals to time failovers at, in ms.
         #[arg(long, value_delimiter = ',', default_values_t = vec![10, 50, 1000])]
         intervals: Vec<u64>,
+        /// Links for the CPU part: `veth` (the receiver's work runs in the sender's softirq and
+        /// is billed to it) and/or `veth-napi` (threaded NAPI on the receiving ends: that work
+        /// runs in `napi/…` kernel threads, as it would on another machine).
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["veth".to_owned(), "veth-napi".to_owned()])]
+        cpu_links: Vec<String>,
     },
     /// N real servers checked every 1 s by corrald on loopback: one node alone, then 3 nodes
     /// with k = 3; CPU, memory and check rounds per node.
@@ -126,8 +131,9 @@ fn main() -> ExitCode {
         Cmd::Test => test_all(),
         Cmd::Demo => demo(),
         Cmd::Bench { cmd: BenchCmd::Ipvs { sizes } } => bench_ipvs(&sizes),
-        Cmd::Bench { cmd: BenchCmd::Vrrp { repeats, cpu_seconds, intervals } } => build_bins(true)
-            .and_then(|_| bench_vrrp::run(&target_dir().join("release/corrald"), repeats, Duration::from_secs(cpu_seconds), &intervals)),
+        Cmd::Bench { cmd: BenchCmd::Vrrp { repeats, cpu_seconds, intervals, cpu_links } } => bench_vrrp::parse_links(&cpu_links)
+            .and_then(|links| build_bins(true).map(|_| links))
+            .and_then(|links| bench_vrrp::run(&target_dir().join("release/corrald"), repeats, Duration::from_secs(cpu_seconds), &intervals, &links)),
         Cmd::Bench { cmd: BenchCmd::Cluster { sizes } } => {
             build_bins(true).and_then(|_| {
                 let mut cmd = cargo();
