@@ -3,10 +3,10 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 
-use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 
 use crate::wire::{MULTICAST_V4, PROTOCOL, TTL};
 
@@ -49,6 +49,36 @@ fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc:
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Where one outgoing message's address, buffer pointer and control message live while
+/// `sendmmsg` runs (its `msghdr` points into it, so it must not move in between).
+struct MsgBuf {
+    addr: libc::sockaddr_storage,
+    iov: libc::iovec,
+    /// Room for one IP_PKTINFO / IPV6_PKTINFO control message, aligned for `cmsghdr`.
+    control: [u64; 8],
+}
+
+impl MsgBuf {
+    fn new() -> MsgBuf {
+        MsgBuf { addr: unsafe { std::mem::zeroed() }, iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }, control: [0; 8] }
+    }
+
+    /// Puts one control message carrying `data` into `msg`.
+    fn control<T>(&mut self, msg: &mut libc::msghdr, level: libc::c_int, kind: libc::c_int, data: &T) {
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<T>() as u32) } as usize;
+        assert!(space <= std::mem::size_of_val(&self.control), "control message too large");
+        msg.msg_control = self.control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space as _;
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(msg);
+            (*c).cmsg_level = level;
+            (*c).cmsg_type = kind;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<T>() as u32) as _;
+            std::ptr::copy_nonoverlapping(data as *const T as *const u8, libc::CMSG_DATA(c), std::mem::size_of::<T>());
+        }
+    }
 }
 
 impl VrrpSocket {
@@ -113,81 +143,78 @@ impl VrrpSocket {
 
     /// Sends one VRRP message to `dst` (the group or a unicast peer).
     pub fn send(&self, payload: &[u8], dst: IpAddr) -> io::Result<()> {
-        match (dst, self.src6, self.src4) {
-            (IpAddr::V6(d), Some(src), _) => self.send_v6(payload, d, src),
-            (IpAddr::V4(d), _, Some(src)) => self.send_v4_from(payload, d, src),
-            _ => {
-                let addr = SockAddr::from(SocketAddr::new(dst, 0));
-                self.sock.send_to(payload, &addr)?;
-                Ok(())
+        match self.send_many(&[(payload, dst)]).pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends several VRRP messages with one `sendmmsg(2)`: a master of hundreds of instances
+    /// sends dozens of adverts per wake-up, and one system call for all of them costs less than
+    /// one each. Returns the messages that failed (index into `msgs`, error); the others went.
+    pub fn send_many(&self, msgs: &[(&[u8], IpAddr)]) -> Vec<(usize, io::Error)> {
+        let mut failed = Vec::new();
+        let mut bufs: Vec<MsgBuf> = msgs.iter().map(|_| MsgBuf::new()).collect();
+        let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(msgs.len());
+        for ((payload, dst), buf) in msgs.iter().zip(bufs.iter_mut()) {
+            hdrs.push(libc::mmsghdr { msg_hdr: self.fill(payload, *dst, buf), msg_len: 0 });
+        }
+        let mut at = 0;
+        while at < hdrs.len() {
+            let rest = &mut hdrs[at..];
+            let n = unsafe { libc::sendmmsg(self.sock.as_raw_fd(), rest.as_mut_ptr(), rest.len() as libc::c_uint, 0) };
+            if n < 0 {
+                // The first message of the rest failed; skip it and send the others.
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                failed.push((at, e));
+                at += 1;
+            } else {
+                at += n as usize;
             }
         }
+        failed
     }
 
-    /// IPv4 with a pinned source: IP_PKTINFO's `ipi_spec_dst` is the source address, and its
-    /// interface is the socket's own.
-    fn send_v4_from(&self, payload: &[u8], dst: Ipv4Addr, src: Ipv4Addr) -> io::Result<()> {
-        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        sa.sin_family = libc::AF_INET as u16;
-        sa.sin_addr.s_addr = u32::from(dst).to_be();
-        let info = libc::in_pktinfo {
-            ipi_ifindex: self.ifindex as libc::c_int,
-            ipi_spec_dst: libc::in_addr { s_addr: u32::from(src).to_be() },
-            ipi_addr: libc::in_addr { s_addr: 0 },
-        };
-        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32) } as usize;
-        let mut control = vec![0u8; space];
-        let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+    /// The `msghdr` for one message, pointing into `buf`. IPv6 pins the source with
+    /// IPV6_PKTINFO (the checksum was computed over it); IPv4 on a vmac pins it with
+    /// IP_PKTINFO (`ipi_spec_dst` is the source, the interface the socket's own).
+    fn fill(&self, payload: &[u8], dst: IpAddr, buf: &mut MsgBuf) -> libc::msghdr {
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = &mut sa as *mut _ as *mut libc::c_void;
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-        msg.msg_iov = &mut iov;
+        buf.iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+        msg.msg_iov = &mut buf.iov;
         msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space as _;
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::IPPROTO_IP;
-            (*c).cmsg_type = libc::IP_PKTINFO;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as _;
-            std::ptr::copy_nonoverlapping(&info as *const _ as *const u8, libc::CMSG_DATA(c), std::mem::size_of::<libc::in_pktinfo>());
+        msg.msg_name = &mut buf.addr as *mut _ as *mut libc::c_void;
+        match dst {
+            IpAddr::V6(d) => {
+                let sa = unsafe { &mut *(&mut buf.addr as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6) };
+                sa.sin6_family = libc::AF_INET6 as u16;
+                sa.sin6_addr.s6_addr = d.octets();
+                sa.sin6_scope_id = self.ifindex;
+                msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+                if let Some(src) = self.src6 {
+                    let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: src.octets() }, ipi6_ifindex: self.ifindex };
+                    buf.control(&mut msg, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &info);
+                }
+            }
+            IpAddr::V4(d) => {
+                let sa = unsafe { &mut *(&mut buf.addr as *mut libc::sockaddr_storage as *mut libc::sockaddr_in) };
+                sa.sin_family = libc::AF_INET as u16;
+                sa.sin_addr.s_addr = u32::from(d).to_be();
+                msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                if let Some(src) = self.src4 {
+                    let info = libc::in_pktinfo {
+                        ipi_ifindex: self.ifindex as libc::c_int,
+                        ipi_spec_dst: libc::in_addr { s_addr: u32::from(src).to_be() },
+                        ipi_addr: libc::in_addr { s_addr: 0 },
+                    };
+                    buf.control(&mut msg, libc::IPPROTO_IP, libc::IP_PKTINFO, &info);
+                }
+            }
         }
-        let r = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, 0) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// IPv6 sends pin the source with IPV6_PKTINFO: the checksum was computed over it.
-    fn send_v6(&self, payload: &[u8], dst: std::net::Ipv6Addr, src: std::net::Ipv6Addr) -> io::Result<()> {
-        let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        sa.sin6_family = libc::AF_INET6 as u16;
-        sa.sin6_addr.s6_addr = dst.octets();
-        sa.sin6_scope_id = self.ifindex;
-        let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: src.octets() }, ipi6_ifindex: self.ifindex };
-        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::in6_pktinfo>() as u32) } as usize;
-        let mut control = vec![0u8; space];
-        let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = &mut sa as *mut _ as *mut libc::c_void;
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space as _;
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::IPPROTO_IPV6;
-            (*c).cmsg_type = libc::IPV6_PKTINFO;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in6_pktinfo>() as u32) as _;
-            std::ptr::copy_nonoverlapping(&info as *const _ as *const u8, libc::CMSG_DATA(c), std::mem::size_of::<libc::in6_pktinfo>());
-        }
-        let r = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, 0) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        msg
     }
 
     /// IPv6: the payload comes without the IP header; source from the address, hop limit and
@@ -239,6 +266,67 @@ impl VrrpSocket {
         // SAFETY: recv_from initialised the first n bytes.
         let data: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
         parse_ipv4(&data).ok_or(RecvError::BadIpHeader)
+    }
+
+    /// Receives what is queued, up to the batch's size, with one `recvmmsg(2)` for IPv4 (a
+    /// backup of hundreds of instances hears dozens of adverts per millisecond). IPv6 takes
+    /// one `recvmsg` per datagram (each carries its own control messages). `WouldBlock` when
+    /// nothing is queued; a datagram with a bad IP header is returned as its error.
+    pub fn recv_many(&self, batch: &mut RecvBatch) -> io::Result<Vec<Result<Received, RecvError>>> {
+        let mut out = Vec::new();
+        if self.v6 {
+            while out.len() < batch.slots {
+                match self.recv_v6() {
+                    Ok(r) => out.push(Ok(r)),
+                    Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock && !out.is_empty() => break,
+                    Err(RecvError::Io(e)) => return Err(e),
+                    Err(other) => out.push(Err(other)),
+                }
+            }
+            return Ok(out);
+        }
+        let mut iovs: Vec<libc::iovec> = batch
+            .buf
+            .chunks_mut(RecvBatch::SLOT)
+            .map(|c| libc::iovec { iov_base: c.as_mut_ptr() as *mut libc::c_void, iov_len: c.len() })
+            .collect();
+        let mut hdrs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .map(|iov| {
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        let n = unsafe {
+            libc::recvmmsg(self.sock.as_raw_fd(), hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for (h, slot) in hdrs.iter().zip(batch.buf.chunks(RecvBatch::SLOT)).take(n as usize) {
+            let len = (h.msg_len as usize).min(slot.len());
+            out.push(parse_ipv4(&slot[..len]).ok_or(RecvError::BadIpHeader));
+        }
+        Ok(out)
+    }
+}
+
+/// Receive buffers for [`VrrpSocket::recv_many`], kept by the reader between calls.
+pub struct RecvBatch {
+    buf: Vec<u8>,
+    slots: usize,
+}
+
+impl RecvBatch {
+    /// Room per datagram: an IPv4 header with options and a VRRP message of 255 addresses.
+    const SLOT: usize = 2048;
+
+    /// Buffers for up to `slots` datagrams per call.
+    pub fn new(slots: usize) -> RecvBatch {
+        let slots = slots.max(1);
+        RecvBatch { buf: vec![0; slots * Self::SLOT], slots }
     }
 }
 
