@@ -859,34 +859,74 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Refreshes the status board. It runs on a 50 ms tick with hundreds of instances, so it
+/// updates the entries in place and allocates only when something new appears (a state
+/// name, a drop reason, a reload's new instance list): rebuilding every entry each tick cost
+/// a backup of 256 instances more allocations than all its received adverts.
 fn publish(running: &[Running], board: &StatusBoard) {
-    let list = running
-        .iter()
-        .map(|r| {
-            let c = r.inst.counters();
-            let mut counters: BTreeMap<String, u64> = c.drops.clone();
-            counters.insert("adverts_sent".into(), c.adverts_sent);
-            counters.insert("adverts_received".into(), c.adverts_received);
-            counters.insert("priority_zero_sent".into(), c.priority_zero_sent);
-            counters.insert("priority_zero_received".into(), c.priority_zero_received);
-            counters.insert("became_master".into(), c.became_master);
-            counters.insert("released_master".into(), c.released_master);
-            counters.insert("lower_priority_masters".into(), c.lower_priority_masters);
-            VrrpInstanceStatus {
-                name: r.conf.name.clone(),
-                interface: r.conf.interface.clone(),
-                vrid: r.conf.vrid,
-                version: r.conf.version,
-                state: r.inst.state().as_str().to_owned(),
-                base_priority: r.conf.priority,
-                effective_priority: r.inst.priority(),
-                master: r.inst.master(),
-                virtual_ips: r.conf.virtual_ips.clone(),
-                counters,
+    let mut list = board.lock().unwrap();
+    let same = list.len() == running.len() && list.iter().zip(running).all(|(s, r)| s.name == r.conf.name);
+    if !same {
+        *list = running.iter().map(status_of).collect();
+        return;
+    }
+    for (s, r) in list.iter_mut().zip(running) {
+        refresh_status(s, r);
+    }
+}
+
+fn status_of(r: &Running) -> VrrpInstanceStatus {
+    let mut s = VrrpInstanceStatus {
+        name: r.conf.name.clone(),
+        interface: String::new(),
+        vrid: 0,
+        version: 0,
+        state: String::new(),
+        base_priority: 0,
+        effective_priority: 0,
+        master: None,
+        virtual_ips: Vec::new(),
+        counters: BTreeMap::new(),
+    };
+    refresh_status(&mut s, r);
+    s
+}
+
+fn refresh_status(s: &mut VrrpInstanceStatus, r: &Running) {
+    fn set(map: &mut BTreeMap<String, u64>, key: &str, value: u64) {
+        match map.get_mut(key) {
+            Some(v) => *v = value,
+            None => {
+                map.insert(key.to_owned(), value);
             }
-        })
-        .collect();
-    *board.lock().unwrap() = list;
+        }
+    }
+    fn set_string(to: &mut String, from: &str) {
+        if to != from {
+            from.clone_into(to);
+        }
+    }
+    set_string(&mut s.interface, &r.conf.interface);
+    set_string(&mut s.state, r.inst.state().as_str());
+    if s.virtual_ips != r.conf.virtual_ips {
+        s.virtual_ips.clone_from(&r.conf.virtual_ips);
+    }
+    s.vrid = r.conf.vrid;
+    s.version = r.conf.version;
+    s.base_priority = r.conf.priority;
+    s.effective_priority = r.inst.priority();
+    s.master = r.inst.master();
+    let c = r.inst.counters();
+    for (reason, n) in &c.drops {
+        set(&mut s.counters, reason, *n);
+    }
+    set(&mut s.counters, "adverts_sent", c.adverts_sent);
+    set(&mut s.counters, "adverts_received", c.adverts_received);
+    set(&mut s.counters, "priority_zero_sent", c.priority_zero_sent);
+    set(&mut s.counters, "priority_zero_received", c.priority_zero_received);
+    set(&mut s.counters, "became_master", c.became_master);
+    set(&mut s.counters, "released_master", c.released_master);
+    set(&mut s.counters, "lower_priority_masters", c.lower_priority_masters);
 }
 
 /// Registers the socket with tokio. `AsyncFd::new` is deprecated in this tokio for types that do

@@ -285,27 +285,13 @@ impl VrrpSocket {
             }
             return Ok(out);
         }
-        let mut iovs: Vec<libc::iovec> = batch
-            .buf
-            .chunks_mut(RecvBatch::SLOT)
-            .map(|c| libc::iovec { iov_base: c.as_mut_ptr() as *mut libc::c_void, iov_len: c.len() })
-            .collect();
-        let mut hdrs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .map(|iov| {
-                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_iov = iov;
-                h.msg_hdr.msg_iovlen = 1;
-                h
-            })
-            .collect();
         let n = unsafe {
-            libc::recvmmsg(self.sock.as_raw_fd(), hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(self.sock.as_raw_fd(), batch.hdrs.as_mut_ptr(), batch.hdrs.len() as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
         };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        for (h, slot) in hdrs.iter().zip(batch.buf.chunks(RecvBatch::SLOT)).take(n as usize) {
+        for (h, slot) in batch.hdrs.iter().zip(batch.buf.chunks(RecvBatch::SLOT)).take(n as usize) {
             let len = (h.msg_len as usize).min(slot.len());
             out.push(parse_ipv4(&slot[..len]).ok_or(RecvError::BadIpHeader));
         }
@@ -313,11 +299,21 @@ impl VrrpSocket {
     }
 }
 
-/// Receive buffers for [`VrrpSocket::recv_many`], kept by the reader between calls.
+/// Receive buffers for [`VrrpSocket::recv_many`], kept by the reader between calls (a
+/// 4 KiB header array allocated per call made glibc consolidate its heap every time).
 pub struct RecvBatch {
     buf: Vec<u8>,
+    /// One per slot, pointing into `iovs`; built once.
+    hdrs: Vec<libc::mmsghdr>,
+    /// One per slot, pointing into `buf`; built once, never read again but kept alive for `hdrs`.
+    _iovs: Vec<libc::iovec>,
     slots: usize,
 }
+
+// SAFETY: the raw pointers in `hdrs` and `iovs` point into the heap buffers of `iovs` and
+// `buf`, which this struct owns and never reallocates; moving the struct (or sending it to
+// another thread) does not move those buffers.
+unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
     /// Room per datagram: an IPv4 header with options and a VRRP message of 255 addresses.
@@ -326,7 +322,19 @@ impl RecvBatch {
     /// Buffers for up to `slots` datagrams per call.
     pub fn new(slots: usize) -> RecvBatch {
         let slots = slots.max(1);
-        RecvBatch { buf: vec![0; slots * Self::SLOT], slots }
+        let mut buf = vec![0u8; slots * Self::SLOT];
+        let mut iovs: Vec<libc::iovec> =
+            buf.chunks_mut(Self::SLOT).map(|c| libc::iovec { iov_base: c.as_mut_ptr() as *mut libc::c_void, iov_len: c.len() }).collect();
+        let hdrs = iovs
+            .iter_mut()
+            .map(|iov| {
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        RecvBatch { buf, hdrs, _iovs: iovs, slots }
     }
 }
 
