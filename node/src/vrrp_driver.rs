@@ -387,12 +387,15 @@ pub async fn run(
                     }
                 }
             }
-            Some((sock, pkts)) = rx.recv() => { for pkt in pkts {
+            Some((sock, pkts)) = rx.recv() => {
+                // One clock read per batch: its datagrams arrived together.
+                let now = std::time::Instant::now();
+                for pkt in pkts {
                 // Dispatch by VRID among the instances of that interface.
                 let vrid = pkt.payload.get(1).copied();
                 match vrid.and_then(|v| dispatch.get(&(sock, v)).copied()) {
                     Some(i) => {
-                        receive(&mut running[i], pkt);
+                        receive(&mut running[i], pkt, now);
                         step(i, &mut running, &mut groups, &vips, &mut out).await;
                         if groups.is_empty() {
                             // Only instance i can have moved.
@@ -622,8 +625,7 @@ fn spawn_reader(index: usize, socket: Arc<AsyncFd<VrrpSocket>>, tx: mpsc::Sender
     });
 }
 
-fn receive(r: &mut Running, pkt: vrrp::sys::socket::Received) {
-    let now = Instant::now().into_std();
+fn receive(r: &mut Running, pkt: vrrp::sys::socket::Received, now: std::time::Instant) {
     let version = r.inst.config().version;
     let cx = RxContext { version, src: pkt.src, dst: pkt.dst, ttl: pkt.ttl, v3_checksum: r.checksum };
     let parsed = Packet::new_checked(&pkt.payload[..]).and_then(|p| {
