@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::checker::{Checker, DefError};
+use crate::connect::Connector;
 use crate::def::{CheckDef, Initial, Timing};
 use crate::result::CheckResult;
 use crate::stats::{Stats, StatsSnapshot};
@@ -161,6 +162,8 @@ impl Grid {
 struct Shared<I> {
     inner: Mutex<Inner<I>>,
     grid: Grid,
+    /// Where every check's TCP connects that are still in flight after `connect(2)` wait.
+    connector: Connector,
     stats: Stats,
     events: mpsc::UnboundedSender<Event<I>>,
     options: Options,
@@ -197,6 +200,7 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner { by_id: HashMap::new(), jobs: HashMap::new(), next_gen: 0 }),
             grid: Grid { epoch: Instant::now() },
+            connector: Connector::default(),
             stats: Stats::default(),
             events: tx,
             options,
@@ -376,7 +380,7 @@ async fn run<I: Clone + Eq + Hash + Send + Sync + 'static>(
     loop {
         let result = {
             let Some(s) = shared.upgrade() else { return };
-            checker.round_on(&grid, |r| s.stats.attempt(r)).await
+            checker.round_on(&grid, &s.connector, |r| s.stats.attempt(r)).await
         };
         let Some(s) = shared.upgrade() else { return };
         rounds += 1;
