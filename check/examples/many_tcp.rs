@@ -11,6 +11,11 @@
 //! (SO_BINDTODEVICE, so nothing is exposed on other interfaces), which answers on every
 //! 127.0.0.0/8 address, and check i targets 127.0.0.1 + i/P on port i%P. Needs root or
 //! CAP_NET_RAW for SO_BINDTODEVICE. The open-files limit is raised to its hard maximum.
+//!
+//! `--netns NS` (third argument on): the listeners run in network namespace NS instead (`ip netns
+//! exec`, not bound to a device) and check i targets 198.51.100.1 + i/P, which NS must route to
+//! itself (the `veth`/`veth-napi` setups of `cargo xtask bench checks` build such a namespace).
+//! The checker runs on a current-thread runtime, as in corrald.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -98,8 +103,24 @@ fn main() {
         eprintln!("warning: open-files limit {nofile} is low for {n} checks");
     }
 
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--serve", &PORTS.to_string()])
+    let netns = match (args.get(3).map(String::as_str), args.get(4)) {
+        (Some("--netns"), Some(ns)) => Some(ns.clone()),
+        (None, _) => None,
+        _ => panic!("usage: many_tcp [N [SECS [--netns NS]]]"),
+    };
+    let mut cmd = match &netns {
+        None => {
+            let mut c = Command::new(std::env::current_exe().unwrap());
+            c.args(["--serve", &PORTS.to_string()]);
+            c
+        }
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(std::env::current_exe().unwrap()).args(["--serve", &PORTS.to_string(), "-"]);
+            c
+        }
+    };
+    let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the listener process");
@@ -111,13 +132,13 @@ fn main() {
         panic!("listener process failed: {line:?}");
     }
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let (sched, mut events) = Scheduler::<usize>::new();
         tokio::spawn(async move { while events.recv().await.is_some() {} });
         let mut timing = Timing::quick(Duration::from_secs(1));
-        timing.connect_timeout = Duration::from_secs(2);
-        let base = u32::from(Ipv4Addr::new(127, 0, 0, 1));
+        timing.connect_timeout = Duration::from_secs(1); // as in `cargo xtask bench checks`
+        let base = u32::from(if netns.is_some() { Ipv4Addr::new(198, 51, 100, 1) } else { Ipv4Addr::new(127, 0, 0, 1) });
         let before = usage();
         let start = Instant::now();
         for i in 0..n {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::connect::Connector;
 use crate::def::{CheckDef, Timing};
 use crate::result::CheckResult;
 use crate::scheduler::Grid;
@@ -101,10 +102,15 @@ impl Checker {
     /// One attempt, no retries: the building block of a round. Never panics on network input;
     /// every failure comes back as a [`crate::FailReason`].
     pub async fn attempt(&self) -> CheckResult {
+        self.attempt_in(&Connector::default()).await
+    }
+
+    /// [`Checker::attempt`] with TCP connects in flight waited for in `conn` (the scheduler's).
+    pub(crate) async fn attempt_in(&self, conn: &Connector) -> CheckResult {
         let start = Instant::now();
         let t = &self.timing;
         let outcome = match &self.probe {
-            Probe::Tcp(p) => p.attempt(t).await.map(|()| None),
+            Probe::Tcp(p) => p.attempt(t, conn).await.map(|()| None),
             Probe::Http(p) => p.attempt(t).await.map(|()| None),
             Probe::Udp(p) => p.attempt(t).await.map(|()| None),
             Probe::Icmp(p) => p.attempt(t).await.map(|()| None),
@@ -127,18 +133,19 @@ impl Checker {
     /// attempts have failed, sleeping `delay_before_retry` between them. Each attempt's result is
     /// passed to `each` (for counters); the round's verdict is the last attempt.
     pub async fn round(&self, each: impl FnMut(&CheckResult)) -> CheckResult {
-        self.round_inner(None, each).await
+        self.round_inner(None, &Connector::default(), each).await
     }
 
-    /// [`Checker::round`] with retry starts rounded up to the scheduler's start grid.
-    pub(crate) async fn round_on(&self, grid: &Grid, each: impl FnMut(&CheckResult)) -> CheckResult {
-        self.round_inner(Some(grid), each).await
+    /// [`Checker::round`] with retry starts rounded up to the scheduler's start grid and
+    /// connects in flight waited for in the scheduler's connector.
+    pub(crate) async fn round_on(&self, grid: &Grid, conn: &Connector, each: impl FnMut(&CheckResult)) -> CheckResult {
+        self.round_inner(Some(grid), conn, each).await
     }
 
-    async fn round_inner(&self, grid: Option<&Grid>, mut each: impl FnMut(&CheckResult)) -> CheckResult {
+    async fn round_inner(&self, grid: Option<&Grid>, conn: &Connector, mut each: impl FnMut(&CheckResult)) -> CheckResult {
         let mut retries_left = self.timing.retries;
         loop {
-            let r = self.attempt().await;
+            let r = self.attempt_in(conn).await;
             each(&r);
             if r.is_ok() || retries_left == 0 {
                 return r;

@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 mod checker;
+mod connect;
 pub mod def;
 pub mod dns;
 mod http;

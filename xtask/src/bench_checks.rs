@@ -17,7 +17,14 @@
 //!   backend-side receive work runs in a `napi/…` kernel thread, as it would on another machine;
 //!   its CPU is reported apart. (The checker's own SYN-ACK handling rides in that thread as well,
 //!   so this setup slightly under-charges the checker; a real NIC's softirq falls on whatever task
-//!   it interrupts, since the kernel here has no CONFIG_IRQ_TIME_ACCOUNTING.)
+//!   it interrupts, since the kernel here has no CONFIG_IRQ_TIME_ACCOUNTING.) The host's end gets
+//!   a `pfifo_fast` qdisc, as a NIC has: a veth has none (`noqueue`), so when the backend's NAPI
+//!   thread falls behind, the packets that do not fit its 256-entry ring are dropped at once
+//!   instead of waiting in a queue — a lost SYN is resent only after 1 s, which is the connect
+//!   timeout here. With a qdisc, veth stops the queue while the ring is full and nothing is lost.
+//!
+//! In the veth setups the run prints the drop counters over its window (host end's tx drops,
+//! qdisc drops, the backends' listen-queue drops), so failed rounds can be told apart from loss.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -112,8 +119,43 @@ impl Netns {
             if !ok.success() {
                 bail!("threaded NAPI on {} refused", ns.dev);
             }
+            // A NIC's transmit queue, which veth lacks (see the module comment): without it ~1 % of
+            // rounds failed here with 1 s connect timeouts, all SYNs dropped at the full ring.
+            let out = Command::new("tc").args(["qdisc", "replace", "dev", &host, "root", "pfifo_fast"]).output().context("tc (iproute2)")?;
+            if !out.status.success() {
+                bail!("tc qdisc replace dev {host} root pfifo_fast: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
         }
         Ok(ns)
+    }
+
+    /// Drop counters where a check's packets can be lost: the host end's transmit drops (a full
+    /// peer ring with no qdisc), the qdisc's drops and requeues (ring full, packet kept), and the
+    /// backends' listen-queue drops and overflows in the namespace.
+    fn drops(&self) -> [u64; 5] {
+        let sys = |f: &str| std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{f}", self.host)).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        let (mut qdrop, mut requeues) = (0, 0);
+        if let Ok(out) = Command::new("tc").args(["-s", "qdisc", "show", "dev", &self.host]).output() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            // " Sent 123 bytes 4 pkt (dropped 0, overlimits 0 requeues 7)"
+            if let Some(l) = text.lines().find(|l| l.trim_start().starts_with("Sent ")) {
+                let num = |key: &str| l.split(key).nth(1).and_then(|r| r.trim_start().split(|c: char| !c.is_ascii_digit()).next()).and_then(|v| v.parse().ok()).unwrap_or(0);
+                qdrop = num("dropped");
+                requeues = num("requeues");
+            }
+        }
+        let (mut ldrops, mut overflows) = (0, 0);
+        if let Ok(out) = Command::new("ip").args(["netns", "exec", &self.name, "nstat", "-az", "TcpExtListenDrops", "TcpExtListenOverflows"]).output() {
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                let mut f = l.split_whitespace();
+                match (f.next(), f.next().and_then(|v| v.parse().ok())) {
+                    (Some("TcpExtListenDrops"), Some(v)) => ldrops = v,
+                    (Some("TcpExtListenOverflows"), Some(v)) => overflows = v,
+                    _ => {}
+                }
+            }
+        }
+        [sys("tx_dropped"), qdrop, requeues, ldrops, overflows]
     }
 
     /// CPU seconds of the backend end's NAPI kernel threads (threaded mode only).
@@ -386,11 +428,25 @@ fn run_nodes(r: &Run, nodes: usize) -> Result<Vec<String>> {
     // Warm-up: spread start times mean the first interval is partial.
     std::thread::sleep(Duration::from_secs(5));
     let napi0 = r.backends.1.as_ref().map(Netns::napi_cpu);
+    let drops0 = r.backends.1.as_ref().map(Netns::drops);
     let s0: Vec<Sample> = (0..nodes).map(|i| sample(&b, i)).collect::<Result<_>>()?;
     let t0 = Instant::now();
     std::thread::sleep(window);
     let s1: Vec<Sample> = (0..nodes).map(|i| sample(&b, i)).collect::<Result<_>>()?;
     let secs = t0.elapsed().as_secs_f64();
+    if let (Some(ns), Some(d0)) = (r.backends.1.as_ref(), drops0) {
+        let d1 = ns.drops();
+        let d: Vec<u64> = d1.iter().zip(d0).map(|(a, b)| a.saturating_sub(b)).collect();
+        println!(
+            "{} {nodes} node(s), over the window: host end tx dropped +{}, qdisc dropped +{} requeues +{}, backends' ListenDrops +{} ListenOverflows +{}",
+            r.setup.name(),
+            d[0],
+            d[1],
+            d[2],
+            d[3],
+            d[4]
+        );
+    }
     let napi = match (r.setup, napi0) {
         (Setup::VethNapi, Some(c0)) => format!("{:.1} %", (r.backends.1.as_ref().map_or(0.0, Netns::napi_cpu) - c0) / secs * 100.0),
         _ => "–".into(),
