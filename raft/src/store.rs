@@ -321,6 +321,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let t0 = std::time::Instant::now();
         let db = self.db.clone();
         let res = blocking(move || {
+            let t1 = std::time::Instant::now();
             let txn = db.begin_write().map_err(write_logs_err)?;
             {
                 let mut t = txn.open_table(LOG).map_err(write_logs_err)?;
@@ -331,7 +332,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     txn.open_table(META).map_err(write_logs_err)?.insert("committed", c.as_slice()).map_err(write_logs_err)?;
                 }
             }
-            txn.commit().map_err(write_logs_err)
+            let t2 = std::time::Instant::now();
+            let r = txn.commit().map_err(write_logs_err);
+            stage!("append_fill", first, last, t1);
+            stage!("append_commit", first, last, t2);
+            r
         })
         .await;
         stage!("append", first, last, t0);
