@@ -124,7 +124,12 @@ impl<S: RpcSender> RaftNetwork<TypeConfig> for Client<S> {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        match self.call(RpcRequest::AppendEntries(rpc), &option).await? {
+        let (name, first, last) = rpc_marks(&rpc);
+        let t0 = std::time::Instant::now();
+        tracing::debug!(target: "corral_stage", stage = name.0, first, last, took_us = 0u64);
+        let r = self.call(RpcRequest::AppendEntries(rpc), &option).await;
+        tracing::debug!(target: "corral_stage", stage = name.1, first, last, took_us = t0.elapsed().as_micros() as u64);
+        match r? {
             RpcResponse::AppendEntries(r) => r.map_err(|e| RemoteError::new(self.target, e).into()),
             other => Err(self.unexpected(&other)),
         }
@@ -162,9 +167,29 @@ impl<S: RpcSender> RaftNetwork<TypeConfig> for Client<S> {
 pub async fn serve(raft: &Raft, request: &[u8]) -> Result<Vec<u8>, String> {
     let req: RpcRequest = decode("raft rpc request", request).map_err(|e| e.to_string())?;
     let resp = match req {
-        RpcRequest::AppendEntries(r) => RpcResponse::AppendEntries(raft.append_entries(r).await),
+        RpcRequest::AppendEntries(r) => {
+            let (name, first, last) = rpc_marks(&r);
+            let t0 = std::time::Instant::now();
+            let (recv, done) = if name.0 == "rpc_send" { ("rpc_recv", "rpc_handled") } else { ("commit_recv", "commit_handled") };
+            tracing::debug!(target: "corral_stage", stage = recv, first, last, took_us = 0u64);
+            let a = raft.append_entries(r).await;
+            tracing::debug!(target: "corral_stage", stage = done, first, last, took_us = t0.elapsed().as_micros() as u64);
+            RpcResponse::AppendEntries(a)
+        }
         RpcRequest::Vote(r) => RpcResponse::Vote(raft.vote(r).await),
         RpcRequest::InstallSnapshot(r) => RpcResponse::InstallSnapshot(raft.install_snapshot(r).await),
     };
     encode("raft rpc response", &resp).map_err(|e| e.to_string())
+}
+
+/// Stage names and log indexes of an AppendEntries for `bench propagation --stages`: entries
+/// carried (`rpc_*`) or, without entries, the commit index told (`commit_*`).
+fn rpc_marks(r: &AppendEntriesRequest<TypeConfig>) -> ((&'static str, &'static str), u64, u64) {
+    match (r.entries.first(), r.entries.last()) {
+        (Some(f), Some(l)) => (("rpc_send", "rpc_reply"), f.log_id.index, l.log_id.index),
+        _ => {
+            let c = r.leader_commit.map(|c| c.index).unwrap_or(0);
+            (("commit_send", "commit_reply"), c, c)
+        }
+    }
 }

@@ -84,7 +84,15 @@ fn main() {
 fn print_stages(sent: &[(u64, u128)], texts: &[String], leader: usize) {
     let order = [
         ("request", "admin request received (leader)"),
+        ("append_fill", "append: redb txn filled+committed (in the blocking thread)"),
+        ("append_commit", "append: redb commit alone"),
         ("append", "Raft log append done (redb, durable)"),
+        ("rpc_send", "leader: AppendEntries with the entry sent"),
+        ("rpc_recv", "follower: AppendEntries with the entry received"),
+        ("rpc_handled", "follower: AppendEntries handled"),
+        ("rpc_reply", "leader: AppendEntries reply received"),
+        ("commit_send", "leader: AppendEntries telling the commit sent"),
+        ("commit_recv", "follower: AppendEntries telling the commit received"),
         ("save_committed", "commit index saved (= learned the commit)"),
         ("apply", "state machine applied (published to the director)"),
         ("client_write", "client_write returned (leader)"),
