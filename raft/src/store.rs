@@ -393,13 +393,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         let t0 = std::time::Instant::now();
         let db = self.db.clone();
-        // Runs on the Raft task's own thread, not through `spawn_blocking`: openraft 0.9 waits
-        // for this write before it does anything else (the leader replicates only after it), so
-        // the hand-off to a pool thread and back was two thread wake-ups on every change's
-        // path on every node (≈ 1 ms each under the benchmark's emulated CPUs) and bought no
-        // concurrency. The cost: the node's runtime is held for one log commit (a disk sync);
-        // VRRP runs on its own thread and is not held.
-        let res = (move || {
+        let res = blocking(move || {
             let t1 = std::time::Instant::now();
             let txn = db.begin_write().map_err(write_logs_err)?;
             {
@@ -416,7 +410,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             stage!("append_fill", first, last, t1);
             stage!("append_commit", first, last, t2);
             r
-        })();
+        })
+        .await;
         if res.is_ok() {
             self.recent.lock().unwrap_or_else(|p| p.into_inner()).push(kept);
         } else {
