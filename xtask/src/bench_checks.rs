@@ -35,6 +35,7 @@ use anyhow::{bail, Context, Result};
 use node::api::{call, Request, ResponseBody};
 
 use crate::bench_cluster::Bench;
+use crate::procstat::cpu_seconds;
 
 const PORTS: usize = 64;
 
@@ -160,16 +161,7 @@ impl Netns {
 
     /// CPU seconds of the backend end's NAPI kernel threads (threaded mode only).
     fn napi_cpu(&self) -> f64 {
-        let prefix = format!("napi/{}", self.dev);
-        let mut total = 0.0;
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim_end().starts_with(prefix.get(..15).unwrap_or(&prefix)) {
-                total += cpu_seconds(pid).unwrap_or(0.0);
-            }
-        }
-        total
+        crate::procstat::napi_cpu(&[&self.dev])
     }
 }
 
@@ -242,16 +234,6 @@ fn rules(n: usize, ports: &[u16], setup: Setup) -> Result<node::rules::RuleSet> 
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    // SAFETY: sysconf only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
-}
 
 fn rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

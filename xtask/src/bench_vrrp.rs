@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use tests::{has_addr, wait_for, Daemon, Lan, Netns};
 
+use crate::procstat::{cpu_seconds, napi_cpu};
+
 const VIP: &str = "192.0.2.100";
 
 #[derive(Clone, Copy, PartialEq)]
@@ -182,15 +184,6 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// CPU seconds (user + system) of a process so far, from /proc.
-fn cpu_secs(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
-}
-
 /// The links of the CPU part (see the module comment).
 #[derive(Clone, Copy, PartialEq, Debug)]
 pub enum Links {
@@ -227,19 +220,6 @@ fn threaded_napi(ns: &Netns, dev: &str, peer_ns: &Netns, peer: &str) {
     ns.sh(&format!("ethtool -K {dev} gro on >/dev/null && echo 1 > /sys/class/net/{dev}/threaded"));
 }
 
-/// CPU seconds of the `napi/…` kernel threads of the given devices (threaded mode only).
-fn napi_cpu(devs: &[&str]) -> f64 {
-    let mut total = 0.0;
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if devs.iter().any(|d| comm.starts_with(&format!("napi/{d}-"))) {
-            total += cpu_secs(pid).unwrap_or(0.0);
-        }
-    }
-    total
-}
-
 /// The CPU part on `links`: (master CPU s, backup CPU s, NAPI threads' CPU s, VIPs on master).
 fn cpu_run(which: Impl, bin: &Path, dir: &Path, n: usize, window: Duration, links: Links) -> Result<(f64, f64, f64, usize)> {
     let lan = Lan::new(2);
@@ -263,11 +243,11 @@ fn cpu_run(which: Impl, bin: &Path, dir: &Path, n: usize, window: Duration, link
     let backup = start(which, bin, h2, dir, "b", 100, Duration::from_millis(10), n)?;
     std::thread::sleep(Duration::from_secs(5));
     let (mp, bp) = (master.vrrp_pid()?, backup.vrrp_pid()?);
-    let (m0, b0, k0) = (cpu_secs(mp)?, cpu_secs(bp)?, napi_cpu(&napi_devs));
+    let (m0, b0, k0) = (cpu_seconds(mp)?, cpu_seconds(bp)?, napi_cpu(&napi_devs));
     // Printed so a profiler can be aimed at the window (e.g. `perf record -g -p PID`).
     eprintln!("bench vrrp: {} CPU window of {} s starts: master pid {mp}, backup pid {bp}", which.name(), window.as_secs());
     std::thread::sleep(window);
-    let (m1, b1, k1) = (cpu_secs(mp)?, cpu_secs(bp)?, napi_cpu(&napi_devs));
+    let (m1, b1, k1) = (cpu_seconds(mp)?, cpu_seconds(bp)?, napi_cpu(&napi_devs));
     // Sanity: the master holds every VIP (minus its own two addresses), the backup none.
     let out = h1.try_sh("ip -o -4 addr show");
     let vips_on_master = String::from_utf8_lossy(&out.stdout).lines().count().saturating_sub(if n > 255 { 3 } else { 2 });

@@ -6,6 +6,7 @@
 mod bench_checks;
 mod bench_cluster;
 mod bench_vrrp;
+mod procstat;
 mod vm;
 
 use std::path::{Path, PathBuf};
