@@ -2,7 +2,6 @@
 //! and the received IP header handed back so the caller can enforce TTL 255 (RFC 5798 §7.1).
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -141,14 +140,6 @@ impl VrrpSocket {
         Ok(VrrpSocket { sock, v6: true, src6: Some(primary), src4: None, ifindex: index })
     }
 
-    /// Sends one VRRP message to `dst` (the group or a unicast peer).
-    pub fn send(&self, payload: &[u8], dst: IpAddr) -> io::Result<()> {
-        match self.send_many(&[(payload, dst)]).pop() {
-            Some((_, e)) => Err(e),
-            None => Ok(()),
-        }
-    }
-
     /// Sends several VRRP messages with one `sendmmsg(2)`: a master of hundreds of instances
     /// sends dozens of adverts per wake-up, and one system call for all of them costs less than
     /// one each. Returns the messages that failed (index into `msgs`, error); the others went.
@@ -254,18 +245,6 @@ impl VrrpSocket {
         }
         let src = IpAddr::V6(std::net::Ipv6Addr::from(sa.sin6_addr.s6_addr));
         Ok(Received { src, dst, ttl, payload: buf[..n as usize].to_vec() })
-    }
-
-    /// Receives one datagram (non-blocking: `WouldBlock` when none is queued).
-    pub fn recv(&self) -> Result<Received, RecvError> {
-        if self.v6 {
-            return self.recv_v6();
-        }
-        let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
-        let (n, _) = self.sock.recv_from(&mut buf)?;
-        // SAFETY: recv_from initialised the first n bytes.
-        let data: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
-        parse_ipv4(&data).ok_or(RecvError::BadIpHeader)
     }
 
     /// Receives what is queued, up to the batch's size, with one `recvmmsg(2)` for IPv4 (a
