@@ -919,16 +919,24 @@ fn refresh_status(s: &mut VrrpInstanceStatus, r: &Running) {
     s.effective_priority = r.inst.priority();
     s.master = r.inst.master();
     let c = r.inst.counters();
+    let fixed = [
+        ("adverts_sent", c.adverts_sent),
+        ("adverts_received", c.adverts_received),
+        ("priority_zero_sent", c.priority_zero_sent),
+        ("priority_zero_received", c.priority_zero_received),
+        ("became_master", c.became_master),
+        ("released_master", c.released_master),
+        ("lower_priority_masters", c.lower_priority_masters),
+    ];
+    // A reload may have replaced the instance under the same name: no drop reason of the old
+    // one may linger.
+    s.counters.retain(|k, _| c.drops.contains_key(k) || fixed.iter().any(|(name, _)| name == k));
     for (reason, n) in &c.drops {
         set(&mut s.counters, reason, *n);
     }
-    set(&mut s.counters, "adverts_sent", c.adverts_sent);
-    set(&mut s.counters, "adverts_received", c.adverts_received);
-    set(&mut s.counters, "priority_zero_sent", c.priority_zero_sent);
-    set(&mut s.counters, "priority_zero_received", c.priority_zero_received);
-    set(&mut s.counters, "became_master", c.became_master);
-    set(&mut s.counters, "released_master", c.released_master);
-    set(&mut s.counters, "lower_priority_masters", c.lower_priority_masters);
+    for (name, n) in fixed {
+        set(&mut s.counters, name, n);
+    }
 }
 
 /// Registers the socket with tokio. `AsyncFd::new` is deprecated in this tokio for types that do
