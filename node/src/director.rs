@@ -311,37 +311,35 @@ impl Reconciler {
     }
 }
 
-/// Feeds replicated-state changes and the VRRP role of `sync_instance` to the director.
-pub async fn feed(
-    tx: std_mpsc::Sender<Input>,
-    mut states: tokio::sync::watch::Receiver<Arc<ClusterState>>,
-    board: crate::vrrp_driver::StatusBoard,
-    sync_instance: Option<String>,
-) {
+/// Hands every replicated-state change to the director thread straight from the task that
+/// applies the Raft log (see [`raft::StateMachine::on_publish`]): no hop through a task on the
+/// node's runtime between "committed and applied" and the kernel being changed.
+pub fn follow_state(tx: std_mpsc::Sender<Input>, sm: &raft::StateMachine) {
+    sm.on_publish(move |s| {
+        tracing::debug!(target: "corral_stage", stage = "feed", first = s.revision, last = s.revision, took_us = 0u64);
+        // A closed channel means the director stopped; nothing else to tell it.
+        let _ = tx.send(Input::State(s.clone()));
+    });
+}
+
+/// Feeds the VRRP role of `sync_instance` to the director (for the connection-sync daemon).
+pub async fn feed_vrrp(tx: std_mpsc::Sender<Input>, board: crate::vrrp_driver::StatusBoard, sync_instance: Option<String>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_master = None;
-    let _ = tx.send(Input::State(states.borrow_and_update().clone()));
     loop {
-        tokio::select! {
-            r = states.changed() => {
-                if r.is_err() { return; }
-                let s = states.borrow_and_update().clone();
-                tracing::debug!(target: "corral_stage", stage = "feed", first = s.revision, last = s.revision, took_us = 0u64);
-                if tx.send(Input::State(s)).is_err() { return; }
-            }
-            _ = tick.tick() => {
-                let master = {
-                    let b = board.lock().unwrap_or_else(|p| p.into_inner());
-                    let inst = match &sync_instance {
-                        Some(n) => b.iter().find(|i| &i.name == n),
-                        None => b.first(),
-                    };
-                    inst.map(|i| i.state == "MASTER")
-                };
-                if master.is_some() && master != last_master {
-                    last_master = master;
-                    if tx.send(Input::VrrpMaster(master.unwrap_or(false))).is_err() { return; }
-                }
+        tick.tick().await;
+        let master = {
+            let b = board.lock().unwrap_or_else(|p| p.into_inner());
+            let inst = match &sync_instance {
+                Some(n) => b.iter().find(|i| &i.name == n),
+                None => b.first(),
+            };
+            inst.map(|i| i.state == "MASTER")
+        };
+        if master.is_some() && master != last_master {
+            last_master = master;
+            if tx.send(Input::VrrpMaster(master.unwrap_or(false))).is_err() {
+                return;
             }
         }
     }

@@ -92,7 +92,8 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let director = match (&config.director, &cluster) {
         (Some(d), Some(c)) => {
             let dir = node::director::Director::start(d).map_err(|e| anyhow::anyhow!("[director]: {e}"))?;
-            tokio::spawn(node::director::feed(dir.tx.clone(), c.sm.subscribe(), board.clone(), d.sync_instance.clone()));
+            node::director::follow_state(dir.tx.clone(), &c.sm);
+            tokio::spawn(node::director::feed_vrrp(dir.tx.clone(), board.clone(), d.sync_instance.clone()));
             Some(dir)
         }
         _ => None,

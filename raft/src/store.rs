@@ -148,6 +148,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), StoreError> {
         db,
         inner: Arc::new(RwLock::new(inner)),
         published: Arc::new(tx),
+        listeners: Arc::default(),
     };
     Ok((log, sm))
 }
@@ -504,6 +505,9 @@ fn load_state_machine(db: &Database) -> Result<SmInner, SE> {
     Ok(SmInner { last_applied, membership, state, snapshot_seq: 0 })
 }
 
+/// A function called with every newly published state, on the applying task.
+type Listener = Box<dyn Fn(&Arc<ClusterState>) + Send + Sync>;
+
 /// The state-machine half. Applied state is persisted in the same transaction as its
 /// last-applied pointer, and published to readers on a `watch` channel after each commit.
 #[derive(Clone)]
@@ -511,6 +515,7 @@ pub struct StateMachine {
     db: Arc<Database>,
     inner: Arc<RwLock<SmInner>>,
     published: Arc<watch::Sender<Arc<ClusterState>>>,
+    listeners: Arc<std::sync::Mutex<Vec<Listener>>>,
 }
 
 impl StateMachine {
@@ -524,9 +529,26 @@ impl StateMachine {
         self.published.borrow().clone()
     }
 
+    /// Calls `f` with the current state now and with every state published after it, on the
+    /// task that applies the log, before any `watch` reader can wake. For a reader on its own
+    /// thread (the director): it hears of a committed change without a hop through a task on
+    /// the node's runtime, which is busy answering the client at that very moment. `f` must
+    /// only hand the state over (e.g. a channel send), never block.
+    pub fn on_publish(&self, f: impl Fn(&Arc<ClusterState>) + Send + Sync + 'static) {
+        let mut l = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        f(&self.published.borrow());
+        l.push(Box::new(f));
+    }
+
     fn publish(&self) {
-        let state = self.inner.read().unwrap_or_else(|p| p.into_inner()).state.clone();
-        self.published.send_replace(Arc::new(state));
+        let state = Arc::new(self.inner.read().unwrap_or_else(|p| p.into_inner()).state.clone());
+        // Listeners first and under their lock, so one registering now sees either this state
+        // in its first call or this call, never neither.
+        let l = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        for f in l.iter() {
+            f(&state);
+        }
+        self.published.send_replace(state);
     }
 }
 
@@ -779,6 +801,37 @@ mod tests {
 
     fn indexes(v: Option<Vec<Entry<TypeConfig>>>) -> Option<Vec<u64>> {
         v.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    /// A listener hears the state it registered against at once, then every applied change,
+    /// in order and before `watch` readers see it.
+    #[tokio::test]
+    async fn publish_listeners_hear_every_applied_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = open(&dir.path().join("raft.redb")).unwrap();
+        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = heard.clone();
+        let watcher = sm.subscribe();
+        let w = watcher.clone();
+        sm.on_publish(move |s| {
+            // The watch still holds the previous state while listeners run.
+            let before = w.borrow().revision;
+            h.lock().unwrap().push((s.revision, s.get("a", "k").map(<[u8]>::to_vec), before));
+        });
+        let put = |i: u64, v: u8| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+            payload: EntryPayload::Normal(Command::Put { ns: "a".into(), key: "k".into(), value: vec![v] }),
+        };
+        sm.apply(vec![put(1, 7)]).await.unwrap();
+        sm.apply(vec![put(2, 8), put(3, 9)]).await.unwrap();
+        let heard = heard.lock().unwrap().clone();
+        assert_eq!(heard.len(), 3, "initial state plus one per applied batch: {heard:?}");
+        assert_eq!(heard[0].1, None);
+        assert_eq!(heard[1].1, Some(vec![7]));
+        assert_eq!(heard[2].1, Some(vec![9]));
+        assert!(heard[1].0 < heard[2].0, "revisions grow: {heard:?}");
+        assert_eq!(heard[2].2, heard[1].0, "listener ran before the watch moved on");
+        assert_eq!(watcher.borrow().revision, heard[2].0);
     }
 
     #[test]

@@ -223,11 +223,21 @@ fn build_bins(release: bool) -> Result<Vec<(PathBuf, String)>> {
     }
     check(cmd.status(), "cargo build (corralctl, corrald)")?;
     let dir = target_dir().join(if release { "release" } else { "debug" });
-    Ok(["corralctl", "corrald"]
+    let mut files: Vec<(PathBuf, String)> = ["corralctl", "corrald"]
         .iter()
         .map(|b| (dir.join(b), format!("/usr/bin/{b}")))
         .filter(|(p, _)| p.exists())
-        .collect())
+        .collect();
+    // A/B runs and profiling in one boot (VM-to-VM spread is larger than most effects):
+    // XTASK_VM_EXTRA=/path/corrald-a:/path/corrald-b:/usr/bin/perf puts those files in the
+    // VM's /usr/bin too (the tests crate's CORRALD=/usr/bin/corrald-a picks one).
+    if let Some(extra) = std::env::var_os("XTASK_VM_EXTRA") {
+        for p in std::env::split_paths(&extra) {
+            let name = p.file_name().context("XTASK_VM_EXTRA: a path without a file name")?.to_string_lossy().into_owned();
+            files.push((p, format!("/usr/bin/{name}")));
+        }
+    }
+    Ok(files)
 }
 
 /// Test executables of the `tests` crate, from cargo's JSON messages.

@@ -265,7 +265,12 @@ pub fn boot(k: &Kernel, initrd: &Path, timeout: Duration, quiet: bool) -> Result
         .arg(&k.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        // The guest kernel's TSC sync check fails under TCG, and it would then fall back to the
+        // emulated HPET: every clock read (tokio, quinn, tracing read the clock thousands of
+        // times a second) a syscall plus an emulated device access under qemu's big lock.
+        // Real directors run on the TSC; so does the lab (qemu's TSC follows the host's, one
+        // clock for all vCPUs).
+        .args(["-append", "console=ttyS0 quiet panic=-1 clocksource=tsc tsc=reliable"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

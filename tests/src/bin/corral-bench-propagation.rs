@@ -96,7 +96,7 @@ fn print_stages(sent: &[(u64, u128)], texts: &[String], leader: usize) {
         ("save_committed", "commit index saved (= learned the commit)"),
         ("apply", "state machine applied (published to the director)"),
         ("client_write", "client_write returned (leader)"),
-        ("feed", "director feed saw the new state"),
+        ("feed", "director handed the new state (on the applying task)"),
         ("wake", "director thread woke"),
         ("desired", "desired table built"),
         ("dump", "kernel table dumped"),
