@@ -54,6 +54,8 @@ async fn state_survives_reopen() {
         let r = sm.apply(entries).await.unwrap();
         assert_eq!(r.last().unwrap().revision, 3);
         assert_eq!(sm.current().get("kv", "b"), Some(&[2u8][..]));
+        // As corrald does on shutdown (otherwise the write follows after a short delay).
+        sm.write_pending().await.unwrap();
     }
     let (mut log, mut sm) = raft::open(&path).unwrap();
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));

@@ -807,6 +807,11 @@ impl Cluster {
             swim.abort();
         }
         let _ = self.raft.shutdown().await;
+        // Applied state still waiting for its deferred write goes to disk now, so a restart
+        // starts from the newest state instead of re-applying it from the log.
+        if let Err(e) = self.sm.write_pending().await {
+            tracing::warn!(error = %e, "writing the applied state on shutdown failed: the restart re-applies it from the log");
+        }
         self.transport.close(Duration::from_millis(500)).await;
     }
 }
