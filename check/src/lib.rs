@@ -28,6 +28,7 @@ mod checker;
 mod connect;
 pub mod def;
 pub mod dns;
+pub mod halfopen;
 mod http;
 mod icmp;
 pub mod result;
