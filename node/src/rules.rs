@@ -262,7 +262,7 @@ pub struct RsCheck {
 /// address (`port` = keepalived's connect_port), then lets the `check` crate validate it.
 fn check_def(raw: &serde_json::Value, rs: SocketAddr) -> Result<check::CheckDef, String> {
     let mut map = raw.as_object().cloned().ok_or("a check is a table, e.g. { type = \"tcp\" }")?;
-    let kind = map.get("type").and_then(|t| t.as_str()).ok_or("a check needs type = \"tcp\" | \"http\" | \"https\" | \"udp\" | \"icmp\" | \"dns\" | \"script\"")?.to_string();
+    let kind = map.get("type").and_then(|t| t.as_str()).ok_or("a check needs type = \"tcp\" | \"tcp_half_open\" | \"http\" | \"https\" | \"udp\" | \"icmp\" | \"dns\" | \"script\"")?.to_string();
     let port = match map.remove("port") {
         None => rs.port(),
         Some(p) => p.as_u64().filter(|p| (1..=65535).contains(p)).ok_or("port must be 1..=65535")? as u16,

@@ -262,7 +262,7 @@ impl Core {
                 break;
             }
             self.timers.pop();
-            if !self.live_mut(idx, gen).is_some_and(|s| s.outcome.is_none()) {
+            if self.live_mut(idx, gen).is_none_or(|s| s.outcome.is_some()) {
                 continue;
             }
             match timer {

@@ -125,16 +125,6 @@ impl Prober {
         inner.kick.notify_one();
         Ok(ProbeWait { inner, id: Some(id) })
     }
-
-    #[cfg(test)]
-    pub(crate) fn in_flight(&self) -> usize {
-        self.inner.get().and_then(|r| r.as_ref().ok()).map_or(0, |i| i.lock().in_flight())
-    }
-
-    #[cfg(test)]
-    pub(crate) fn counters(&self) -> self::core::Counters {
-        self.inner.get().and_then(|r| r.as_ref().ok()).map_or_else(Default::default, |i| i.lock().counters)
-    }
 }
 
 /// A probe in flight; resolves once. Dropping it forgets the probe.
