@@ -25,6 +25,9 @@
 //! step's SYNs from the raw socket the check uses (same BPF filter, reserved ports), then
 //! `recvmmsg` until the step's SYN-ACKs are in or the next step is due. Prints the thread's CPU
 //! per probe and as % of one core, and how many probes were answered.
+//!
+//! `--ports P,P,...` (with either mode): the backends already run (`cargo xtask bench checks`
+//! starts them); use these 64 ports instead of starting the listener process.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -115,13 +118,37 @@ fn main() {
 
     let half_open = args.iter().any(|a| a == "--half-open");
     let anchor = args.iter().any(|a| a == "--half-open-anchor");
-    let rest: Vec<&String> = args.iter().skip(3).filter(|a| !a.starts_with("--half-open")).collect();
+    let given_ports: Option<Vec<u16>> = args.iter().position(|a| a == "--ports").map(|i| args.get(i + 1).expect("--ports P,P,...").split(',').map(|p| p.parse().expect("a port")).collect());
+    let rest: Vec<&String> = args.iter().skip(3).filter(|a| !a.starts_with("--half-open")).take_while(|a| *a != "--ports").collect();
     let netns = match (rest.first().map(|s| s.as_str()), rest.get(1)) {
         (Some("--netns"), Some(ns)) => Some(ns.to_string()),
         (None, _) => None,
         _ => panic!("usage: many_tcp [N [SECS [--netns NS] [--half-open | --half-open-anchor]]]"),
     };
-    let mut cmd = match &netns {
+    let (child, ports) = match given_ports {
+        Some(p) => (None, p),
+        None => {
+            let (c, p) = start_backends(netns.as_deref());
+            (Some(c), p)
+        }
+    };
+
+    if ports.len() != PORTS {
+        panic!("need {PORTS} ports, got {}", ports.len());
+    }
+    let stop = |child: Option<std::process::Child>| {
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    };
+    run(n, secs, netns.is_some(), half_open, anchor, &ports);
+    stop(child);
+}
+
+/// The listener process (this program with `--serve`), in `netns` if given; returns it and its ports.
+fn start_backends(netns: Option<&str>) -> (std::process::Child, Vec<u16>) {
+    let mut cmd = match netns {
         None => {
             let mut c = Command::new(std::env::current_exe().unwrap());
             c.args(["--serve", &PORTS.to_string()]);
@@ -144,13 +171,15 @@ fn main() {
         let _ = child.kill();
         panic!("listener process failed: {line:?}");
     }
+    (child, ports)
+}
 
-    let base = u32::from(if netns.is_some() { Ipv4Addr::new(198, 51, 100, 1) } else { Ipv4Addr::new(127, 0, 0, 1) });
+fn run(n: usize, secs: u64, netns: bool, half_open: bool, anchor: bool, ports: &[u16]) {
+
+    let base = u32::from(if netns { Ipv4Addr::new(198, 51, 100, 1) } else { Ipv4Addr::new(127, 0, 0, 1) });
     let targets: Vec<SocketAddr> = (0..n).map(|i| SocketAddr::from((Ipv4Addr::from(base + (i / PORTS) as u32), ports[i % PORTS]))).collect();
     if anchor {
         half_open_anchor(&targets, Duration::from_secs(secs));
-        let _ = child.kill();
-        let _ = child.wait();
         return;
     }
 
@@ -207,8 +236,6 @@ fn main() {
         println!("max rss: {} MiB", after.max_rss_kib / 1024);
         drop(sched);
     });
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn thread_cpu() -> Duration {
