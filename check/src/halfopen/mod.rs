@@ -118,10 +118,10 @@ impl Prober {
         self.inner.get_or_init(start).as_ref().map_err(|e| FailReason::Io(e.clone()))
     }
 
-    /// Probe `target` from `src` until `deadline`.
-    pub(crate) fn probe(&self, target: SocketAddr, src: IpAddr, deadline: Instant) -> Result<ProbeWait, FailReason> {
+    /// Probe `target` from `src` (SYN queued at `now`) until `deadline`.
+    pub(crate) fn probe(&self, now: Instant, target: SocketAddr, src: IpAddr, deadline: Instant) -> Result<ProbeWait, FailReason> {
         let inner = self.inner()?.clone();
-        let id = inner.lock().start(Instant::now(), target, src, deadline).map_err(|e| FailReason::Io(e.to_string()))?;
+        let id = inner.lock().start(now, target, src, deadline).map_err(|e| FailReason::Io(e.to_string()))?;
         inner.kick.notify_one();
         Ok(ProbeWait { inner, id: Some(id) })
     }
@@ -290,8 +290,7 @@ struct Source {
 const SOURCE_TTL: Duration = Duration::from_secs(30);
 
 impl Source {
-    fn get(&self, dst: IpAddr) -> io::Result<IpAddr> {
-        let now = Instant::now();
+    fn get(&self, now: Instant, dst: IpAddr) -> io::Result<IpAddr> {
         let mut c = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((a, at)) = *c {
             if now.saturating_duration_since(at) < SOURCE_TTL {
@@ -317,8 +316,8 @@ impl HalfOpenProbe {
 
     pub(crate) async fn attempt(&self, timing: &Timing, prober: &Prober) -> Result<(), FailReason> {
         let start = Instant::now();
-        let src = self.source.get(self.target.ip()).map_err(|e| FailReason::from_io(&e, Phase::Connect))?;
-        match prober.probe(self.target, src, start + timing.connect_timeout)?.await {
+        let src = self.source.get(start, self.target.ip()).map_err(|e| FailReason::from_io(&e, Phase::Connect))?;
+        match prober.probe(start, self.target, src, start + timing.connect_timeout)?.await {
             Outcome::Open(_) => Ok(()),
             Outcome::Refused => Err(FailReason::Refused),
             Outcome::TimedOut => Err(FailReason::Timeout(Phase::Connect)),
