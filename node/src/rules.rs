@@ -706,6 +706,18 @@ address = "[2001:db8::11]:0"
     }
 
     #[test]
+    fn a_half_open_check_gets_the_real_server_address() {
+        let r = parse(
+            "[health]\n[[virtual_server]]\naddress = \"192.0.2.1:80\"\ncheck = { type = \"tcp_half_open\", interval = \"1s\", connect_timeout = \"1s\" }\n[[virtual_server.real_server]]\naddress = \"198.51.100.1:8080\"\n",
+        )
+        .unwrap();
+        let c = &r.checks()[0];
+        assert!(matches!(&c.def, check::CheckDef::TcpHalfOpen(h) if h.target == "198.51.100.1:8080".parse().unwrap() && h.timing.connect_timeout == Duration::from_secs(1)), "{:?}", c.def);
+        assert_eq!(c.def.kind_name(), "tcp_half_open");
+        assert_eq!(parse(&to_toml(&r)).unwrap(), r, "round-trips as written");
+    }
+
+    #[test]
     fn checks_default_to_the_real_server_address() {
         let r = parse(EXAMPLE).unwrap();
         let checks = r.checks();
