@@ -147,3 +147,42 @@ fn a_scheduler_runs_many_half_open_checks_through_one_prober() {
         assert_eq!(st.attempts_failed, st.failures_of(check::ReasonKind::Refused), "only the closed port fails");
     });
 }
+
+/// Drops CAP_NET_RAW from this thread's effective set (capabilities are per thread).
+fn drop_net_raw() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_RAW: u32 = 13;
+    let mut h = Header { version: VERSION_3, pid: 0 };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and two data structs, as the ABI requires.
+    unsafe {
+        assert_eq!(libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr()), 0, "capget");
+        d[0].effective &= !(1 << CAP_NET_RAW);
+        assert_eq!(libc::syscall(libc::SYS_capset, &mut h as *mut Header, d.as_ptr()), 0, "capset");
+    }
+}
+
+#[test]
+fn without_cap_net_raw_the_failure_names_it() {
+    in_netns(|| async {
+        drop_net_raw();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let r = check_once(&def(l.local_addr().unwrap(), Duration::from_millis(300))).await.unwrap();
+        match &r.error {
+            Some(FailReason::Io(m)) => assert!(m.contains("CAP_NET_RAW"), "{m}"),
+            other => panic!("expected an I/O failure naming CAP_NET_RAW, got {other:?}"),
+        }
+    });
+}
