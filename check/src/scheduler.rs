@@ -441,7 +441,11 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
             let inner = self.shared.lock();
             (inner.by_id.len(), inner.jobs.len())
         };
-        self.shared.stats.snapshot(registered, running)
+        let mut snap = self.shared.stats.snapshot(registered, running);
+        let c = self.shared.io.prober.counters();
+        snap.half_open_unmatched = c.unmatched;
+        snap.half_open_malformed = c.malformed;
+        snap
     }
 }
 

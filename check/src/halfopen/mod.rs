@@ -118,6 +118,11 @@ impl Prober {
         self.inner.get_or_init(start).as_ref().map_err(|e| FailReason::Io(e.clone()))
     }
 
+    /// The core's counters (zeros before the first probe).
+    pub(crate) fn counters(&self) -> self::core::Counters {
+        self.inner.get().and_then(|r| r.as_ref().ok()).map_or_else(Default::default, |i| i.lock().counters)
+    }
+
     /// Probe `target` from `src` (SYN queued at `now`) until `deadline`.
     pub(crate) fn probe(&self, now: Instant, target: SocketAddr, src: IpAddr, deadline: Instant) -> Result<ProbeWait, FailReason> {
         let inner = self.inner()?.clone();
