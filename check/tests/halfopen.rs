@@ -188,3 +188,50 @@ fn without_cap_net_raw_the_failure_names_it() {
         }
     });
 }
+
+#[test]
+fn an_unroutable_target_is_unreachable_and_does_not_hold_up_the_others() {
+    in_netns(|| async {
+        // Only `lo` here: 203.0.113.0/24 has no route, so its attempt fails in the source
+        // address lookup (ENETUNREACH), among checks that start in the same step.
+        let ls: Vec<TcpListener> = (0..3).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let (sched, _events) = Scheduler::<usize>::new();
+        sched.add(0, def("203.0.113.77:80".parse().unwrap(), Duration::from_millis(800))).unwrap();
+        for (i, l) in ls.iter().enumerate() {
+            sched.add(i + 1, def(l.local_addr().unwrap(), Duration::from_millis(800))).unwrap();
+        }
+        let end = Instant::now() + Duration::from_secs(3);
+        loop {
+            let last: Vec<_> = (0..4).map(|i| sched.status(&i).and_then(|s| s.last)).collect();
+            if last.iter().all(Option::is_some) {
+                let r = last[0].as_ref().unwrap();
+                // At once, not after the connect timeout.
+                assert_eq!(r.error, Some(FailReason::Unreachable), "{r}");
+                assert!(r.latency < Duration::from_millis(100), "{r}");
+                for r in &last[1..] {
+                    assert!(r.as_ref().unwrap().is_ok(), "{r:?}");
+                }
+                break;
+            }
+            assert!(Instant::now() < end, "not all ran: {last:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+#[test]
+fn a_syn_that_cannot_be_sent_fails_its_attempt_at_once() {
+    in_netns(|| async {
+        // A route that exists for the first attempt (the SYN leaves by `lo` and is dropped as
+        // not local: a timeout), then is deleted: the second attempt still has the cached source
+        // address, so it is sendmmsg itself that fails (ENETUNREACH).
+        ip(&["route", "add", "203.0.113.0/24", "dev", "lo"]);
+        let checker = def("203.0.113.77:80".parse().unwrap(), Duration::from_millis(200)).prepare().unwrap();
+        let r = checker.attempt().await;
+        assert_eq!(r.error, Some(FailReason::Timeout(Phase::Connect)), "{r}");
+        ip(&["route", "del", "203.0.113.0/24", "dev", "lo"]);
+        let r = checker.attempt().await;
+        assert_eq!(r.error, Some(FailReason::Unreachable), "{r}");
+        assert!(r.latency < Duration::from_millis(100), "failed at once, not at the timeout: {r}");
+    });
+}

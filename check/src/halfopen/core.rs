@@ -37,6 +37,8 @@ pub(crate) enum Outcome {
     Refused,
     /// No answer before the deadline.
     TimedOut,
+    /// The SYN could not be sent (the errno of `sendmmsg`, e.g. ENETUNREACH with no route).
+    SendFailed(i32),
 }
 
 /// A probe registered with [`Core::start`].
@@ -60,6 +62,7 @@ pub(crate) enum StartError {
 /// A SYN to send: to `dst`, bytes ready (checksummed for IPv4; IPv6's is left to the kernel).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Transmit {
+    pub id: Id,
     pub dst: SocketAddr,
     pub len: usize,
     pub bytes: [u8; 24],
@@ -202,7 +205,7 @@ impl Core {
             let len = r.buffer_len();
             r.emit(&mut Packet::new_unchecked(&mut bytes[..len]), dst.is_ipv4().then_some((src, dst.ip())));
             self.counters.syns += 1;
-            return Some(Transmit { dst, len, bytes });
+            return Some(Transmit { id: Id { idx, gen }, dst, len, bytes });
         }
         None
     }
@@ -242,6 +245,14 @@ impl Core {
         };
         self.counters.matched += 1;
         self.settle(idx, outcome);
+    }
+
+    /// The SYN of `id` could not be sent: the probe ends with that error (a probe settled or
+    /// released meanwhile is left alone).
+    pub fn send_failed(&mut self, id: Id, errno: i32) {
+        if self.live_mut(id.idx, id.gen).is_some_and(|s| s.outcome.is_none()) {
+            self.settle(id.idx, Outcome::SendFailed(errno));
+        }
     }
 
     /// The earliest resend or deadline still pending.
@@ -412,6 +423,21 @@ mod tests {
         assert_eq!(c.start(t0, "[2001:db8::1]:80".parse().unwrap(), SRC.into(), d), Err(StartError::NoFamily));
         c.release(a);
         assert!(c.start(t0, target(), SRC.into(), d).is_ok(), "a released probe frees its port");
+    }
+
+    #[test]
+    fn a_send_failure_ends_only_its_probe() {
+        let t0 = Instant::now();
+        let mut c = Core::new(vec![40000], vec![]);
+        let d = t0 + Duration::from_secs(1);
+        let a = c.start(t0, target(), SRC.into(), d).unwrap();
+        let b = c.start(t0, "198.51.100.8:80".parse().unwrap(), SRC.into(), d).unwrap();
+        let ta = std::iter::from_fn(|| c.poll_transmit()).find(|t| t.dst == target()).unwrap();
+        c.send_failed(ta.id, libc::ENETUNREACH);
+        assert_eq!(outcome(&mut c, a), Some(Outcome::SendFailed(libc::ENETUNREACH)));
+        assert_eq!(outcome(&mut c, b), None);
+        c.send_failed(ta.id, libc::ENETUNREACH); // stale id: nothing happens
+        assert_eq!(outcome(&mut c, b), None);
     }
 
     #[test]

@@ -212,17 +212,26 @@ async fn drive(weak: Weak<Inner>, mut gone: oneshot::Receiver<()>) {
                 continue;
             };
             let pkts: Vec<(SocketAddr, &[u8])> = q.iter().map(|t| (t.dst, t.payload())).collect();
-            match fam.sock.get_ref().send_batch(&pkts) {
-                Ok(n) => {
-                    q.drain(..n);
-                }
-                Err(e) => {
-                    // Unroutable and the like: the probes run into their deadline, as a SYN the
-                    // network lost would. Logged, not retried in a loop.
-                    tracing::debug!("half-open send: {e}");
-                    q.clear();
+            let mut done = 0;
+            while done < pkts.len() {
+                match fam.sock.get_ref().send_batch(&pkts[done..]) {
+                    Ok(0) => break, // buffer full: wait for writability, send the rest then
+                    Ok(n) => done += n,
+                    Err(e) => {
+                        // `sendmmsg` fails only for the first message it could not send (no
+                        // route, say): that probe ends with the error, the rest go out.
+                        inner.lock().send_failed(q[done].id, e.raw_os_error().unwrap_or(libc::EIO));
+                        done += 1;
+                    }
                 }
             }
+            drop(pkts);
+            q.drain(..done);
+        }
+        // Probes ended by a send error are not woken by anything the select below waits for.
+        inner.lock().take_woken(&mut wake);
+        for w in wake.drain(..) {
+            w.wake();
         }
         let (want4, want6) = (!backlog[0].is_empty(), !backlog[1].is_empty());
         tokio::select! {
@@ -326,6 +335,7 @@ impl HalfOpenProbe {
             Outcome::Open(_) => Ok(()),
             Outcome::Refused => Err(FailReason::Refused),
             Outcome::TimedOut => Err(FailReason::Timeout(Phase::Connect)),
+            Outcome::SendFailed(errno) => Err(FailReason::from_io(&io::Error::from_raw_os_error(errno), Phase::Connect)),
         }
     }
 }
