@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::connect::Connector;
+use crate::halfopen::{self, Prober};
 use crate::def::{CheckDef, Timing};
 use crate::result::CheckResult;
 use crate::scheduler::Grid;
@@ -41,8 +42,17 @@ impl DefError {
 #[cfg(test)]
 pub(crate) type FakeProbe = std::sync::Arc<dyn Fn() -> CheckResult + Send + Sync>;
 
+/// What the attempts of one scheduler share: the TCP check's in-flight connects and the
+/// half-open check's raw sockets. Each part starts at its first use.
+#[derive(Debug, Default)]
+pub(crate) struct AttemptIo {
+    pub(crate) connector: Connector,
+    pub(crate) prober: Prober,
+}
+
 pub(crate) enum Probe {
     Tcp(tcp::TcpProbe),
+    TcpHalfOpen(halfopen::HalfOpenProbe),
     Http(Box<http::HttpProbe>),
     Udp(udp::UdpProbe),
     Icmp(icmp::IcmpProbe),
@@ -77,6 +87,7 @@ impl CheckDef {
         }
         let probe = match self {
             CheckDef::Tcp(c) => Probe::Tcp(tcp::TcpProbe::new(c)),
+            CheckDef::TcpHalfOpen(c) => Probe::TcpHalfOpen(halfopen::HalfOpenProbe::new(c)),
             CheckDef::Http(c) => Probe::Http(Box::new(http::HttpProbe::new(c, None)?)),
             CheckDef::Https(c) => Probe::Http(Box::new(http::HttpProbe::new(&c.http, Some(c))?)),
             CheckDef::Udp(c) => Probe::Udp(udp::UdpProbe::new(c)?),
@@ -102,15 +113,16 @@ impl Checker {
     /// One attempt, no retries: the building block of a round. Never panics on network input;
     /// every failure comes back as a [`crate::FailReason`].
     pub async fn attempt(&self) -> CheckResult {
-        self.attempt_in(&Connector::default()).await
+        self.attempt_in(&AttemptIo::default()).await
     }
 
-    /// [`Checker::attempt`] with TCP connects in flight waited for in `conn` (the scheduler's).
-    pub(crate) async fn attempt_in(&self, conn: &Connector) -> CheckResult {
+    /// [`Checker::attempt`] with the scheduler's connector and half-open prober.
+    pub(crate) async fn attempt_in(&self, io: &AttemptIo) -> CheckResult {
         let start = Instant::now();
         let t = &self.timing;
         let outcome = match &self.probe {
-            Probe::Tcp(p) => p.attempt(t, conn).await.map(|()| None),
+            Probe::Tcp(p) => p.attempt(t, &io.connector).await.map(|()| None),
+            Probe::TcpHalfOpen(p) => p.attempt(t, &io.prober).await.map(|()| None),
             Probe::Http(p) => p.attempt(t).await.map(|()| None),
             Probe::Udp(p) => p.attempt(t).await.map(|()| None),
             Probe::Icmp(p) => p.attempt(t).await.map(|()| None),
@@ -133,19 +145,19 @@ impl Checker {
     /// attempts have failed, sleeping `delay_before_retry` between them. Each attempt's result is
     /// passed to `each` (for counters); the round's verdict is the last attempt.
     pub async fn round(&self, each: impl FnMut(&CheckResult)) -> CheckResult {
-        self.round_inner(None, &Connector::default(), each).await
+        self.round_inner(None, &AttemptIo::default(), each).await
     }
 
     /// [`Checker::round`] with retry starts rounded up to the scheduler's start grid and
-    /// connects in flight waited for in the scheduler's connector.
-    pub(crate) async fn round_on(&self, grid: &Grid, conn: &Connector, each: impl FnMut(&CheckResult)) -> CheckResult {
-        self.round_inner(Some(grid), conn, each).await
+    /// connects in flight and half-open probes handled by the scheduler's shared parts.
+    pub(crate) async fn round_on(&self, grid: &Grid, io: &AttemptIo, each: impl FnMut(&CheckResult)) -> CheckResult {
+        self.round_inner(Some(grid), io, each).await
     }
 
-    async fn round_inner(&self, grid: Option<&Grid>, conn: &Connector, mut each: impl FnMut(&CheckResult)) -> CheckResult {
+    async fn round_inner(&self, grid: Option<&Grid>, io: &AttemptIo, mut each: impl FnMut(&CheckResult)) -> CheckResult {
         let mut retries_left = self.timing.retries;
         loop {
-            let r = self.attempt_in(conn).await;
+            let r = self.attempt_in(io).await;
             each(&r);
             if r.is_ok() || retries_left == 0 {
                 return r;

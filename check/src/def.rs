@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 pub enum CheckDef {
     /// keepalived TCP_CHECK: a TCP connect that completes is a success.
     Tcp(TcpCheck),
+    /// Half-open TCP (F5 `tcp_half_open`, nmap's SYN scan): a SYN answered by a SYN-ACK is a
+    /// success; the handshake is never completed. Needs CAP_NET_RAW.
+    TcpHalfOpen(TcpHalfOpenCheck),
     /// keepalived HTTP_GET.
     Http(HttpCheck),
     /// keepalived SSL_GET.
@@ -45,6 +48,7 @@ impl CheckDef {
     pub fn timing(&self) -> &Timing {
         match self {
             CheckDef::Tcp(c) => &c.timing,
+            CheckDef::TcpHalfOpen(c) => &c.timing,
             CheckDef::Http(c) => &c.timing,
             CheckDef::Https(c) => &c.http.timing,
             CheckDef::Udp(c) => &c.timing,
@@ -58,6 +62,7 @@ impl CheckDef {
     pub fn timing_mut(&mut self) -> &mut Timing {
         match self {
             CheckDef::Tcp(c) => &mut c.timing,
+            CheckDef::TcpHalfOpen(c) => &mut c.timing,
             CheckDef::Http(c) => &mut c.timing,
             CheckDef::Https(c) => &mut c.http.timing,
             CheckDef::Udp(c) => &mut c.timing,
@@ -71,6 +76,7 @@ impl CheckDef {
     pub fn kind_name(&self) -> &'static str {
         match self {
             CheckDef::Tcp(_) => "tcp",
+            CheckDef::TcpHalfOpen(_) => "tcp_half_open",
             CheckDef::Http(_) => "http",
             CheckDef::Https(_) => "https",
             CheckDef::Udp(_) => "udp",
@@ -176,6 +182,29 @@ pub struct TcpCheck {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub graceful_close: bool,
     /// Timing knobs.
+    #[serde(flatten)]
+    pub timing: Timing,
+}
+
+/// Half-open TCP check: send a SYN, count a SYN-ACK as up and a RST as refused, never finish the
+/// handshake (the director's kernel resets it). Cheaper than [`TcpCheck`] on both ends — no
+/// socket, connect and close per check here, no accepted connection on the backend — and it
+/// tells the same thing: something listens and its SYN queue answers. It does not prove the
+/// application accepts connections (a listener whose accept queue is full still answers SYN-ACK
+/// unless it is overflowing). The SYN is resent at 1 s and 3 s within `connect_timeout`, as a
+/// kernel connect would. Needs CAP_NET_RAW (raw sockets).
+///
+/// ```toml
+/// type = "tcp_half_open"
+/// target = "10.0.0.5:80"
+/// interval = "1s"
+/// connect_timeout = "1s"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TcpHalfOpenCheck {
+    /// Address and port to probe (keepalived `connect_ip` / `connect_port`).
+    pub target: SocketAddr,
+    /// Timing knobs (`connect_timeout` bounds the wait for the SYN-ACK).
     #[serde(flatten)]
     pub timing: Timing,
 }

@@ -5,7 +5,8 @@
 //! - [`def`]: the configuration side. [`CheckDef`] is serde-tagged (`type = "http"`) and
 //!   `Eq + Hash`, so identical checks are found and run once. [`Timing`] holds keepalived's knobs.
 //! - [`result`]: what an attempt says: [`CheckResult`] with latency and a typed [`FailReason`].
-//! - One module per probe: `tcp`, `http` (+ `tls`), `udp`, `icmp`, `dns`, `script`. Each
+//! - One module per probe: `tcp`, [`halfopen`] (`tcp_half_open`), `http` (+ `tls`), `udp`,
+//!   `icmp`, `dns`, `script`. Each
 //!   does a single attempt; [`Checker`] wraps them with retries into a round.
 //! - [`scheduler`]: [`Scheduler`] runs rounds on intervals with spread start times, applies
 //!   rise/fall, deduplicates definitions, and sends [`Event`]s on state changes.
@@ -28,6 +29,7 @@ mod checker;
 mod connect;
 pub mod def;
 pub mod dns;
+pub mod halfopen;
 mod http;
 mod icmp;
 pub mod result;

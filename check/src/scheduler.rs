@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::checker::{Checker, DefError};
-use crate::connect::Connector;
+use crate::checker::AttemptIo;
 use crate::def::{CheckDef, Initial, Timing};
 use crate::result::CheckResult;
 use crate::stats::{Stats, StatsSnapshot};
@@ -253,7 +253,7 @@ struct Shared<I> {
     /// Dropped with the scheduler: ends the steps driver.
     _steps_alive: tokio::sync::oneshot::Sender<()>,
     /// Where every check's TCP connects that are still in flight after `connect(2)` wait.
-    connector: Connector,
+    io: AttemptIo,
     stats: Stats,
     events: mpsc::UnboundedSender<Event<I>>,
     options: Options,
@@ -295,7 +295,7 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
             grid: Grid { epoch: Instant::now() },
             steps,
             _steps_alive: alive,
-            connector: Connector::default(),
+            io: AttemptIo::default(),
             stats: Stats::default(),
             events: tx,
             options,
@@ -441,7 +441,11 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
             let inner = self.shared.lock();
             (inner.by_id.len(), inner.jobs.len())
         };
-        self.shared.stats.snapshot(registered, running)
+        let mut snap = self.shared.stats.snapshot(registered, running);
+        let c = self.shared.io.prober.counters();
+        snap.half_open_unmatched = c.unmatched;
+        snap.half_open_malformed = c.malformed;
+        snap
     }
 }
 
@@ -475,7 +479,7 @@ async fn run<I: Clone + Eq + Hash + Send + Sync + 'static>(
     loop {
         let result = {
             let Some(s) = shared.upgrade() else { return };
-            checker.round_on(&grid, &s.connector, |r| s.stats.attempt(r)).await
+            checker.round_on(&grid, &s.io, |r| s.stats.attempt(r)).await
         };
         let Some(s) = shared.upgrade() else { return };
         rounds += 1;

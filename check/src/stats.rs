@@ -53,6 +53,8 @@ impl Stats {
             went_down: self.went_down.load(Relaxed),
             registered,
             running,
+            half_open_unmatched: 0,
+            half_open_malformed: 0,
         }
     }
 }
@@ -80,6 +82,11 @@ pub struct StatsSnapshot {
     pub registered: usize,
     /// Distinct checks running after deduplication.
     pub running: usize,
+    /// Segments the half-open prober's raw sockets received that settled no probe: late answers
+    /// after a timeout, a wrong acknowledgment number, strays (ignored, counted).
+    pub half_open_unmatched: u64,
+    /// Datagrams those sockets received that were not a TCP header (ignored, counted).
+    pub half_open_malformed: u64,
 }
 
 impl StatsSnapshot {
@@ -98,6 +105,8 @@ impl StatsSnapshot {
         counter("rounds_total", "Check rounds completed.", self.rounds);
         counter("rounds_failed_total", "Check rounds that failed after all retries.", self.rounds_failed);
         counter("state_changes_total", "State transitions of checks.", self.state_changes);
+        counter("half_open_unmatched_total", "Segments to the half-open prober that answered no probe in flight (ignored).", self.half_open_unmatched);
+        counter("half_open_malformed_total", "Datagrams to the half-open prober that were not a TCP header (ignored).", self.half_open_malformed);
         let _ = writeln!(s, "# HELP corral_check_failures_total Failed attempts by reason.");
         let _ = writeln!(s, "# TYPE corral_check_failures_total counter");
         for (k, v) in &self.failures {

@@ -262,7 +262,7 @@ pub struct RsCheck {
 /// address (`port` = keepalived's connect_port), then lets the `check` crate validate it.
 fn check_def(raw: &serde_json::Value, rs: SocketAddr) -> Result<check::CheckDef, String> {
     let mut map = raw.as_object().cloned().ok_or("a check is a table, e.g. { type = \"tcp\" }")?;
-    let kind = map.get("type").and_then(|t| t.as_str()).ok_or("a check needs type = \"tcp\" | \"http\" | \"https\" | \"udp\" | \"icmp\" | \"dns\" | \"script\"")?.to_string();
+    let kind = map.get("type").and_then(|t| t.as_str()).ok_or("a check needs type = \"tcp\" | \"tcp_half_open\" | \"http\" | \"https\" | \"udp\" | \"icmp\" | \"dns\" | \"script\"")?.to_string();
     let port = match map.remove("port") {
         None => rs.port(),
         Some(p) => p.as_u64().filter(|p| (1..=65535).contains(p)).ok_or("port must be 1..=65535")? as u16,
@@ -703,6 +703,18 @@ address = "[2001:db8::11]:0"
         let d = &r.desired_table(&v).services[&key].dests;
         assert_eq!(d[&dest_key("198.51.100.11:80".parse().unwrap())].weight, 0);
         assert!(d.contains_key(&dest_key("198.51.100.99:80".parse().unwrap())), "live weight 0 → sorry server");
+    }
+
+    #[test]
+    fn a_half_open_check_gets_the_real_server_address() {
+        let r = parse(
+            "[health]\n[[virtual_server]]\naddress = \"192.0.2.1:80\"\ncheck = { type = \"tcp_half_open\", interval = \"1s\", connect_timeout = \"1s\" }\n[[virtual_server.real_server]]\naddress = \"198.51.100.1:8080\"\n",
+        )
+        .unwrap();
+        let c = &r.checks()[0];
+        assert!(matches!(&c.def, check::CheckDef::TcpHalfOpen(h) if h.target == "198.51.100.1:8080".parse().unwrap() && h.timing.connect_timeout == Duration::from_secs(1)), "{:?}", c.def);
+        assert_eq!(c.def.kind_name(), "tcp_half_open");
+        assert_eq!(parse(&to_toml(&r)).unwrap(), r, "round-trips as written");
     }
 
     #[test]

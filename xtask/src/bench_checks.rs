@@ -23,6 +23,12 @@
 //!   instead of waiting in a queue — a lost SYN is resent only after 1 s, which is the connect
 //!   timeout here. With a qdisc, veth stops the queue while the ring is full and nothing is lost.
 //!
+//! Two check kinds (`--kinds`, default both): `tcp` (a full connect, closed with a reset) and
+//! `tcp_half_open` (a SYN; the SYN-ACK is reset by the director's kernel). Each has its anchor,
+//! measured in the same run against the same listeners: for `tcp` the connect + reset loops
+//! below, for `tcp_half_open` the `many_tcp --half-open-anchor` loop (10,000 raw SYNs a second
+//! in 10 ms batches, one `sendmmsg` each, replies read with `recvmmsg`).
+//!
 //! In the veth setups the run prints the drop counters over its window (host end's tx drops,
 //! qdisc drops, the backends' listen-queue drops), so failed rounds can be told apart from loss.
 
@@ -64,6 +70,33 @@ impl Setup {
             Setup::Veth | Setup::VethNapi => std::net::Ipv4Addr::new(198, 51, 100, host),
         }
     }
+}
+
+/// Which check the real servers get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tcp,
+    HalfOpen,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::HalfOpen => "tcp_half_open",
+        }
+    }
+}
+
+/// Parses `tcp,tcp_half_open`.
+pub fn parse_kinds(s: &str) -> Result<Vec<Kind>> {
+    s.split(',')
+        .map(|x| match x.trim() {
+            "tcp" => Ok(Kind::Tcp),
+            "tcp_half_open" => Ok(Kind::HalfOpen),
+            other => bail!("unknown check kind {other:?} (tcp, tcp_half_open)"),
+        })
+        .collect()
 }
 
 /// A namespace with the backends' end of a veth pair; deleted (with the pair) on drop.
@@ -218,13 +251,14 @@ fn backends(many_tcp: &Path, setup: Setup) -> Result<(Backends, Vec<u16>)> {
 }
 
 /// 100 real servers per virtual server; the check is on each virtual server.
-fn rules(n: usize, ports: &[u16], setup: Setup) -> Result<node::rules::RuleSet> {
+fn rules(n: usize, ports: &[u16], setup: Setup, kind: Kind) -> Result<node::rules::RuleSet> {
     let mut text = String::from("[health]\nobservers = 3\n");
     for v in 0..n.div_ceil(100) {
         text += &format!(
-            "\n[[virtual_server]]\naddress = \"192.0.2.{}:{}\"\nscheduler = \"rr\"\ncheck = {{ type = \"tcp\", interval = \"1s\", connect_timeout = \"1s\", retries = 0 }}\n",
+            "\n[[virtual_server]]\naddress = \"192.0.2.{}:{}\"\nscheduler = \"rr\"\ncheck = {{ type = \"{}\", interval = \"1s\", connect_timeout = \"1s\", retries = 0 }}\n",
             1 + v / 200,
-            1000 + v % 200
+            1000 + v % 200,
+            kind.name()
         );
         for i in v * 100..((v + 1) * 100).min(n) {
             text += &format!("[[virtual_server.real_server]]\naddress = \"{}:{}\"\n", setup.addr(i), ports[i % PORTS]);
@@ -316,7 +350,29 @@ struct Run<'a> {
     setup: Setup,
     backends: &'a Backends,
     ports: &'a [u16],
+    kind: Kind,
     anchor_pct: f64,
+}
+
+/// The half-open anchor: `many_tcp --half-open-anchor` against these backends for `secs`;
+/// returns µs of CPU per probe and the answered/sent line.
+fn floor_half_open_us(many_tcp: &Path, ports: &[u16], setup: Setup, n: usize, secs: u64) -> Result<(f64, String)> {
+    let mut cmd = Command::new(many_tcp);
+    cmd.args([n.to_string(), secs.to_string()]);
+    if let Some(ns) = match setup {
+        Setup::Loopback => None,
+        _ => Some("backends"),
+    } {
+        // Only the address range matters to the anchor (198.51.100.x); the name is not used
+        // with --ports.
+        cmd.args(["--netns", ns]);
+    }
+    cmd.arg("--half-open-anchor").arg("--ports").arg(ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","));
+    let out = cmd.output().context("run many_tcp --half-open-anchor")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("half-open anchor:")).with_context(|| format!("half-open anchor printed nothing: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let us = line.split(", ").find_map(|f| f.strip_suffix(" µs per probe")).and_then(|v| v.trim().parse().ok()).context("µs per probe")?;
+    Ok((us, line.to_string()))
 }
 
 /// A second anchor closer to what an event-driven checker can do: non-blocking connects in
@@ -395,7 +451,7 @@ fn run_nodes(r: &Run, nodes: usize) -> Result<Vec<String>> {
     std::thread::sleep(Duration::from_secs(10));
     let idle: Vec<f64> = (0..nodes).map(|i| sample(&b, i).map(|s| s.cpu - idle0[i])).collect::<Result<_>>()?;
 
-    let rules = rules(n, ports, r.setup)?;
+    let rules = rules(n, ports, r.setup, r.kind)?;
     match call(&b.socket(0), &Request::Apply { rules, dry_run: false }, Duration::from_secs(60))? {
         ResponseBody::Applied { revision: Some(_), .. } => {}
         other => bail!("apply: {other:?}"),
@@ -420,8 +476,9 @@ fn run_nodes(r: &Run, nodes: usize) -> Result<Vec<String>> {
         let d1 = ns.drops();
         let d: Vec<u64> = d1.iter().zip(d0).map(|(a, b)| a.saturating_sub(b)).collect();
         println!(
-            "{} {nodes} node(s), over the window: host end tx dropped +{}, qdisc dropped +{} requeues +{}, backends' ListenDrops +{} ListenOverflows +{}",
+            "{} {} {nodes} node(s), over the window: host end tx dropped +{}, qdisc dropped +{} requeues +{}, backends' ListenDrops +{} ListenOverflows +{}",
             r.setup.name(),
+            r.kind.name(),
             d[0],
             d[1],
             d[2],
@@ -439,8 +496,9 @@ fn run_nodes(r: &Run, nodes: usize) -> Result<Vec<String>> {
         let pid = b.nodes[i].child.as_ref().context("node")?.id();
         let cpu = (s1[i].cpu - s0[i].cpu) / secs * 100.0;
         rows.push(format!(
-            "| {} | {nodes} node(s), k = 3 | {}{} | {:.0} | {:.1} % | {:.2} | {napi} | {:.1} % | {:.0} MiB | {} |",
+            "| {} | {} | {nodes} node(s), k = 3 | {}{} | {:.0} | {:.1} % | {:.2} | {napi} | {:.1} % | {:.0} MiB | {} |",
             r.setup.name(),
+            r.kind.name(),
             b.nodes[i].name,
             if leader == Some(i) { " (leader)" } else { "" },
             (s1[i].rounds - s0[i].rounds) / secs,
@@ -452,15 +510,16 @@ fn run_nodes(r: &Run, nodes: usize) -> Result<Vec<String>> {
         ));
         let why = failure_reasons(&b, i);
         if !why.is_empty() {
-            eprintln!("{} {nodes} node(s) {}: attempt failures since start: {why}", r.setup.name(), b.nodes[i].name);
+            eprintln!("{} {} {nodes} node(s) {}: attempt failures since start: {why}", r.setup.name(), r.kind.name(), b.nodes[i].name);
         }
     }
     Ok(rows)
 }
 
-/// Runs the setups (each: anchor, one node; loopback also 3 nodes) and prints a Markdown table.
-pub fn run(corrald: &Path, many_tcp: &Path, n: usize, window: Duration, setups: &[Setup]) -> Result<()> {
-    println!("checks: {n} real servers, TCP check every 1 s, {:?} window (after 5 s warm-up)", window);
+/// Runs the setups (each: anchors, then per kind one node; loopback also 3 nodes) and prints a
+/// Markdown table.
+pub fn run(corrald: &Path, many_tcp: &Path, n: usize, window: Duration, setups: &[Setup], kinds: &[Kind]) -> Result<()> {
+    println!("checks: {n} real servers, check every 1 s ({}), {:?} window (after 5 s warm-up)", kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "), window);
     let mut rows = Vec::new();
     for &setup in setups {
         let (backends, ports) = backends(many_tcp, setup)?;
@@ -472,14 +531,25 @@ pub fn run(corrald: &Path, many_tcp: &Path, n: usize, window: Duration, setups: 
             floor * n as f64 / 1e4,
             batched * n as f64 / 1e4
         );
-        let r = Run { corrald, n, window, setup, backends: &backends, ports: &ports, anchor_pct: floor * n as f64 / 1e4 };
-        let counts: &[usize] = if setup == Setup::Loopback { &[1, 3] } else { &[1] };
-        for &nodes in counts {
-            rows.extend(run_nodes(&r, nodes)?);
+        let half = if kinds.contains(&Kind::HalfOpen) {
+            let (us, line) = floor_half_open_us(many_tcp, &ports, setup, n, 10)?;
+            println!("anchor, {}: {line} (= {:.1} % of one core at {n} checks/s)", setup.name(), us * n as f64 / 1e4);
+            us
+        } else {
+            f64::NAN
+        };
+        for &kind in kinds {
+            let anchor = if kind == Kind::Tcp { floor } else { half };
+            let r = Run { corrald, n, window, setup, backends: &backends, ports: &ports, kind, anchor_pct: anchor * n as f64 / 1e4 };
+            let counts: &[usize] = if setup == Setup::Loopback { &[1, 3] } else { &[1] };
+            for &nodes in counts {
+                rows.extend(run_nodes(&r, nodes)?);
+            }
         }
     }
-    println!("| backends | nodes | node | check rounds/s | CPU (% of one core) | × anchor | backend NAPI thread CPU | idle CPU before the rules | RSS | failed rounds |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("(× anchor: tcp against the blocking connect + reset anchor, tcp_half_open against the half-open anchor)");
+    println!("| backends | kind | nodes | node | check rounds/s | CPU (% of one core) | × anchor | backend NAPI thread CPU | idle CPU before the rules | RSS | failed rounds |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
     }

@@ -104,6 +104,10 @@ enum BenchCmd {
         /// (the same with threaded NAPI on the backends' end); comma-separated.
         #[arg(long, default_value = "loopback,veth,veth-napi")]
         setups: String,
+        /// Check kinds to run, each with its own anchor: tcp (full connect), tcp_half_open (SYN
+        /// only); comma-separated.
+        #[arg(long, default_value = "tcp,tcp_half_open")]
+        kinds: String,
     },
 }
 
@@ -146,7 +150,7 @@ fn main() -> ExitCode {
         Cmd::Bench { cmd: BenchCmd::Propagation { changes, scale, directors, no_scale, stages } } => {
             bench_propagation(changes, &directors, if no_scale { &[] } else { &scale }, stages)
         }
-        Cmd::Bench { cmd: BenchCmd::Checks { real_servers, seconds, setups } } => build_bins(true).and_then(|_| {
+        Cmd::Bench { cmd: BenchCmd::Checks { real_servers, seconds, setups, kinds } } => build_bins(true).and_then(|_| {
             let mut cmd = cargo();
             cmd.args(["build", "--release", "-p", "check", "--example", "many_tcp"]);
             check(cmd.status(), "cargo build many_tcp")?;
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
                 real_servers,
                 Duration::from_secs(seconds),
                 &bench_checks::parse_setups(&setups)?,
+                &bench_checks::parse_kinds(&kinds)?,
             )
         }),
         Cmd::Vm { cmd: VmCmd::Test { filter } } => vm_test(filter.as_deref()),

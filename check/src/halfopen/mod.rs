@@ -1,0 +1,341 @@
+//! TCP half-open check (F5's `tcp_half_open`, nmap's SYN scan): send a SYN, count a SYN-ACK as up
+//! and a RST as refused, and never complete the handshake — the director's kernel answers the
+//! SYN-ACK with a RST itself (see [`sys::reserve_ports`]). Per check it costs the backend a
+//! request socket instead of a full connection plus accept, and costs the checker one batched
+//! `sendmmsg` slot and one `recvmmsg` slot instead of `socket` + `connect` + `close`.
+//!
+//! # Layout
+//! - [`wire`]: the TCP header view and repr.
+//! - `core`: sans-IO table of probes in flight (ISNs, resends at 1 s and 3 s, deadlines).
+//! - [`sys`]: raw sockets with their BPF filter, reserved ports, batched I/O.
+//! - [`Prober`] (here): one per scheduler, like the TCP check's `Connector`: started at the first
+//!   probe, one raw socket per address family and one driver task that sends every SYN queued
+//!   since its last wake-up with one `sendmmsg`, reads replies with `recvmmsg`, and keeps a single
+//!   tokio sleep armed for the core's next resend or deadline.
+
+pub(crate) mod core;
+pub mod sys;
+pub mod wire;
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use self::core::{Core, Id, Outcome};
+use crate::def::{TcpHalfOpenCheck, Timing};
+use crate::result::{FailReason, Phase};
+
+/// Source ports reserved per address family. Each probe in flight to one target needs its own,
+/// so this bounds the probes in flight to a single backend (retries and duplicates), not the
+/// total.
+const POOL: usize = 16;
+
+/// Datagrams read per `recvmmsg`.
+const BATCH: usize = 64;
+
+/// One prober per scheduler (or one-off attempt): raw sockets and a driver task, started at the
+/// first probe on the runtime that runs it. Dropping it lets the driver end once no probe waits.
+#[derive(Default)]
+pub(crate) struct Prober {
+    inner: OnceLock<Result<Arc<Inner>, String>>,
+}
+
+impl std::fmt::Debug for Prober {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prober").field("started", &self.inner.get().is_some()).finish()
+    }
+}
+
+struct Family {
+    sock: AsyncFd<sys::RawTcp>,
+    /// The reserved source ports.
+    ports: Vec<u16>,
+    /// The bound sockets that hold them.
+    _holders: Vec<socket2::Socket>,
+}
+
+struct Inner {
+    core: Mutex<Core>,
+    v4: Option<Family>,
+    v6: Option<Family>,
+    /// A probe was added: SYNs to send, maybe an earlier deadline.
+    kick: Notify,
+    _alive: oneshot::Sender<()>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn open_family(v6: bool) -> io::Result<Family> {
+    let raw = sys::RawTcp::open(v6)?;
+    let (holders, ports) = sys::reserve_ports(v6, POOL)?;
+    raw.attach_filter(&ports)?;
+    // SAFETY: `RawTcp` owns its descriptor, so it stays open and the same for as long as the
+    // `AsyncFd` (which owns the `RawTcp`) lives.
+    let sock = unsafe { AsyncFd::register(raw) }.map_err(|e| e.into_parts().1)?;
+    Ok(Family { sock, ports, _holders: holders })
+}
+
+fn start() -> Result<Arc<Inner>, String> {
+    let v4 = open_family(false);
+    let v6 = open_family(true);
+    let (v4, v6) = match (v4, v6) {
+        (Err(e), Err(e6)) => {
+            // Both refused: say why once (CAP_NET_RAW in the common case).
+            return Err(if e.kind() == io::ErrorKind::PermissionDenied { e.to_string() } else { format!("IPv4: {e}; IPv6: {e6}") });
+        }
+        (v4, v6) => {
+            if let Err(e) = &v6 {
+                tracing::debug!("half-open check: no IPv6 raw socket: {e}");
+            }
+            if let Err(e) = &v4 {
+                tracing::warn!("half-open check: no IPv4 raw socket: {e}");
+            }
+            (v4.ok(), v6.ok())
+        }
+    };
+    let ports = |f: &Option<Family>| f.as_ref().map_or_else(Vec::new, |f| f.ports.clone());
+    let core = Core::new(ports(&v4), ports(&v6));
+    let (alive, gone) = oneshot::channel();
+    let inner = Arc::new(Inner { core: Mutex::new(core), v4, v6, kick: Notify::new(), _alive: alive });
+    tokio::spawn(drive(Arc::downgrade(&inner), gone));
+    Ok(inner)
+}
+
+impl Prober {
+    fn inner(&self) -> Result<&Arc<Inner>, FailReason> {
+        self.inner.get_or_init(start).as_ref().map_err(|e| FailReason::Io(e.clone()))
+    }
+
+    /// The core's counters (zeros before the first probe).
+    pub(crate) fn counters(&self) -> self::core::Counters {
+        self.inner.get().and_then(|r| r.as_ref().ok()).map_or_else(Default::default, |i| i.lock().counters)
+    }
+
+    /// Probe `target` from `src` (SYN queued at `now`) until `deadline`.
+    pub(crate) fn probe(&self, now: Instant, target: SocketAddr, src: IpAddr, deadline: Instant) -> Result<ProbeWait, FailReason> {
+        let inner = self.inner()?.clone();
+        let id = inner.lock().start(now, target, src, deadline).map_err(|e| FailReason::Io(e.to_string()))?;
+        inner.kick.notify_one();
+        Ok(ProbeWait { inner, id: Some(id) })
+    }
+}
+
+/// A probe in flight; resolves once. Dropping it forgets the probe.
+pub(crate) struct ProbeWait {
+    inner: Arc<Inner>,
+    id: Option<Id>,
+}
+
+impl Future for ProbeWait {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.get_mut();
+        let Some(id) = this.id else { return Poll::Ready(Outcome::TimedOut) };
+        match this.inner.lock().poll_outcome(id, cx.waker()) {
+            Some(o) => {
+                this.id = None;
+                Poll::Ready(o)
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for ProbeWait {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.inner.lock().release(id);
+        }
+    }
+}
+
+/// Waits for readability of an optional socket; never resolves for a missing one.
+async fn readable(f: Option<&Family>) -> io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, sys::RawTcp>> {
+    match f {
+        Some(f) => f.sock.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn writable(f: Option<&Family>, want: bool) -> io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, sys::RawTcp>> {
+    match f {
+        Some(f) if want => f.sock.writable().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// The driver: sends queued SYNs, reads replies, fires resends and deadlines, wakes probes.
+async fn drive(weak: Weak<Inner>, mut gone: oneshot::Receiver<()>) {
+    let mut bufs = sys::RecvBufs::new(BATCH);
+    let mut wake: Vec<Waker> = Vec::new();
+    // SYNs the socket had no room for, per family, sent before anything new.
+    let mut backlog: [Vec<core::Transmit>; 2] = [Vec::new(), Vec::new()];
+    let sleep = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        // Everything queued since the last wake-up goes out now, one sendmmsg per family.
+        {
+            let mut core = inner.lock();
+            while let Some(t) = core.poll_transmit() {
+                backlog[usize::from(t.dst.is_ipv6())].push(t);
+            }
+            let next = core.poll_timeout();
+            if next != armed {
+                if let Some(at) = next {
+                    sleep.as_mut().reset(at);
+                }
+                armed = next;
+            }
+        }
+        for (i, fam) in [inner.v4.as_ref(), inner.v6.as_ref()].into_iter().enumerate() {
+            let q = &mut backlog[i];
+            if q.is_empty() {
+                continue;
+            }
+            let Some(fam) = fam else {
+                q.clear();
+                continue;
+            };
+            let pkts: Vec<(SocketAddr, &[u8])> = q.iter().map(|t| (t.dst, t.payload())).collect();
+            let mut done = 0;
+            while done < pkts.len() {
+                match fam.sock.get_ref().send_batch(&pkts[done..]) {
+                    Ok(0) => break, // buffer full: wait for writability, send the rest then
+                    Ok(n) => done += n,
+                    Err(e) => {
+                        // `sendmmsg` fails only for the first message it could not send (no
+                        // route, say): that probe ends with the error, the rest go out.
+                        inner.lock().send_failed(q[done].id, e.raw_os_error().unwrap_or(libc::EIO));
+                        done += 1;
+                    }
+                }
+            }
+            drop(pkts);
+            q.drain(..done);
+        }
+        // Probes ended by a send error are not woken by anything the select below waits for.
+        inner.lock().take_woken(&mut wake);
+        for w in wake.drain(..) {
+            w.wake();
+        }
+        let (want4, want6) = (!backlog[0].is_empty(), !backlog[1].is_empty());
+        tokio::select! {
+            biased;
+            _ = &mut gone => return,
+            r = readable(inner.v4.as_ref()) => receive(&inner, r, &mut bufs),
+            r = readable(inner.v6.as_ref()) => receive(&inner, r, &mut bufs),
+            r = writable(inner.v4.as_ref(), want4) => if let Ok(mut g) = r { g.clear_ready() },
+            r = writable(inner.v6.as_ref(), want6) => if let Ok(mut g) = r { g.clear_ready() },
+            _ = &mut sleep, if armed.is_some() => {
+                armed = None;
+                // Replies already queued win over their deadline.
+                for f in [inner.v4.as_ref(), inner.v6.as_ref()].into_iter().flatten() {
+                    drain(&inner, f.sock.get_ref(), &mut bufs);
+                }
+                inner.lock().handle_timeout(Instant::now());
+            }
+            _ = inner.kick.notified() => {}
+        }
+        inner.lock().take_woken(&mut wake);
+        drop(inner);
+        for w in wake.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+fn receive(inner: &Inner, ready: io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, sys::RawTcp>>, bufs: &mut sys::RecvBufs) {
+    match ready {
+        Ok(mut g) => {
+            if !drain(inner, g.get_inner(), bufs) {
+                g.clear_ready();
+            }
+        }
+        Err(e) => tracing::debug!("half-open socket: {e}"),
+    }
+}
+
+/// Reads batches until the socket is empty (then `false`) or a bounded number of batches was
+/// read (then `true`: come back, other work first).
+fn drain(inner: &Inner, sock: &sys::RawTcp, bufs: &mut sys::RecvBufs) -> bool {
+    for _ in 0..16 {
+        match sock.recv_batch(bufs) {
+            Ok(0) => return false,
+            Ok(_) => {
+                let now = Instant::now();
+                let mut core = inner.lock();
+                for d in bufs.iter() {
+                    match d {
+                        Some((from, tcp)) => core.handle_segment(now, from, tcp),
+                        None => core.counters.malformed += 1,
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!("half-open recv: {e}");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// The source address for one target, looked up once and again after a while (routes change).
+struct Source {
+    cached: Mutex<Option<(IpAddr, Instant)>>,
+}
+
+/// How long a looked-up source address is used before asking the routing table again.
+const SOURCE_TTL: Duration = Duration::from_secs(30);
+
+impl Source {
+    fn get(&self, now: Instant, dst: IpAddr) -> io::Result<IpAddr> {
+        let mut c = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((a, at)) = *c {
+            if now.saturating_duration_since(at) < SOURCE_TTL {
+                return Ok(a);
+            }
+        }
+        let a = sys::route_source(dst)?;
+        *c = Some((a, now));
+        Ok(a)
+    }
+}
+
+/// One `tcp_half_open` definition, ready to run.
+pub(crate) struct HalfOpenProbe {
+    target: SocketAddr,
+    source: Source,
+}
+
+impl HalfOpenProbe {
+    pub(crate) fn new(def: &TcpHalfOpenCheck) -> Self {
+        HalfOpenProbe { target: def.target, source: Source { cached: Mutex::new(None) } }
+    }
+
+    pub(crate) async fn attempt(&self, timing: &Timing, prober: &Prober) -> Result<(), FailReason> {
+        let start = Instant::now();
+        let src = self.source.get(start, self.target.ip()).map_err(|e| FailReason::from_io(&e, Phase::Connect))?;
+        match prober.probe(start, self.target, src, start + timing.connect_timeout)?.await {
+            Outcome::Open(_) => Ok(()),
+            Outcome::Refused => Err(FailReason::Refused),
+            Outcome::TimedOut => Err(FailReason::Timeout(Phase::Connect)),
+            Outcome::SendFailed(errno) => Err(FailReason::from_io(&io::Error::from_raw_os_error(errno), Phase::Connect)),
+        }
+    }
+}
