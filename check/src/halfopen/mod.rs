@@ -62,12 +62,21 @@ struct Family {
     _holders: Vec<socket2::Socket>,
 }
 
-struct Inner {
-    core: Mutex<Core>,
+/// The sockets and the driver's wake-up: held by the driver task, which owns them (they close
+/// when it ends), and by [`Inner`].
+struct Io {
     v4: Option<Family>,
     v6: Option<Family>,
     /// A probe was added: SYNs to send, maybe an earlier deadline.
     kick: Notify,
+}
+
+/// The probes. Only the prober and probes in flight hold it strongly; the driver holds it
+/// weakly across its waits, so when the last user goes `_alive` drops, the driver hears
+/// `gone` and ends, and the sockets and reserved ports are released.
+struct Inner {
+    core: Mutex<Core>,
+    io: Arc<Io>,
     _alive: oneshot::Sender<()>,
 }
 
@@ -108,8 +117,9 @@ fn start() -> Result<Arc<Inner>, String> {
     let ports = |f: &Option<Family>| f.as_ref().map_or_else(Vec::new, |f| f.ports.clone());
     let core = Core::new(ports(&v4), ports(&v6));
     let (alive, gone) = oneshot::channel();
-    let inner = Arc::new(Inner { core: Mutex::new(core), v4, v6, kick: Notify::new(), _alive: alive });
-    tokio::spawn(drive(Arc::downgrade(&inner), gone));
+    let io = Arc::new(Io { v4, v6, kick: Notify::new() });
+    let inner = Arc::new(Inner { core: Mutex::new(core), io: io.clone(), _alive: alive });
+    tokio::spawn(drive(Arc::downgrade(&inner), io, gone));
     Ok(inner)
 }
 
@@ -127,7 +137,7 @@ impl Prober {
     pub(crate) fn probe(&self, now: Instant, target: SocketAddr, src: IpAddr, deadline: Instant) -> Result<ProbeWait, FailReason> {
         let inner = self.inner()?.clone();
         let id = inner.lock().start(now, target, src, deadline).map_err(|e| FailReason::Io(e.to_string()))?;
-        inner.kick.notify_one();
+        inner.io.kick.notify_one();
         Ok(ProbeWait { inner, id: Some(id) })
     }
 }
@@ -178,7 +188,7 @@ async fn writable(f: Option<&Family>, want: bool) -> io::Result<tokio::io::unix:
 }
 
 /// The driver: sends queued SYNs, reads replies, fires resends and deadlines, wakes probes.
-async fn drive(weak: Weak<Inner>, mut gone: oneshot::Receiver<()>) {
+async fn drive(weak: Weak<Inner>, io: Arc<Io>, mut gone: oneshot::Receiver<()>) {
     let mut bufs = sys::RecvBufs::new(BATCH);
     let mut wake: Vec<Waker> = Vec::new();
     // SYNs the socket had no room for, per family, sent before anything new.
@@ -202,7 +212,7 @@ async fn drive(weak: Weak<Inner>, mut gone: oneshot::Receiver<()>) {
                 armed = next;
             }
         }
-        for (i, fam) in [inner.v4.as_ref(), inner.v6.as_ref()].into_iter().enumerate() {
+        for (i, fam) in [io.v4.as_ref(), io.v6.as_ref()].into_iter().enumerate() {
             let q = &mut backlog[i];
             if q.is_empty() {
                 continue;
@@ -233,24 +243,33 @@ async fn drive(weak: Weak<Inner>, mut gone: oneshot::Receiver<()>) {
         for w in wake.drain(..) {
             w.wake();
         }
+        drop(inner);
         let (want4, want6) = (!backlog[0].is_empty(), !backlog[1].is_empty());
-        tokio::select! {
+        // Deadlines before replies: a steady stream of segments to the reserved ports (anyone
+        // can send them) must not keep resends and timeouts from ever firing.
+        let fatal = tokio::select! {
             biased;
             _ = &mut gone => return,
-            r = readable(inner.v4.as_ref()) => receive(&inner, r, &mut bufs),
-            r = readable(inner.v6.as_ref()) => receive(&inner, r, &mut bufs),
-            r = writable(inner.v4.as_ref(), want4) => if let Ok(mut g) = r { g.clear_ready() },
-            r = writable(inner.v6.as_ref(), want6) => if let Ok(mut g) = r { g.clear_ready() },
             _ = &mut sleep, if armed.is_some() => {
                 armed = None;
+                let Some(inner) = weak.upgrade() else { return };
                 // Replies already queued win over their deadline.
-                for f in [inner.v4.as_ref(), inner.v6.as_ref()].into_iter().flatten() {
+                for f in [io.v4.as_ref(), io.v6.as_ref()].into_iter().flatten() {
                     drain(&inner, f.sock.get_ref(), &mut bufs);
                 }
                 inner.lock().handle_timeout(Instant::now());
+                false
             }
-            _ = inner.kick.notified() => {}
+            r = readable(io.v4.as_ref()) => receive(&weak, r, &mut bufs),
+            r = readable(io.v6.as_ref()) => receive(&weak, r, &mut bufs),
+            r = writable(io.v4.as_ref(), want4) => { if let Ok(mut g) = r { g.clear_ready() }; false }
+            r = writable(io.v6.as_ref(), want6) => { if let Ok(mut g) = r { g.clear_ready() }; false }
+            _ = io.kick.notified() => false,
+        };
+        if fatal {
+            return;
         }
+        let Some(inner) = weak.upgrade() else { return };
         inner.lock().take_woken(&mut wake);
         drop(inner);
         for w in wake.drain(..) {
@@ -259,14 +278,22 @@ async fn drive(weak: Weak<Inner>, mut gone: oneshot::Receiver<()>) {
     }
 }
 
-fn receive(inner: &Inner, ready: io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, sys::RawTcp>>, bufs: &mut sys::RecvBufs) {
+/// Handles a readable socket; `true` when the driver must stop (the socket failed, or every
+/// user is gone).
+fn receive(weak: &Weak<Inner>, ready: io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, sys::RawTcp>>, bufs: &mut sys::RecvBufs) -> bool {
     match ready {
         Ok(mut g) => {
-            if !drain(inner, g.get_inner(), bufs) {
+            let Some(inner) = weak.upgrade() else { return true };
+            if !drain(&inner, g.get_inner(), bufs) {
                 g.clear_ready();
             }
+            false
         }
-        Err(e) => tracing::debug!("half-open socket: {e}"),
+        Err(e) => {
+            // Only when the runtime is shutting down: waiting again would fail at once, forever.
+            tracing::debug!("half-open socket: {e}");
+            true
+        }
     }
 }
 
@@ -337,5 +364,34 @@ impl HalfOpenProbe {
             Outcome::TimedOut => Err(FailReason::Timeout(Phase::Connect)),
             Outcome::SendFailed(errno) => Err(FailReason::from_io(&io::Error::from_raw_os_error(errno), Phase::Connect)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// When the prober and its probes are gone, the driver ends and drops the sockets (and the
+    /// reserved ports with them), even with no deadline armed and no packet arriving.
+    #[tokio::test]
+    async fn the_driver_ends_and_releases_its_sockets_with_the_last_user() {
+        if sys::tests::raw_or_skip(false).is_none() {
+            return;
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = listener.local_addr().unwrap();
+        let prober = Prober::default();
+        let now = Instant::now();
+        let wait = prober.probe(now, target, target.ip(), now + Duration::from_secs(2)).unwrap();
+        assert!(matches!(wait.await, Outcome::Open(_)), "a listening port answers");
+        let io = Arc::downgrade(&prober.inner.get().unwrap().as_ref().unwrap().io);
+        drop(prober);
+        for _ in 0..100 {
+            if io.upgrade().is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the driver still holds the raw sockets 1 s after the last user went away");
     }
 }

@@ -105,7 +105,9 @@ impl RawTcp {
 
     /// Send each `(destination, TCP segment)` with as few `sendmmsg` calls as the socket takes.
     /// Returns how many went out; fewer than `pkts.len()` when the send buffer is full (then
-    /// `WouldBlock` is not an error: the caller waits for writability and sends the rest).
+    /// `WouldBlock` is not an error: the caller waits for writability and sends the rest). A
+    /// segment the device queue refused (`ENOBUFS`) counts as sent: it is lost, like a drop on
+    /// the wire, and the probe's resend covers it.
     pub fn send_batch(&self, pkts: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
         let mut sent = 0;
         while sent < pkts.len() {
@@ -128,7 +130,14 @@ impl RawTcp {
             let n = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
             if n < 0 {
                 let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS) {
+                if e.raw_os_error() == Some(libc::ENOBUFS) {
+                    // The device queue dropped it (full qdisc): the socket's buffer is free
+                    // again at once, so waiting for writability would spin. Count the SYN as
+                    // sent and lost, as a congested link would lose it; the resend covers it.
+                    sent += 1;
+                    continue;
+                }
+                if e.kind() == io::ErrorKind::WouldBlock {
                     return Ok(sent);
                 }
                 if sent > 0 {
@@ -248,7 +257,8 @@ pub const MAX_FILTER_PORTS: usize = 200;
 /// Layout: `X = TCP offset; A = dst port; jeq port_i → flags ...; ret 0; flags: A = [x+13];
 /// jset RST → accept; A &= SYN|ACK; jeq SYN|ACK → accept; ret 0; accept: ret SNAP`.
 pub fn filter(v6: bool, ports: &[u16]) -> Vec<libc::sock_filter> {
-    let ports = &ports[..ports.len().min(MAX_FILTER_PORTS)];
+    // The pool is a small constant; more ports would need a different filter shape.
+    assert!(ports.len() <= MAX_FILTER_PORTS, "half-open filter: {} ports, at most {MAX_FILTER_PORTS}", ports.len());
     let mut p = Vec::with_capacity(ports.len() + 10);
     p.push(if v6 { ins(LDX | W | IMM, 0, 0, 0) } else { ins(LDX | B | MSH, 0, 0, 0) });
     p.push(ins(LD | H | IND, 0, 0, 2));
@@ -308,7 +318,7 @@ pub fn route_source(dst: IpAddr) -> io::Result<IpAddr> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The filter attached to a real raw socket, fed real segments over loopback (root only;
     //! under CI=true a missing privilege fails instead of skipping).
 
