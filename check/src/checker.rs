@@ -87,7 +87,7 @@ impl CheckDef {
         }
         let probe = match self {
             CheckDef::Tcp(c) => Probe::Tcp(tcp::TcpProbe::new(c)),
-            CheckDef::TcpHalfOpen(c) => Probe::TcpHalfOpen(halfopen::HalfOpenProbe::new(c)),
+            CheckDef::TcpHalfOpen(c) => Probe::TcpHalfOpen(halfopen::HalfOpenProbe::new(c)?),
             CheckDef::Http(c) => Probe::Http(Box::new(http::HttpProbe::new(c, None)?)),
             CheckDef::Https(c) => Probe::Http(Box::new(http::HttpProbe::new(&c.http, Some(c))?)),
             CheckDef::Udp(c) => Probe::Udp(udp::UdpProbe::new(c)?),

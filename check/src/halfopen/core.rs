@@ -120,7 +120,6 @@ pub(crate) struct Core {
     tx: Vec<(u32, u32)>,
     ports_v4: Vec<u16>,
     ports_v6: Vec<u16>,
-    next_port: usize,
     woken: Vec<Waker>,
     pub counters: Counters,
 }
@@ -138,7 +137,6 @@ impl Core {
             tx: Vec::new(),
             ports_v4,
             ports_v6,
-            next_port: 0,
             woken: Vec::new(),
             counters: Counters::default(),
         }
@@ -163,9 +161,11 @@ impl Core {
             return Err(StartError::NoFamily);
         }
         let n = pool.len();
-        let sport = (0..n).map(|k| pool[(self.next_port + k) % n]).find(|p| !self.by_key.contains_key(&(target, *p))).ok_or(StartError::PortsBusy(n))?;
-        self.next_port = self.next_port.wrapping_add(1);
+        // Each target's probes move over the pool from round to round (a keyed hash of target
+        // and counter picks the first port to try), whatever the number of targets.
         self.counter = self.counter.wrapping_add(1);
+        let first = self.key.hash_one((target, self.counter, "port")) as usize;
+        let sport = (0..n).map(|k| pool[first.wrapping_add(k) % n]).find(|p| !self.by_key.contains_key(&(target, *p))).ok_or(StartError::PortsBusy(n))?;
         let isn = self.key.hash_one((target, sport, self.counter)) as u32;
         let idx = match self.free.pop() {
             Some(i) => i,

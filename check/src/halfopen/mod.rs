@@ -30,6 +30,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use self::core::{Core, Id, Outcome};
+use crate::checker::DefError;
 use crate::def::{TcpHalfOpenCheck, Timing};
 use crate::result::{FailReason, Phase};
 
@@ -351,8 +352,18 @@ pub(crate) struct HalfOpenProbe {
 }
 
 impl HalfOpenProbe {
-    pub(crate) fn new(def: &TcpHalfOpenCheck) -> Self {
-        HalfOpenProbe { target: def.target, source: Source { cached: Mutex::new(None) } }
+    pub(crate) fn new(def: &TcpHalfOpenCheck) -> Result<Self, DefError> {
+        let ip = def.target.ip();
+        if ip.is_unspecified() || ip.is_multicast() || def.target.port() == 0 {
+            return Err(DefError::invalid("target", "must be a unicast address with a port"));
+        }
+        if let SocketAddr::V6(a) = def.target {
+            // The raw socket's replies carry no scope, and one source per family is looked up.
+            if a.ip().is_unicast_link_local() || a.scope_id() != 0 {
+                return Err(DefError::invalid("target", "link-local IPv6 targets are not supported by tcp_half_open (use tcp)"));
+            }
+        }
+        Ok(HalfOpenProbe { target: def.target, source: Source { cached: Mutex::new(None) } })
     }
 
     pub(crate) async fn attempt(&self, timing: &Timing, prober: &Prober) -> Result<(), FailReason> {
@@ -361,7 +372,13 @@ impl HalfOpenProbe {
         match prober.probe(start, self.target, src, start + timing.connect_timeout)?.await {
             Outcome::Open(_) => Ok(()),
             Outcome::Refused => Err(FailReason::Refused),
-            Outcome::TimedOut => Err(FailReason::Timeout(Phase::Connect)),
+            Outcome::TimedOut => {
+                // The source the checksum was computed for may no longer be the one the kernel
+                // sends from (an address or route changed): look it up again next time, so a
+                // stale cache costs at most one attempt.
+                *self.source.cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                Err(FailReason::Timeout(Phase::Connect))
+            }
             Outcome::SendFailed(errno) => Err(FailReason::from_io(&io::Error::from_raw_os_error(errno), Phase::Connect)),
         }
     }
@@ -370,6 +387,19 @@ impl HalfOpenProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Targets the raw-socket probe cannot serve are refused when the check is defined, with
+    /// the field and the reason named.
+    #[test]
+    fn unusable_targets_are_refused_at_definition() {
+        for t in ["0.0.0.0:80", "224.0.0.1:80", "192.0.2.1:0", "[fe80::1]:80", "[fe80::1%2]:80"] {
+            let def = TcpHalfOpenCheck { target: t.parse().unwrap(), timing: Timing::default() };
+            let e = HalfOpenProbe::new(&def).err().unwrap_or_else(|| panic!("{t} accepted"));
+            assert!(e.to_string().contains("target"), "{t}: {e}");
+        }
+        let ok = TcpHalfOpenCheck { target: "[2001:db8::1]:80".parse().unwrap(), timing: Timing::default() };
+        assert!(HalfOpenProbe::new(&ok).is_ok());
+    }
 
     /// When the prober and its probes are gone, the driver ends and drops the sockets (and the
     /// reserved ports with them), even with no deadline armed and no packet arriving.
