@@ -643,9 +643,10 @@ impl Cluster {
                 // Stage marks for `cargo xtask bench propagation --stages` (off by default).
                 tracing::debug!(target: "corral_stage", stage = "request", first = 0u64, last = 0u64, took_us = 0u64);
                 let _g = self.rules_lock.lock().await;
-                let mut rules = self.current_rules().map_err(LeaderError::Bad)?;
+                let old = self.current_rules().map_err(LeaderError::Bad)?;
+                let mut rules = old.clone();
                 edit.apply(&mut rules).map_err(LeaderError::Bad)?;
-                self.write_rules(rules, false).await
+                self.replace_rules(old, rules, false).await
             }
             other => Err(LeaderError::Bad(format!("{other:?} is not a replicated request"))),
         }
@@ -662,14 +663,26 @@ impl Cluster {
 
     async fn write_rules(&self, rules: crate::rules::RuleSet, dry_run: bool) -> Result<ResponseBody, LeaderError> {
         let old = self.current_rules().map_err(LeaderError::Bad)?;
-        let verdicts = crate::health::verdicts::verdicts_of(&self.sm.current());
-        let changes = crate::rules::describe_diff(&old.desired_table(&verdicts), &rules.desired_table(&verdicts));
+        self.replace_rules(old, rules, dry_run).await
+    }
+
+    /// Replaces `old` (the rules as replicated now, read under `rules_lock`) by `rules`. The
+    /// diff for the answer is computed after the Raft write, off the change's path.
+    async fn replace_rules(
+        &self,
+        old: crate::rules::RuleSet,
+        rules: crate::rules::RuleSet,
+        dry_run: bool,
+    ) -> Result<ResponseBody, LeaderError> {
+        let current = self.sm.current();
+        let verdicts = crate::health::verdicts::verdicts_of(&current);
+        let changes = || crate::rules::describe_diff(&old.desired_table(&verdicts), &rules.desired_table(&verdicts));
         if dry_run {
-            return Ok(ResponseBody::Applied { revision: None, dry_run: true, changes });
+            return Ok(ResponseBody::Applied { revision: None, dry_run: true, changes: changes() });
         }
-        let stored = self.sm.current().get(crate::director::NS_RULES, crate::director::KEY_RULES).is_some();
+        let stored = current.get(crate::director::NS_RULES, crate::director::KEY_RULES).is_some();
         if old == rules && stored {
-            return Ok(ResponseBody::Applied { revision: Some(self.sm.current().revision), dry_run: false, changes });
+            return Ok(ResponseBody::Applied { revision: Some(current.revision), dry_run: false, changes: changes() });
         }
         let t0 = Instant::now();
         let rev = self
@@ -680,6 +693,7 @@ impl Cluster {
             })
             .await?;
         tracing::debug!(target: "corral_stage", stage = "client_write", first = rev, last = rev, took_us = t0.elapsed().as_micros() as u64);
+        let changes = changes();
         tracing::info!(revision = rev, changes = changes.len(), "rules changed");
         // keepalived's omega: a removed virtual server runs its quorum_down (once, here on the
         // leader that committed the removal).
