@@ -530,10 +530,16 @@ const SM_WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(25)
 
 /// Applied state not yet written to redb, in apply order.
 #[derive(Default)]
-struct Unwritten {
+struct Pending {
     cmds: Vec<(LogId<NodeId>, Command)>,
     last_applied: Option<Vec<u8>>,
     membership: Option<Vec<u8>>,
+}
+
+/// The deferred state-machine write: what is pending and whether a write is on its way.
+#[derive(Default)]
+struct Unwritten {
+    pending: Pending,
     /// A write is scheduled (one at a time).
     scheduled: bool,
     /// A deferred write failed: reported as a storage error by the next apply, which stops Raft
@@ -543,39 +549,28 @@ struct Unwritten {
 
 impl Unwritten {
     /// What is pending, leaving nothing pending and no write scheduled.
-    fn take(shared: &std::sync::Mutex<Unwritten>) -> Unwritten {
+    fn take(shared: &std::sync::Mutex<Unwritten>) -> Pending {
         let mut u = shared.lock().unwrap_or_else(|p| p.into_inner());
         u.scheduled = false;
-        Unwritten {
-            cmds: std::mem::take(&mut u.cmds),
-            last_applied: u.last_applied.take(),
-            membership: u.membership.take(),
-            scheduled: false,
-            failed: None,
-        }
+        std::mem::take(&mut u.pending)
     }
+}
 
+impl Pending {
     /// Writes what is pending into `txn` (which must be the current write transaction, so the
-    /// order of writes is the order of transactions) and forgets it.
-    fn write_into(&mut self, txn: &redb::WriteTransaction) -> Result<(), SE> {
-        if self.last_applied.is_none() {
-            return Ok(());
-        }
+    /// order of writes is the order of transactions).
+    fn write_into(self, txn: &redb::WriteTransaction) -> Result<(), SE> {
+        let Some(last_applied) = self.last_applied else { return Ok(()) };
         let mut data = txn.open_table(SM_DATA).map_err(sm_write_err)?;
         for (id, cmd) in &self.cmds {
             write_command(&mut data, cmd)
                 .map_err(|err| SE::from(StorageIOError::apply(*id, AnyError::error(err.to_string()))))?;
         }
         let mut meta = txn.open_table(SM_META).map_err(sm_write_err)?;
-        if let Some(l) = &self.last_applied {
-            meta.insert("last_applied", l.as_slice()).map_err(sm_write_err)?;
-        }
+        meta.insert("last_applied", last_applied.as_slice()).map_err(sm_write_err)?;
         if let Some(m) = &self.membership {
             meta.insert("membership", m.as_slice()).map_err(sm_write_err)?;
         }
-        self.cmds.clear();
-        self.last_applied = None;
-        self.membership = None;
         Ok(())
     }
 }
@@ -738,12 +733,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         for e in entries {
             if let EntryPayload::Normal(cmd) = e.payload {
-                u.cmds.push((e.log_id, cmd));
+                u.pending.cmds.push((e.log_id, cmd));
             }
         }
-        u.last_applied = Some(last_bytes);
+        u.pending.last_applied = Some(last_bytes);
         if mem_bytes.is_some() {
-            u.membership = mem_bytes;
+            u.pending.membership = mem_bytes;
         }
         if !u.scheduled {
             u.scheduled = true;
@@ -939,7 +934,7 @@ mod tests {
             sm.apply(vec![put(2, 8)]).await.unwrap();
             assert!(sm.unwritten.lock().unwrap().scheduled, "one write scheduled for both");
             tokio::time::sleep(SM_WRITE_DELAY * 4).await;
-            assert!(sm.unwritten.lock().unwrap().last_applied.is_none(), "written");
+            assert!(sm.unwritten.lock().unwrap().pending.last_applied.is_none(), "written");
         }
         {
             let (_log, mut sm) = open(&path).unwrap();
@@ -948,7 +943,7 @@ mod tests {
             sm.apply(vec![put(3, 9)]).await.unwrap();
             let snap = sm.build_snapshot().await.unwrap();
             assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(3));
-            assert!(sm.unwritten.lock().unwrap().last_applied.is_none(), "the snapshot wrote it");
+            assert!(sm.unwritten.lock().unwrap().pending.last_applied.is_none(), "the snapshot wrote it");
         }
         // The scheduled write (now with nothing to do) may still hold the database briefly.
         tokio::time::sleep(SM_WRITE_DELAY * 4).await;
