@@ -130,7 +130,13 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt { path: path.to_path_buf(), reason };
 
     // Check every fixed record and the log's ends decode now, not at the first election.
-    let log = LogStore { db: db.clone(), committed: Default::default(), recent: Default::default() };
+    let log = LogStore {
+        db: db.clone(),
+        committed: Default::default(),
+        recent: Default::default(),
+        writer: LogWriter::start().map_err(|e| open_err(&e))?,
+        append_delay_us: Default::default(),
+    };
     (|| -> Result<(), SE> {
         log.meta::<Vote<NodeId>>("vote")?;
         log.meta::<Option<LogId<NodeId>>>("committed")?;
@@ -160,18 +166,61 @@ pub struct LogStore {
     db: Arc<Database>,
     /// The newest commit index openraft reported; written to disk with the next log append.
     committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
-    /// The newest entries, already durable in redb, shared with the log readers. Every change
-    /// is read back right after its append (by the leader's replication to each follower and
-    /// by every node's state machine); answering those from memory skips a redb read
-    /// transaction and a decode each time.
+    /// The newest entries, shared with the log readers, from the moment they are handed to
+    /// the writer (durable or about to be). Every change is read back right after its append
+    /// (by the leader's replication to each follower, which since the openraft patch starts
+    /// before the leader's own flush, and by every node's state machine); answering those from
+    /// memory skips a redb read transaction and a decode each time.
     recent: Arc<std::sync::Mutex<RecentEntries>>,
+    /// The thread that runs every log write, in the order submitted.
+    writer: LogWriter,
+    /// Test hook ([`LogStore::delay_appends`]): extra time each append's write takes.
+    append_delay_us: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// One thread that runs the log's redb write transactions in the order they were submitted.
+///
+/// A leader's append is no longer awaited by openraft before it replicates
+/// (vendor/openraft/CORRAL-PATCH.md), so a second append, a truncate or a vote can be submitted
+/// while a write is still running; one queue keeps them in order, which `spawn_blocking` does
+/// not promise. It also replaces the blocking pool's hand-off on every append. The thread ends
+/// when the last [`LogStore`] clone is dropped; a job that panics ends it too, and every later
+/// write then fails (no write is ever skipped, which would leave a hole in the log).
+#[derive(Clone)]
+struct LogWriter(std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>);
+
+impl LogWriter {
+    fn start() -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new().name("raft-log".into()).spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job();
+            }
+        })?;
+        Ok(Self(tx))
+    }
+
+    /// Queues `job` behind every write submitted before it.
+    fn submit(&self, job: impl FnOnce() + Send + 'static) -> Result<(), SE> {
+        self.0.send(Box::new(job)).map_err(|_| write_logs_err("the raft log writer thread has stopped"))
+    }
+
+    /// Runs `f` behind every write submitted before it and returns its result.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T, SE> + Send + 'static) -> Result<T, SE> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(move || {
+            let _ = tx.send(f());
+        })?;
+        rx.await.map_err(|_| write_logs_err("the raft log writer thread stopped during a write"))?
+    }
 }
 
 /// How many of the newest entries [`RecentEntries`] keeps.
 const RECENT_ENTRIES: usize = 256;
 
-/// A copy of the newest log entries (contiguous indexes). Only entries already committed to
-/// redb go in; truncate and purge take theirs out before touching redb.
+/// A copy of the newest log entries (contiguous indexes). Entries go in when their append is
+/// submitted to the writer; a failed write empties it; truncate and purge take theirs out
+/// before touching redb.
 #[derive(Default)]
 struct RecentEntries(std::collections::VecDeque<Entry<TypeConfig>>);
 
@@ -219,6 +268,13 @@ impl RecentEntries {
 }
 
 impl LogStore {
+    /// For tests: makes every later log append's write take `by` longer (a slow disk), to
+    /// show what a leader does while its own write is outstanding. Shared by every clone.
+    #[doc(hidden)]
+    pub fn delay_appends(&self, by: std::time::Duration) {
+        self.append_delay_us.store(by.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, SE> {
         let txn = self.db.begin_read().map_err(read_logs_err)?;
         let t = txn.open_table(META).map_err(read_logs_err)?;
@@ -233,7 +289,7 @@ impl LogStore {
     async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T, vote: bool) -> Result<(), SE> {
         let bytes = encode(key, value).map_err(write_logs_err)?;
         let db = self.db.clone();
-        blocking(move || {
+        self.writer.run(move || {
             let err = |e: &dyn std::fmt::Display| {
                 if vote {
                     SE::from(StorageIOError::write_vote(AnyError::error(e.to_string())))
@@ -315,6 +371,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 return Ok(hit);
             }
         }
+        // Not all in memory: read redb once every write submitted so far is in it (a range
+        // reaching into an append still being written would otherwise come back short).
+        self.writer.run(|| Ok(())).await?;
         let start = match range.start_bound() {
             Bound::Included(&s) => Bound::Included(s),
             Bound::Excluded(&s) => Bound::Excluded(s),
@@ -333,6 +392,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SE> {
+        self.writer.run(|| Ok(())).await?;
         let last_purged: Option<LogId<NodeId>> = self.meta("last_purged")?;
         let last = self.last_log_id()?;
         Ok(LogState {
@@ -395,43 +455,49 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         let t0 = std::time::Instant::now();
         let db = self.db.clone();
-        let res = blocking(move || {
-            let t1 = std::time::Instant::now();
-            let txn = db.begin_write().map_err(write_logs_err)?;
-            {
-                let mut t = txn.open_table(LOG).map_err(write_logs_err)?;
-                for (i, b) in &rows {
-                    t.insert(*i, b.as_slice()).map_err(write_logs_err)?;
-                }
-                if let Some(c) = &committed {
-                    txn.open_table(META).map_err(write_logs_err)?.insert("committed", c.as_slice()).map_err(write_logs_err)?;
-                }
+        let recent = self.recent.clone();
+        let delay = self.append_delay_us.load(std::sync::atomic::Ordering::Relaxed);
+        // Readable before it is durable: a leader replicates it while this write runs. Only a
+        // majority's durable copies commit it (the leader counts its own at the callback).
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).push(kept);
+        self.writer.submit(move || {
+            if delay > 0 {
+                std::thread::sleep(std::time::Duration::from_micros(delay));
             }
-            let t2 = std::time::Instant::now();
-            let r = txn.commit().map_err(write_logs_err);
-            stage!("append_fill", first, last, t1);
-            stage!("append_commit", first, last, t2);
-            r
+            let t1 = std::time::Instant::now();
+            let res = (|| {
+                let txn = db.begin_write().map_err(write_logs_err)?;
+                {
+                    let mut t = txn.open_table(LOG).map_err(write_logs_err)?;
+                    for (i, b) in &rows {
+                        t.insert(*i, b.as_slice()).map_err(write_logs_err)?;
+                    }
+                    if let Some(c) = &committed {
+                        txn.open_table(META).map_err(write_logs_err)?.insert("committed", c.as_slice()).map_err(write_logs_err)?;
+                    }
+                }
+                let t2 = std::time::Instant::now();
+                let r = txn.commit().map_err(write_logs_err);
+                stage!("append_fill", first, last, t1);
+                stage!("append_commit", first, last, t2);
+                r
+            })();
+            if res.is_err() {
+                // What redb holds is unknown now: read it from redb from here on.
+                recent.lock().unwrap_or_else(|p| p.into_inner()).0.clear();
+            }
+            stage!("append", first, last, t0);
+            match res {
+                Ok(()) => callback.log_io_completed(Ok(())),
+                Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+            }
         })
-        .await;
-        if res.is_ok() {
-            self.recent.lock().unwrap_or_else(|p| p.into_inner()).push(kept);
-        } else {
-            // What redb holds is unknown now: read it from redb from here on.
-            self.recent.lock().unwrap_or_else(|p| p.into_inner()).0.clear();
-        }
-        stage!("append", first, last, t0);
-        match &res {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
-        }
-        res
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SE> {
         self.recent.lock().unwrap_or_else(|p| p.into_inner()).truncate(log_id.index);
         let db = self.db.clone();
-        blocking(move || {
+        self.writer.run(move || {
             let txn = db.begin_write().map_err(write_logs_err)?;
             txn.open_table(LOG)
                 .map_err(write_logs_err)?
@@ -446,7 +512,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = encode("last_purged", &log_id).map_err(write_logs_err)?;
         self.recent.lock().unwrap_or_else(|p| p.into_inner()).purge(log_id.index);
         let db = self.db.clone();
-        blocking(move || {
+        self.writer.run(move || {
             let txn = db.begin_write().map_err(write_logs_err)?;
             txn.open_table(META)
                 .map_err(write_logs_err)?

@@ -67,6 +67,7 @@ fn main() {
     if stages {
         let texts: Vec<String> = (0..directors).map(|i| std::fs::read_to_string(lab.nodes[i].log()).unwrap_or_default()).collect();
         print_stages(&sent, &texts, leader);
+        print_slowest(&sent, &logs, &texts, leader, 4);
     }
     let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
     println!(
@@ -137,5 +138,58 @@ fn print_stages(sent: &[(u64, u128)], texts: &[String], leader: usize) {
             cells.push(format!("{} / {}; {}", pct(&mut ends, 0.5), pct(&mut ends, 0.9), pct(&mut durs, 0.5)));
         }
         println!("STAGES | {what} | {} |", cells.join(" | "));
+    }
+}
+
+/// Prints the `n` slowest changes stage by stage (ms after the request was sent, per node,
+/// leader first), as `SLOW ` lines: where the tail's time went.
+fn print_slowest(
+    sent: &[(u64, u128)],
+    logs: &[std::collections::BTreeMap<u64, u128>],
+    texts: &[String],
+    leader: usize,
+    n: usize,
+) {
+    let times: Vec<_> = texts.iter().map(|t| tests::cluster::stage_times(t)).collect();
+    let mut by_lat: Vec<(u128, usize)> = sent
+        .iter()
+        .enumerate()
+        .filter_map(|(k, (rev, t0))| {
+            let per: Option<Vec<u128>> = logs.iter().map(|l| l.range(rev..).next().map(|(_, ts)| *ts)).collect();
+            per.map(|p| (p.into_iter().max().unwrap_or(*t0).saturating_sub(*t0), k))
+        })
+        .collect();
+    by_lat.sort();
+    let mut nodes: Vec<usize> = (0..texts.len()).collect();
+    nodes.sort_by_key(|i| *i != leader);
+    for &(lat, k) in by_lat.iter().rev().take(n) {
+        let (rev, t0) = sent[k];
+        println!("SLOW change {k} revision {rev}: {:.2} ms", lat as f64 / 1000.0);
+        let mut names: Vec<&String> = times.iter().flat_map(|m| m.keys()).collect();
+        names.sort();
+        names.dedup();
+        let mut rows: Vec<(u128, String)> = Vec::new();
+        for name in names {
+            let mut cells = Vec::new();
+            let mut first = u128::MAX;
+            for &i in &nodes {
+                let key = if name == "request" { k as u64 } else { rev };
+                match times[i].get(name).and_then(|m| m.get(&key)) {
+                    Some((end, took)) => {
+                        let at = end.saturating_sub(t0);
+                        first = first.min(at);
+                        cells.push(format!("d{} {:.2} ({:.2})", i + 1, at as f64 / 1000.0, *took as f64 / 1000.0));
+                    }
+                    None => {}
+                }
+            }
+            if !cells.is_empty() {
+                rows.push((first, format!("SLOW   {name:<15} {}", cells.join("  "))));
+            }
+        }
+        rows.sort();
+        for (_, r) in rows {
+            println!("{r}");
+        }
     }
 }

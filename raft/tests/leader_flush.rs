@@ -1,0 +1,121 @@
+//! The patched openraft (vendor/openraft/CORRAL-PATCH.md) on the redb store: a leader sends
+//! its entries to the followers while its own log write runs, and counts itself towards the
+//! commit only once that write is durable. Three nodes in one process, each with its own redb
+//! file; the RPCs go through an in-memory sender (a stand-in for QUIC in this unit-level test;
+//! the lab tests run the real transport), which can cut a node off.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raft::network::{serve, Network, RpcSendError, RpcSender};
+use raft::{Command, LogStore, Node, Raft};
+
+/// In-memory RPC sender: address → that node's Raft; cut-off addresses are unreachable.
+#[derive(Clone, Default)]
+struct MemNet {
+    nodes: Arc<Mutex<HashMap<String, Raft>>>,
+    cut: Arc<Mutex<HashSet<String>>>,
+}
+
+impl RpcSender for MemNet {
+    async fn send(&self, addr: &str, payload: Vec<u8>, _timeout: Duration) -> Result<Vec<u8>, RpcSendError> {
+        if self.cut.lock().unwrap().contains(addr) {
+            return Err(RpcSendError::Unreachable(format!("{addr} is cut off")));
+        }
+        let raft = self.nodes.lock().unwrap().get(addr).cloned();
+        let raft = raft.ok_or_else(|| RpcSendError::Unreachable(format!("no node at {addr}")))?;
+        serve(&raft, &payload).await.map_err(RpcSendError::Failed)
+    }
+}
+
+struct Lab {
+    net: MemNet,
+    rafts: Vec<Raft>,
+    logs: Vec<LogStore>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+async fn lab() -> Lab {
+    let net = MemNet::default();
+    let config = Arc::new(
+        openraft::Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap(),
+    );
+    let (mut rafts, mut logs, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, sm) = raft::open(&dir.path().join("raft.redb")).unwrap();
+        let addr = format!("node{id}");
+        let r = Raft::new(id, config.clone(), Network::new(net.clone()), log.clone(), sm).await.unwrap();
+        net.nodes.lock().unwrap().insert(addr.clone(), r.clone());
+        members.insert(id, Node { name: addr.clone(), addr });
+        rafts.push(r);
+        logs.push(log);
+        dirs.push(dir);
+    }
+    rafts[0].initialize(members).await.unwrap();
+    rafts[0]
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.current_leader == Some(1) && m.last_applied.is_some(), "node 1 leads")
+        .await
+        .unwrap();
+    Lab { net, rafts, logs, _dirs: dirs }
+}
+
+fn put(k: &str) -> Command {
+    Command::Put { ns: "t".into(), key: k.into(), value: vec![1] }
+}
+
+async fn applied_everywhere(l: &Lab, index: u64) {
+    for (i, r) in l.rafts.iter().enumerate() {
+        r.wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.last_applied.is_some_and(|a| a.index >= index), format!("node {} applied {index}", i + 1))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_replicates_during_its_own_log_write() {
+    let l = lab().await;
+    // The leader's disk is slow; the followers' are not. The two followers are a majority, so
+    // the write commits without waiting for the leader's own copy.
+    let slow = Duration::from_millis(1500);
+    l.logs[0].delay_appends(slow);
+    let t0 = Instant::now();
+    let r = l.rafts[0].client_write(put("a")).await.unwrap();
+    let took = t0.elapsed();
+    assert!(took < slow, "the write waited for the leader's own slow log write ({took:?})");
+    applied_everywhere(&l, r.log_id.index).await;
+    for r in &l.rafts {
+        r.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_counts_its_own_copy_only_once_it_is_durable() {
+    let l = lab().await;
+    // One follower cut off: the commit needs the leader's own copy, which takes `slow` to be
+    // written. Committing sooner would count a copy that a crash could still lose.
+    l.net.cut.lock().unwrap().insert("node3".into());
+    let slow = Duration::from_millis(800);
+    l.logs[0].delay_appends(slow);
+    let t0 = Instant::now();
+    let r = l.rafts[0].client_write(put("b")).await.unwrap();
+    let took = t0.elapsed();
+    assert!(took >= slow, "committed after {took:?}, before the leader's own copy was durable ({slow:?})");
+    l.logs[0].delay_appends(Duration::ZERO);
+    l.net.cut.lock().unwrap().clear();
+    applied_everywhere(&l, r.log_id.index).await;
+    for r in &l.rafts {
+        r.shutdown().await.unwrap();
+    }
+}
