@@ -194,6 +194,30 @@ fn verdicts_need_a_majority_of_observers() {
     assert_eq!(verdict(&c, 0, B1).as_deref(), Some("up"));
     assert_eq!(verdict(&c, 0, B2).as_deref(), Some("up?"));
 
+    // Rule changes that leave every claim as it was send no observer reports, only the 2 s
+    // refresh: a report from every node after every change would cost each director CPU on
+    // each change (10 weight edits made ≈ 30 reports before).
+    let leader = c.leader().expect("a leader");
+    let received = |c: &LabCluster| -> u64 {
+        let o = c.ctl(leader, "metrics");
+        o.stdout
+            .lines()
+            .find(|l| l.starts_with("corral_health_reports_received_total "))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no corral_health_reports_received_total in metrics: {}{}", o.stdout, o.stderr))
+    };
+    let r0 = received(&c);
+    let t = Instant::now();
+    for w in 2..12 {
+        let o = c.ctl(leader, &format!("rs weight 192.0.2.100:80 {B2} {w}"));
+        assert_eq!(o.code, 0, "rs weight: {}{}", o.stdout, o.stderr);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reports = received(&c) - r0;
+    let refreshes = 3 * ((t.elapsed().as_secs_f64() / 2.0).ceil() as u64 + 1);
+    eprintln!("10 weight edits in {:?}: {reports} observer reports (refresh bound {refreshes})", t.elapsed());
+    assert!(reports <= refreshes, "10 rule edits that change no claim made {reports} observer reports (more than the {refreshes} refreshes)");
+
     // Observers are reassigned when a director dies: with k = 2, kill one observer of B1; the
     // third director takes over, and the two live observers can still vote B1 down.
     c.lan.hosts[2].sh("ip route del blackhole 192.0.2.5/32");

@@ -174,8 +174,8 @@ impl Health {
         out
     }
 
-    async fn send_report(&self) -> Result<(), String> {
-        let report = ObserverReport { v: 1, node: self.cluster.name.clone(), claims: self.claims() };
+    async fn send_report(&self, claims: BTreeMap<String, verdicts::Claim>) -> Result<(), String> {
+        let report = ObserverReport { v: 1, node: self.cluster.name.clone(), claims };
         match self.cluster.leader() {
             None => Err("no leader".into()),
             Some((_, None)) => {
@@ -198,6 +198,8 @@ impl Health {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut inputs: Option<(u64, Vec<String>)> = None;
         let mut last_sent: Option<Instant> = None;
+        // The claims the leader has from us (the last report it took).
+        let mut last_claims: Option<BTreeMap<String, verdicts::Claim>> = None;
         let mut last_leader = None;
         let mut dirty = true;
         loop {
@@ -214,9 +216,12 @@ impl Health {
                         dirty = true;
                     }
                 },
+                // A new revision can change the claims (a verdict committed, a check added or
+                // removed): compared below. Most revisions (a weight, a new service) do not, and
+                // then nothing is sent: a report per rule change from every node would land in
+                // the next change's way on every director.
                 r = states.changed() => {
                     if r.is_err() { return; }
-                    dirty = true;
                 }
                 _ = tick.tick() => {}
             }
@@ -224,6 +229,8 @@ impl Health {
             if inputs.as_ref() != Some(&now) {
                 self.reassign(&self.rules(), &now.1);
                 inputs = Some(now);
+            }
+            if !dirty && last_claims.as_ref() != Some(&self.claims()) {
                 dirty = true;
             }
             let leader = self.cluster.leader().map(|l| l.0);
@@ -238,8 +245,12 @@ impl Health {
                 // Let a burst of events (a whole subnet failing) settle into one report.
                 tokio::time::sleep(REPORT_DEBOUNCE).await;
                 while events.try_recv().is_ok() {}
-                match self.send_report().await {
-                    Ok(()) => dirty = false,
+                let claims = self.claims();
+                match self.send_report(claims.clone()).await {
+                    Ok(()) => {
+                        dirty = false;
+                        last_claims = Some(claims);
+                    }
                     Err(e) => {
                         self.reports_failed.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(error = %e, "health report not delivered; retrying");
