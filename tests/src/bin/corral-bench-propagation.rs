@@ -46,7 +46,13 @@ fn main() {
     let leader = lab.leader().expect("leader");
     let sock = lab.nodes[leader].socket();
     call(&sock, &Request::Apply { rules, dry_run: false }, Duration::from_secs(10)).expect("apply");
+    std::thread::sleep(Duration::from_secs(1));
+    // CPU of the directors (every thread of every corrald): idle first, then over the changes.
+    let pids: Vec<u32> = lab.nodes.iter().filter_map(|n| n.daemon.as_ref().map(|d| d.child.id())).collect();
+    let (idle_cpu0, idle_t0) = (cpu_ms(&pids), std::time::Instant::now());
     std::thread::sleep(Duration::from_secs(2));
+    let idle_ms_per_s = (cpu_ms(&pids) - idle_cpu0) / idle_t0.elapsed().as_secs_f64();
+    let (loop_cpu0, loop_t0) = (cpu_ms(&pids), std::time::Instant::now());
     let mut sent = Vec::new();
     for k in 0..changes {
         let weight = 2 + (k % 50) as i32;
@@ -59,6 +65,13 @@ fn main() {
         // Let every director apply before the next change (measures latency, not a queue).
         std::thread::sleep(Duration::from_millis(30));
     }
+    let loop_ms = cpu_ms(&pids) - loop_cpu0;
+    let loop_s = loop_t0.elapsed().as_secs_f64();
+    println!(
+        "PROPAGATION_CPU directors={directors} idle_ms_per_s={idle_ms_per_s:.0} changes_ms_per_s={:.0} cpu_ms_per_change={:.1} (all daemons, idle share removed)",
+        loop_ms / loop_s,
+        (loop_ms - idle_ms_per_s * loop_s) / changes as f64
+    );
     std::thread::sleep(Duration::from_secs(2));
     let logs: Vec<_> = (0..directors)
         .map(|i| applied_times(&std::fs::read_to_string(lab.nodes[i].log()).unwrap_or_default()))
@@ -192,4 +205,21 @@ fn print_slowest(
             println!("{r}");
         }
     }
+}
+
+/// CPU time (user + system, every thread) of these processes so far, in ms, from /proc.
+fn cpu_ms(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            // Fields after the command name (which may hold spaces) close with ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        * 1000.0
+        / hz
 }
