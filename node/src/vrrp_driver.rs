@@ -463,7 +463,9 @@ pub async fn run(
                 publish(&running, &board);
                 tracing::info!("reload: {} instance(s) running", running.len());
             }
-            _ = tick.tick() => {
+            // With no instance (a director-only node) there is nothing to refresh: the board
+            // was published empty, and a reload that adds instances publishes it again.
+            _ = tick.tick(), if !running.is_empty() => {
                 publish(&running, &board);
                 rescan = false;
             }

@@ -194,7 +194,11 @@ impl LogWriter {
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
         std::thread::Builder::new().name("raft-log".into()).spawn(move || {
             while let Ok(job) = rx.recv() {
-                job();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                    // Stop here: every later write fails instead of leaving a hole in the log.
+                    tracing::error!("the raft log writer panicked; the node's Raft log takes no more writes");
+                    return;
+                }
             }
         })?;
         Ok(Self(tx))

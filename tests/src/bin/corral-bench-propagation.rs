@@ -49,9 +49,16 @@ fn main() {
     std::thread::sleep(Duration::from_secs(1));
     // CPU of the directors (every thread of every corrald): idle first, then over the changes.
     let pids: Vec<u32> = lab.nodes.iter().filter_map(|n| n.daemon.as_ref().map(|d| d.child.id())).collect();
-    let (idle_cpu0, idle_t0) = (cpu_ms(&pids), std::time::Instant::now());
+    let (idle_cpu0, idle_sw0, idle_t0) = (cpu_ms(&pids), switches(&pids), std::time::Instant::now());
     std::thread::sleep(Duration::from_secs(2));
-    let idle_ms_per_s = (cpu_ms(&pids) - idle_cpu0) / idle_t0.elapsed().as_secs_f64();
+    let idle_s = idle_t0.elapsed().as_secs_f64();
+    let idle_ms_per_s = (cpu_ms(&pids) - idle_cpu0) / idle_s;
+    let idle_sw1 = switches(&pids);
+    let wakes: Vec<String> = idle_sw1
+        .iter()
+        .map(|(name, n)| format!("{name}={:.0}", (n - idle_sw0.get(name).copied().unwrap_or(0)) as f64 / idle_s / pids.len().max(1) as f64))
+        .collect();
+    println!("PROPAGATION_IDLE_WAKEUPS per daemon per second, by thread: {}", wakes.join(" "));
     let (loop_cpu0, loop_t0) = (cpu_ms(&pids), std::time::Instant::now());
     let mut sent = Vec::new();
     for k in 0..changes {
@@ -222,4 +229,24 @@ fn cpu_ms(pids: &[u32]) -> f64 {
         .sum::<f64>()
         * 1000.0
         / hz
+}
+
+/// Context switches so far (voluntary + involuntary) of every thread of these processes, summed
+/// by thread name: how often each kind of thread wakes up.
+fn switches(pids: &[u32]) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for t in tasks.flatten() {
+            let Ok(status) = std::fs::read_to_string(t.path().join("status")) else { continue };
+            let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+            let name = field("Name:").unwrap_or_default();
+            let n: u64 = ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"]
+                .iter()
+                .filter_map(|k| field(k)?.parse::<u64>().ok())
+                .sum();
+            *out.entry(name).or_insert(0) += n;
+        }
+    }
+    out
 }
