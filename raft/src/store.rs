@@ -217,6 +217,11 @@ impl LogWriter {
         })?;
         rx.await.map_err(|_| write_logs_err("the raft log writer thread stopped during a write"))?
     }
+
+    /// Returns once every write submitted so far is done, so that redb holds it.
+    async fn settled(&self) -> Result<(), SE> {
+        self.run(|| Ok(())).await
+    }
 }
 
 /// How many of the newest entries [`RecentEntries`] keeps.
@@ -377,7 +382,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         // Not all in memory: read redb once every write submitted so far is in it (a range
         // reaching into an append still being written would otherwise come back short).
-        self.writer.run(|| Ok(())).await?;
+        self.writer.settled().await?;
         let start = match range.start_bound() {
             Bound::Included(&s) => Bound::Included(s),
             Bound::Excluded(&s) => Bound::Excluded(s),
@@ -396,7 +401,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SE> {
-        self.writer.run(|| Ok(())).await?;
+        self.writer.settled().await?;
         let last_purged: Option<LogId<NodeId>> = self.meta("last_purged")?;
         let last = self.last_log_id()?;
         Ok(LogState {
