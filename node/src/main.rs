@@ -93,7 +93,11 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         (Some(d), Some(c)) => {
             let dir = node::director::Director::start(d).map_err(|e| anyhow::anyhow!("[director]: {e}"))?;
             node::director::follow_state(dir.tx.clone(), &c.sm);
-            tokio::spawn(node::director::feed_vrrp(dir.tx.clone(), board.clone(), d.sync_instance.clone()));
+            // The VRRP role only drives the connection-sync daemon: no sync interface, no
+            // polling of the status board (10 wake-ups a second for nothing).
+            if d.sync_interface.is_some() {
+                tokio::spawn(node::director::feed_vrrp(dir.tx.clone(), board.clone(), d.sync_instance.clone()));
+            }
             Some(dir)
         }
         _ => None,
