@@ -229,9 +229,11 @@ impl Health {
             if inputs.as_ref() != Some(&now) {
                 self.reassign(&self.rules(), &now.1);
                 inputs = Some(now);
-            }
-            if !dirty && last_claims.as_ref() != Some(&self.claims()) {
-                dirty = true;
+                // Only a new revision or membership can change the claims without a check
+                // event (which marks the report dirty itself).
+                if !dirty && last_claims.as_ref() != Some(&self.claims()) {
+                    dirty = true;
+                }
             }
             let leader = self.cluster.leader().map(|l| l.0);
             if leader != last_leader {
