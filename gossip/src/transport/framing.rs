@@ -35,7 +35,8 @@ pub(crate) async fn write_frame(
     Ok(())
 }
 
-/// Reads one frame; a length above `limit` is refused before any allocation.
+/// Reads the stream's one frame and then its end; a length above `limit` is refused before
+/// any allocation.
 pub(crate) async fn read_frame(
     recv: &mut RecvStream,
     limit: usize,
@@ -52,7 +53,18 @@ pub(crate) async fn read_frame(
     recv.read_exact(&mut body)
         .await
         .map_err(TransportError::from_read)?;
-    Ok(body)
+    // A request/response stream carries one frame: read its end too. The peer finishes right
+    // after the frame, so the FIN normally arrived with its last bytes and this returns at
+    // once. A receive stream dropped before its end makes quinn send STOP_SENDING: one more
+    // ack-eliciting packet per request and per response, which the peer then acknowledges.
+    let mut extra = [0u8; 1];
+    match recv.read(&mut extra).await {
+        Ok(None) => Ok(body),
+        Ok(Some(_)) => Err(TransportError::Protocol(
+            "bytes after the frame (a stream carries one frame)".into(),
+        )),
+        Err(e) => Err(TransportError::from_read(quinn::ReadExactError::ReadError(e))),
+    }
 }
 
 /// Splits a response body into the handler's verdict.

@@ -99,6 +99,53 @@ async fn request_response_between_members_names_the_peer() {
     b.close(Duration::from_millis(200)).await;
 }
 
+/// A request/response stream ends with both FINs read: no STOP_SENDING from either side.
+/// Dropping a receive stream before its end made quinn send one (an extra ack-eliciting
+/// packet per request and per response, each acknowledged in turn).
+#[tokio::test]
+async fn requests_end_their_streams_without_stop_sending() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let a = node(ca.issue("node-a").unwrap());
+    let b = node(ca.issue("node-b").unwrap());
+    b.register_handler(Alpn::Raft, echo_handler()).unwrap();
+    let b_addr = b.local_addr().unwrap();
+    for i in 0..20 {
+        let body = format!("req {i}");
+        let resp = bounded(a.request(b_addr, Alpn::Raft, body.as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(resp, format!("node-a:{body}").into_bytes());
+    }
+    let conn = lock(&a.inner.cache)
+        .get(&(b_addr, Alpn::Raft))
+        .and_then(|c| c.get().cloned())
+        .expect("cached connection");
+    // b's frames arrive a little after its responses: wait for them to settle.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let st = conn.stats();
+    assert_eq!(st.frame_tx.stream, 20, "one STREAM frame per request: {:?}", st.frame_tx);
+    assert_eq!(st.frame_tx.stop_sending, 0, "client sent STOP_SENDING: {:?}", st.frame_tx);
+    assert_eq!(st.frame_rx.stop_sending, 0, "server sent STOP_SENDING: {:?}", st.frame_rx);
+}
+
+/// A request stream holds one frame: anything after it is refused with a reason.
+#[tokio::test]
+async fn bytes_after_the_request_frame_are_refused() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let a = node(ca.issue("node-a").unwrap());
+    let b = node(ca.issue("node-b").unwrap());
+    b.register_handler(Alpn::Raft, echo_handler()).unwrap();
+    let b_addr = b.local_addr().unwrap();
+    let (conn, _) = bounded(a.connection(b_addr, Alpn::Raft)).await.unwrap();
+    let (mut send, mut recv) = bounded(conn.open_bi()).await.unwrap();
+    framing::write_frame(&mut send, b"one", 4096).await.unwrap();
+    send.write_all(b"junk").await.unwrap();
+    send.finish().unwrap();
+    let frame = bounded(framing::read_frame(&mut recv, 4097)).await.unwrap();
+    let e = framing::decode_response(frame).unwrap_err();
+    assert!(e.to_string().contains("bytes after the frame"), "{e}");
+}
+
 #[tokio::test]
 async fn a_node_of_another_ca_is_refused() {
     let ca = ClusterCa::generate("t").unwrap();

@@ -49,17 +49,19 @@ fn main() {
     std::thread::sleep(Duration::from_secs(1));
     // CPU of the directors (every thread of every corrald): idle first, then over the changes.
     let pids: Vec<u32> = lab.nodes.iter().filter_map(|n| n.daemon.as_ref().map(|d| d.child.id())).collect();
-    let (idle_cpu0, idle_sw0, idle_t0) = (cpu_ms(&pids), switches(&pids), std::time::Instant::now());
+    let (idle_cpu0, idle_sw0, idle_pk0, idle_t0) = (cpu_ms(&pids), switches(&pids), sent_packets(&pids), std::time::Instant::now());
     std::thread::sleep(Duration::from_secs(2));
     let idle_s = idle_t0.elapsed().as_secs_f64();
     let idle_ms_per_s = (cpu_ms(&pids) - idle_cpu0) / idle_s;
     let idle_sw1 = switches(&pids);
+    let idle_pk = (sent_packets(&pids) - idle_pk0) as f64 / idle_s;
     let wakes: Vec<String> = idle_sw1
         .iter()
         .map(|(name, n)| format!("{name}={:.0}", (n - idle_sw0.get(name).copied().unwrap_or(0)) as f64 / idle_s / pids.len().max(1) as f64))
         .collect();
-    println!("PROPAGATION_IDLE_WAKEUPS per daemon per second, by thread: {}", wakes.join(" "));
+    println!("PROPAGATION_IDLE_WAKEUPS per daemon per second, by thread: {} (packets sent, all daemons: {idle_pk:.0}/s)", wakes.join(" "));
     let (loop_cpu0, loop_t0) = (cpu_ms(&pids), std::time::Instant::now());
+    let (loop_sw0, loop_pk0) = (switches(&pids), sent_packets(&pids));
     let mut sent = Vec::new();
     for k in 0..changes {
         let weight = 2 + (k % 50) as i32;
@@ -74,6 +76,19 @@ fn main() {
     }
     let loop_ms = cpu_ms(&pids) - loop_cpu0;
     let loop_s = loop_t0.elapsed().as_secs_f64();
+    // Packets and wake-ups per change, all daemons together, idle share included (the idle
+    // rates above say how much of it that is).
+    let per_change = |n: u64| n as f64 / changes as f64;
+    let loop_sw1 = switches(&pids);
+    let wakes: Vec<String> = loop_sw1
+        .iter()
+        .map(|(name, n)| format!("{name}={:.1}", per_change(n - loop_sw0.get(name).copied().unwrap_or(0))))
+        .collect();
+    println!(
+        "PROPAGATION_PER_CHANGE directors={directors} packets_sent={:.1} wakeups: {}",
+        per_change(sent_packets(&pids).saturating_sub(loop_pk0)),
+        wakes.join(" ")
+    );
     println!(
         "PROPAGATION_CPU directors={directors} idle_ms_per_s={idle_ms_per_s:.0} changes_ms_per_s={:.0} cpu_ms_per_change={:.1} (all daemons, idle share removed)",
         loop_ms / loop_s,
@@ -229,6 +244,27 @@ fn cpu_ms(pids: &[u32]) -> f64 {
         .sum::<f64>()
         * 1000.0
         / hz
+}
+
+/// Packets sent so far from the network namespaces of these processes (every interface but
+/// `lo`; each director has its own namespace), from `/proc/PID/net/dev`.
+fn sent_packets(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/net/dev")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .skip(2)
+                .filter_map(|l| {
+                    let (name, rest) = l.split_once(':')?;
+                    if name.trim() == "lo" {
+                        return None;
+                    }
+                    // Receive has 8 fields; the 2nd transmit field is packets.
+                    rest.split_whitespace().nth(9)?.parse::<u64>().ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// Context switches so far (voluntary + involuntary) of every thread of these processes, summed
