@@ -130,11 +130,16 @@ pub struct NodeSection {
     /// UDP `ip:port` of this node's QUIC endpoint (gossip, Raft, remote admin); required with
     /// `[cluster]`. Peers dial this address, so it must not be a wildcard.
     pub bind: Option<std::net::SocketAddr>,
+    /// SCHED_RR priority (1–99) for the latency-bound threads, like keepalived's
+    /// `vrrp_rt_priority`; absent = the normal scheduler. See `node::realtime`. Takes effect
+    /// at start.
+    #[serde(default)]
+    pub realtime_priority: Option<u8>,
 }
 
 impl Default for NodeSection {
     fn default() -> Self {
-        NodeSection { name: None, admin_socket: default_admin_socket(), data_dir: default_data_dir(), bind: None }
+        NodeSection { name: None, admin_socket: default_admin_socket(), data_dir: default_data_dir(), bind: None, realtime_priority: None }
     }
 }
 
@@ -529,6 +534,11 @@ impl Config {
                 }
             }
         }
+        if let Some(p) = self.node.realtime_priority {
+            if !(1..=99).contains(&p) {
+                return Err((vec![Key("node".into()), Key("realtime_priority".into())], format!("{p}: a SCHED_RR priority is 1..=99")));
+            }
+        }
         if let Some(d) = &self.director {
             let at = |k: &str| vec![Key("director".into()), Key(k.into())];
             if self.cluster.is_none() {
@@ -673,6 +683,20 @@ virtual_ips = ["2001:db8::100/64"]
         assert_eq!(c.vrrp[1].priority, 100);
         assert_eq!(c.vrrp[1].advert_interval, Duration::from_secs(1));
         assert_eq!(c.node.admin_socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    }
+
+    #[test]
+    fn realtime_priority_is_a_sched_rr_priority() {
+        let with = |p: &str| format!("[node]\nrealtime_priority = {p}\n");
+        assert_eq!(parse(&with("10")).unwrap().node.realtime_priority, Some(10));
+        assert_eq!(parse("").unwrap().node.realtime_priority, None);
+        for bad in ["0", "100"] {
+            let e = parse(&with(bad)).unwrap_err();
+            assert_eq!(e.key, "node.realtime_priority", "{e}");
+            assert!(e.to_string().contains("1..=99"), "{e}");
+        }
+        // Out of u8 range: the deserializer names the key too.
+        assert_eq!(parse(&with("300")).unwrap_err().key, "node.realtime_priority");
     }
 
     #[test]

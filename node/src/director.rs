@@ -118,7 +118,10 @@ impl Director {
         let cfg = cfg.clone();
         let thread = std::thread::Builder::new()
             .name("director".into())
-            .spawn(move || run(ipvs, cfg, rx, st))
+            .spawn(move || {
+                crate::realtime::enter("director");
+                run(ipvs, cfg, rx, st)
+            })
             .map_err(|e| e.to_string())?;
         Ok(Director { tx, status, thread: Some(thread) })
     }

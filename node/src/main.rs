@@ -53,6 +53,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     raise_nofile();
+    // Before any thread exists: the current-thread runtime below runs on this thread.
+    node::realtime::init(config.node.realtime_priority, "main");
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -141,6 +143,7 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     // master-down timer) must not wait behind Raft, QUIC, health checks or the admin API.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("vrrp".into()).spawn(move || {
+        node::realtime::enter("vrrp");
         let r = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt.block_on(node::vrrp_driver::run(config, board, stop_rx, reload_rx)),
             Err(e) => Err(anyhow::anyhow!("VRRP runtime: {e}")),

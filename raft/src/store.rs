@@ -277,6 +277,13 @@ impl RecentEntries {
 }
 
 impl LogStore {
+    /// Runs `f` on the thread that writes the log, behind the writes queued so far: for
+    /// settings of that thread itself, such as its scheduling policy (`[node]
+    /// realtime_priority` in corrald). Dropped if the writer has stopped.
+    pub fn on_writer_thread(&self, f: impl FnOnce() + Send + 'static) {
+        let _ = self.writer.submit(f);
+    }
+
     /// For tests: makes every later log append's write take `by` longer (a slow disk), to
     /// show what a leader does while its own write is outstanding. Shared by every clone.
     #[doc(hidden)]

@@ -60,6 +60,8 @@ pub struct LabCluster {
     pub corrald: PathBuf,
     pub corralctl: PathBuf,
     root: PathBuf,
+    /// Extra `[node]` lines for every node (e.g. `realtime_priority`).
+    pub node_extra: String,
     /// Extra `[cluster]` lines for every node (timing knobs).
     pub cluster_extra: String,
     /// Extra sections appended to every node's config (e.g. `[director]`, `[[vrrp]]`); `{i}`
@@ -94,6 +96,7 @@ impl LabCluster {
             corrald,
             corralctl,
             root,
+            node_extra: String::new(),
             cluster_extra: "dead_grace = \"3s\"\n".into(),
             extra_sections: String::new(),
             env: Vec::new(),
@@ -106,11 +109,12 @@ impl LabCluster {
         let join: Vec<String> = seeds.iter().map(|s| format!("\"{}\"", self.nodes[*s].addr())).collect();
         let token = token.map(|t| format!("token = \"{t}\"\n")).unwrap_or_default();
         let cfg = format!(
-            "[node]\nname = \"{}\"\nbind = \"{}\"\ndata_dir = \"{}\"\nadmin_socket = \"{}\"\n\n[cluster]\njoin = [{}]\n{token}{}\n{}",
+            "[node]\nname = \"{}\"\nbind = \"{}\"\ndata_dir = \"{}\"\nadmin_socket = \"{}\"\n{}\n[cluster]\njoin = [{}]\n{token}{}\n{}",
             n.name,
             n.addr(),
             n.dir.join("data").display(),
             n.socket().display(),
+            self.node_extra,
             join.join(", "),
             self.cluster_extra,
             self.extra_sections.replace("{i}", &(i + 1).to_string())

@@ -295,3 +295,38 @@ fn quorum_fencing_moves_the_vip_away_from_a_minority_node() {
     assert!(back.is_some(), "the VIP did not return to d3 after healing:\n{}", c.log_tail(2));
     drop(br2);
 }
+
+/// `[node] realtime_priority`: the latency-bound threads (main runtime, Raft log writer,
+/// director) run SCHED_RR at that priority; what they create (the blocking pool) does not.
+#[test]
+fn realtime_priority_puts_the_latency_bound_threads_on_sched_rr() {
+    let Some((_g, c)) = lab("realtime", 1) else { return };
+    let mut c = c;
+    c.node_extra = "realtime_priority = 12\n".into();
+    c.extra_sections = "[director]\nipvs = \"memory\"\n".into();
+    c.form(Duration::from_secs(20));
+    // A write makes the node use its log writer and its blocking pool (the deferred
+    // state-machine write).
+    assert_eq!(c.ctl(0, "kv put rt 1").code, 0, "{}", c.log_tail(0));
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = c.nodes[0].daemon.as_ref().expect("running").child.id();
+    // (name, policy, rt priority) of every thread, from /proc/PID/task/TID/stat (fields 41, 40).
+    let mut threads = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap();
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap().trim().to_string();
+        let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        // After the name: field 3 is f[0], so field N is f[N - 3].
+        let (prio, policy): (u32, u32) = (f[40 - 3].parse().unwrap(), f[41 - 3].parse().unwrap());
+        threads.push((name, policy, prio));
+    }
+    eprintln!("threads (name, policy, rt priority): {threads:?}");
+    const SCHED_RR: u32 = 2;
+    for want in ["corrald", "raft-log", "director"] {
+        let t = threads.iter().find(|t| t.0 == want).unwrap_or_else(|| panic!("no {want} thread in {threads:?}"));
+        assert_eq!((t.1, t.2), (SCHED_RR, 12), "{want} is not SCHED_RR at 12: {threads:?}");
+    }
+    let others: Vec<_> = threads.iter().filter(|t| !["corrald", "raft-log", "director", "vrrp"].contains(&t.0.as_str())).collect();
+    assert!(others.iter().all(|t| t.1 == 0), "threads the node created inherited SCHED_RR: {others:?}");
+    let _ = &mut c;
+}

@@ -66,6 +66,10 @@ enum BenchCmd {
         /// Director counts of the VM run.
         #[arg(long, value_delimiter = ',', default_values_t = vec![3, 5])]
         directors: Vec<usize>,
+        /// `[node] realtime_priority` values to run each director count with (0 = the normal
+        /// scheduler, corrald's default).
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0, 10])]
+        realtime: Vec<u8>,
         /// Skip the loopback scale run.
         #[arg(long)]
         no_scale: bool,
@@ -147,8 +151,8 @@ fn main() -> ExitCode {
                 bench_cluster::run(&target_dir().join("release/corrald"), &target_dir().join("release/corral-bench-gossip"), &sizes)
             })
         }
-        Cmd::Bench { cmd: BenchCmd::Propagation { changes, scale, directors, no_scale, stages } } => {
-            bench_propagation(changes, &directors, if no_scale { &[] } else { &scale }, stages)
+        Cmd::Bench { cmd: BenchCmd::Propagation { changes, scale, directors, realtime, no_scale, stages } } => {
+            bench_propagation(changes, &directors, &realtime, if no_scale { &[] } else { &scale }, stages)
         }
         Cmd::Bench { cmd: BenchCmd::Checks { real_servers, seconds, setups, kinds } } => build_bins(true).and_then(|_| {
             let mut cmd = cargo();
@@ -421,7 +425,7 @@ ip netns del a{n}; ip netns del c{n}
     Ok(())
 }
 
-fn bench_propagation(changes: usize, directors: &[usize], scale: &[usize], stages: bool) -> Result<()> {
+fn bench_propagation(changes: usize, directors: &[usize], realtime: &[u8], scale: &[usize], stages: bool) -> Result<()> {
     let mut files = build_bins(true)?;
     let mut cmd = cargo();
     cmd.args(["build", "--release", "-p", "tests", "--bin", "corral-bench-propagation"]);
@@ -429,19 +433,25 @@ fn bench_propagation(changes: usize, directors: &[usize], scale: &[usize], stage
     files.push((target_dir().join("release/corral-bench-propagation"), "/usr/bin/corral-bench-propagation".into()));
     let list: Vec<String> = directors.iter().map(|d| d.to_string()).collect();
     let flag = if stages { " --stages" } else { "" };
+    let rts: Vec<String> = realtime.iter().map(|r| r.to_string()).collect();
     let script = format!(
-        "set -e\nfor n in {}; do corral-bench-propagation --directors $n --changes {changes}{flag}; done\n",
-        list.join(" ")
+        "set -e\nfor n in {}; do for rt in {}; do corral-bench-propagation --directors $n --realtime $rt --changes {changes}{flag}; done; done\n",
+        list.join(" "),
+        rts.join(" ")
     );
     eprintln!("bench propagation: VM part (kernel IPVS, TCG)");
     let payload = vm::Payload { files, script, env: vec![] };
     let outcome = boot_vm(&payload, Duration::from_secs(3000), true)?;
     println!("## propagation: change sent to the leader → applied in every director's kernel");
-    println!("| directors | changes measured | p50 | p99 | max |");
-    println!("|---|---|---|---|---|");
+    println!("| directors | scheduling | changes measured | p50 | p99 | max |");
+    println!("|---|---|---|---|---|---|");
     for l in outcome.log.lines().filter(|l| l.starts_with("PROPAGATION ")) {
         let f = |k: &str| l.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or("?").to_string();
-        println!("| {} (VM, kernel IPVS) | {} | {} ms | {} ms | {} ms |", f("directors="), f("changes="), f("p50_ms="), f("p99_ms="), f("max_ms="));
+        let sched = match f("realtime=").as_str() {
+            "0" => "normal".to_string(),
+            p => format!("realtime_priority = {p}"),
+        };
+        println!("| {} (VM, kernel IPVS) | {sched} | {} | {} ms | {} ms | {} ms |", f("directors="), f("changes="), f("p50_ms="), f("p99_ms="), f("max_ms="));
     }
     for l in outcome.log.lines().filter_map(|l| l.strip_prefix("STAGES ")) {
         println!("{l}");

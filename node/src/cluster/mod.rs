@@ -209,6 +209,7 @@ impl Cluster {
         }
         let transport = Transport::bind(TransportConfig::new(addr, creds))?;
         let (log, sm) = raft::open(&dir.join("raft.redb"))?;
+        log.on_writer_thread(|| crate::realtime::enter("raft-log"));
         let id = node_id_for(&name);
         let raft = raft::Raft::new(id, Arc::new(raft_config(&c)?), Network::new(QuicRaft(transport.clone())), log, sm.clone())
             .await

@@ -2,7 +2,8 @@
 //! directors in network namespaces, one rule change at a time sent to the leader's admin
 //! socket, and the time until every director's reconciler has applied it to its kernel (taken
 //! from each director's log line "applied rules to IPVS revision=N", µs timestamps, one clock).
-//! Prints `PROPAGATION directors=N changes=C p50_ms=.. p99_ms=.. max_ms=..`.
+//! Prints `PROPAGATION directors=N realtime=P changes=C p50_ms=.. p99_ms=.. max_ms=..`
+//! (`--realtime P`: every director runs with `[node] realtime_priority = P`; 0 = off).
 
 use std::time::Duration;
 
@@ -15,9 +16,15 @@ fn main() {
     let mut directors = 3usize;
     let mut changes = 200usize;
     let mut stages = false;
+    // The idle window before the changes (CPU and wake-ups at rest); longer for profiling it.
+    let mut idle_secs = 2u64;
+    // `[node] realtime_priority` of every director; 0 = the normal scheduler (the default).
+    let mut realtime = 0u8;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--stages" => stages = true,
+            "--realtime" => realtime = args.next().and_then(|v| v.parse().ok()).expect("--realtime PRIORITY (0 = off)"),
+            "--idle-secs" => idle_secs = args.next().and_then(|v| v.parse().ok()).expect("--idle-secs N"),
             "--directors" => directors = args.next().and_then(|v| v.parse().ok()).expect("--directors N"),
             "--changes" => changes = args.next().and_then(|v| v.parse().ok()).expect("--changes N"),
             other => panic!("unknown argument {other}"),
@@ -27,6 +34,9 @@ fn main() {
     let mut lab = LabCluster::new(&format!("prop{directors}"), directors, d, c);
     lab.cluster_extra = "heartbeat = \"250ms\"\ndead_grace = \"60s\"\n".into();
     lab.extra_sections = "[director]\nreconcile_interval = \"5s\"\n".into();
+    if realtime > 0 {
+        lab.node_extra = format!("realtime_priority = {realtime}\n");
+    }
     if stages {
         lab.env.push(("RUST_LOG".into(), tests::cluster::STAGE_LOG_FILTER.into()));
     }
@@ -50,7 +60,8 @@ fn main() {
     // CPU of the directors (every thread of every corrald): idle first, then over the changes.
     let pids: Vec<u32> = lab.nodes.iter().filter_map(|n| n.daemon.as_ref().map(|d| d.child.id())).collect();
     let (idle_cpu0, idle_sw0, idle_pk0, idle_t0) = (cpu_ms(&pids), switches(&pids), sent_packets(&pids), std::time::Instant::now());
-    std::thread::sleep(Duration::from_secs(2));
+    println!("PROPAGATION_IDLE_START {idle_secs} s");
+    std::thread::sleep(Duration::from_secs(idle_secs));
     let idle_s = idle_t0.elapsed().as_secs_f64();
     let idle_ms_per_s = (cpu_ms(&pids) - idle_cpu0) / idle_s;
     let idle_sw1 = switches(&pids);
@@ -106,7 +117,7 @@ fn main() {
     }
     let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
     println!(
-        "PROPAGATION directors={directors} changes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} missing={missing}",
+        "PROPAGATION directors={directors} realtime={realtime} changes={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} missing={missing}",
         lat.len(),
         p(0.5),
         p(0.99),
