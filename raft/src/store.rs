@@ -498,6 +498,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 stage!("append_commit", first, last, t2);
                 r
             })();
+            // Release the database before telling openraft: whoever waits for this append may
+            // close the store next and reopen the file, which needs every handle gone.
+            drop(db);
             if res.is_err() {
                 // What redb holds is unknown now: read it from redb from here on.
                 recent.lock().unwrap_or_else(|p| p.into_inner()).0.clear();
