@@ -53,7 +53,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     raise_nofile();
-    // Before any thread exists: the current-thread runtime below runs on this thread.
+    // The current-thread runtime below runs on this thread; the threads it creates set their
+    // own scheduling (node::realtime).
     node::realtime::init(config.node.realtime_priority, "main");
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

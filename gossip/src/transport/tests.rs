@@ -34,6 +34,17 @@ fn echo_handler() -> StreamHandler {
     })
 }
 
+/// Two members of one cluster CA, `b` answering Raft requests with [`echo_handler`]: `(a, b,
+/// b's address)`. Keep `b` alive for the test.
+fn echo_pair() -> (Transport, Transport, SocketAddr) {
+    let ca = ClusterCa::generate("t").unwrap();
+    let a = node(ca.issue("node-a").unwrap());
+    let b = node(ca.issue("node-b").unwrap());
+    b.register_handler(Alpn::Raft, echo_handler()).unwrap();
+    let b_addr = b.local_addr().unwrap();
+    (a, b, b_addr)
+}
+
 const T: Duration = Duration::from_secs(10);
 
 async fn bounded<F: Future>(f: F) -> F::Output {
@@ -44,11 +55,7 @@ async fn bounded<F: Future>(f: F) -> F::Output {
 
 #[tokio::test]
 async fn request_response_between_members_names_the_peer() {
-    let ca = ClusterCa::generate("t").unwrap();
-    let a = node(ca.issue("node-a").unwrap());
-    let b = node(ca.issue("node-b").unwrap());
-    b.register_handler(Alpn::Raft, echo_handler()).unwrap();
-    let b_addr = b.local_addr().unwrap();
+    let (a, b, b_addr) = echo_pair();
     let resp = bounded(a.request(b_addr, Alpn::Raft, b"hello"))
         .await
         .unwrap();
@@ -104,11 +111,7 @@ async fn request_response_between_members_names_the_peer() {
 /// packet per request and per response, each acknowledged in turn).
 #[tokio::test]
 async fn requests_end_their_streams_without_stop_sending() {
-    let ca = ClusterCa::generate("t").unwrap();
-    let a = node(ca.issue("node-a").unwrap());
-    let b = node(ca.issue("node-b").unwrap());
-    b.register_handler(Alpn::Raft, echo_handler()).unwrap();
-    let b_addr = b.local_addr().unwrap();
+    let (a, _b, b_addr) = echo_pair();
     for i in 0..20 {
         let body = format!("req {i}");
         let resp = bounded(a.request(b_addr, Alpn::Raft, body.as_bytes()))
@@ -131,11 +134,7 @@ async fn requests_end_their_streams_without_stop_sending() {
 /// A request stream holds one frame: anything after it is refused with a reason.
 #[tokio::test]
 async fn bytes_after_the_request_frame_are_refused() {
-    let ca = ClusterCa::generate("t").unwrap();
-    let a = node(ca.issue("node-a").unwrap());
-    let b = node(ca.issue("node-b").unwrap());
-    b.register_handler(Alpn::Raft, echo_handler()).unwrap();
-    let b_addr = b.local_addr().unwrap();
+    let (a, _b, b_addr) = echo_pair();
     let (conn, _) = bounded(a.connection(b_addr, Alpn::Raft)).await.unwrap();
     let (mut send, mut recv) = bounded(conn.open_bi()).await.unwrap();
     framing::write_frame(&mut send, b"one", 4096).await.unwrap();
