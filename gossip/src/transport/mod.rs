@@ -697,6 +697,7 @@ impl Transport {
             }
             (Alpn::Gossip, Some(name)) => {
                 debug!(%remote, peer = %name, "gossip connection accepted");
+                self.adopt_gossip(remote, &conn);
                 self.read_datagrams(conn).await
             }
             (_, Some(name)) => {
@@ -704,6 +705,17 @@ impl Transport {
                     .await
             }
         }
+    }
+
+    /// Sends this node's own datagrams to `remote` on the gossip connection `remote` opened,
+    /// unless a connection to it is already cached or being dialled. With one connection per
+    /// pair each side's datagrams carry the acknowledgements of the other's; with one per
+    /// direction every datagram is answered by an ACK-only packet. (A node's QUIC endpoint
+    /// sends from its bind address, which is also the address peers dial.)
+    fn adopt_gossip(&self, remote: SocketAddr, conn: &Connection) {
+        lock(&self.inner.cache)
+            .entry((remote, Alpn::Gossip))
+            .or_insert_with(|| Arc::new(OnceCell::new_with(Some(conn.clone()))));
     }
 
     async fn read_datagrams(&self, conn: Connection) {

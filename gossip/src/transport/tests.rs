@@ -145,6 +145,26 @@ async fn bytes_after_the_request_frame_are_refused() {
     assert!(e.to_string().contains("bytes after the frame"), "{e}");
 }
 
+/// Datagrams back to a peer that dialled us go on its connection: one connection per pair,
+/// so each side's datagrams carry the other's acknowledgements.
+#[tokio::test]
+async fn gossip_replies_use_the_connection_the_peer_opened() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let a = node(ca.issue("node-a").unwrap());
+    let b = node(ca.issue("node-b").unwrap());
+    let (mut rx_a, mut rx_b) = (a.take_datagrams(8), b.take_datagrams(8));
+    let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    bounded(a.send_datagram(b_addr, Bytes::from_static(b"ping"))).await.unwrap();
+    assert_eq!(&bounded(rx_b.recv()).await.unwrap().data[..], b"ping");
+    bounded(b.send_datagram(a_addr, Bytes::from_static(b"ack"))).await.unwrap();
+    let got = bounded(rx_a.recv()).await.unwrap();
+    assert_eq!((&got.data[..], &*got.peer), (&b"ack"[..], "node-b"));
+    assert_eq!(a.inner.endpoint.open_connections(), 1, "a has more than the one connection it dialled");
+    assert_eq!(b.inner.endpoint.open_connections(), 1, "b dialled a second connection back to a");
+    a.close(Duration::from_millis(200)).await;
+    b.close(Duration::from_millis(200)).await;
+}
+
 #[tokio::test]
 async fn a_node_of_another_ca_is_refused() {
     let ca = ClusterCa::generate("t").unwrap();
