@@ -64,13 +64,9 @@ fn main() {
     std::thread::sleep(Duration::from_secs(idle_secs));
     let idle_s = idle_t0.elapsed().as_secs_f64();
     let idle_ms_per_s = (cpu_ms(&pids) - idle_cpu0) / idle_s;
-    let idle_sw1 = switches(&pids);
+    let wakes = switch_rates(&idle_sw0, &switches(&pids), idle_s * pids.len().max(1) as f64, 0);
     let idle_pk = (sent_packets(&pids) - idle_pk0) as f64 / idle_s;
-    let wakes: Vec<String> = idle_sw1
-        .iter()
-        .map(|(name, n)| format!("{name}={:.0}", (n - idle_sw0.get(name).copied().unwrap_or(0)) as f64 / idle_s / pids.len().max(1) as f64))
-        .collect();
-    println!("PROPAGATION_IDLE_WAKEUPS per daemon per second, by thread: {} (packets sent, all daemons: {idle_pk:.0}/s)", wakes.join(" "));
+    println!("PROPAGATION_IDLE_WAKEUPS per daemon per second, by thread: {wakes} (packets sent, all daemons: {idle_pk:.0}/s)");
     let (loop_cpu0, loop_t0) = (cpu_ms(&pids), std::time::Instant::now());
     let (loop_sw0, loop_pk0) = (switches(&pids), sent_packets(&pids));
     let mut sent = Vec::new();
@@ -89,16 +85,10 @@ fn main() {
     let loop_s = loop_t0.elapsed().as_secs_f64();
     // Packets and wake-ups per change, all daemons together, idle share included (the idle
     // rates above say how much of it that is).
-    let per_change = |n: u64| n as f64 / changes as f64;
-    let loop_sw1 = switches(&pids);
-    let wakes: Vec<String> = loop_sw1
-        .iter()
-        .map(|(name, n)| format!("{name}={:.1}", per_change(n - loop_sw0.get(name).copied().unwrap_or(0))))
-        .collect();
+    let wakes = switch_rates(&loop_sw0, &switches(&pids), changes as f64, 1);
     println!(
-        "PROPAGATION_PER_CHANGE directors={directors} packets_sent={:.1} wakeups: {}",
-        per_change(sent_packets(&pids).saturating_sub(loop_pk0)),
-        wakes.join(" ")
+        "PROPAGATION_PER_CHANGE directors={directors} packets_sent={:.1} wakeups: {wakes}",
+        sent_packets(&pids).saturating_sub(loop_pk0) as f64 / changes as f64
     );
     println!(
         "PROPAGATION_CPU directors={directors} idle_ms_per_s={idle_ms_per_s:.0} changes_ms_per_s={:.0} cpu_ms_per_change={:.1} (all daemons, idle share removed)",
@@ -276,6 +266,21 @@ fn sent_packets(pids: &[u32]) -> u64 {
                 .collect::<Vec<_>>()
         })
         .sum()
+}
+
+/// `name=rate` per thread name: the growth of [`switches`] from `before` to `after` divided by
+/// `by`, with `digits` decimals.
+fn switch_rates(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    by: f64,
+    digits: usize,
+) -> String {
+    after
+        .iter()
+        .map(|(name, n)| format!("{name}={:.digits$}", n.saturating_sub(before.get(name).copied().unwrap_or(0)) as f64 / by))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Context switches so far (voluntary + involuntary) of every thread of these processes, summed
