@@ -310,28 +310,54 @@ async fn scenario() {
 async fn a_member_cannot_speak_for_another_identity() {
     use foca::{Codec, Header, Message};
     let ca = ClusterCa::generate("spoof-test").unwrap();
-    let seed_t = Transport::bind(TransportConfig::new("127.0.0.1:0".parse().unwrap(), ca.issue("seed").unwrap())).unwrap();
+    let seed_t = Transport::bind(TransportConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        ca.issue("seed").unwrap(),
+    ))
+    .unwrap();
     let seed_id = NodeId::fresh("seed", seed_t.local_addr().unwrap());
-    let (seed, mut events) = Swim::start(&seed_t, SwimConfig::new(seed_id.clone(), vec![])).unwrap();
-    let mallory = Transport::bind(TransportConfig::new("127.0.0.1:0".parse().unwrap(), ca.issue("mallory").unwrap())).unwrap();
+    let (seed, mut events) =
+        Swim::start(&seed_t, SwimConfig::new(seed_id.clone(), vec![])).unwrap();
+    let mallory = Transport::bind(TransportConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        ca.issue("mallory").unwrap(),
+    ))
+    .unwrap();
     let announce = |src: NodeId| {
         let mut buf = bytes::BytesMut::new();
         gossip::codec::PostcardCodec
-            .encode_header(&Header { src, src_incarnation: 0, dst: seed_id.clone(), message: Message::Announce }, &mut buf)
+            .encode_header(
+                &Header {
+                    src,
+                    src_incarnation: 0,
+                    dst: seed_id.clone(),
+                    message: Message::Announce,
+                },
+                &mut buf,
+            )
             .unwrap();
         buf.freeze()
     };
     let eve = NodeId::fresh("eve", mallory.local_addr().unwrap());
     for _ in 0..5 {
-        mallory.send_datagram(seed_id.addr, announce(eve.clone())).await.unwrap();
+        mallory
+            .send_datagram(seed_id.addr, announce(eve.clone()))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let members = seed.members().await.unwrap();
-    assert!(members.iter().all(|m| m.id.name != "eve"), "an impersonated announce got in: {members:?}");
+    assert!(
+        members.iter().all(|m| m.id.name != "eve"),
+        "an impersonated announce got in: {members:?}"
+    );
     // The same packet under its own name is accepted, so the test can tell the difference.
     let me = NodeId::fresh("mallory", mallory.local_addr().unwrap());
-    mallory.send_datagram(seed_id.addr, announce(me)).await.unwrap();
+    mallory
+        .send_datagram(seed_id.addr, announce(me))
+        .await
+        .unwrap();
     let up = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(ev) = events.recv().await {
             if matches!(&ev, MemberEvent::Up(id) if id.name == "mallory") {

@@ -63,7 +63,9 @@ pub(crate) async fn read_frame(
         Ok(Some(_)) => Err(TransportError::Protocol(
             "bytes after the frame (a stream carries one frame)".into(),
         )),
-        Err(e) => Err(TransportError::from_read(quinn::ReadExactError::ReadError(e))),
+        Err(e) => Err(TransportError::from_read(quinn::ReadExactError::ReadError(
+            e,
+        ))),
     }
 }
 

@@ -38,6 +38,8 @@ pub const CLOSE_SHUTDOWN: u32 = 0x11;
 pub const CLOSE_NO_JOIN: u32 = 0x12;
 /// Application close code: unknown ALPN (cannot happen with rustls, kept for clarity).
 pub const CLOSE_BAD_ALPN: u32 = 0x13;
+/// RESET_STREAM code of a request its sender gave up on (timed out or cancelled).
+pub const RESET_ABANDONED: u32 = 0x20;
 
 /// The protocols multiplexed on the node's UDP port, one ALPN each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,8 +154,9 @@ pub enum TransportError {
         /// The bound that passed.
         after: Duration,
     },
-    /// A request got no answer in time.
-    #[error("request to {addr} timed out after {after:?}")]
+    /// A request got no answer in time. Its stream was reset, so a peer that had not received
+    /// it yet never will; one that had may still act on it.
+    #[error("request to {addr} timed out after {after:?} (withdrawn: it takes effect only if the peer had received it already)")]
     RequestTimeout {
         /// The peer.
         addr: SocketAddr,
@@ -317,6 +320,21 @@ impl TransportConfig {
 }
 
 type ConnCell = Arc<OnceCell<Connection>>;
+
+/// The send half of a request until its response arrives. Dropped before that (the request
+/// timed out or its caller went away) it resets the stream: quinn would otherwise finish it
+/// and keep retransmitting, so a write reported as failed could reach the leader after a
+/// partition heals and be committed after all.
+struct WithdrawnUnlessAnswered(Option<quinn::SendStream>);
+
+impl Drop for WithdrawnUnlessAnswered {
+    fn drop(&mut self) {
+        if let Some(mut send) = self.0.take() {
+            // Fails only when the stream is already closed: nothing left to withdraw.
+            let _ = send.reset(quinn::VarInt::from_u32(RESET_ABANDONED));
+        }
+    }
+}
 
 struct JoinService {
     ca: tls::ClusterCa,
@@ -529,12 +547,16 @@ impl Transport {
         body: &[u8],
         limit: usize,
     ) -> Result<Vec<u8>, TransportError> {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::Lost)?;
-        framing::write_frame(&mut send, body, limit).await?;
-        send.finish()
+        let (send, mut recv) = conn.open_bi().await.map_err(TransportError::Lost)?;
+        let mut send = WithdrawnUnlessAnswered(Some(send));
+        let stream = send.0.as_mut().expect("set above");
+        framing::write_frame(stream, body, limit).await?;
+        stream
+            .finish()
             .map_err(|e| TransportError::Stream(e.to_string()))?;
         // The response carries one status byte on top of the body.
         let frame = framing::read_frame(&mut recv, limit.saturating_add(1)).await?;
+        send.0 = None;
         framing::decode_response(frame)
     }
 
@@ -728,7 +750,13 @@ impl Transport {
         while let Ok(data) = conn.read_datagram().await {
             let tx = lock(&self.inner.datagrams).clone();
             if let Some(tx) = tx {
-                if tx.try_send(Datagram { peer: peer.clone(), data }).is_err() {
+                if tx
+                    .try_send(Datagram {
+                        peer: peer.clone(),
+                        data,
+                    })
+                    .is_err()
+                {
                     debug!(remote = %conn.remote_address(), "gossip consumer lagging or gone, datagram dropped");
                 }
             }

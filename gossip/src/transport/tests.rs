@@ -11,12 +11,17 @@ fn any_port() -> SocketAddr {
 }
 
 fn node(creds: NodeCredentials) -> Transport {
+    node_with(creds, Duration::from_secs(10))
+}
+
+fn node_with(creds: NodeCredentials, request_timeout: Duration) -> Transport {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter("gossip=info")
         .try_init();
     let mut cfg = TransportConfig::new(any_port(), creds);
     cfg.connect_timeout = Duration::from_secs(2);
+    cfg.request_timeout = request_timeout;
     cfg.max_message_size = 4096;
     Transport::bind(cfg).unwrap()
 }
@@ -126,9 +131,21 @@ async fn requests_end_their_streams_without_stop_sending() {
     // b's frames arrive a little after its responses: wait for them to settle.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let st = conn.stats();
-    assert_eq!(st.frame_tx.stream, 20, "one STREAM frame per request: {:?}", st.frame_tx);
-    assert_eq!(st.frame_tx.stop_sending, 0, "client sent STOP_SENDING: {:?}", st.frame_tx);
-    assert_eq!(st.frame_rx.stop_sending, 0, "server sent STOP_SENDING: {:?}", st.frame_rx);
+    assert_eq!(
+        st.frame_tx.stream, 20,
+        "one STREAM frame per request: {:?}",
+        st.frame_tx
+    );
+    assert_eq!(
+        st.frame_tx.stop_sending, 0,
+        "client sent STOP_SENDING: {:?}",
+        st.frame_tx
+    );
+    assert_eq!(
+        st.frame_rx.stop_sending, 0,
+        "server sent STOP_SENDING: {:?}",
+        st.frame_rx
+    );
 }
 
 /// A request stream holds one frame: anything after it is refused with a reason.
@@ -154,15 +171,112 @@ async fn gossip_replies_use_the_connection_the_peer_opened() {
     let b = node(ca.issue("node-b").unwrap());
     let (mut rx_a, mut rx_b) = (a.take_datagrams(8), b.take_datagrams(8));
     let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
-    bounded(a.send_datagram(b_addr, Bytes::from_static(b"ping"))).await.unwrap();
+    bounded(a.send_datagram(b_addr, Bytes::from_static(b"ping")))
+        .await
+        .unwrap();
     assert_eq!(&bounded(rx_b.recv()).await.unwrap().data[..], b"ping");
-    bounded(b.send_datagram(a_addr, Bytes::from_static(b"ack"))).await.unwrap();
+    bounded(b.send_datagram(a_addr, Bytes::from_static(b"ack")))
+        .await
+        .unwrap();
     let got = bounded(rx_a.recv()).await.unwrap();
     assert_eq!((&got.data[..], &*got.peer), (&b"ack"[..], "node-b"));
-    assert_eq!(a.inner.endpoint.open_connections(), 1, "a has more than the one connection it dialled");
-    assert_eq!(b.inner.endpoint.open_connections(), 1, "b dialled a second connection back to a");
+    assert_eq!(
+        a.inner.endpoint.open_connections(),
+        1,
+        "a has more than the one connection it dialled"
+    );
+    assert_eq!(
+        b.inner.endpoint.open_connections(),
+        1,
+        "b dialled a second connection back to a"
+    );
     a.close(Duration::from_millis(200)).await;
     b.close(Duration::from_millis(200)).await;
+}
+
+/// A UDP relay in front of `to` that drops every packet while `cut` is set: a partition
+/// between two endpoints on loopback. Its task ends with the test's runtime.
+async fn relay(to: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let front = tokio::net::UdpSocket::bind(any_port()).await.unwrap();
+    let back = tokio::net::UdpSocket::bind(any_port()).await.unwrap();
+    back.connect(to).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let cutting = cut.clone();
+    tokio::spawn(async move {
+        let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+        let mut client = None;
+        loop {
+            tokio::select! {
+                Ok((n, from)) = front.recv_from(&mut up) => {
+                    client = Some(from);
+                    if !cutting.load(Ordering::Relaxed) {
+                        let _ = back.send(&up[..n]).await;
+                    }
+                }
+                Ok(n) = back.recv(&mut down) => {
+                    if let (Some(c), false) = (client, cutting.load(Ordering::Relaxed)) {
+                        let _ = front.send_to(&down[..n], c).await;
+                    }
+                }
+            }
+        }
+    });
+    (addr, cut)
+}
+
+/// A request that timed out during a partition is withdrawn: when the partition heals, the
+/// peer never receives it. (quinn finishes a dropped stream and retransmits it, so a write
+/// reported as failed reached the leader after healing and was committed.)
+#[tokio::test]
+async fn a_timed_out_request_is_not_delivered_after_the_partition_heals() {
+    use std::sync::atomic::Ordering;
+    let ca = ClusterCa::generate("t").unwrap();
+    let a = node_with(ca.issue("node-a").unwrap(), Duration::from_millis(700));
+    let b = node(ca.issue("node-b").unwrap());
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    b.register_handler(
+        Alpn::Raft,
+        Arc::new(move |_peer: Peer, req: Vec<u8>| {
+            lock(&record).push(String::from_utf8_lossy(&req).into_owned());
+            Box::pin(async { Ok(b"ok".to_vec()) })
+        }),
+    )
+    .unwrap();
+    let (via, cut) = relay(b.local_addr().unwrap()).await;
+    bounded(a.request(via, Alpn::Raft, b"before"))
+        .await
+        .unwrap();
+
+    cut.store(true, Ordering::Relaxed);
+    let e = bounded(a.request(via, Alpn::Raft, b"abandoned"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TransportError::RequestTimeout { .. }), "{e}");
+    assert!(e.to_string().contains("withdrawn"), "{e}");
+    cut.store(false, Ordering::Relaxed);
+
+    // The connection survives the short cut; the next request goes through (retried while
+    // quinn's loss recovery backs off).
+    let mut healed = false;
+    for _ in 0..10 {
+        if bounded(a.request(via, Alpn::Raft, b"after")).await.is_ok() {
+            healed = true;
+            break;
+        }
+    }
+    assert!(healed, "no request went through after the partition healed");
+    // Give a retransmission of the abandoned request every chance to land.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = lock(&seen).clone();
+    assert_eq!(seen.first().map(String::as_str), Some("before"), "{seen:?}");
+    assert!(seen.iter().any(|r| r == "after"), "{seen:?}");
+    assert!(
+        !seen.iter().any(|r| r == "abandoned"),
+        "the withdrawn request was delivered: {seen:?}"
+    );
 }
 
 #[tokio::test]
