@@ -26,6 +26,22 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
+/// How long `status` waits for a member's own report before showing its gossiped copy.
+const REPORT_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Asks the member at `addr` for its report (admin service over QUIC, mutual TLS).
+async fn ask_report(transport: &gossip::transport::Transport, addr: std::net::SocketAddr) -> Result<crate::api::NodeReport, String> {
+    let body = crate::api::encode_request(&Request::Report);
+    let reply = tokio::time::timeout(REPORT_ASK_TIMEOUT, transport.request(addr, Alpn::Admin, body.as_bytes()))
+        .await
+        .map_err(|_| format!("no answer within {REPORT_ASK_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    match crate::api::decode_response(&String::from_utf8_lossy(&reply)).map_err(|e| e.to_string())? {
+        ResponseBody::Report { report } => Ok(report),
+        other => Err(format!("unexpected answer: {other:?}")),
+    }
+}
+
 /// Answers admin requests from whichever door they came in.
 #[derive(Clone)]
 pub struct Admin {
@@ -60,6 +76,7 @@ impl Admin {
             Request::KvList => Ok(c.kv()),
             Request::GetServices => Ok(ResponseBody::Services { revision: c.sm.current().revision, rules: c.current_rules()? }),
             Request::Status => Ok(self.status(c).await),
+            Request::Report => Ok(ResponseBody::Report { report: self.report() }),
             Request::Join { seed } => c.announce(&seed).await,
             Request::Observe { .. } => Err("health reports are accepted only from cluster members over QUIC".into()),
             Request::LocalChecks => Ok(ResponseBody::LocalChecks { results: self.health()?.local_results() }),
@@ -104,28 +121,64 @@ impl Admin {
         }
     }
 
+    /// Every member's report as of now: asked of each member gossip does not call dead or
+    /// left, in parallel; one that does not answer within [`REPORT_ASK_TIMEOUT`] shows its last
+    /// gossiped copy, marked as such.
     async fn status(&self, c: &Cluster) -> ResponseBody {
-        let mut reports = c.reports().await;
-        reports.insert(c.name.clone(), self.report());
-        let nodes = c
-            .members()
+        let members = c.members();
+        let mut asks = tokio::task::JoinSet::new();
+        for m in &members {
+            let reachable = m.state == "alive" || m.state == "suspect";
+            if m.name == c.name || !reachable {
+                continue;
+            }
+            let Ok(addr) = m.addr.parse::<std::net::SocketAddr>() else { continue };
+            let (transport, name) = (c.transport.clone(), m.name.clone());
+            asks.spawn(async move { (name, ask_report(&transport, addr).await) });
+        }
+        let mut live = std::collections::BTreeMap::new();
+        live.insert(c.name.clone(), self.report());
+        while let Some(done) = asks.join_next().await {
+            match done {
+                Ok((name, Ok(report))) => {
+                    live.insert(name, report);
+                }
+                Ok((name, Err(e))) => tracing::debug!(node = %name, error = %e, "status: no live report"),
+                Err(e) => tracing::debug!(error = %e, "status: report task"),
+            }
+        }
+        let mut gossiped = c.reports().await;
+        let nodes = members
             .into_iter()
-            .map(|m| crate::api::NodeStatus { report: reports.remove(&m.name), name: m.name, state: m.state, raft: m.raft })
+            .map(|m| {
+                let (report, report_live) = match live.remove(&m.name) {
+                    Some(r) => (Some(r), true),
+                    None => (gossiped.remove(&m.name), false),
+                };
+                crate::api::NodeStatus { report, report_live, name: m.name, state: m.state, raft: m.raft }
+            })
             .collect();
         ResponseBody::Status { revision: c.sm.current().revision, nodes }
     }
 
-    /// Gossips this node's report whenever it changes (checked every 500 ms).
+    /// Gossips this node's report when it changes, at most once per
+    /// [`crate::api::REPORT_GOSSIP_SPACING`] (checked every 500 ms): the fallback `status` shows
+    /// for a member that does not answer.
     pub async fn publish_reports(self) {
         let Some(c) = self.cluster.clone() else { return };
         let mut last = None;
+        let mut last_at: Option<std::time::Instant> = None;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {
             tick.tick().await;
+            if last_at.is_some_and(|t| t.elapsed() < crate::api::REPORT_GOSSIP_SPACING) {
+                continue;
+            }
             let r = self.report();
             if last.as_ref() != Some(&r) {
                 c.publish_report(&r).await;
                 last = Some(r);
+                last_at = Some(std::time::Instant::now());
             }
         }
     }

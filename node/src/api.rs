@@ -63,6 +63,9 @@ pub enum Request {
     Edit { edit: crate::rules::Edit },
     /// Per node: applied revision, drift, last error, VRRP and sync-daemon state.
     Status,
+    /// This node's own report, as of now: `status` asks every member for it (a gossiped copy
+    /// is only the fallback for a member that does not answer).
+    Report,
     /// An observer's health claims for the Raft leader (cluster members over QUIC only; the
     /// sender must be the node its certificate names).
     Observe { report: crate::health::verdicts::ObserverReport },
@@ -117,6 +120,7 @@ pub enum ResponseBody {
     Applied { revision: Option<u64>, dry_run: bool, changes: Vec<String> },
     Services { revision: u64, rules: crate::rules::RuleSet },
     Status { revision: u64, nodes: Vec<NodeStatus> },
+    Report { report: NodeReport },
     LocalChecks { results: std::collections::BTreeMap<String, crate::health::LocalResult> },
     RsList { revision: u64, rows: Vec<crate::health::RsRow> },
     Metrics { text: String },
@@ -129,9 +133,18 @@ pub struct NodeStatus {
     /// Gossip state as seen from the answering node.
     pub state: String,
     pub raft: String,
-    /// What the node last reported about itself (absent: no report yet).
+    /// What the node reported about itself (absent: no report yet).
     pub report: Option<NodeReport>,
+    /// The report is the node's answer to this status request; false: the node did not answer
+    /// and `report` is the last copy it gossiped (up to [`REPORT_GOSSIP_SPACING`] older).
+    #[serde(default)]
+    pub report_live: bool,
 }
+
+/// Least time between two gossiped copies of a node's report. Gossip only keeps a fallback
+/// for members that do not answer `status`: the report changes with every applied revision,
+/// and gossiping each change cost a third of a rule change's CPU on five directors.
+pub const REPORT_GOSSIP_SPACING: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What each node gossips about itself (its metadata), JSON with a version field.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -291,7 +291,11 @@ pub fn status(socket: &Path, output: Output) -> Result<()> {
             d.as_ref().map(|d| d.drift_repairs.to_string()).unwrap_or_else(|| "-".into()),
             d.as_ref().and_then(|d| d.sync_daemon.clone()).unwrap_or_else(|| "-".into()),
             if vrrp.is_empty() { "-".into() } else { vrrp.join(",") },
-            d.and_then(|d| d.last_error).unwrap_or_default()
+            match (n.report.is_some() && !n.report_live, d.and_then(|d| d.last_error)) {
+                (false, e) => e.unwrap_or_default(),
+                (true, None) => "(did not answer: its last gossiped report)".into(),
+                (true, Some(e)) => format!("{e} (did not answer: its last gossiped report)"),
+            }
         );
     }
     Ok(())

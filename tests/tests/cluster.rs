@@ -330,3 +330,38 @@ fn realtime_priority_puts_the_latency_bound_threads_on_sched_rr() {
     assert!(others.iter().all(|t| t.1 == 0), "threads the node created inherited SCHED_RR: {others:?}");
     let _ = &mut c;
 }
+
+/// `corralctl status` asks every member for its report at that moment: right after a change,
+/// every node shows the new applied revision (gossip spaces its copies 5 s apart, so only the
+/// live answers can show it). A member that cannot answer shows its last gossiped copy, marked.
+#[test]
+fn status_shows_every_members_live_report_and_marks_a_gossiped_copy() {
+    let Some((_g, mut c)) = lab("status_live", 3) else { return };
+    c.cluster_extra = "dead_grace = \"60s\"\n".into();
+    c.extra_sections = "[director]\nipvs = \"memory\"\nreconcile_interval = \"5s\"\n".into();
+    c.form(Duration::from_secs(20));
+    let status = |c: &LabCluster| -> Option<serde_json::Value> { serde_json::from_str(&c.ctl(0, "status -o json").stdout).ok() };
+    let applied = |n: &serde_json::Value| n["report"]["director"]["applied_revision"].as_u64();
+    // Let every node gossip its first report, then change the rules.
+    std::thread::sleep(Duration::from_secs(1));
+    let file = c.root().join("rules.toml");
+    std::fs::write(&file, "[[virtual_server]]\naddress = \"192.0.2.100:80\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.11:80\"\n").unwrap();
+    let o = c.ctl(0, &format!("apply -f {}", file.display()));
+    assert_eq!(o.code, 0, "apply: {}", o.stderr);
+    let all_live_at_new_revision = wait_for(Duration::from_secs(2), || {
+        let Some(st) = status(&c) else { return false };
+        let (rev, nodes) = (st["revision"].as_u64(), st["nodes"].as_array().cloned().unwrap_or_default());
+        nodes.len() == 3 && nodes.iter().all(|n| n["report_live"] == true && applied(n) == rev)
+    });
+    assert!(all_live_at_new_revision.is_some(), "status did not show every node live at the new revision: {:?}", status(&c));
+    // d3 loses the network: gossip still calls it alive for a while, it cannot answer, and
+    // status shows its gossiped copy, marked as such.
+    c.lan.hosts[2].sh("ip link set eth0 down");
+    let st = status(&c).expect("status from d1");
+    let d3 = st["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "d3").cloned().expect("d3 listed");
+    assert_eq!(d3["report_live"], false, "{d3}");
+    assert!(d3["report"]["director"].is_object(), "no gossiped copy for d3: {d3}");
+    let text = c.ctl(0, "status");
+    assert!(text.stdout.contains("did not answer"), "{}", text.stdout);
+    c.lan.hosts[2].sh("ip link set eth0 up");
+}
