@@ -156,7 +156,20 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Bounded: a process stuck in the kernel (D state) does not die of SIGKILL. Say where
+        // it is stuck, loudly, instead of hanging the whole test run until the VM's bound.
+        if self.wait_exit(Duration::from_secs(10)).is_none() {
+            let pid = self.child.id();
+            let mut report = format!("WARNING: {} (pid {pid}) is still running 10 s after SIGKILL\n", self.name);
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default();
+            for t in tasks {
+                let read = |f: &str| std::fs::read_to_string(t.join(f)).unwrap_or_default();
+                let stat = read("stat");
+                let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?").to_string();
+                report += &format!("  thread {} ({}): state {state}, wchan {}\n{}", t.display(), read("comm").trim(), read("wchan"), read("stack"));
+            }
+            eprintln!("{report}");
+        }
     }
 }
 

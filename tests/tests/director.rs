@@ -704,4 +704,10 @@ fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
         let new_conn = ns_out(&names[n], "ipvsadm -Lnc").lines().find(|l| l.contains(":7000")).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
         eprintln!("on d{} (new master): {}", n + 1, new_conn.unwrap_or_default());
     });
+    // The directors stop before the backend LAN goes: locals drop in reverse order, so the
+    // LAN's links would otherwise vanish under running directors, which then go VRRP FAULT and
+    // switch their IPVS sync daemons on a disappearing eth1.
+    for i in 0..3 {
+        c.kill(i);
+    }
 }
