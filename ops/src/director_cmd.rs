@@ -291,10 +291,17 @@ pub fn status(socket: &Path, output: Output) -> Result<()> {
             d.as_ref().map(|d| d.drift_repairs.to_string()).unwrap_or_else(|| "-".into()),
             d.as_ref().and_then(|d| d.sync_daemon.clone()).unwrap_or_else(|| "-".into()),
             if vrrp.is_empty() { "-".into() } else { vrrp.join(",") },
-            match (n.report.is_some() && !n.report_live, d.and_then(|d| d.last_error)) {
-                (false, e) => e.unwrap_or_default(),
-                (true, None) => "(did not answer: its last gossiped report)".into(),
-                (true, Some(e)) => format!("{e} (did not answer: its last gossiped report)"),
+            {
+                // A member gossip calls dead or left is not asked; any other one did not answer.
+                let stale = match n.state.as_str() {
+                    "dead" | "left" => format!("(gossip says {}: its last gossiped report)", n.state),
+                    _ => "(did not answer: its last gossiped report)".into(),
+                };
+                match (n.report.is_some() && !n.report_live, d.and_then(|d| d.last_error)) {
+                    (false, e) => e.unwrap_or_default(),
+                    (true, None) => stale,
+                    (true, Some(e)) => format!("{e} {stale}"),
+                }
             }
         );
     }
