@@ -500,13 +500,6 @@ where
         lh.leader_append_entries(entries);
         let index = lh.state.last_log_id().unwrap().index;
 
-        // CORRAL PATCH (CORRAL-PATCH.md): the entries just handed to every replication stream
-        // reset each follower's election timer as a heartbeat does; the next heartbeat is due
-        // a full interval from now, so a leader under writes sends none.
-        if let Some(l) = &mut self.leader_data {
-            l.next_heartbeat = C::now() + Duration::from_millis(self.config.heartbeat_interval);
-        }
-
         // Install callback channels.
         if let Some(tx) = tx {
             self.client_resp_channels.insert(index, tx);
