@@ -31,12 +31,7 @@ const REPORT_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Asks the member at `addr` for its report (admin service over QUIC, mutual TLS).
 async fn ask_report(transport: &gossip::transport::Transport, addr: std::net::SocketAddr) -> Result<crate::api::NodeReport, String> {
-    let body = crate::api::encode_request(&Request::Report);
-    let reply = tokio::time::timeout(REPORT_ASK_TIMEOUT, transport.request(addr, Alpn::Admin, body.as_bytes()))
-        .await
-        .map_err(|_| format!("no answer within {REPORT_ASK_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
-    match crate::api::decode_response(&String::from_utf8_lossy(&reply)).map_err(|e| e.to_string())? {
+    match crate::cluster::admin_call(transport, addr, &Request::Report, Some(REPORT_ASK_TIMEOUT)).await.map_err(|e| e.to_string())? {
         ResponseBody::Report { report } => Ok(report),
         other => Err(format!("unexpected answer: {other:?}")),
     }

@@ -567,12 +567,10 @@ impl Cluster {
                 },
                 (Some(_), Some(addr)) => {
                     let a: SocketAddr = addr.parse().map_err(|_| format!("leader address {addr:?} is not ip:port"))?;
-                    let body = api::encode_request(&Request::Forwarded { inner: Box::new(req.clone()) });
-                    match self.transport.request(a, Alpn::Admin, body.as_bytes()).await {
-                        Ok(reply) => {
-                            let text = String::from_utf8_lossy(&reply);
-                            return api::decode_response(&text).map_err(|e| e.to_string());
-                        }
+                    let fwd = Request::Forwarded { inner: Box::new(req.clone()) };
+                    match admin_call(&self.transport, a, &fwd, None).await {
+                        Ok(r) => return Ok(r),
+                        Err(AdminCallError::Answered(e)) => return Err(e),
                         Err(e) if Instant::now() < deadline => tracing::debug!(error = %e, "forward to leader"),
                         Err(e) => return Err(format!("the leader at {addr} did not answer: {e}")),
                     }
@@ -880,4 +878,45 @@ impl From<WriteError> for LeaderError {
             e => LeaderError::Write(e),
         }
     }
+}
+
+/// Why an admin request to another member brought no result.
+#[derive(Debug)]
+pub enum AdminCallError {
+    /// No answer: the transport failed, or none came within the caller's bound. Worth a retry
+    /// (the member may be restarting, or a new leader not yet known).
+    Unanswered(String),
+    /// The member answered, with an error (or with something that does not decode): final.
+    Answered(String),
+}
+
+impl std::fmt::Display for AdminCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminCallError::Unanswered(e) | AdminCallError::Answered(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Sends one request to another member's admin service (QUIC, mutual TLS) and decodes its
+/// answer: the one way members ask each other for things outside Raft (a forwarded write, an
+/// observer's health report, a live status report), so timeouts, decoding and the split
+/// between "no answer" and "answered no" are decided in one place. `within` bounds the wait
+/// below the transport's own request timeout.
+pub async fn admin_call(
+    transport: &Transport,
+    addr: SocketAddr,
+    req: &Request,
+    within: Option<Duration>,
+) -> Result<ResponseBody, AdminCallError> {
+    let body = api::encode_request(req);
+    let sent = transport.request(addr, Alpn::Admin, body.as_bytes());
+    let reply = match within {
+        Some(t) => tokio::time::timeout(t, sent)
+            .await
+            .map_err(|_| AdminCallError::Unanswered(format!("{addr} did not answer within {t:?}")))?,
+        None => sent.await,
+    }
+    .map_err(|e| AdminCallError::Unanswered(e.to_string()))?;
+    api::decode_response(&String::from_utf8_lossy(&reply)).map_err(|e| AdminCallError::Answered(e.to_string()))
 }

@@ -183,12 +183,11 @@ impl Health {
                 Ok(())
             }
             Some((_, Some(addr))) => {
-                let body = api::encode_request(&Request::Observe { report });
-                let reply = tokio::time::timeout(Duration::from_secs(2), self.cluster.transport.request(addr, Alpn::Admin, body.as_bytes()))
+                let req = Request::Observe { report };
+                crate::cluster::admin_call(&self.cluster.transport, addr, &req, Some(Duration::from_secs(2)))
                     .await
-                    .map_err(|_| format!("leader {addr} did not answer"))?
-                    .map_err(|e| e.to_string())?;
-                api::decode_response(&String::from_utf8_lossy(&reply)).map(|_| ()).map_err(|e| e.to_string())
+                    .map(|_| ())
+                    .map_err(|e| format!("leader {addr}: {e}"))
             }
         }
     }
