@@ -22,12 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use check::{Event, Scheduler, State};
-use gossip::transport::Alpn;
 use raft::Command;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 
-use crate::api::{self, Request, ResponseBody};
+use crate::api::{Request, ResponseBody};
 use crate::cluster::Cluster;
 use crate::rules::{RsCheck, RuleSet, Verdict};
 use verdicts::{Claim, ObserverReport, VerdictRecord, NS_VERDICTS};
@@ -408,14 +407,16 @@ impl Health {
                 let t = self.cluster.transport.clone();
                 let name = m.clone();
                 asks.push(async move {
-                    let body = api::encode_request(&Request::LocalChecks);
-                    let r = tokio::time::timeout(Duration::from_secs(1), t.request(addr, Alpn::Admin, body.as_bytes())).await;
-                    let parsed = match r {
-                        Ok(Ok(bytes)) => match api::decode_response(&String::from_utf8_lossy(&bytes)) {
-                            Ok(ResponseBody::LocalChecks { results }) => Some(results),
-                            _ => None,
-                        },
-                        _ => None,
+                    let parsed = match crate::cluster::admin_call(&t, addr, &Request::LocalChecks, Some(Duration::from_secs(1))).await {
+                        Ok(ResponseBody::LocalChecks { results }) => Some(results),
+                        Ok(other) => {
+                            tracing::debug!(node = %name, answer = ?other, "rs list: unexpected answer to LocalChecks");
+                            None
+                        }
+                        Err(e) => {
+                            tracing::debug!(node = %name, error = %e, "rs list: no local results");
+                            None
+                        }
                     };
                     (name, parsed)
                 });
