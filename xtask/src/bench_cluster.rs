@@ -39,6 +39,21 @@ pub(crate) struct Bench {
     pub(crate) nodes: Vec<Proc>,
     base_port: u16,
     extra: String,
+    /// `RUST_LOG` of every node.
+    pub(crate) log_filter: String,
+    /// Keep the nodes' directories (logs) after the run.
+    pub(crate) keep: bool,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        if self.keep {
+            eprintln!("bench: logs kept in {}", self.root.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
 }
 
 impl Bench {
@@ -46,7 +61,15 @@ impl Bench {
         let root = std::env::temp_dir().join(format!("corral-bench-cluster-{tag}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root)?;
-        Ok(Bench { corrald: corrald.into(), root, nodes: Vec::new(), base_port, extra: extra.into() })
+        Ok(Bench {
+            corrald: corrald.into(),
+            root,
+            nodes: Vec::new(),
+            base_port,
+            extra: extra.into(),
+            log_filter: "info,openraft=off".into(),
+            keep: false,
+        })
     }
 
     pub(crate) fn addr(&self, i: usize) -> String {
@@ -79,7 +102,7 @@ impl Bench {
         let child = Command::new(&self.corrald)
             .arg("--config")
             .arg(dir.join("corrald.toml"))
-            .env("RUST_LOG", "info,openraft=off")
+            .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -144,12 +167,6 @@ impl Bench {
     }
 }
 
-impl Drop for Bench {
-    fn drop(&mut self) {
-        self.nodes.clear();
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
 
 use tests::cluster::now_us;
 
@@ -315,8 +332,12 @@ pub fn run(corrald: &Path, bench_gossip: &Path, sizes: &[usize]) -> Result<()> {
 /// Propagation at scale on loopback: `n` corrald processes whose directors use the in-memory
 /// IPVS model (named as such: the VM holds only a few kernels), one weight change at a time to
 /// the leader, time until every node logged it applied.
-pub fn propagation_scale(corrald: &Path, n: usize, changes: usize) -> Result<String> {
+pub fn propagation_scale(corrald: &Path, n: usize, changes: usize, stages: bool) -> Result<String> {
     let mut b = Bench::new(corrald, &format!("prop{n}"), 23000 + n as u16 * 3, "heartbeat = \"200ms\"\n\n[director]\nipvs = \"memory\"\nreconcile_interval = \"5s\"\n")?;
+    if stages {
+        b.log_filter = tests::cluster::STAGE_LOG_FILTER.into();
+        b.keep = true;
+    }
     b.start(0, None)?;
     b.wait_socket(0, Duration::from_secs(20))?;
     let token = b.token()?;
@@ -353,8 +374,11 @@ pub fn propagation_scale(corrald: &Path, n: usize, changes: usize) -> Result<Str
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     call(&b.socket(0), &Request::Apply { rules, dry_run: false }, Duration::from_secs(10))?;
     std::thread::sleep(Duration::from_secs(2));
+    // The first changes run code paths for the first time in every process (page faults,
+    // cold caches): WARMUP of them go first, unmeasured, their latencies shown in the row.
+    const WARMUP: usize = 5;
     let mut sent = Vec::new();
-    for k in 0..changes {
+    for k in 0..WARMUP + changes {
         let edit = node::rules::Edit::RsWeight {
             service: "192.0.2.100:80".into(),
             address: "198.51.100.11:80".parse()?,
@@ -373,10 +397,21 @@ pub fn propagation_scale(corrald: &Path, n: usize, changes: usize) -> Result<Str
         .iter()
         .map(|p| tests::cluster::applied_times(&std::fs::read_to_string(p.dir.join("corrald.log")).unwrap_or_default()))
         .collect();
-    let (lat, _) = tests::cluster::propagation_latencies(&sent, &logs);
+    let warm: Vec<String> = sent[..WARMUP]
+        .iter()
+        .map(|w| tests::cluster::propagation_latencies(std::slice::from_ref(w), &logs).0.first().map_or("missing".into(), |us| format!("{:.1}", ms(*us))))
+        .collect();
+    let (lat, _) = tests::cluster::propagation_latencies(&sent[WARMUP..], &logs);
     if lat.is_empty() {
         bail!("{n}: no change was seen applied on every node");
     }
     let p = |q: f64| ms(lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)]);
-    Ok(format!("| {n} (loopback, in-memory IPVS model) | {} of {changes} | {:.1} ms | {:.1} ms | {:.1} ms |", lat.len(), p(0.5), p(0.99), ms(*lat.last().unwrap())))
+    Ok(format!(
+        "| {n} (loopback, in-memory IPVS model) | {} of {changes} | {:.1} ms | {:.1} ms | {:.1} ms | {} ms |",
+        lat.len(),
+        p(0.5),
+        p(0.99),
+        ms(*lat.last().unwrap()),
+        warm.join(", ")
+    ))
 }

@@ -73,6 +73,9 @@ enum BenchCmd {
         /// Skip the loopback scale run.
         #[arg(long)]
         no_scale: bool,
+        /// Skip the VM run (only the loopback scale run).
+        #[arg(long)]
+        no_vm: bool,
         /// Also log every stage of each change (request, log append, commit, apply, director
         /// wake-up, kernel dump, diff, netlink) and print where the time goes. The extra log
         /// lines cost a little: the headline figures come from runs without it.
@@ -151,8 +154,8 @@ fn main() -> ExitCode {
                 bench_cluster::run(&target_dir().join("release/corrald"), &target_dir().join("release/corral-bench-gossip"), &sizes)
             })
         }
-        Cmd::Bench { cmd: BenchCmd::Propagation { changes, scale, directors, realtime, no_scale, stages } } => {
-            bench_propagation(changes, &directors, &realtime, if no_scale { &[] } else { &scale }, stages)
+        Cmd::Bench { cmd: BenchCmd::Propagation { changes, scale, directors, realtime, no_scale, no_vm, stages } } => {
+            bench_propagation(changes, if no_vm { &[] } else { &directors }, &realtime, if no_scale { &[] } else { &scale }, stages)
         }
         Cmd::Bench { cmd: BenchCmd::Checks { real_servers, seconds, setups, kinds } } => build_bins(true).and_then(|_| {
             let mut cmd = cargo();
@@ -427,6 +430,12 @@ ip netns del a{n}; ip netns del c{n}
 
 fn bench_propagation(changes: usize, directors: &[usize], realtime: &[u8], scale: &[usize], stages: bool) -> Result<()> {
     let mut files = build_bins(true)?;
+    // The loopback part first, on a quiet host: run right after a VM exits, its first node
+    // counts showed single changes stalled for 40–700 ms, which runs on their own never show.
+    bench_propagation_scale(scale, stages)?;
+    if directors.is_empty() {
+        return Ok(());
+    }
     let mut cmd = cargo();
     cmd.args(["build", "--release", "-p", "tests", "--bin", "corral-bench-propagation"]);
     check(cmd.status(), "cargo build corral-bench-propagation")?;
@@ -453,14 +462,27 @@ fn bench_propagation(changes: usize, directors: &[usize], realtime: &[u8], scale
         };
         println!("| {} (VM, kernel IPVS) | {sched} | {} | {} ms | {} ms | {} ms |", f("directors="), f("changes="), f("p50_ms="), f("p99_ms="), f("max_ms="));
     }
+    for l in outcome.log.lines().filter(|l| l.starts_with("PROPAGATION_WARMUP ") || l.starts_with("PROPAGATION_CPU ")) {
+        println!("{l}");
+    }
     for l in outcome.log.lines().filter_map(|l| l.strip_prefix("STAGES ")) {
         println!("{l}");
     }
-    report(&outcome, 1)?;
+    report(&outcome, 1)
+}
+
+/// The loopback part of `bench propagation`: corrald processes on 127.0.0.1 with the in-memory
+/// IPVS model. With `stages`, each node logs its stage marks and the logs are kept (path printed).
+fn bench_propagation_scale(scale: &[usize], stages: bool) -> Result<()> {
+    if !scale.is_empty() {
+        println!("\n## propagation at scale (loopback processes, in-memory IPVS model)");
+        println!("| nodes | changes measured | p50 | p99 | max | first 5 changes (unmeasured warm-up) |");
+        println!("|---|---|---|---|---|---|");
+    }
     for &n in scale {
-        match bench_cluster::propagation_scale(&target_dir().join("release/corrald"), n, 100) {
+        match bench_cluster::propagation_scale(&target_dir().join("release/corrald"), n, 100, stages) {
             Ok(row) => println!("{row}"),
-            Err(e) => println!("| {n} | failed: {e:#} | | | |"),
+            Err(e) => println!("| {n} | failed: {e:#} | | | | |"),
         }
     }
     Ok(())

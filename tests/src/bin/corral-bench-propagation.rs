@@ -4,6 +4,10 @@
 //! from each director's log line "applied rules to IPVS revision=N", µs timestamps, one clock).
 //! Prints `PROPAGATION directors=N realtime=P changes=C p50_ms=.. p99_ms=.. max_ms=..`
 //! (`--realtime P`: every director runs with `[node] realtime_priority = P`; 0 = off).
+//! `--warmup W` (default 5) changes go first, unmeasured but printed (`PROPAGATION_WARMUP`):
+//! under TCG the first run of a code path is translated first, which is the emulator's cost,
+//! not the directors'. The idle window comes between them and the measured changes, so a
+//! change after a quiet spell is still measured.
 
 use std::time::Duration;
 
@@ -20,12 +24,14 @@ fn main() {
     let mut idle_secs = 2u64;
     // `[node] realtime_priority` of every director; 0 = the normal scheduler (the default).
     let mut realtime = 0u8;
+    let mut warmup = 5usize;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--stages" => stages = true,
             "--realtime" => realtime = args.next().and_then(|v| v.parse().ok()).expect("--realtime PRIORITY (0 = off)"),
             "--idle-secs" => idle_secs = args.next().and_then(|v| v.parse().ok()).expect("--idle-secs N"),
             "--directors" => directors = args.next().and_then(|v| v.parse().ok()).expect("--directors N"),
+            "--warmup" => warmup = args.next().and_then(|v| v.parse().ok()).expect("--warmup N"),
             "--changes" => changes = args.next().and_then(|v| v.parse().ok()).expect("--changes N"),
             other => panic!("unknown argument {other}"),
         }
@@ -57,6 +63,20 @@ fn main() {
     let sock = lab.nodes[leader].socket();
     call(&sock, &Request::Apply { rules, dry_run: false }, Duration::from_secs(10)).expect("apply");
     std::thread::sleep(Duration::from_secs(1));
+    let change = |k: usize| -> (u64, u128) {
+        let weight = 2 + (k % 50) as i32;
+        let edit = Edit::RsWeight { service: "192.0.2.100:80".into(), address: "198.51.100.11:80".parse().unwrap(), weight };
+        let t = now_us();
+        let r = match call(&sock, &Request::Edit { edit }, Duration::from_secs(10)) {
+            Ok(ResponseBody::Applied { revision: Some(rev), .. }) => (rev, t),
+            other => panic!("change {k}: {other:?}"),
+        };
+        // Let every director apply before the next change (measures latency, not a queue).
+        std::thread::sleep(Duration::from_millis(30));
+        r
+    };
+    let warm: Vec<(u64, u128)> = (0..warmup).map(|k| change(k + 1)).collect();
+    std::thread::sleep(Duration::from_secs(1));
     // CPU of the directors (every thread of every corrald): idle first, then over the changes.
     let pids: Vec<u32> = lab.nodes.iter().filter_map(|n| n.daemon.as_ref().map(|d| d.child.id())).collect();
     let (idle_cpu0, idle_sw0, idle_pk0, idle_t0) = (cpu_ms(&pids), switches(&pids), sent_packets(&pids), std::time::Instant::now());
@@ -69,18 +89,7 @@ fn main() {
     println!("PROPAGATION_IDLE_WAKEUPS per daemon per second, by thread: {wakes} (packets sent, all daemons: {idle_pk:.0}/s)");
     let (loop_cpu0, loop_t0) = (cpu_ms(&pids), std::time::Instant::now());
     let (loop_sw0, loop_pk0) = (switches(&pids), sent_packets(&pids));
-    let mut sent = Vec::new();
-    for k in 0..changes {
-        let weight = 2 + (k % 50) as i32;
-        let edit = Edit::RsWeight { service: "192.0.2.100:80".into(), address: "198.51.100.11:80".parse().unwrap(), weight };
-        let t = now_us();
-        match call(&sock, &Request::Edit { edit }, Duration::from_secs(10)) {
-            Ok(ResponseBody::Applied { revision: Some(rev), .. }) => sent.push((rev, t)),
-            other => panic!("change {k}: {other:?}"),
-        }
-        // Let every director apply before the next change (measures latency, not a queue).
-        std::thread::sleep(Duration::from_millis(30));
-    }
+    let sent: Vec<(u64, u128)> = (0..changes).map(change).collect();
     let loop_ms = cpu_ms(&pids) - loop_cpu0;
     let loop_s = loop_t0.elapsed().as_secs_f64();
     // Packets and wake-ups per change, all daemons together, idle share included (the idle
@@ -100,6 +109,14 @@ fn main() {
         .map(|i| applied_times(&std::fs::read_to_string(lab.nodes[i].log()).unwrap_or_default()))
         .collect();
     let (lat, missing) = tests::cluster::propagation_latencies(&sent, &logs);
+    let warm_ms: Vec<String> = warm
+        .iter()
+        .map(|w| match tests::cluster::propagation_latencies(std::slice::from_ref(w), &logs).0.first() {
+            Some(us) => format!("{:.1}", *us as f64 / 1000.0),
+            None => "missing".into(),
+        })
+        .collect();
+    println!("PROPAGATION_WARMUP directors={directors} realtime={realtime} unmeasured changes, ms: {}", warm_ms.join(" "));
     if stages {
         let texts: Vec<String> = (0..directors).map(|i| std::fs::read_to_string(lab.nodes[i].log()).unwrap_or_default()).collect();
         print_stages(&sent, &texts, leader);
