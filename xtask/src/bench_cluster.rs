@@ -39,9 +39,9 @@ pub(crate) struct Bench {
     pub(crate) nodes: Vec<Proc>,
     base_port: u16,
     extra: String,
-    /// `RUST_LOG` of every node.
+    /// `RUST_LOG` of every node (`CORRAL_BENCH_RUST_LOG` overrides the default).
     pub(crate) log_filter: String,
-    /// Keep the nodes' directories (logs) after the run.
+    /// Keep the nodes' directories (logs) after the run (also with `CORRAL_BENCH_KEEP` set).
     pub(crate) keep: bool,
 }
 
@@ -67,8 +67,8 @@ impl Bench {
             nodes: Vec::new(),
             base_port,
             extra: extra.into(),
-            log_filter: "info,openraft=off".into(),
-            keep: false,
+            log_filter: std::env::var("CORRAL_BENCH_RUST_LOG").unwrap_or_else(|_| "info,openraft=off".into()),
+            keep: std::env::var_os("CORRAL_BENCH_KEEP").is_some(),
         })
     }
 

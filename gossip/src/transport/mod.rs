@@ -603,6 +603,16 @@ impl Transport {
         let _ = tokio::time::timeout(bound, self.inner.endpoint.wait_idle()).await;
     }
 
+    /// Whether a connection to `addr` for `alpn` is open now (established, not closed). Lets a
+    /// caller whose own deadline passed tell a peer that is slow to answer on a live
+    /// connection from one that cannot be reached at all.
+    pub fn is_connected(&self, addr: SocketAddr, alpn: Alpn) -> bool {
+        lock(&self.inner.cache)
+            .get(&(addr, alpn))
+            .and_then(|c| c.get())
+            .is_some_and(|c| c.close_reason().is_none())
+    }
+
     async fn connection(
         &self,
         addr: SocketAddr,

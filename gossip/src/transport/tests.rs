@@ -280,6 +280,23 @@ async fn a_timed_out_request_is_not_delivered_after_the_partition_heals() {
 }
 
 #[tokio::test]
+async fn is_connected_tells_a_live_connection_from_none() {
+    let (a, b, b_addr) = echo_pair();
+    assert!(!a.is_connected(b_addr, Alpn::Raft), "no connection before the first request");
+    bounded(a.request(b_addr, Alpn::Raft, b"hello")).await.unwrap();
+    assert!(a.is_connected(b_addr, Alpn::Raft));
+    assert!(!a.is_connected(b_addr, Alpn::Admin), "per ALPN");
+    bounded(b.close(Duration::from_secs(2))).await;
+    // The peer's CONNECTION_CLOSE reaches us and closes the cached connection.
+    let closed = bounded(async {
+        while a.is_connected(b_addr, Alpn::Raft) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    closed.await;
+}
+
+#[tokio::test]
 async fn a_node_of_another_ca_is_refused() {
     let ca = ClusterCa::generate("t").unwrap();
     let rogue_ca = ClusterCa::generate("rogue").unwrap();

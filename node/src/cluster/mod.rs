@@ -92,8 +92,7 @@ impl RpcSender for QuicRaft {
             .parse()
             .map_err(|_| RpcSendError::Unreachable(format!("bad peer address {addr:?}")))?;
         match tokio::time::timeout(timeout, self.0.request(a, Alpn::Raft, &payload)).await {
-            // Unreachable makes openraft back off instead of retrying a dead peer every heartbeat.
-            Err(_) => Err(RpcSendError::Unreachable(format!("no answer from {addr} within {timeout:?}"))),
+            Err(_) => Err(late_answer(addr, timeout, self.0.is_connected(a, Alpn::Raft))),
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(match e {
                 TransportError::ConnectTimeout { .. }
@@ -103,6 +102,21 @@ impl RpcSender for QuicRaft {
                 other => RpcSendError::Failed(other.to_string()),
             }),
         }
+    }
+}
+
+/// The error for a Raft request whose answer did not come within `timeout` (openraft's
+/// heartbeat interval for AppendEntries). `Unreachable` makes openraft pause replication to the
+/// peer for 500 ms, right for a peer it cannot even connect to (no retry every heartbeat), wrong
+/// for one slow answer on a live connection (a busy peer, a slow disk sync): that pause made
+/// a change wait heartbeat + 500 ms for that peer. A slow answer is a failed
+/// exchange, retried at the next heartbeat or append; a peer that is really gone loses its
+/// connection at QUIC's idle timeout and is then unreachable.
+fn late_answer(addr: &str, timeout: Duration, connected: bool) -> RpcSendError {
+    if connected {
+        RpcSendError::Failed(format!("no answer from {addr} within {timeout:?} (connection open)"))
+    } else {
+        RpcSendError::Unreachable(format!("no connection to {addr} within {timeout:?}"))
     }
 }
 
@@ -919,4 +933,18 @@ pub async fn admin_call(
     }
     .map_err(|e| AdminCallError::Unanswered(e.to_string()))?;
     api::decode_response(&String::from_utf8_lossy(&reply)).map_err(|e| AdminCallError::Answered(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_answer_on_an_open_connection_is_retried_not_backed_off() {
+        let t = Duration::from_millis(250);
+        let slow = late_answer("192.0.2.2:7946", t, true);
+        assert!(matches!(slow, RpcSendError::Failed(ref m) if m.contains("connection open")), "{slow}");
+        let gone = late_answer("192.0.2.2:7946", t, false);
+        assert!(matches!(gone, RpcSendError::Unreachable(ref m) if m.contains("no connection")), "{gone}");
+    }
 }
