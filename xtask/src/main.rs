@@ -430,9 +430,7 @@ ip netns del a{n}; ip netns del c{n}
 
 fn bench_propagation(changes: usize, directors: &[usize], realtime: &[u8], scale: &[usize], stages: bool) -> Result<()> {
     let mut files = build_bins(true)?;
-    // The loopback part first, on a quiet host. Its nodes keep their data on the host's disk
-    // (every log append is an fdatasync); run right after the VM (whose image was just written
-    // there), its first node counts showed single changes stalled for 40–700 ms.
+    // The loopback part first, on a quiet host (not while the VM's exit is being cleaned up).
     bench_propagation_scale(scale, stages)?;
     if directors.is_empty() {
         return Ok(());
