@@ -323,15 +323,22 @@ pub fn propagation_latencies(
 ) -> (Vec<u128>, usize) {
     let mut lat = Vec::new();
     let mut missing = 0;
-    for (rev, t) in sent {
-        let per: Option<Vec<u128>> = logs.iter().map(|l| l.range(rev..).next().map(|(_, ts)| *ts)).collect();
-        match per {
-            Some(per) => lat.push(per.into_iter().max().unwrap_or(*t).saturating_sub(*t)),
+    for change in sent {
+        match propagation_latency(change, logs) {
+            Some(us) => lat.push(us),
             None => missing += 1,
         }
     }
     lat.sort();
     (lat, missing)
+}
+
+/// One change's latency in µs: from `(revision, sent at)` to the latest node's first applied
+/// revision at or past it; `None` when some node never applied it.
+pub fn propagation_latency(change: &(u64, u128), logs: &[std::collections::BTreeMap<u64, u128>]) -> Option<u128> {
+    let (rev, t) = *change;
+    let per: Option<Vec<u128>> = logs.iter().map(|l| l.range(rev..).next().map(|(_, ts)| *ts)).collect();
+    per.map(|per| per.into_iter().max().unwrap_or(t).saturating_sub(t))
 }
 
 /// `RUST_LOG` for corrald that adds the per-stage DEBUG events (target `corral_stage`) to the

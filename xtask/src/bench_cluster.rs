@@ -172,7 +172,6 @@ impl Bench {
     }
 }
 
-
 use tests::cluster::now_us;
 
 use tests::cluster::parse_ts;
@@ -412,7 +411,7 @@ pub fn propagation_scale(corrald: &Path, n: usize, changes: usize, stages: bool)
         .collect();
     let warm: Vec<String> = sent[..WARMUP]
         .iter()
-        .map(|w| tests::cluster::propagation_latencies(std::slice::from_ref(w), &logs).0.first().map_or("missing".into(), |us| format!("{:.1}", ms(*us))))
+        .map(|w| tests::cluster::propagation_latency(w, &logs).map_or("missing".into(), |us| format!("{:.1}", ms(us))))
         .collect();
     let (lat, _) = tests::cluster::propagation_latencies(&sent[WARMUP..], &logs);
     if lat.is_empty() {

@@ -108,10 +108,10 @@ impl RpcSender for QuicRaft {
 /// The error for a Raft request whose answer did not come within `timeout` (openraft's
 /// heartbeat interval for AppendEntries). `Unreachable` makes openraft pause replication to the
 /// peer for 500 ms, right for a peer it cannot even connect to (no retry every heartbeat), wrong
-/// for one slow answer on a live connection (a busy peer, a slow disk sync): that pause made
-/// a change wait heartbeat + 500 ms for that peer. A slow answer is a failed
-/// exchange, retried at the next heartbeat or append; a peer that is really gone loses its
-/// connection at QUIC's idle timeout and is then unreachable.
+/// for one slow answer on a live connection (a busy peer, a slow disk sync): that pause would
+/// hold a change heartbeat + 500 ms for that peer. A slow answer is a failed exchange, retried
+/// at the next heartbeat or append; a peer that is really gone loses its connection at QUIC's
+/// idle timeout and is then unreachable.
 fn late_answer(addr: &str, timeout: Duration, connected: bool) -> RpcSendError {
     if connected {
         RpcSendError::Failed(format!("no answer from {addr} within {timeout:?} (connection open)"))

@@ -111,10 +111,7 @@ fn main() {
     let (lat, missing) = tests::cluster::propagation_latencies(&sent, &logs);
     let warm_ms: Vec<String> = warm
         .iter()
-        .map(|w| match tests::cluster::propagation_latencies(std::slice::from_ref(w), &logs).0.first() {
-            Some(us) => format!("{:.1}", *us as f64 / 1000.0),
-            None => "missing".into(),
-        })
+        .map(|w| tests::cluster::propagation_latency(w, &logs).map_or("missing".into(), |us| format!("{:.1}", us as f64 / 1000.0)))
         .collect();
     println!("PROPAGATION_WARMUP directors={directors} realtime={realtime} unmeasured changes, ms: {}", warm_ms.join(" "));
     if stages {
@@ -207,10 +204,7 @@ fn print_slowest(
     let mut by_lat: Vec<(u128, usize)> = sent
         .iter()
         .enumerate()
-        .filter_map(|(k, (rev, t0))| {
-            let per: Option<Vec<u128>> = logs.iter().map(|l| l.range(rev..).next().map(|(_, ts)| *ts)).collect();
-            per.map(|p| (p.into_iter().max().unwrap_or(*t0).saturating_sub(*t0), k))
-        })
+        .filter_map(|(k, change)| tests::cluster::propagation_latency(change, logs).map(|lat| (lat, k)))
         .collect();
     by_lat.sort();
     let mut nodes: Vec<usize> = (0..texts.len()).collect();
