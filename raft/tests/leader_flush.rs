@@ -1,14 +1,15 @@
 //! The patched openraft (vendor/openraft/CORRAL-PATCH.md) on the redb store: a leader sends
 //! its entries to the followers while its own log write runs, and counts itself towards the
-//! commit only once that write is durable. Three nodes in one process, each with its own redb
-//! file; the RPCs go through an in-memory sender (a stand-in for QUIC in this unit-level test;
-//! the lab tests run the real transport), which can cut a node off.
+//! commit only once that write is durable; it sends no periodic heartbeat to a follower that
+//! has just heard from it. Three nodes in one process, each with its own redb file; the RPCs
+//! go through an in-memory sender (a stand-in for QUIC in this unit-level test; the lab tests
+//! run the real transport), which can cut a node off and records every AppendEntries.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use raft::network::{serve, Network, RpcSendError, RpcSender};
+use raft::network::{serve, Network, RpcRequest, RpcSendError, RpcSender};
 use raft::{Command, LogStore, Node, Raft};
 
 /// In-memory RPC sender: address → that node's Raft; cut-off addresses are unreachable.
@@ -16,6 +17,25 @@ use raft::{Command, LogStore, Node, Raft};
 struct MemNet {
     nodes: Arc<Mutex<HashMap<String, Raft>>>,
     cut: Arc<Mutex<HashSet<String>>>,
+    /// Every AppendEntries sent: (target address, carried entries, leader commit index).
+    appends: Arc<Mutex<Vec<(String, bool, Option<u64>)>>>,
+}
+
+impl MemNet {
+    /// Periodic heartbeats sent so far: AppendEntries without entries that tell the target no
+    /// new commit index (a commit notice tells a higher one than the request before it).
+    fn heartbeats(&self) -> usize {
+        let mut told: HashMap<&str, Option<u64>> = HashMap::new();
+        let appends = self.appends.lock().unwrap();
+        let mut n = 0;
+        for (to, entries, commit) in appends.iter() {
+            let before = told.insert(to, *commit);
+            if !entries && before.is_some_and(|b| b >= *commit) {
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 impl RpcSender for MemNet {
@@ -25,6 +45,9 @@ impl RpcSender for MemNet {
         }
         let raft = self.nodes.lock().unwrap().get(addr).cloned();
         let raft = raft.ok_or_else(|| RpcSendError::Unreachable(format!("no node at {addr}")))?;
+        if let Ok(RpcRequest::AppendEntries(r)) = raft::codec::decode::<RpcRequest>("request", &payload) {
+            self.appends.lock().unwrap().push((addr.to_owned(), !r.entries.is_empty(), r.leader_commit.map(|c| c.index)));
+        }
         serve(&raft, &payload).await.map_err(RpcSendError::Failed)
     }
 }
@@ -37,12 +60,16 @@ struct Lab {
 }
 
 async fn lab() -> Lab {
+    lab_with_heartbeat(50).await
+}
+
+async fn lab_with_heartbeat(heartbeat_ms: u64) -> Lab {
     let net = MemNet::default();
     let config = Arc::new(
         openraft::Config {
-            heartbeat_interval: 50,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            heartbeat_interval: heartbeat_ms,
+            election_timeout_min: heartbeat_ms * 6,
+            election_timeout_max: heartbeat_ms * 12,
             ..Default::default()
         }
         .validate()
@@ -115,6 +142,35 @@ async fn a_leader_counts_its_own_copy_only_once_it_is_durable() {
     l.logs[0].delay_appends(Duration::ZERO);
     l.net.cut.lock().unwrap().clear();
     applied_everywhere(&l, r.log_id.index).await;
+    for r in &l.rafts {
+        r.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_periodic_heartbeat_to_a_follower_that_just_heard_from_the_leader() {
+    // Heartbeat 200 ms: openraft ticks every 300 ms, and skips a follower that answered an
+    // AppendEntries sent less than 100 ms before.
+    let l = lab_with_heartbeat(200).await;
+    // Idle: the heartbeats go on (they keep the followers from starting elections).
+    let h0 = l.net.heartbeats();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = l.net.heartbeats() - h0;
+    assert!(idle >= 6, "{idle} heartbeats to 2 idle followers in 2 s (a tick every 300 ms)");
+    // Busy: a write every ~10 ms, each sent to both followers and its commit told to them.
+    // A heartbeat would only hold the next write back for a round trip.
+    let h1 = l.net.heartbeats();
+    let t0 = Instant::now();
+    let mut writes = 0;
+    while t0.elapsed() < Duration::from_secs(2) {
+        l.rafts[0].client_write(put(&format!("w{writes}"))).await.unwrap();
+        writes += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let busy = l.net.heartbeats() - h1;
+    assert!(busy <= 2, "{busy} heartbeats during {writes} writes in 2 s, to followers that heard from the leader every few ms");
+    let m = l.rafts[0].metrics().borrow().clone();
+    assert_eq!(m.current_leader, Some(1), "the leader changed: {m:?}");
     for r in &l.rafts {
         r.shutdown().await.unwrap();
     }

@@ -270,7 +270,9 @@ pub fn boot(k: &Kernel, initrd: &Path, timeout: Duration, quiet: bool) -> Result
         // times a second) a syscall plus an emulated device access under qemu's big lock.
         // Real directors run on the TSC; so does the lab (qemu's TSC follows the host's, one
         // clock for all vCPUs).
-        .args(["-append", "console=ttyS0 quiet panic=-1 clocksource=tsc tsc=reliable"])
+        // XTASK_VM_APPEND adds kernel parameters, for lab experiments (e.g. `norandmaps`:
+        // docs/BENCHMARKS.md, propagation Round 9, on how the address layout moves TCG's cost).
+        .args(["-append", &format!("console=ttyS0 quiet panic=-1 clocksource=tsc tsc=reliable {}", std::env::var("XTASK_VM_APPEND").unwrap_or_default())])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -7,7 +7,8 @@
 //! `--warmup W` (default 5) changes go first, unmeasured but printed (`PROPAGATION_WARMUP`):
 //! under TCG the first run of a code path is translated first, which is the emulator's cost,
 //! not the directors'. The idle window comes between them and the measured changes, so a
-//! change after a quiet spell is still measured.
+//! change after a quiet spell is still measured. `CORRAL_BENCH_HEARTBEAT` (default `250ms`)
+//! sets the directors' Raft heartbeat.
 
 use std::time::Duration;
 
@@ -38,7 +39,8 @@ fn main() {
     }
     let (d, c) = binaries("bench-propagation").expect("corrald and corralctl");
     let mut lab = LabCluster::new(&format!("prop{directors}"), directors, d, c);
-    lab.cluster_extra = "heartbeat = \"250ms\"\ndead_grace = \"60s\"\n".into();
+    let hb = std::env::var("CORRAL_BENCH_HEARTBEAT").unwrap_or_else(|_| "250ms".into());
+    lab.cluster_extra = format!("heartbeat = \"{hb}\"\ndead_grace = \"60s\"\n");
     lab.extra_sections = "[director]\nreconcile_interval = \"5s\"\n".into();
     if realtime > 0 {
         lab.node_extra = format!("realtime_priority = {realtime}\n");

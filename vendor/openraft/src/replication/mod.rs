@@ -145,6 +145,11 @@ where
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
+
+    /// corral patch: when the last AppendEntries that the target answered under this leader's
+    /// vote (success, partial success or conflict) was sent. A periodic heartbeat is skipped
+    /// while this is recent: see `process_event`.
+    last_answered_sent: Option<InstantOf<C>>,
 }
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
@@ -198,6 +203,7 @@ where
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
             entries_hint: Default::default(),
+            last_answered_sent: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -476,6 +482,11 @@ where
             "append_entries resp"
         );
 
+        // corral patch: the target heard from this leader at `leader_time` or later.
+        if !matches!(append_resp, AppendEntriesResponse::HigherVote(_)) {
+            self.last_answered_sent = Some(leader_time);
+        }
+
         match append_resp {
             AppendEntriesResponse::Success => {
                 let matching = sending_range.last;
@@ -685,8 +696,18 @@ where
                 }
             }
             Replicate::Heartbeat => {
+                // corral patch: no periodic heartbeat to a target that answered an
+                // AppendEntries sent less than half a heartbeat interval ago. It has heard from
+                // this leader recently (its election timer restarted then), and in openraft 0.9
+                // a heartbeat occupies the target's only replication slot for a round trip: a
+                // change arriving meanwhile waited behind it. Commit notices (`Committed`
+                // above) are never skipped. Longest silence towards a live target: half an
+                // interval plus a tick (1.5 intervals) = 2 intervals, against 1.5 without
+                // this; corral's election timeouts are 4 to 8 intervals.
+                let half = Duration::from_millis(self.config.heartbeat_interval / 2);
+                let recent = self.last_answered_sent.is_some_and(|t| C::now() < t + half);
                 // Never overwrite action with payload.
-                if self.next_action.is_none() {
+                if self.next_action.is_none() && !recent {
                     self.next_action = Some(Data::new_heartbeat());
                 }
             }
