@@ -5,6 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gossip::transport::{Alpn, Peer, StreamHandler};
@@ -14,6 +15,24 @@ use tokio::net::UnixListener;
 use crate::api::{decode_request, encode_response, Request, Response, ResponseBody};
 use crate::cluster::Cluster;
 use crate::vrrp_driver::StatusBoard;
+
+/// Whether a changed node report is gossiped now. Gossip only keeps the fallback that `status`
+/// shows for a member that does not answer, and every copy costs the whole cluster: each
+/// member passes it on several times (SWIM dissemination). The report changes with every
+/// applied revision, so during a burst of rule changes each copy would be stale within
+/// milliseconds; copies made then cost the directors CPU right when the changes need it (a
+/// 1–3 ms higher p99 for 3 directors in the propagation benchmark, docs/BENCHMARKS.md Round 9).
+/// So: the first report at once; later ones at least [`crate::api::REPORT_GOSSIP_SPACING`]
+/// apart, once the report has stayed the same for [`crate::api::REPORT_GOSSIP_QUIET`], or
+/// after [`crate::api::REPORT_GOSSIP_MAX_DELAY`] of changes.
+pub fn report_gossip_due(now: Instant, published_at: Option<Instant>, stable_since: Instant, differs_since: Instant) -> bool {
+    use crate::api::{REPORT_GOSSIP_MAX_DELAY, REPORT_GOSSIP_QUIET, REPORT_GOSSIP_SPACING};
+    let Some(last) = published_at else { return true };
+    if now.duration_since(last) < REPORT_GOSSIP_SPACING {
+        return false;
+    }
+    now.duration_since(stable_since) >= REPORT_GOSSIP_QUIET || now.duration_since(differs_since) >= REPORT_GOSSIP_MAX_DELAY
+}
 
 /// Binds the socket (replacing a stale one).
 pub fn bind(path: &Path) -> Result<UnixListener> {
@@ -156,24 +175,36 @@ impl Admin {
         ResponseBody::Status { revision: c.sm.current().revision, nodes }
     }
 
-    /// Gossips this node's report when it changes, at most once per
-    /// [`crate::api::REPORT_GOSSIP_SPACING`] (checked every 500 ms): the fallback `status` shows
-    /// for a member that does not answer.
+    /// Gossips this node's report when it changes (checked every 500 ms; when, see
+    /// [`report_gossip_due`]): the fallback `status` shows for a member that does not answer.
     pub async fn publish_reports(self) {
         let Some(c) = self.cluster.clone() else { return };
-        let mut last = None;
-        let mut last_at: Option<std::time::Instant> = None;
+        let mut published: Option<crate::api::NodeReport> = None;
+        let mut published_at: Option<Instant> = None;
+        // The report as last seen and since when it has not changed; since when it has
+        // differed from the published copy.
+        let mut seen: Option<crate::api::NodeReport> = None;
+        let mut stable_since = Instant::now();
+        let mut differs_since: Option<Instant> = None;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {
             tick.tick().await;
-            if last_at.is_some_and(|t| t.elapsed() < crate::api::REPORT_GOSSIP_SPACING) {
+            let r = self.report();
+            let now = Instant::now();
+            if seen.as_ref() != Some(&r) {
+                seen = Some(r.clone());
+                stable_since = now;
+            }
+            if published.as_ref() == Some(&r) {
+                differs_since = None;
                 continue;
             }
-            let r = self.report();
-            if last.as_ref() != Some(&r) {
+            let differs = *differs_since.get_or_insert(now);
+            if report_gossip_due(now, published_at, stable_since, differs) {
                 c.publish_report(&r).await;
-                last = Some(r);
-                last_at = Some(std::time::Instant::now());
+                published = Some(r);
+                published_at = Some(now);
+                differs_since = None;
             }
         }
     }
@@ -238,5 +269,52 @@ pub async fn serve(listener: UnixListener, admin: Admin) {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::report_gossip_due;
+    use crate::api::{REPORT_GOSSIP_MAX_DELAY, REPORT_GOSSIP_QUIET, REPORT_GOSSIP_SPACING};
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn the_first_report_goes_at_once() {
+        let t = Instant::now();
+        assert!(report_gossip_due(t, None, t, t));
+    }
+
+    #[test]
+    fn a_report_that_keeps_changing_waits_for_the_burst_to_end_or_the_max_delay() {
+        let t0 = Instant::now();
+        let published = Some(t0);
+        // Changed at 10 s, and changing every tick since: not before 10 s + the max delay.
+        let differs = t0 + S(10);
+        for ms in (10_000..10_000 + REPORT_GOSSIP_MAX_DELAY.as_millis() as u64).step_by(500) {
+            let now = t0 + Duration::from_millis(ms);
+            assert!(!report_gossip_due(now, published, now, differs), "gossiped during the burst at {ms} ms");
+        }
+        let end = differs + REPORT_GOSSIP_MAX_DELAY;
+        assert!(report_gossip_due(end, published, end, differs));
+    }
+
+    #[test]
+    fn a_changed_report_goes_once_it_is_quiet_and_spaced() {
+        let t0 = Instant::now();
+        let published = Some(t0);
+        let changed = t0 + S(1);
+        // Quiet long enough but too soon after the last copy.
+        let now = changed + REPORT_GOSSIP_QUIET;
+        assert!(now.duration_since(t0) < REPORT_GOSSIP_SPACING);
+        assert!(!report_gossip_due(now, published, changed, changed));
+        // Spaced, but the report changed just now.
+        let now = t0 + REPORT_GOSSIP_SPACING;
+        assert!(!report_gossip_due(now, published, now, changed));
+        // Spaced and quiet.
+        let quiet_since = now - REPORT_GOSSIP_QUIET;
+        assert!(report_gossip_due(now, published, quiet_since, changed));
     }
 }

@@ -136,7 +136,8 @@ pub struct NodeStatus {
     /// What the node reported about itself (absent: no report yet).
     pub report: Option<NodeReport>,
     /// The report is the node's answer to this status request; false: the node did not answer
-    /// and `report` is the last copy it gossiped (up to [`REPORT_GOSSIP_SPACING`] older).
+    /// and `report` is the last copy it gossiped (see [`crate::admin::report_gossip_due`]: a
+    /// second after the node's last change, up to [`REPORT_GOSSIP_MAX_DELAY`] during a burst).
     #[serde(default)]
     pub report_live: bool,
 }
@@ -145,6 +146,11 @@ pub struct NodeStatus {
 /// for members that do not answer `status`: the report changes with every applied revision,
 /// and gossiping each change cost a third of a rule change's CPU on five directors.
 pub const REPORT_GOSSIP_SPACING: std::time::Duration = std::time::Duration::from_secs(5);
+/// A changed report is gossiped once it has stayed the same this long (a burst of changes is
+/// over), see [`crate::admin::report_gossip_due`].
+pub const REPORT_GOSSIP_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+/// ... or once it has differed from the gossiped copy this long (changes that never stop).
+pub const REPORT_GOSSIP_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What each node gossips about itself (its metadata), JSON with a version field.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

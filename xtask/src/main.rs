@@ -478,8 +478,10 @@ fn bench_propagation_scale(scale: &[usize], stages: bool) -> Result<()> {
         println!("| nodes | changes measured | p50 | p99 | max | first 5 changes (unmeasured warm-up) |");
         println!("|---|---|---|---|---|---|");
     }
+    // CORRALD=path measures another build (A/B runs); the default is the release build.
+    let corrald = std::env::var_os("CORRALD").map_or_else(|| target_dir().join("release/corrald"), PathBuf::from);
     for &n in scale {
-        match bench_cluster::propagation_scale(&target_dir().join("release/corrald"), n, 100, stages) {
+        match bench_cluster::propagation_scale(&corrald, n, 100, stages) {
             Ok(row) => println!("{row}"),
             Err(e) => println!("| {n} | failed: {e:#} | | | | |"),
         }
