@@ -20,8 +20,9 @@ use crate::vrrp_driver::StatusBoard;
 /// shows for a member that does not answer, and every copy costs the whole cluster: each
 /// member passes it on several times (SWIM dissemination). The report changes with every
 /// applied revision, so during a burst of rule changes each copy would be stale within
-/// milliseconds; copies made then cost the directors CPU right when the changes need it (a
-/// 1–3 ms higher p99 for 3 directors in the propagation benchmark, docs/BENCHMARKS.md Round 9).
+/// milliseconds, and making it costs the directors CPU right when the changes need it
+/// (docs/BENCHMARKS.md, propagation Round 9: ≈ 0–3 ms less CPU per change with 5 directors
+/// without them; the p99 did not move beyond the noise).
 /// So: the first report at once; later ones at least [`crate::api::REPORT_GOSSIP_SPACING`]
 /// apart, once the report has stayed the same for [`crate::api::REPORT_GOSSIP_QUIET`], or
 /// after [`crate::api::REPORT_GOSSIP_MAX_DELAY`] of changes.
