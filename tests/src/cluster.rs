@@ -341,6 +341,15 @@ pub fn propagation_latency(change: &(u64, u128), logs: &[std::collections::BTree
     per.map(|per| per.into_iter().max().unwrap_or(t).saturating_sub(t))
 }
 
+/// Each change's latency in ms with one decimal, "missing" where some node never applied it:
+/// how the benchmarks print their unmeasured warm-up changes.
+pub fn latencies_ms_text(changes: &[(u64, u128)], logs: &[std::collections::BTreeMap<u64, u128>]) -> Vec<String> {
+    changes
+        .iter()
+        .map(|c| propagation_latency(c, logs).map_or("missing".into(), |us| format!("{:.1}", us as f64 / 1000.0)))
+        .collect()
+}
+
 /// `RUST_LOG` for corrald that adds the per-stage DEBUG events (target `corral_stage`) to the
 /// default filter, for [`stage_times`].
 pub const STAGE_LOG_FILTER: &str = "info,openraft=error,openraft::replication=off,openraft::engine=off,corral_stage=debug";

@@ -409,10 +409,7 @@ pub fn propagation_scale(corrald: &Path, n: usize, changes: usize, stages: bool)
         .iter()
         .map(|p| tests::cluster::applied_times(&std::fs::read_to_string(p.dir.join("corrald.log")).unwrap_or_default()))
         .collect();
-    let warm: Vec<String> = sent[..WARMUP]
-        .iter()
-        .map(|w| tests::cluster::propagation_latency(w, &logs).map_or("missing".into(), |us| format!("{:.1}", ms(us))))
-        .collect();
+    let warm = tests::cluster::latencies_ms_text(&sent[..WARMUP], &logs);
     let (lat, _) = tests::cluster::propagation_latencies(&sent[WARMUP..], &logs);
     if lat.is_empty() {
         bail!("{n}: no change was seen applied on every node");

@@ -111,10 +111,7 @@ fn main() {
         .map(|i| applied_times(&std::fs::read_to_string(lab.nodes[i].log()).unwrap_or_default()))
         .collect();
     let (lat, missing) = tests::cluster::propagation_latencies(&sent, &logs);
-    let warm_ms: Vec<String> = warm
-        .iter()
-        .map(|w| tests::cluster::propagation_latency(w, &logs).map_or("missing".into(), |us| format!("{:.1}", us as f64 / 1000.0)))
-        .collect();
+    let warm_ms = tests::cluster::latencies_ms_text(&warm, &logs);
     println!("PROPAGATION_WARMUP directors={directors} realtime={realtime} unmeasured changes, ms: {}", warm_ms.join(" "));
     if stages {
         let texts: Vec<String> = (0..directors).map(|i| std::fs::read_to_string(lab.nodes[i].log()).unwrap_or_default()).collect();
