@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod watchdog;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -160,15 +161,7 @@ impl Drop for Daemon {
         // it is stuck, loudly, instead of hanging the whole test run until the VM's bound.
         if self.wait_exit(Duration::from_secs(10)).is_none() {
             let pid = self.child.id();
-            let mut report = format!("WARNING: {} (pid {pid}) is still running 10 s after SIGKILL\n", self.name);
-            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default();
-            for t in tasks {
-                let read = |f: &str| std::fs::read_to_string(t.join(f)).unwrap_or_default();
-                let stat = read("stat");
-                let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?").to_string();
-                report += &format!("  thread {} ({}): state {state}, wchan {}\n{}", t.display(), read("comm").trim(), read("wchan"), read("stack"));
-            }
-            eprintln!("{report}");
+            eprintln!("WARNING: {} (pid {pid}) is still running 10 s after SIGKILL\n{}", self.name, watchdog::tasks_report(pid));
         }
     }
 }

@@ -6,6 +6,11 @@ use std::time::{Duration, Instant};
 
 use tests::cluster::{binaries, LabCluster};
 use tests::wait_for;
+use tests::watchdog::Watchdog;
+
+/// Each test's bound: far above its slowest failing path (the sum of its waits, ≈ 5 min), so
+/// only a hang trips it, and the report then says where.
+const LIMIT: Duration = Duration::from_secs(600);
 
 const IGNORE: &str = "needs a kernel with IPVS: run by `cargo xtask vm test`";
 
@@ -58,6 +63,8 @@ fn director_lab(test: &str) -> Option<LabCluster> {
 #[ignore = "needs a kernel with IPVS: run by `cargo xtask vm test`"]
 fn rules_reach_every_director_identically_drift_is_repaired_and_restarts_restore() {
     let _ = IGNORE;
+    // Before the lab: it also bounds the lab's teardown (dropped after it).
+    let _wd = Watchdog::new("rules_reach_every_director_identically", LIMIT);
     let Some(mut c) = director_lab("director_tables") else { return };
     let file = c.root().join("services.toml");
     std::fs::write(&file, RULES).unwrap();
@@ -138,6 +145,7 @@ fn rules_reach_every_director_identically_drift_is_repaired_and_restarts_restore
 #[ignore = "needs a kernel with IPVS: run by `cargo xtask vm test`"]
 fn traffic_through_the_vip_survives_killing_the_master_director() {
     let Some((d, ctl)) = binaries("director_failover") else { return };
+    let _wd = Watchdog::new("traffic_through_the_vip_survives_killing_the_master_director", LIMIT);
     let mut c = LabCluster::with_hosts("director_failover", 3, 7, d, ctl);
     c.cluster_extra = "heartbeat = \"250ms\"\ndead_grace = \"10s\"\n".into();
     c.extra_sections = "[director]\nsync_interface = \"eth0\"\nsync_id = 51\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 2{i}0\nadvert_interval = \"200ms\"\nvirtual_ips = [\"192.0.2.100/24\"]\ngarp_repeat = 2\n".into();
@@ -435,6 +443,7 @@ fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
     use tests::{wait_every, Netns, SideLan};
 
     let Some((d, ctl)) = binaries("director_nat") else { return };
+    let wd = Watchdog::new("nat_traffic_through_the_vip_survives_killing_the_master_director", LIMIT);
     let mut c = LabCluster::with_hosts("director_nat", 3, 4, d, ctl);
     c.cluster_extra = "heartbeat = \"250ms\"\ndead_grace = \"10s\"\n".into();
     c.extra_sections = NAT_DIRECTOR.into();
@@ -460,7 +469,9 @@ fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
     for ((_, cap), br) in vcap.iter().zip([&c.lan.bridge, &backend_lan.bridge]) {
         ns_out(&br.name, &format!("(timeout 600 tcpdump -Z root -l -nn -tt -i br0 vrrp > {} 2>&1 &)", cap.display()));
     }
+    wd.stage("forming the cluster");
     c.form(Duration::from_secs(60));
+    wd.stage("applying the rules");
     let file = c.root().join("services.toml");
     std::fs::write(&file, NAT_RULES).unwrap();
     let o = c.ctl(0, &format!("apply -f {}", file.display()));
@@ -524,6 +535,7 @@ fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
         out
     };
     // The highest priority director (d3) must hold both VIPs: preemption is over.
+    wd.stage("waiting for d3 to hold both VIPs and answer");
     let t = Instant::now();
     let up = wait_every(Duration::from_secs(45), every, || master(None) == Some(2) && get(&client).starts_with("web"));
     assert!(
@@ -553,6 +565,7 @@ fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
 
     // A long-lived connection: five echoes before the failover, then (when the test says go,
     // after the failover) three more on the same connection.
+    wd.stage("opening the long-lived connection");
     let conv = c.root().join("conv.sh");
     let conv_out = c.root().join("conv.out");
     let go = c.root().join("GO");
@@ -625,6 +638,7 @@ fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
             }
         });
         assert!(wait_every(Duration::from_secs(20), every, || log.lock().unwrap().len() >= 3).is_some(), "the request loop does not run");
+        wd.stage("killing the master d3");
         let (t_kill, kill_us) = (Instant::now(), now_us());
         c.kill(m);
         // A dead director drops off both LANs; its namespace would otherwise keep the VIPs and
@@ -634,6 +648,7 @@ fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
         // before its links went down may be answered by the dead master, so the failover is
         // judged on requests started after this point.
         let t_down = Instant::now();
+        wd.stage("d3 killed and off both LANs; waiting for the VIPs to move");
         let moved = wait_every(Duration::from_secs(30), every, || master(Some(m)).is_some());
         assert!(
             moved.is_some(),
@@ -658,8 +673,10 @@ fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
         };
         let from = || first_ok.max(settled());
         let after = |l: &[(Instant, Instant, String)], from: Instant| -> Vec<String> { l.iter().filter(|(s, _, _)| *s > from).map(|(_, _, a)| a.clone()).collect() };
+        wd.stage("waiting for 12 requests after the failover");
         let enough = wait_every(Duration::from_secs(60), every, || after(&log.lock().unwrap(), from()).len() >= 12);
         assert!(enough.is_some(), "the request loop stalled after the failover\n{}", diag());
+        wd.stage("the long-lived connection continues");
         std::fs::write(&go, "").unwrap();
         let done = wait_every(Duration::from_secs(90), every, || long.try_wait().unwrap().is_some());
         stop.store(true, Ordering::SeqCst);
@@ -703,7 +720,9 @@ fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
         );
         let new_conn = ns_out(&names[n], "ipvsadm -Lnc").lines().find(|l| l.contains(":7000")).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
         eprintln!("on d{} (new master): {}", n + 1, new_conn.unwrap_or_default());
+        wd.stage("stopping the request loop");
     });
+    wd.stage("stopping the directors and removing the lab");
     // The directors stop before the backend LAN goes: locals drop in reverse order, so the
     // LAN's links would otherwise vanish under running directors, which then go VRRP FAULT and
     // switch their IPVS sync daemons on a disappearing eth1.

@@ -273,6 +273,9 @@ pub fn boot(k: &Kernel, initrd: &Path, timeout: Duration, quiet: bool) -> Result
         // XTASK_VM_APPEND adds kernel parameters, for lab experiments (e.g. `norandmaps`:
         // docs/BENCHMARKS.md, propagation Round 9, on how the address layout moves TCG's cost).
         .args(["-append", &format!("console=ttyS0 quiet panic=-1 clocksource=tsc tsc=reliable {}", std::env::var("XTASK_VM_APPEND").unwrap_or_default())])
+        // XTASK_VM_QEMU adds qemu arguments (split at whitespace), for lab experiments, e.g.
+        // `-monitor unix:/tmp/qmp.sock,server,nowait` to read `info jit` during a run.
+        .args(std::env::var("XTASK_VM_QEMU").unwrap_or_default().split_whitespace())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
