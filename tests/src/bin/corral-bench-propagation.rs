@@ -8,7 +8,9 @@
 //! under TCG the first run of a code path is translated first, which is the emulator's cost,
 //! not the directors'. The idle window comes between them and the measured changes, so a
 //! change after a quiet spell is still measured. `CORRAL_BENCH_HEARTBEAT` (default `250ms`)
-//! sets the directors' Raft heartbeat.
+//! sets the directors' Raft heartbeat. `--timeline` prints every measured change's send time
+//! (µs since the epoch, the VM's clock) and latency (`TIMELINE` lines), to line slow changes up
+//! with outside records.
 
 use std::time::Duration;
 
@@ -21,6 +23,9 @@ fn main() {
     let mut directors = 3usize;
     let mut changes = 200usize;
     let mut stages = false;
+    // Every change's send time and latency, for lining changes up with outside records (the
+    // emulator's translation counters, the host's scheduler).
+    let mut timeline = false;
     // The idle window before the changes (CPU and wake-ups at rest); longer for profiling it.
     let mut idle_secs = 2u64;
     // `[node] realtime_priority` of every director; 0 = the normal scheduler (the default).
@@ -29,6 +34,7 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--stages" => stages = true,
+            "--timeline" => timeline = true,
             "--realtime" => realtime = args.next().and_then(|v| v.parse().ok()).expect("--realtime PRIORITY (0 = off)"),
             "--idle-secs" => idle_secs = args.next().and_then(|v| v.parse().ok()).expect("--idle-secs N"),
             "--directors" => directors = args.next().and_then(|v| v.parse().ok()).expect("--directors N"),
@@ -113,6 +119,12 @@ fn main() {
     let (lat, missing) = tests::cluster::propagation_latencies(&sent, &logs);
     let warm_ms = tests::cluster::latencies_ms_text(&warm, &logs);
     println!("PROPAGATION_WARMUP directors={directors} realtime={realtime} unmeasured changes, ms: {}", warm_ms.join(" "));
+    if timeline {
+        for (k, change) in sent.iter().enumerate() {
+            let lat = tests::cluster::propagation_latency(change, &logs).map_or("missing".into(), |us| us.to_string());
+            println!("TIMELINE change={k} revision={} sent_us={} latency_us={lat}", change.0, change.1);
+        }
+    }
     if stages {
         let texts: Vec<String> = (0..directors).map(|i| std::fs::read_to_string(lab.nodes[i].log()).unwrap_or_default()).collect();
         print_stages(&sent, &texts, leader);
