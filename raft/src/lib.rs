@@ -14,6 +14,6 @@ pub mod network;
 pub mod store;
 pub mod types;
 
-pub use store::{open, LogStore, StateMachine, StoreError};
+pub use store::{inline_appends_unless_leader, open, LogStore, StateMachine, StoreError};
 pub use types::{node_id_for, ClusterState, Command, Node, NodeId, Raft, Response, TypeConfig};
 pub use openraft;

@@ -127,6 +127,8 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), StoreError> {
         recent: Default::default(),
         writer: LogWriter::start().map_err(|e| open_err(&e))?,
         append_delay_us: Default::default(),
+        inline_appends: Default::default(),
+        inline_done: Default::default(),
     };
     (|| -> Result<(), SE> {
         log.meta::<Vote<NodeId>>("vote")?;
@@ -168,6 +170,10 @@ pub struct LogStore {
     writer: LogWriter,
     /// Test hook ([`LogStore::delay_appends`]): extra time each append's write takes.
     append_delay_us: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether an append may run on the caller's thread ([`LogStore::set_inline_appends`]).
+    inline_appends: Arc<std::sync::atomic::AtomicBool>,
+    /// How many appends ran on the caller's thread ([`LogStore::inline_appends_done`]).
+    inline_done: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One thread that runs the store's redb write transactions (the log's, and the state
@@ -176,30 +182,49 @@ pub struct LogStore {
 /// A leader's append is no longer awaited by openraft before it replicates
 /// (vendor/openraft/CORRAL-PATCH.md), so a second append, a truncate or a vote can be submitted
 /// while a write is still running; one queue keeps them in order, which `spawn_blocking` does
-/// not promise. It also replaces the blocking pool's hand-off on every append. The thread ends
+/// not promise. It also replaces the blocking pool's hand-off on every append (a follower's
+/// append skips it when nothing is queued: [`LogStore::set_inline_appends`]). The thread ends
 /// when the last [`LogStore`] clone is dropped; a job that panics ends it too, and every later
 /// write then fails (no write is ever skipped, which would leave a hole in the log).
 #[derive(Clone)]
-struct LogWriter(std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>);
+struct LogWriter {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+    /// Jobs submitted and not yet finished (queued or running).
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 impl LogWriter {
     fn start() -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let left = pending.clone();
         std::thread::Builder::new().name("raft-log".into()).spawn(move || {
             while let Ok(job) = rx.recv() {
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                if res.is_err() {
                     // Stop here: every later write fails instead of leaving a hole in the log.
                     tracing::error!("the raft log writer panicked; the node's Raft log takes no more writes");
                     return;
                 }
             }
         })?;
-        Ok(Self(tx))
+        Ok(Self { jobs: tx, pending })
     }
 
     /// Queues `job` behind every write submitted before it.
     fn submit(&self, job: impl FnOnce() + Send + 'static) -> Result<(), SE> {
-        self.0.send(Box::new(job)).map_err(|_| write_logs_err("the raft log writer thread has stopped"))
+        self.pending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.jobs.send(Box::new(job)).map_err(|_| {
+            self.pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            write_logs_err("the raft log writer thread has stopped")
+        })
+    }
+
+    /// Whether every job submitted so far has finished: a write run elsewhere now cannot
+    /// overtake one of them.
+    fn idle(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::Acquire) == 0
     }
 
     /// Runs `f` behind every write submitted before it and returns its result.
@@ -215,6 +240,22 @@ impl LogWriter {
     async fn settled(&self) -> Result<(), SE> {
         self.run(|| Ok(())).await
     }
+}
+
+/// Keeps [`LogStore::set_inline_appends`] on while `raft` is not the leader, off while it is.
+/// Ends when `raft` shuts down.
+pub fn inline_appends_unless_leader(log: &LogStore, raft: &crate::Raft) -> tokio::task::JoinHandle<()> {
+    let mut roles = raft.server_metrics();
+    let log = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let leader = roles.borrow_and_update().state == openraft::ServerState::Leader;
+            log.set_inline_appends(!leader);
+            if roles.changed().await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// How many of the newest entries [`RecentEntries`] keeps.
@@ -275,6 +316,27 @@ impl LogStore {
     /// realtime_priority` in corrald). Dropped if the writer has stopped.
     pub fn on_writer_thread(&self, f: impl FnOnce() + Send + 'static) {
         let _ = self.writer.submit(f);
+    }
+
+    /// Lets log appends run on the calling task's thread instead of the writer thread, when no
+    /// other write is queued or running (so the order of writes is kept).
+    ///
+    /// For a follower: it cannot answer the leader before its append is durable, and has
+    /// nothing more urgent to do meanwhile, so handing the write to the writer thread and
+    /// being woken when it is done only adds two thread wake-ups to every change's path (on
+    /// 2 emulated CPUs shared by five directors they were 1.5–2 ms of a follower's 3.5 ms
+    /// append; docs/BENCHMARKS.md, propagation Round 11). A leader keeps the writer thread:
+    /// it replicates while its own append is written. [`inline_appends_unless_leader`] keeps
+    /// this in step with the node's role. The price is that the caller's thread (corrald's
+    /// runtime, with gossip and the admin API) waits for the durable write.
+    pub fn set_inline_appends(&self, on: bool) {
+        self.inline_appends.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// For tests: how many appends ran on the caller's thread since the store was opened.
+    #[doc(hidden)]
+    pub fn inline_appends_done(&self) -> u64 {
+        self.inline_done.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// For tests: makes every later log append's write take `by` longer (a slow disk), to
@@ -469,7 +531,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Readable before it is durable: a leader replicates it while this write runs. Only a
         // majority's durable copies commit it (the leader counts its own at the callback).
         self.recent.lock().unwrap_or_else(|p| p.into_inner()).push(kept);
-        self.writer.submit(move || {
+        let inline = self.inline_appends.load(std::sync::atomic::Ordering::Relaxed) && self.writer.idle();
+        let job = move || {
             if delay > 0 {
                 std::thread::sleep(std::time::Duration::from_micros(delay));
             }
@@ -503,7 +566,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(()) => callback.log_io_completed(Ok(())),
                 Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
             }
-        })
+        };
+        if inline {
+            self.inline_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // As on the writer thread, a panicking write fails the append instead of
+            // unwinding through openraft.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                .map_err(|_| write_logs_err("the raft log append panicked"))
+        } else {
+            self.writer.submit(job)
+        }
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SE> {

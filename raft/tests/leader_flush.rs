@@ -1,7 +1,7 @@
 //! The patched openraft (vendor/openraft/CORRAL-PATCH.md) on the redb store: a leader sends
 //! its entries to the followers while its own log write runs, and counts itself towards the
 //! commit only once that write is durable; it sends no periodic heartbeat to a follower that
-//! has just heard from it. Three nodes in one process, each with its own redb file; the RPCs
+//! has just heard from it; a follower appends on the calling thread. Three nodes in one process, each with its own redb file; the RPCs
 //! go through an in-memory sender (a stand-in for QUIC in this unit-level test; the lab tests
 //! run the real transport), which can cut a node off and records every AppendEntries.
 
@@ -82,6 +82,8 @@ async fn lab_with_heartbeat(heartbeat_ms: u64) -> Lab {
         let (log, sm) = raft::open(&dir.path().join("raft.redb")).unwrap();
         let addr = format!("node{id}");
         let r = Raft::new(id, config.clone(), Network::new(net.clone()), log.clone(), sm).await.unwrap();
+        // As corrald runs it: a follower writes its log on its own thread.
+        raft::inline_appends_unless_leader(&log, &r);
         net.nodes.lock().unwrap().insert(addr.clone(), r.clone());
         members.insert(id, Node { name: addr.clone(), addr });
         rafts.push(r);
@@ -172,6 +174,35 @@ async fn no_periodic_heartbeat_to_a_follower_that_just_heard_from_the_leader() {
     assert!(busy <= 2, "{busy} heartbeats during {writes} writes in 3 s, to followers that heard from the leader every few ms");
     let m = l.rafts[0].metrics().borrow().clone();
     assert_eq!(m.current_leader, Some(1), "the leader changed: {m:?}");
+    for r in &l.rafts {
+        r.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_append_on_their_own_thread_and_the_leader_on_its_writer() {
+    let l = lab().await;
+    let before: Vec<u64> = l.logs.iter().map(LogStore::inline_appends_done).collect();
+    let mut last = 0;
+    for k in 0..20 {
+        last = l.rafts[0].client_write(put(&format!("i{k}"))).await.unwrap().log_id.index;
+        // Apart, so a follower's writer is idle when the next entry comes (the deferred
+        // state-machine write may still hold it now and then).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    applied_everywhere(&l, last).await;
+    let inline: Vec<u64> = l.logs.iter().zip(&before).map(|(g, b)| g.inline_appends_done() - b).collect();
+    assert_eq!(inline[0], 0, "the leader wrote inline, which holds its replication back: {inline:?}");
+    for (i, n) in inline.iter().enumerate().skip(1) {
+        assert!(*n >= 10, "follower {} wrote only {n} of 20 appends inline: {inline:?}", i + 1);
+    }
+    // Every entry is in every log, in order, and survives as the store reads it back.
+    for log in &l.logs {
+        let mut log = log.clone();
+        let got = raft::openraft::RaftLogReader::try_get_log_entries(&mut log, 1..=last).await.unwrap();
+        let idx: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(idx, (1..=last).collect::<Vec<_>>());
+    }
     for r in &l.rafts {
         r.shutdown().await.unwrap();
     }

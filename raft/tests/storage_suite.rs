@@ -7,20 +7,43 @@ use raft::{LogStore, NodeId, StateMachine};
 
 struct RedbBuilder {
     dirs: std::sync::Mutex<Vec<tempfile::TempDir>>,
+    /// Appends on the caller's thread when the writer is idle, as a follower does.
+    inline: bool,
+    logs: std::sync::Mutex<Vec<LogStore>>,
+}
+
+impl RedbBuilder {
+    fn new(inline: bool) -> Self {
+        RedbBuilder { dirs: Default::default(), inline, logs: Default::default() }
+    }
 }
 
 impl StoreBuilder<raft::TypeConfig, LogStore, StateMachine, ()> for RedbBuilder {
     async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().unwrap();
         let (log, sm) = raft::open(&dir.path().join("raft.redb")).unwrap();
+        log.set_inline_appends(self.inline);
         self.dirs.lock().unwrap().push(dir);
+        self.logs.lock().unwrap().push(log.clone());
         Ok(((), log, sm))
     }
 }
 
 #[test]
 fn openraft_storage_suite() {
-    Suite::test_all(RedbBuilder { dirs: Default::default() }).unwrap();
+    let b = RedbBuilder::new(false);
+    Suite::test_store(&b).unwrap();
+    let inline: u64 = b.logs.lock().unwrap().iter().map(LogStore::inline_appends_done).sum();
+    assert_eq!(inline, 0, "appends ran inline with inline appends off");
+}
+
+/// The same suite with every append that may run inline running inline (a follower's store).
+#[test]
+fn openraft_storage_suite_with_inline_appends() {
+    let b = RedbBuilder::new(true);
+    Suite::test_store(&b).unwrap();
+    let inline: u64 = b.logs.lock().unwrap().iter().map(LogStore::inline_appends_done).sum();
+    assert!(inline > 0, "no append ran inline: the suite did not test that path");
 }
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine};

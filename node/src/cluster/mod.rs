@@ -225,9 +225,10 @@ impl Cluster {
         let (log, sm) = raft::open(&dir.join("raft.redb"))?;
         log.on_writer_thread(|| crate::realtime::enter("raft-log"));
         let id = node_id_for(&name);
-        let raft = raft::Raft::new(id, Arc::new(raft_config(&c)?), Network::new(QuicRaft(transport.clone())), log, sm.clone())
+        let raft = raft::Raft::new(id, Arc::new(raft_config(&c)?), Network::new(QuicRaft(transport.clone())), log.clone(), sm.clone())
             .await
             .map_err(|e| anyhow!("start raft: {e}"))?;
+        raft::inline_appends_unless_leader(&log, &raft);
 
         // A restarted member rejoins gossip through the peers its Raft log knows, not only the
         // configured seeds (the node that created the cluster has none).
