@@ -1,9 +1,10 @@
 //! The patched openraft (vendor/openraft/CORRAL-PATCH.md) on the redb store: a leader sends
 //! its entries to the followers while its own log write runs, and counts itself towards the
 //! commit only once that write is durable; it sends no periodic heartbeat to a follower that
-//! has just heard from it; a follower appends on the calling thread. Three nodes in one process, each with its own redb file; the RPCs
-//! go through an in-memory sender (a stand-in for QUIC in this unit-level test; the lab tests
-//! run the real transport), which can cut a node off and records every AppendEntries.
+//! has just heard from it; a follower appends on the calling thread. Three nodes in one
+//! process, each with its own redb file; the RPCs go through an in-memory sender (a stand-in
+//! for QUIC in this unit-level test; the lab tests run the real transport), which can cut a
+//! node off and records every AppendEntries.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -6,9 +6,10 @@ step() { printf '\n=== %s\n' "$*"; }
 ns() { local n=$1; shift; ip netns exec "$n" "$@"; }
 ctl() { local n=$1; shift; corralctl --socket /run/corral/$n.sock "$@"; }
 VIP=192.0.2.100
-# One HTTP/1.0 request from the client to the VIP; prints the body line (empty on failure).
+# One HTTP/1.0 request from the client to the VIP, bounded by $1 seconds (default 3); prints the
+# body line (empty on failure).
 # `exec tail`: timeout kills what it started; a forked tail could outlive it and hang the demo.
-get() { ns client timeout 3 bash -c "exec 3<>/dev/tcp/$VIP/80; printf 'GET / HTTP/1.0\r\n\r\n' >&3; exec tail -n 1 <&3" 2>/dev/null || true; }
+get() { ns client timeout "${1:-3}" bash -c "exec 3<>/dev/tcp/$VIP/80; printf 'GET / HTTP/1.0\r\n\r\n' >&3; exec tail -n 1 <&3" 2>/dev/null || true; }
 # N requests, tallied per backend; fails the demo unless the tally is what the rules promise.
 tally() { local n=$1 want=$2 got; got=$(for i in $(seq "$n"); do get; done | sort | uniq -c | awk '{print $4"="$1}' | tr '\n' ' '); echo "responses per backend: $got"; [ "$got" = "$want" ] || { echo "DEMO FAILED: expected $want"; exit 1; }; }
 wait_until() { local what=$1 secs=$2; shift 2; for _ in $(seq $((secs * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "DEMO FAILED: $what"; for f in /var/log/corral/*.log; do echo "--- $f"; tail -n 15 "$f"; done; exit 1; }
@@ -121,7 +122,8 @@ wait_until "the VIP did not move" 20 bash -c "[ -n \"\$(for d in d1 d2 d3; do [ 
 # the way a dead host drops off the LAN.
 ns $M ip link set eth0 down
 NEW=$(master | grep -v "^$M$" | head -1); echo "VIP now on $NEW"
-wait_until "requests did not resume" 20 bash -c "[ -n \"\$(ip netns exec client timeout 2 bash -c 'exec 3<>/dev/tcp/$VIP/80; printf \"GET / HTTP/1.0\r\n\r\n\" >&3; exec tail -n 1 <&3')\" ]"
+answered() { [ -n "$(get 2)" ]; }
+wait_until "requests did not resume" 20 answered
 
 step "Nine requests after the failover: the same rules, now served through $NEW"
 tally 9 "web1=6 web2=3 "
