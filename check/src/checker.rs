@@ -9,7 +9,6 @@ use crate::connect::Connector;
 use crate::halfopen::{self, Prober};
 use crate::def::{CheckDef, Timing};
 use crate::result::CheckResult;
-use crate::scheduler::Grid;
 use crate::{dns, http, icmp, script, tcp, udp};
 
 /// A definition that cannot run, found when it is registered rather than at the first attempt.
@@ -105,6 +104,20 @@ impl Checker {
         Checker { probe: Probe::Fake(f), timing }
     }
 
+    /// The half-open probe, if this is a `tcp_half_open` check (the scheduler hands those to the
+    /// prober's driver); otherwise the checker back.
+    pub(crate) fn into_half_open(self) -> Result<(halfopen::HalfOpenProbe, Timing), Checker> {
+        match self.probe {
+            Probe::TcpHalfOpen(p) => Ok((p, self.timing)),
+            probe => Err(Checker { probe, timing: self.timing }),
+        }
+    }
+
+    /// The half-open probe back into a checker (when the prober could not take it).
+    pub(crate) fn from_half_open(p: halfopen::HalfOpenProbe, timing: Timing) -> Checker {
+        Checker { probe: Probe::TcpHalfOpen(p), timing }
+    }
+
     /// The timing knobs of the definition this was built from.
     pub fn timing(&self) -> &Timing {
         &self.timing
@@ -145,16 +158,10 @@ impl Checker {
     /// attempts have failed, sleeping `delay_before_retry` between them. Each attempt's result is
     /// passed to `each` (for counters); the round's verdict is the last attempt.
     pub async fn round(&self, each: impl FnMut(&CheckResult)) -> CheckResult {
-        self.round_inner(None, &AttemptIo::default(), each).await
+        self.round_inner(&AttemptIo::default(), each).await
     }
 
-    /// [`Checker::round`] with retry starts rounded up to the scheduler's start grid and
-    /// connects in flight and half-open probes handled by the scheduler's shared parts.
-    pub(crate) async fn round_on(&self, grid: &Grid, io: &AttemptIo, each: impl FnMut(&CheckResult)) -> CheckResult {
-        self.round_inner(Some(grid), io, each).await
-    }
-
-    async fn round_inner(&self, grid: Option<&Grid>, io: &AttemptIo, mut each: impl FnMut(&CheckResult)) -> CheckResult {
+    async fn round_inner(&self, io: &AttemptIo, mut each: impl FnMut(&CheckResult)) -> CheckResult {
         let mut retries_left = self.timing.retries;
         loop {
             let r = self.attempt_in(io).await;
@@ -163,8 +170,7 @@ impl Checker {
                 return r;
             }
             retries_left -= 1;
-            let at = Instant::now() + self.timing.delay_before_retry;
-            tokio::time::sleep_until(grid.map_or(at, |g| g.align(at))).await;
+            tokio::time::sleep(self.timing.delay_before_retry).await;
         }
     }
 }

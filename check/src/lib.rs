@@ -33,6 +33,7 @@ pub mod halfopen;
 mod http;
 mod icmp;
 pub mod result;
+mod rounds;
 pub mod scheduler;
 mod script;
 pub mod stats;

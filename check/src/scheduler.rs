@@ -1,6 +1,9 @@
-//! Runs registered checks forever: one tokio task per *distinct* definition, rounds every
-//! `interval` with start times spread over the first interval, retries within a round, rise/fall
-//! across rounds, and events when a check's state (or MISC_CHECK weight) changes.
+//! Runs registered checks forever: rounds every `interval` per *distinct* definition, with start
+//! times spread over the first interval, retries within a round, rise/fall across rounds
+//! (`rounds`), and events when a check's state (or MISC_CHECK weight) changes.
+//!
+//! Each check runs as a tokio task, except `tcp_half_open` checks: their rounds are run by the
+//! half-open prober's driver (`halfopen::batch`), one pass per grid step for all of them.
 //!
 //! Deduplication: a definition is the identity of a check (target, kind, parameters, timing). If
 //! two virtual servers register the same definition under different ids, one task probes and
@@ -19,8 +22,11 @@ use tokio::time::Instant;
 
 use crate::checker::{Checker, DefError};
 use crate::checker::AttemptIo;
-use crate::def::{CheckDef, Initial, Timing};
+use crate::def::{CheckDef, Initial};
+use crate::halfopen::batch::RoundSink;
+use crate::halfopen::CheckHandle;
 use crate::result::CheckResult;
+use crate::rounds::{Finished, Next, Rounds};
 use crate::stats::{Stats, StatsSnapshot};
 
 /// What a check currently says about its backend.
@@ -129,7 +135,34 @@ struct Job<I> {
     gen: u64,
     ids: Vec<I>,
     status: watch::Receiver<Status>,
-    task: JoinHandle<()>,
+    runner: Runner,
+}
+
+impl<I> Job<I> {
+    fn status(&self) -> Status {
+        match &self.runner {
+            // The driver keeps it; the watch has only the notable rounds.
+            Runner::HalfOpen(h) => h.status().unwrap_or_else(|| self.status.borrow().clone()),
+            Runner::Task(_) => self.status.borrow().clone(),
+        }
+    }
+}
+
+/// What runs a check's rounds.
+enum Runner {
+    /// A task of its own.
+    Task(JoinHandle<()>),
+    /// The half-open prober's driver.
+    HalfOpen(CheckHandle),
+}
+
+impl Runner {
+    fn stop(&self) {
+        match self {
+            Runner::Task(t) => t.abort(),
+            Runner::HalfOpen(h) => h.stop(),
+        }
+    }
 }
 
 struct Inner<I> {
@@ -151,6 +184,11 @@ pub(crate) struct Grid {
 }
 
 impl Grid {
+    /// A grid whose steps count from `epoch`.
+    pub(crate) fn at(epoch: Instant) -> Grid {
+        Grid { epoch }
+    }
+
     pub(crate) fn align(&self, t: Instant) -> Instant {
         let step = START_GRID.as_nanos();
         let since = t.saturating_duration_since(self.epoch).as_nanos();
@@ -254,7 +292,7 @@ struct Shared<I> {
     _steps_alive: tokio::sync::oneshot::Sender<()>,
     /// Where every check's TCP connects that are still in flight after `connect(2)` wait.
     io: AttemptIo,
-    stats: Stats,
+    stats: Arc<Stats>,
     events: mpsc::UnboundedSender<Event<I>>,
     options: Options,
     runtime: tokio::runtime::Handle,
@@ -292,11 +330,11 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
         tokio::spawn(steps.clone().drive(gone));
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner { by_id: HashMap::new(), jobs: HashMap::new(), next_gen: 0 }),
-            grid: Grid { epoch: Instant::now() },
+            grid: Grid::at(Instant::now()),
             steps,
             _steps_alive: alive,
             io: AttemptIo::default(),
-            stats: Stats::default(),
+            stats: Arc::default(),
             events: tx,
             options,
             runtime: tokio::runtime::Handle::current(),
@@ -346,8 +384,22 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
         } else {
             Duration::ZERO
         };
-        let task = self.shared.runtime.spawn(run(Arc::downgrade(&self.shared), key.clone(), gen, checker, tx, delay));
-        inner.jobs.insert(key.clone(), Job { gen, ids: vec![id.clone()], status: rx, task });
+        let rounds = Rounds::new(checker.timing().clone(), self.shared.grid, Instant::now() + delay);
+        let sink = Arc::new(Publisher { shared: Arc::downgrade(&self.shared), stats: self.shared.stats.clone(), key: key.clone(), gen, status: tx });
+        let (checker, rounds) = match checker.into_half_open() {
+            Ok((probe, timing)) => match self.shared.io.prober.add_check(&self.shared.runtime, probe, rounds, sink.clone(), &self.shared.stats) {
+                Ok(handle) => {
+                    inner.jobs.insert(key.clone(), Job { gen, ids: vec![id.clone()], status: rx, runner: Runner::HalfOpen(handle) });
+                    inner.by_id.insert(id, key);
+                    return;
+                }
+                // No raw sockets: a task runs it, whose attempts fail and say why.
+                Err((probe, rounds)) => (Checker::from_half_open(probe, timing), rounds),
+            },
+            Err(checker) => (checker, rounds),
+        };
+        let task = self.shared.runtime.spawn(run(Arc::downgrade(&self.shared), checker, rounds, sink));
+        inner.jobs.insert(key.clone(), Job { gen, ids: vec![id.clone()], status: rx, runner: Runner::Task(task) });
         inner.by_id.insert(id, key);
     }
 
@@ -360,7 +412,7 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
         let Some(key) = inner.jobs.get_key_value(def).map(|(k, _)| k.clone()) else { return false };
         let Some(job) = inner.jobs.get_mut(def) else { return false };
         job.ids.push(id.clone());
-        let status = job.status.borrow().clone();
+        let status = job.status();
         if let (State::Up | State::Down, Some(result)) = (status.state, status.last) {
             let _ = shared.events.send(Event {
                 id: id.clone(),
@@ -380,7 +432,7 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
             job.ids.retain(|i| i != id);
             if job.ids.is_empty() {
                 if let Some(job) = inner.jobs.remove(&key) {
-                    job.task.abort();
+                    job.runner.stop();
                 }
             }
         }
@@ -419,11 +471,12 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
     pub fn status(&self, id: &I) -> Option<Status> {
         let inner = self.shared.lock();
         let key = inner.by_id.get(id)?;
-        let status = inner.jobs.get(key)?.status.borrow().clone();
-        Some(status)
+        Some(inner.jobs.get(key)?.status())
     }
 
-    /// A receiver that sees every round's status of the check behind `id`.
+    /// A receiver of the status of the check behind `id`. It is woken when the state, the
+    /// weight or the kind of failure changes; `borrow()` always shows the latest round (rounds
+    /// that change nothing else update it without a wake-up).
     pub fn watch(&self, id: &I) -> Option<watch::Receiver<Status>> {
         let inner = self.shared.lock();
         let key = inner.by_id.get(id)?;
@@ -452,66 +505,84 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
 impl<I> Drop for Scheduler<I> {
     fn drop(&mut self) {
         for job in self.shared.lock().jobs.values() {
-            job.task.abort();
+            job.runner.stop();
         }
     }
 }
 
-/// The life of one distinct check.
-async fn run<I: Clone + Eq + Hash + Send + Sync + 'static>(
+/// Publishes one check's attempts and rounds: counters, its status, and on a change an event for
+/// each of its registrations.
+struct Publisher<I> {
     shared: Weak<Shared<I>>,
+    stats: Arc<Stats>,
     key: Arc<CheckDef>,
     gen: u64,
-    checker: Checker,
     status: watch::Sender<Status>,
-    delay: Duration,
-) {
-    let timing: Timing = checker.timing().clone();
-    let mut tracker = Tracker::new(timing.initial, timing.rise, timing.fall);
-    let mut weight = None;
-    let mut rounds = 0u64;
-    let (grid, steps) = match shared.upgrade() {
-        Some(s) => (s.grid, s.steps.clone()),
-        None => return,
-    };
-    let mut next = grid.align(Instant::now() + delay);
-    steps.sleep_until(next).await;
-    loop {
-        let result = {
-            let Some(s) = shared.upgrade() else { return };
-            checker.round_on(&grid, &s.io, |r| s.stats.attempt(r)).await
-        };
-        let Some(s) = shared.upgrade() else { return };
-        rounds += 1;
-        s.stats.round(&result);
-        let change = tracker.record(result.is_ok());
-        let old_weight = weight;
-        if result.is_ok() && result.weight.is_some() {
-            weight = result.weight;
+}
+
+impl<I: Clone + Eq + Hash + Send + Sync + 'static> Publisher<I> {
+    /// Every round of a task-run check: counters and status, then what a notable round adds.
+    fn round(&self, f: &Finished) {
+        self.stats.round(&f.result);
+        let mut notable = false;
+        self.status.send_if_modified(|st| {
+            notable = f.notable(st.last.as_ref());
+            *st = f.status();
+            notable
+        });
+        if notable {
+            self.changed(f);
         }
-        let state = tracker.state();
-        status.send_replace(Status { state, last: Some(result.clone()), weight, rounds });
-        if let Some((_, to)) = change {
-            s.stats.state_change(to == State::Up);
-            tracing::debug!(check = %key.kind_name(), ?to, %result, "check state changed");
+    }
+
+    /// A state or weight change: counted, logged, and an event for each registration.
+    fn changed(&self, f: &Finished) {
+        if let Some((_, to)) = f.change {
+            self.stats.state_change(to == State::Up);
+            tracing::debug!(check = %self.key.kind_name(), ?to, result = %f.result, "check state changed");
         }
-        if change.is_some() || weight != old_weight {
-            let from = change.map_or(state, |(from, _)| from);
+        if f.change.is_some() || f.weight_changed {
+            let Some(s) = self.shared.upgrade() else { return };
+            let from = f.change.map_or(f.state, |(from, _)| from);
             let inner = s.lock();
-            if let Some(job) = inner.jobs.get(&*key).filter(|j| j.gen == gen) {
+            if let Some(job) = inner.jobs.get(&*self.key).filter(|j| j.gen == self.gen) {
                 for id in &job.ids {
-                    let _ = s.events.send(Event { id: id.clone(), from, to: state, weight, result: result.clone() });
+                    let _ = s.events.send(Event { id: id.clone(), from, to: f.state, weight: f.weight, result: f.result.clone() });
                 }
             }
         }
-        drop(s);
-        next += timing.interval;
-        let now = Instant::now();
-        if next < now {
-            next = now; // a round overran: start the next one now, do not burst to catch up
-        }
-        next = grid.align(next);
-        steps.sleep_until(next).await;
+    }
+}
+
+impl<I: Clone + Eq + Hash + Send + Sync + 'static> RoundSink for Publisher<I> {
+    /// A notable round of a check the half-open driver runs (which counts the rounds itself).
+    fn notable(&self, f: &Finished) {
+        self.status.send_replace(f.status());
+        self.changed(f);
+    }
+}
+
+/// The life of one distinct check that runs as a task of its own.
+async fn run<I: Clone + Eq + Hash + Send + Sync + 'static>(shared: Weak<Shared<I>>, checker: Checker, mut rounds: Rounds, sink: Arc<Publisher<I>>) {
+    let steps = match shared.upgrade() {
+        Some(s) => s.steps.clone(),
+        None => return,
+    };
+    let mut at = rounds.first();
+    loop {
+        steps.sleep_until(at).await;
+        let result = {
+            let Some(s) = shared.upgrade() else { return };
+            checker.attempt_in(&s.io).await
+        };
+        sink.stats.attempt(&result);
+        at = match rounds.attempt_done(Instant::now(), result) {
+            Next::Retry(at) => at,
+            Next::Done(f) => {
+                sink.round(&f);
+                f.next
+            }
+        };
     }
 }
 
@@ -521,6 +592,7 @@ mod tests {
 
     use std::collections::VecDeque;
 
+    use crate::def::Timing;
     use crate::result::FailReason;
     use crate::Phase;
 

@@ -35,6 +35,20 @@ impl Stats {
         }
     }
 
+    /// Adds counts gathered over a pass (the half-open driver's), with one atomic add each.
+    pub(crate) fn add(&self, d: &mut Delta) {
+        for (n, c) in [(&mut d.attempts, &self.attempts), (&mut d.attempts_failed, &self.attempts_failed), (&mut d.rounds, &self.rounds), (&mut d.rounds_failed, &self.rounds_failed)] {
+            if *n > 0 {
+                c.fetch_add(std::mem::take(n), Relaxed);
+            }
+        }
+        for (n, c) in d.failures.iter_mut().zip(&self.failures) {
+            if *n > 0 {
+                c.fetch_add(std::mem::take(n), Relaxed);
+            }
+        }
+    }
+
     pub(crate) fn state_change(&self, up: bool) {
         self.state_changes.fetch_add(1, Relaxed);
         if up { &self.went_up } else { &self.went_down }.fetch_add(1, Relaxed);
@@ -55,6 +69,35 @@ impl Stats {
             running,
             half_open_unmatched: 0,
             half_open_malformed: 0,
+        }
+    }
+}
+
+/// Attempt and round counts gathered locally, then added to [`Stats`] at once: the half-open
+/// driver settles hundreds of attempts per pass, and an atomic add per attempt on a line the
+/// other threads read was a measurable part of its cost.
+#[derive(Debug, Default)]
+pub(crate) struct Delta {
+    attempts: u64,
+    attempts_failed: u64,
+    rounds: u64,
+    rounds_failed: u64,
+    failures: [u64; ReasonKind::ALL.len()],
+}
+
+impl Delta {
+    pub(crate) fn attempt(&mut self, r: &CheckResult) {
+        self.attempts += 1;
+        if let Some(e) = &r.error {
+            self.attempts_failed += 1;
+            self.failures[e.kind().index()] += 1;
+        }
+    }
+
+    pub(crate) fn round(&mut self, r: &CheckResult) {
+        self.rounds += 1;
+        if !r.is_ok() {
+            self.rounds_failed += 1;
         }
     }
 }

@@ -150,6 +150,62 @@ fn a_scheduler_runs_many_half_open_checks_through_one_prober() {
     });
 }
 
+async fn next_event(events: &mut tokio::sync::mpsc::UnboundedReceiver<check::Event<&'static str>>) -> check::Event<&'static str> {
+    tokio::time::timeout(Duration::from_secs(3), events.recv()).await.expect("an event within 3 s").expect("scheduler alive")
+}
+
+/// The rounds the prober's driver runs for a scheduler's half-open checks keep the scheduler's
+/// semantics: rise/fall over whole rounds, retries after their delay, events on each change,
+/// a status that reads every round (not only the changes), counters, and nothing more once
+/// the check is removed.
+#[test]
+fn a_half_open_check_falls_and_rises_with_its_backend() {
+    in_netns(|| async {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut t = Timing::quick(Duration::from_millis(100));
+        t.connect_timeout = Duration::from_millis(50);
+        t.retries = 1;
+        t.delay_before_retry = Duration::from_millis(20);
+        t.rise = 2;
+        t.fall = 2;
+        let (sched, mut events) = Scheduler::<&str>::with_options(check::Options { spread: false });
+        sched.add("rs", CheckDef::TcpHalfOpen(TcpHalfOpenCheck { target: addr, timing: t })).unwrap();
+        let ev = next_event(&mut events).await;
+        assert_eq!((ev.from, ev.to), (State::Unknown, State::Up), "{ev:?}");
+        // The status follows every round, also those that change nothing.
+        let r0 = sched.status(&"rs").unwrap().rounds;
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let st = sched.status(&"rs").unwrap();
+        assert!(st.rounds >= r0 + 2, "rounds {r0} -> {}", st.rounds);
+        assert!(st.last.as_ref().is_some_and(|r| r.is_ok()), "{st:?}");
+
+        drop(l); // refused from now on
+        let down_at = Instant::now();
+        let ev = next_event(&mut events).await;
+        assert_eq!((ev.from, ev.to), (State::Up, State::Down), "{ev:?}");
+        assert_eq!(ev.result.error, Some(FailReason::Refused));
+        // fall = 2: two whole failed rounds, each an attempt and a retry 20 ms later.
+        assert!(down_at.elapsed() >= Duration::from_millis(100), "down after {:?}", down_at.elapsed());
+        let st = sched.stats();
+        assert!(st.failures_of(check::ReasonKind::Refused) >= 4, "attempt + retry in each of two rounds: {st:?}");
+        assert!(st.rounds_failed >= 2 && st.attempts >= st.rounds, "{st:?}");
+
+        let l = TcpListener::bind(addr).unwrap();
+        let ev = next_event(&mut events).await;
+        assert_eq!((ev.from, ev.to), (State::Down, State::Up), "{ev:?}");
+        assert_eq!(sched.status(&"rs").unwrap().state, State::Up);
+
+        assert!(sched.remove(&"rs"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let attempts = sched.stats().attempts;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(sched.stats().attempts, attempts, "a removed check makes no attempts");
+        assert!(events.try_recv().is_err(), "and sends no events");
+        drop(l);
+    });
+}
+
 /// Drops CAP_NET_RAW from this thread's effective set (capabilities are per thread).
 fn drop_net_raw() {
     #[repr(C)]

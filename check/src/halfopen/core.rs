@@ -7,8 +7,7 @@
 //! it acknowledges our ISN + 1, so a stale or forged segment cannot mark a backend up. The ISN is a
 //! keyed hash of the key and a counter (a per-core random key), like a SYN cookie.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::task::Waker;
@@ -16,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::timeline::Timeline;
 use super::wire::{Flags, Packet, Repr};
 
 /// When the SYN is sent again, counted from the first one, as Linux's `connect` does with its
@@ -107,6 +107,9 @@ struct Slot {
     sent: Option<Instant>,
     outcome: Option<Outcome>,
     waker: Option<Waker>,
+    /// Set for a probe started with [`Core::start_tagged`]: its outcome goes to
+    /// [`Core::take_settled`] with this tag, and its slot is freed then, instead of waking a waiter.
+    tag: Option<u32>,
 }
 
 /// The probes in flight for one prober (all address families).
@@ -115,12 +118,17 @@ pub(crate) struct Core {
     counter: u64,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    by_key: HashMap<(SocketAddr, u16), u32>,
-    timers: BinaryHeap<Reverse<(Instant, u32, u32, Timer)>>,
+    /// Probes by (target, our port). Fx rather than SipHash: only our own targets are inserted,
+    /// so segments from the network can look up but not build a colliding chain.
+    by_key: HashMap<(SocketAddr, u16), u32, rustc_hash::FxBuildHasher>,
+    timers: Timeline<(u32, u32, Timer)>,
+    /// Reused by [`Core::handle_timeout`].
+    due: Vec<(u32, u32, Timer)>,
     tx: Vec<(u32, u32)>,
     ports_v4: Vec<u16>,
     ports_v6: Vec<u16>,
     woken: Vec<Waker>,
+    settled: Vec<(u32, Id, Outcome)>,
     pub counters: Counters,
 }
 
@@ -132,12 +140,14 @@ impl Core {
             counter: 0,
             slots: Vec::new(),
             free: Vec::new(),
-            by_key: HashMap::new(),
-            timers: BinaryHeap::new(),
+            by_key: HashMap::default(),
+            timers: Timeline::default(),
+            due: Vec::new(),
             tx: Vec::new(),
             ports_v4,
             ports_v6,
             woken: Vec::new(),
+            settled: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -156,6 +166,16 @@ impl Core {
     /// to one backend use different 4-tuples (a backend still holding the previous round's
     /// half-open entry, if our RST was lost, is not confused by a new ISN on the same tuple).
     pub fn start(&mut self, now: Instant, target: SocketAddr, src: IpAddr, deadline: Instant) -> Result<Id, StartError> {
+        self.start_inner(now, target, src, deadline, None)
+    }
+
+    /// [`Core::start`] for a probe whose outcome is collected with [`Core::take_settled`] under
+    /// `tag` rather than polled with [`Core::poll_outcome`].
+    pub fn start_tagged(&mut self, now: Instant, target: SocketAddr, src: IpAddr, deadline: Instant, tag: u32) -> Result<Id, StartError> {
+        self.start_inner(now, target, src, deadline, Some(tag))
+    }
+
+    fn start_inner(&mut self, now: Instant, target: SocketAddr, src: IpAddr, deadline: Instant, tag: Option<u32>) -> Result<Id, StartError> {
         let pool = if target.is_ipv4() { &self.ports_v4 } else { &self.ports_v6 };
         if pool.is_empty() {
             return Err(StartError::NoFamily);
@@ -163,10 +183,13 @@ impl Core {
         let n = pool.len();
         // Each target's probes move over the pool from round to round (a keyed hash of target
         // and counter picks the first port to try), whatever the number of targets.
+        // One keyed hash per probe: its high half picks the first port, its low half is the ISN
+        // (unique per probe in flight on a 4-tuple, unpredictable off path).
         self.counter = self.counter.wrapping_add(1);
-        let first = self.key.hash_one((target, self.counter, "port")) as usize;
+        let h = self.key.hash_one((target, self.counter));
+        let first = (h >> 32) as usize;
         let sport = (0..n).map(|k| pool[first.wrapping_add(k) % n]).find(|p| !self.by_key.contains_key(&(target, *p))).ok_or(StartError::PortsBusy(n))?;
-        let isn = self.key.hash_one((target, sport, self.counter)) as u32;
+        let isn = h as u32;
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -183,13 +206,14 @@ impl Core {
         s.sent = Some(now);
         s.outcome = None;
         s.waker = None;
+        s.tag = tag;
         let gen = s.gen;
         self.by_key.insert((target, sport), idx);
         self.tx.push((idx, gen));
-        self.timers.push(Reverse((deadline, idx, gen, Timer::Deadline)));
+        self.timers.push(deadline, (idx, gen, Timer::Deadline));
         for (i, after) in RESENDS.iter().enumerate() {
             if now + *after < deadline {
-                self.timers.push(Reverse((now + *after, idx, gen, Timer::Resend(i as u8))));
+                self.timers.push(now + *after, (idx, gen, Timer::Resend(i as u8)));
             }
         }
         Ok(Id { idx, gen })
@@ -219,6 +243,21 @@ impl Core {
         if let Some(t) = s.target {
             self.by_key.remove(&(t, s.sport));
         }
+        if let Some(tag) = s.tag {
+            let id = Id { idx, gen: s.gen };
+            self.settled.push((tag, id, outcome));
+            self.release(id);
+        }
+    }
+
+    /// Whether tagged probes settled since [`Core::take_settled`] was last called.
+    pub fn has_settled(&self) -> bool {
+        !self.settled.is_empty()
+    }
+
+    /// Tagged probes settled since the last call, with their outcomes (their slots are free).
+    pub fn take_settled(&mut self, into: &mut Vec<(u32, Id, Outcome)>) {
+        into.append(&mut self.settled);
     }
 
     /// A datagram's TCP header from `from`. Settles the probe it answers, if any; anything else
@@ -257,22 +296,15 @@ impl Core {
 
     /// The earliest resend or deadline still pending.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((at, idx, gen, _))) = self.timers.peek() {
-            if self.live_mut(idx, gen).is_some_and(|s| s.outcome.is_none()) {
-                return Some(at);
-            }
-            self.timers.pop();
-        }
-        None
+        let slots = &self.slots;
+        self.timers.next(|&(idx, gen, _)| slots.get(idx as usize).is_some_and(|s| s.busy && s.gen == gen && s.outcome.is_none()))
     }
 
     /// Resend the SYNs and expire the probes due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&Reverse((at, idx, gen, timer))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        let mut due = std::mem::take(&mut self.due);
+        self.timers.pop_due(now, &mut due);
+        for (idx, gen, timer) in due.drain(..) {
             if self.live_mut(idx, gen).is_none_or(|s| s.outcome.is_some()) {
                 continue;
             }
@@ -284,6 +316,7 @@ impl Core {
                 Timer::Deadline => self.settle(idx, Outcome::TimedOut),
             }
         }
+        self.due = due;
     }
 
     /// The outcome of `id` once settled (then the slot is freed), else remember `waker`.

@@ -8,13 +8,18 @@
 //! - [`wire`]: the TCP header view and repr.
 //! - `core`: sans-IO table of probes in flight (ISNs, resends at 1 s and 3 s, deadlines).
 //! - [`sys`]: raw sockets with their BPF filter, reserved ports, batched I/O.
+//! - `batch`: the rounds of a scheduler's `tcp_half_open` checks, run by the driver (no task
+//!   per check).
 //! - [`Prober`] (here): one per scheduler, like the TCP check's `Connector`: started at the first
-//!   probe, one raw socket per address family and one driver task that sends every SYN queued
-//!   since its last wake-up with one `sendmmsg`, reads replies with `recvmmsg`, and keeps a single
-//!   tokio sleep armed for the core's next resend or deadline.
+//!   probe or check, one raw socket per address family and one driver task that starts the
+//!   probes of every check due, sends every SYN queued since its last wake-up with one
+//!   `sendmmsg`, reads replies with `recvmmsg`, feeds the outcomes to the checks' rounds, and
+//!   keeps a single tokio sleep armed for the earliest resend, deadline or check due.
 
+pub(crate) mod batch;
 pub(crate) mod core;
 pub mod sys;
+mod timeline;
 pub mod wire;
 
 use std::future::Future;
@@ -29,7 +34,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
+use self::batch::{CheckId, Checks, Report, RoundSink};
 use self::core::{Core, Id, Outcome};
+use crate::rounds::Rounds;
 use crate::checker::DefError;
 use crate::def::{TcpHalfOpenCheck, Timing};
 use crate::result::{FailReason, Phase};
@@ -72,18 +79,24 @@ struct Io {
     kick: Notify,
 }
 
-/// The probes. Only the prober and probes in flight hold it strongly; the driver holds it
-/// weakly across its waits, so when the last user goes `_alive` drops, the driver hears
-/// `gone` and ends, and the sockets and reserved ports are released.
+/// The probes in flight and the checks whose rounds the driver runs, under one lock.
+struct Table {
+    core: Core,
+    checks: Checks,
+}
+
+/// The probes. Only the prober, probes in flight and registered checks hold it strongly; the
+/// driver holds it weakly across its waits, so when the last user goes `_alive` drops, the
+/// driver hears `gone` and ends, and the sockets and reserved ports are released.
 struct Inner {
-    core: Mutex<Core>,
+    table: Mutex<Table>,
     io: Arc<Io>,
     _alive: oneshot::Sender<()>,
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -97,7 +110,9 @@ fn open_family(v6: bool) -> io::Result<Family> {
     Ok(Family { sock, ports, _holders: holders })
 }
 
-fn start() -> Result<Arc<Inner>, String> {
+fn start(rt: &tokio::runtime::Handle) -> Result<Arc<Inner>, String> {
+    // The sockets register with this runtime's reactor.
+    let _entered = rt.enter();
     let v4 = open_family(false);
     let v6 = open_family(true);
     let (v4, v6) = match (v4, v6) {
@@ -119,27 +134,70 @@ fn start() -> Result<Arc<Inner>, String> {
     let core = Core::new(ports(&v4), ports(&v6));
     let (alive, gone) = oneshot::channel();
     let io = Arc::new(Io { v4, v6, kick: Notify::new() });
-    let inner = Arc::new(Inner { core: Mutex::new(core), io: io.clone(), _alive: alive });
-    tokio::spawn(drive(Arc::downgrade(&inner), io, gone));
+    let inner = Arc::new(Inner { table: Mutex::new(Table { core, checks: Checks::default() }), io: io.clone(), _alive: alive });
+    rt.spawn(drive(Arc::downgrade(&inner), io, gone));
     Ok(inner)
 }
 
 impl Prober {
     fn inner(&self) -> Result<&Arc<Inner>, FailReason> {
-        self.inner.get_or_init(start).as_ref().map_err(|e| FailReason::Io(e.clone()))
+        self.inner.get_or_init(|| start(&tokio::runtime::Handle::current())).as_ref().map_err(|e| FailReason::Io(e.clone()))
     }
 
     /// The core's counters (zeros before the first probe).
     pub(crate) fn counters(&self) -> self::core::Counters {
-        self.inner.get().and_then(|r| r.as_ref().ok()).map_or_else(Default::default, |i| i.lock().counters)
+        self.inner.get().and_then(|r| r.as_ref().ok()).map_or_else(Default::default, |i| i.lock().core.counters)
     }
 
     /// Probe `target` from `src` (SYN queued at `now`) until `deadline`.
     pub(crate) fn probe(&self, now: Instant, target: SocketAddr, src: IpAddr, deadline: Instant) -> Result<ProbeWait, FailReason> {
         let inner = self.inner()?.clone();
-        let id = inner.lock().start(now, target, src, deadline).map_err(|e| FailReason::Io(e.to_string()))?;
+        let id = inner.lock().core.start(now, target, src, deadline).map_err(|e| FailReason::Io(e.to_string()))?;
         inner.io.kick.notify_one();
         Ok(ProbeWait { inner, id: Some(id) })
+    }
+
+    /// Hand a check's rounds to the driver (started on `rt` if it is not running yet). `Err`
+    /// with the check given back when the raw sockets cannot be opened: the caller then runs it
+    /// the ordinary way, whose attempts report why.
+    pub(crate) fn add_check(
+        &self,
+        rt: &tokio::runtime::Handle,
+        probe: HalfOpenProbe,
+        rounds: Rounds,
+        sink: Arc<dyn RoundSink>,
+        stats: &Arc<crate::stats::Stats>,
+    ) -> Result<CheckHandle, (HalfOpenProbe, Rounds)> {
+        let Ok(inner) = self.inner.get_or_init(|| start(rt)).as_ref() else { return Err((probe, rounds)) };
+        let id = inner.lock().checks.add(probe, rounds, sink, stats);
+        inner.io.kick.notify_one();
+        Ok(CheckHandle { inner: inner.clone(), id })
+    }
+}
+
+/// A check whose rounds the driver runs; dropping it stops them.
+pub(crate) struct CheckHandle {
+    inner: Arc<Inner>,
+    id: CheckId,
+}
+
+impl CheckHandle {
+    /// The check's status after its rounds so far.
+    pub(crate) fn status(&self) -> Option<crate::scheduler::Status> {
+        self.inner.lock().checks.status(self.id)
+    }
+
+    /// Stop the check now (dropping the handle does the same).
+    pub(crate) fn stop(&self) {
+        let mut t = self.inner.lock();
+        let Table { core, checks } = &mut *t;
+        checks.remove(self.id, core);
+    }
+}
+
+impl Drop for CheckHandle {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -155,7 +213,7 @@ impl Future for ProbeWait {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.get_mut();
         let Some(id) = this.id else { return Poll::Ready(Outcome::TimedOut) };
-        match this.inner.lock().poll_outcome(id, cx.waker()) {
+        match this.inner.lock().core.poll_outcome(id, cx.waker()) {
             Some(o) => {
                 this.id = None;
                 Poll::Ready(o)
@@ -168,7 +226,7 @@ impl Future for ProbeWait {
 impl Drop for ProbeWait {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
-            self.inner.lock().release(id);
+            self.inner.lock().core.release(id);
         }
     }
 }
@@ -188,10 +246,12 @@ async fn writable(f: Option<&Family>, want: bool) -> io::Result<tokio::io::unix:
     }
 }
 
-/// The driver: sends queued SYNs, reads replies, fires resends and deadlines, wakes probes.
+/// The driver: starts due checks' probes, sends queued SYNs, reads replies, fires resends and
+/// deadlines, runs the checks' rounds on the outcomes, wakes one-off probes.
 async fn drive(weak: Weak<Inner>, io: Arc<Io>, mut gone: oneshot::Receiver<()>) {
     let mut bufs = sys::RecvBufs::new(BATCH);
     let mut wake: Vec<Waker> = Vec::new();
+    let mut reports: Vec<Report> = Vec::new();
     // SYNs the socket had no room for, per family, sent before anything new.
     let mut backlog: [Vec<core::Transmit>; 2] = [Vec::new(), Vec::new()];
     let sleep = tokio::time::sleep_until(Instant::now());
@@ -199,13 +259,19 @@ async fn drive(weak: Weak<Inner>, io: Arc<Io>, mut gone: oneshot::Receiver<()>) 
     let mut armed: Option<Instant> = None;
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        // Everything queued since the last wake-up goes out now, one sendmmsg per family.
+        // Outcomes to the checks' rounds, then the due checks' probes; everything queued since
+        // the last wake-up goes out now, one sendmmsg per family.
         {
-            let mut core = inner.lock();
+            let mut t = inner.lock();
+            let Table { core, checks } = &mut *t;
+            checks.handle(Instant::now(), core, &mut reports);
             while let Some(t) = core.poll_transmit() {
                 backlog[usize::from(t.dst.is_ipv6())].push(t);
             }
-            let next = core.poll_timeout();
+            let next = match (core.poll_timeout(), checks.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if next != armed {
                 if let Some(at) = next {
                     sleep.as_mut().reset(at);
@@ -231,7 +297,7 @@ async fn drive(weak: Weak<Inner>, io: Arc<Io>, mut gone: oneshot::Receiver<()>) 
                     Err(e) => {
                         // `sendmmsg` fails only for the first message it could not send (no
                         // route, say): that probe ends with the error, the rest go out.
-                        inner.lock().send_failed(q[done].id, e.raw_os_error().unwrap_or(libc::EIO));
+                        inner.lock().core.send_failed(q[done].id, e.raw_os_error().unwrap_or(libc::EIO));
                         done += 1;
                     }
                 }
@@ -239,12 +305,24 @@ async fn drive(weak: Weak<Inner>, io: Arc<Io>, mut gone: oneshot::Receiver<()>) 
             drop(pkts);
             q.drain(..done);
         }
-        // Probes ended by a send error are not woken by anything the select below waits for.
-        inner.lock().take_woken(&mut wake);
+        // Probes ended by a send error are not woken by anything the select below waits for;
+        // checks' probes so ended are handled by going round once more.
+        let again = {
+            let mut t = inner.lock();
+            t.core.take_woken(&mut wake);
+            t.core.has_settled()
+        };
+        drop(inner);
+        // Outside the lock: a sink may take the scheduler's lock, held while checks are added.
+        for r in reports.drain(..) {
+            r.publish();
+        }
         for w in wake.drain(..) {
             w.wake();
         }
-        drop(inner);
+        if again {
+            continue;
+        }
         let (want4, want6) = (!backlog[0].is_empty(), !backlog[1].is_empty());
         // Deadlines before replies: a steady stream of segments to the reserved ports (anyone
         // can send them) must not keep resends and timeouts from ever firing.
@@ -258,7 +336,7 @@ async fn drive(weak: Weak<Inner>, io: Arc<Io>, mut gone: oneshot::Receiver<()>) 
                 for f in [io.v4.as_ref(), io.v6.as_ref()].into_iter().flatten() {
                     drain(&inner, f.sock.get_ref(), &mut bufs);
                 }
-                inner.lock().handle_timeout(Instant::now());
+                inner.lock().core.handle_timeout(Instant::now());
                 false
             }
             r = readable(io.v4.as_ref()) => receive(&weak, r, &mut bufs),
@@ -271,7 +349,7 @@ async fn drive(weak: Weak<Inner>, io: Arc<Io>, mut gone: oneshot::Receiver<()>) 
             return;
         }
         let Some(inner) = weak.upgrade() else { return };
-        inner.lock().take_woken(&mut wake);
+        inner.lock().core.take_woken(&mut wake);
         drop(inner);
         for w in wake.drain(..) {
             w.wake();
@@ -306,7 +384,8 @@ fn drain(inner: &Inner, sock: &sys::RawTcp, bufs: &mut sys::RecvBufs) -> bool {
             Ok(0) => return false,
             Ok(_) => {
                 let now = Instant::now();
-                let mut core = inner.lock();
+                let mut t = inner.lock();
+                let core = &mut t.core;
                 for d in bufs.iter() {
                     match d {
                         Some((from, tcp)) => core.handle_segment(now, from, tcp),
@@ -352,6 +431,17 @@ pub(crate) struct HalfOpenProbe {
 }
 
 impl HalfOpenProbe {
+    /// Look the source address up again at the next attempt.
+    fn forget_source(&self) {
+        *self.source.cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Use `src` as the source address (tests without routes).
+    #[cfg(test)]
+    fn set_source(&self, src: IpAddr) {
+        *self.source.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((src, Instant::now()));
+    }
+
     pub(crate) fn new(def: &TcpHalfOpenCheck) -> Result<Self, DefError> {
         let ip = def.target.ip();
         if ip.is_unspecified() || ip.is_multicast() || def.target.port() == 0 {
@@ -376,7 +466,7 @@ impl HalfOpenProbe {
                 // The source the checksum was computed for may no longer be the one the kernel
                 // sends from (an address or route changed): look it up again next time, so a
                 // stale cache costs at most one attempt.
-                *self.source.cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.forget_source();
                 Err(FailReason::Timeout(Phase::Connect))
             }
             Outcome::SendFailed(errno) => Err(FailReason::from_io(&io::Error::from_raw_os_error(errno), Phase::Connect)),
