@@ -37,6 +37,9 @@ impl DefError {
     }
 }
 
+/// The longest interval, timeout or retry delay a check accepts: a day.
+pub(crate) const MAX_KNOB: Duration = Duration::from_secs(24 * 3600);
+
 /// Scripted outcomes for scheduler tests: each call pops one result.
 #[cfg(test)]
 pub(crate) type FakeProbe = std::sync::Arc<dyn Fn() -> CheckResult + Send + Sync>;
@@ -83,6 +86,19 @@ impl CheckDef {
         }
         if timing.rise == 0 || timing.fall == 0 {
             return Err(DefError::invalid("rise/fall", "must be at least 1"));
+        }
+        // Instants are computed by adding these to the clock; a sane bound keeps that from
+        // overflowing (which would stop every half-open check, run by one driver, not just this).
+        let knobs = [
+            ("interval", Some(timing.interval)),
+            ("connect_timeout", Some(timing.connect_timeout)),
+            ("read_timeout", timing.read_timeout),
+            ("delay_before_retry", Some(timing.delay_before_retry)),
+        ];
+        for (field, d) in knobs {
+            if d.is_some_and(|d| d > MAX_KNOB) {
+                return Err(DefError::invalid(field, format!("must be at most {}", humantime::format_duration(MAX_KNOB))));
+            }
         }
         let probe = match self {
             CheckDef::Tcp(c) => Probe::Tcp(tcp::TcpProbe::new(c)),
@@ -196,4 +212,33 @@ pub(crate) fn parse_hex(field: &'static str, s: &str) -> Result<Vec<u8>, DefErro
         }
     };
     pairs.map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A duration that would overflow the clock when added to it is refused at definition,
+    /// with the knob named, instead of panicking in the loop that runs the checks.
+    #[test]
+    fn absurd_durations_are_refused_with_the_knob_named() {
+        let base = || CheckDef::TcpHalfOpen(crate::def::TcpHalfOpenCheck { target: "192.0.2.1:80".parse().unwrap(), timing: Timing::default() });
+        assert!(base().prepare().is_ok());
+        let huge = Duration::from_secs(u64::MAX / 2);
+        let cases: [(&str, fn(&mut Timing, Duration)); 4] = [
+            ("interval", |t, d| t.interval = d),
+            ("connect_timeout", |t, d| t.connect_timeout = d),
+            ("read_timeout", |t, d| t.read_timeout = Some(d)),
+            ("delay_before_retry", |t, d| t.delay_before_retry = d),
+        ];
+        for (field, set) in cases {
+            let mut def = base();
+            set(def.timing_mut(), huge);
+            let e = def.prepare().err().unwrap_or_else(|| panic!("{field} = {huge:?} accepted"));
+            assert!(e.to_string().contains(field), "{field}: {e}");
+            let mut def = base();
+            set(def.timing_mut(), MAX_KNOB);
+            assert!(def.prepare().is_ok(), "{field} = one day is fine");
+        }
+    }
 }

@@ -412,7 +412,9 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
         let Some(key) = inner.jobs.get_key_value(def).map(|(k, _)| k.clone()) else { return false };
         let Some(job) = inner.jobs.get_mut(def) else { return false };
         job.ids.push(id.clone());
-        let status = job.status();
+        // What was published, not the driver's newer round: a change it has not published yet
+        // then reaches this id as an event of its own, after this one.
+        let status = job.status.borrow().clone();
         if let (State::Up | State::Down, Some(result)) = (status.state, status.last) {
             let _ = shared.events.send(Event {
                 id: id.clone(),
@@ -474,9 +476,10 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
         Some(inner.jobs.get(key)?.status())
     }
 
-    /// A receiver of the status of the check behind `id`. It is woken when the state, the
-    /// weight or the kind of failure changes; `borrow()` always shows the latest round (rounds
-    /// that change nothing else update it without a wake-up).
+    /// A receiver of the status of the check behind `id`, woken when the state, the weight or
+    /// the kind of failure changes. `borrow()` shows at least the latest such change; rounds that
+    /// change nothing else may not be in it (half-open checks' are not): [`Scheduler::status`]
+    /// has the latest round.
     pub fn watch(&self, id: &I) -> Option<watch::Receiver<Status>> {
         let inner = self.shared.lock();
         let key = inner.by_id.get(id)?;

@@ -66,8 +66,9 @@ impl<T> Timeline<T> {
     }
 
     fn recycle(&mut self, mut v: Vec<T>) {
-        // A few hundred spare buckets cover every step of a connect timeout; more is waste.
-        if self.spare.len() < 256 {
+        // A few hundred spare buckets cover every step of a connect timeout; more is waste, and
+        // so is keeping a burst's large allocation.
+        if self.spare.len() < 256 && v.capacity() <= 1024 {
             v.clear();
             self.spare.push(v);
         }
