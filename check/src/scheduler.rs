@@ -293,6 +293,8 @@ struct Shared<I> {
     /// Where every check's TCP connects that are still in flight after `connect(2)` wait.
     io: AttemptIo,
     stats: Arc<Stats>,
+    /// Rounds that changed a check's state, weight or kind of failure, ever.
+    notable: Arc<std::sync::atomic::AtomicU64>,
     events: mpsc::UnboundedSender<Event<I>>,
     options: Options,
     runtime: tokio::runtime::Handle,
@@ -335,6 +337,7 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
             _steps_alive: alive,
             io: AttemptIo::default(),
             stats: Arc::default(),
+            notable: Arc::default(),
             events: tx,
             options,
             runtime: tokio::runtime::Handle::current(),
@@ -385,7 +388,14 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
             Duration::ZERO
         };
         let rounds = Rounds::new(checker.timing().clone(), self.shared.grid, Instant::now() + delay);
-        let sink = Arc::new(Publisher { shared: Arc::downgrade(&self.shared), stats: self.shared.stats.clone(), key: key.clone(), gen, status: tx });
+        let sink = Arc::new(Publisher {
+            shared: Arc::downgrade(&self.shared),
+            stats: self.shared.stats.clone(),
+            notable: self.shared.notable.clone(),
+            key: key.clone(),
+            gen,
+            status: tx,
+        });
         let (checker, rounds) = match checker.into_half_open() {
             Ok((probe, timing)) => match self.shared.io.prober.add_check(&self.shared.runtime, probe, rounds, sink.clone(), &self.shared.stats) {
                 Ok(handle) => {
@@ -476,6 +486,26 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
         Some(inner.jobs.get(key)?.status())
     }
 
+    /// Calls `f` with every registration and the latest status of its check: a sweep over
+    /// thousands of checks without a lookup per id (an observer's periodic report). Runs under
+    /// the scheduler's lock, so `f` must not call back into the scheduler.
+    pub fn for_each_status(&self, mut f: impl FnMut(&I, &Status)) {
+        let inner = self.shared.lock();
+        for job in inner.jobs.values() {
+            let st = job.status();
+            for id in &job.ids {
+                f(id, &st);
+            }
+        }
+    }
+
+    /// How many rounds so far changed a check's state, weight or kind of failure. A sweep over
+    /// [`Scheduler::for_each_status`] whose result depends only on those can be skipped while
+    /// this has not moved (read it before the sweep). Adding or removing checks does not move it.
+    pub fn notable_rounds(&self) -> u64 {
+        self.shared.notable.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// A receiver of the status of the check behind `id`, woken when the state, the weight or
     /// the kind of failure changes. `borrow()` shows at least the latest such change; rounds that
     /// change nothing else may not be in it (half-open checks' are not): [`Scheduler::status`]
@@ -518,6 +548,7 @@ impl<I> Drop for Scheduler<I> {
 struct Publisher<I> {
     shared: Weak<Shared<I>>,
     stats: Arc<Stats>,
+    notable: Arc<std::sync::atomic::AtomicU64>,
     key: Arc<CheckDef>,
     gen: u64,
     status: watch::Sender<Status>,
@@ -538,8 +569,10 @@ impl<I: Clone + Eq + Hash + Send + Sync + 'static> Publisher<I> {
         }
     }
 
-    /// A state or weight change: counted, logged, and an event for each registration.
+    /// A notable round (see [`Finished::notable`]); a state or weight change is also counted,
+    /// logged, and an event for each registration.
     fn changed(&self, f: &Finished) {
+        self.notable.fetch_add(1, std::sync::atomic::Ordering::Release);
         if let Some((_, to)) = f.change {
             self.stats.state_change(to == State::Up);
             tracing::debug!(check = %self.key.kind_name(), ?to, result = %f.result, "check state changed");
@@ -732,8 +765,14 @@ mod tests {
         let ev = drain(&mut rx);
         let ids: Vec<_> = ev.iter().map(|e| (e.id, e.to)).collect();
         assert_eq!(ids, vec![("a", State::Up), ("b", State::Up)]);
+        assert_eq!(sched.notable_rounds(), 1, "one check, one notable round (its first)");
+        let mut all = Vec::new();
+        sched.for_each_status(|id, st| all.push((*id, st.state, st.rounds)));
+        all.sort_by_key(|x| x.0);
+        assert_eq!(all, vec![("a", State::Up, 1), ("b", State::Up, 1)], "the sweep sees every registration");
         run_for(Duration::from_secs(30)).await;
         assert_eq!(script.times.lock().unwrap().len(), 4, "rounds at 0, 10, 20, 30 s: one probe for both ids");
+        assert_eq!(sched.notable_rounds(), 1, "rounds that change nothing are not notable");
         assert_eq!((sched.stats().registered, sched.stats().running), (2, 1));
 
         // Removing one id keeps the check; removing the last stops it.
