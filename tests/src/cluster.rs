@@ -240,6 +240,21 @@ impl LabCluster {
         t0.elapsed()
     }
 
+    /// Waits until the joins' Raft membership changes are over: every node a voter, no learner,
+    /// and the leader's log on every follower. [`LabCluster::form`] returns when gossip agrees,
+    /// which is earlier; a write right then can wait behind a membership change in flight (a
+    /// new voter still catching up under TCG) for longer than corralctl's 5 s.
+    pub fn wait_settled(&self, within: Duration) {
+        let n = self.nodes.len();
+        let settled = wait_for(within, || {
+            let Some(r) = self.leader().and_then(|l| self.raft(l)) else { return false };
+            let count = |k: &str| r[k].as_array().map_or(usize::MAX, Vec::len);
+            let caught_up = r["lag"].as_object().is_some_and(|lag| lag.len() == n - 1 && lag.values().all(|v| v.as_u64() == Some(0)));
+            count("voters") == n && count("learners") == 0 && caught_up
+        });
+        assert!(settled.is_some(), "Raft membership not settled within {within:?}: {:?}", self.leader().and_then(|l| self.raft(l)));
+    }
+
     /// A token from node `i`, retrying while the CA is being published.
     pub fn wait_token(&self, i: usize) -> String {
         let mut out = String::new();

@@ -56,6 +56,7 @@ fn director_lab(test: &str) -> Option<LabCluster> {
         h.sh("ipvsadm -C");
     }
     c.form(Duration::from_secs(60));
+    c.wait_settled(Duration::from_secs(60));
     Some(c)
 }
 
@@ -162,6 +163,7 @@ fn traffic_through_the_vip_survives_killing_the_master_director() {
         h.sh("(busybox nc -ll -p 7000 -e /bin/cat >/dev/null 2>&1 &)");
     }
     c.form(Duration::from_secs(60));
+    c.wait_settled(Duration::from_secs(60));
     let rules = r#"
 [[virtual_server]]
 address = "192.0.2.100:80"
@@ -472,6 +474,7 @@ fn nat_traffic_through_the_vip_survives_killing_the_master_director() {
     }
     wd.stage("forming the cluster");
     c.form(Duration::from_secs(60));
+    c.wait_settled(Duration::from_secs(60));
     wd.stage("applying the rules");
     let file = c.root().join("services.toml");
     std::fs::write(&file, NAT_RULES).unwrap();

@@ -116,6 +116,7 @@ fn verdicts_need_a_majority_of_observers() {
     c.cluster_extra = "dead_grace = \"3s\"\nprobe_period = \"300ms\"\nsuspect_timeout = \"1s\"\n".into();
     let hooks = c.root().join("hooks.log");
     c.form(Duration::from_secs(20));
+    c.wait_settled(Duration::from_secs(20));
     let mut b1 = Some(backend(&c, 3));
     let _b2 = backend(&c, 4);
     let listening = |c: &LabCluster, addr: &str| {
