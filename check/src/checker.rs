@@ -170,17 +170,15 @@ impl Checker {
         }
     }
 
-    /// One round as the scheduler runs it: attempts until one succeeds or `retries` extra
-    /// attempts have failed, sleeping `delay_before_retry` between them. Each attempt's result is
-    /// passed to `each` (for counters); the round's verdict is the last attempt.
-    pub async fn round(&self, each: impl FnMut(&CheckResult)) -> CheckResult {
-        self.round_inner(&AttemptIo::default(), each).await
-    }
-
-    async fn round_inner(&self, io: &AttemptIo, mut each: impl FnMut(&CheckResult)) -> CheckResult {
+    /// One round on its own, with the scheduler's semantics (its own rounds also start on its
+    /// grid): attempts until one succeeds or `retries` extra attempts have failed, sleeping
+    /// `delay_before_retry` between them. Each attempt's result is passed to `each` (for
+    /// counters); the round's verdict is the last attempt.
+    pub async fn round(&self, mut each: impl FnMut(&CheckResult)) -> CheckResult {
+        let io = AttemptIo::default();
         let mut retries_left = self.timing.retries;
         loop {
-            let r = self.attempt_in(io).await;
+            let r = self.attempt_in(&io).await;
             each(&r);
             if r.is_ok() || retries_left == 0 {
                 return r;
