@@ -97,7 +97,8 @@ pub struct Director {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-fn rules_of(state: &ClusterState) -> Result<Option<RuleSet>, String> {
+/// The rule set stored in `state`, if any.
+pub(crate) fn rules_of(state: &ClusterState) -> Result<Option<RuleSet>, String> {
     state.get(NS_RULES, KEY_RULES).map(rules::decode).transpose()
 }
 

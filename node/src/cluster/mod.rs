@@ -668,11 +668,7 @@ impl Cluster {
 
     /// The rules as replicated here (empty when none were ever applied).
     pub fn current_rules(&self) -> Result<crate::rules::RuleSet, String> {
-        let state = self.sm.current();
-        match state.get(crate::director::NS_RULES, crate::director::KEY_RULES) {
-            None => Ok(Default::default()),
-            Some(b) => crate::rules::decode(b),
-        }
+        crate::director::rules_of(&self.sm.current()).map(Option::unwrap_or_default)
     }
 
     async fn write_rules(&self, rules: crate::rules::RuleSet, dry_run: bool) -> Result<ResponseBody, LeaderError> {

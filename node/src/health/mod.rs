@@ -147,10 +147,7 @@ impl Health {
         if let Some(c) = cache.as_ref().filter(|c| c.revision == state.revision) {
             return (c.rules.clone(), c.checks.clone());
         }
-        let rules = match state.get(crate::director::NS_RULES, crate::director::KEY_RULES) {
-            None => Ok(RuleSet::default()),
-            Some(b) => crate::rules::decode(b),
-        };
+        let rules = crate::director::rules_of(&state).map(Option::unwrap_or_default);
         let rules = Arc::new(rules.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "health checks: rules unreadable, checking nothing");
             RuleSet::default()
