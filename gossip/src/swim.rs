@@ -47,7 +47,8 @@ pub struct SwimConfig {
     pub max_transmissions: u8,
     /// How long a down member is remembered (default 5 min), which also delays reusing it.
     pub remove_down_after: Duration,
-    /// Extra gossip rounds to 3 random members (default every 200 ms): speeds dissemination.
+    /// Extra gossip rounds to 3 random members (default every 200 ms) while there are updates
+    /// to spread, the first at once: speeds dissemination.
     pub gossip_interval: Duration,
     /// Periodic announce to one random member (default every 10 s): heals partitions.
     pub announce_interval: Duration,
@@ -199,6 +200,7 @@ enum Command {
     Metadata(oneshot::Sender<Vec<NodeMetadata>>),
     Leave(oneshot::Sender<Result<(), SwimError>>),
     Announce(SocketAddr, oneshot::Sender<Result<(), SwimError>>),
+    GossipHeld(oneshot::Sender<bool>),
 }
 
 /// Handle to a running gossip member. Dropping every handle stops the driver without a
@@ -238,6 +240,7 @@ impl Swim {
             foca,
             rt: AccumulatingRuntime::new(),
             timers: Vec::new(),
+            parked_gossip: None,
             transport: transport.clone(),
             shared,
             events: events_tx,
@@ -288,6 +291,12 @@ impl Swim {
     /// The latest metadata known for every node (this one included once set).
     pub async fn metadata(&self) -> Result<Vec<NodeMetadata>, SwimError> {
         self.ask(Command::Metadata).await
+    }
+
+    /// For tests: whether the driver holds foca's periodic-gossip timer (nothing to gossip).
+    #[doc(hidden)]
+    pub async fn periodic_gossip_held(&self) -> Result<bool, SwimError> {
+        self.ask(Command::GossipHeld).await
     }
 
     /// Gossips new metadata for this node; returns the version it was given.
@@ -429,6 +438,9 @@ struct Driver {
     foca: Foca<NodeId, PostcardCodec, StdRng, Handler>,
     rt: AccumulatingRuntime<NodeId>,
     timers: Vec<(Instant, Tick)>,
+    /// foca's periodic-gossip timer, held while foca has nothing to gossip (see
+    /// [`Driver::fire_due`]).
+    parked_gossip: Option<Timer<NodeId>>,
     transport: Transport,
     shared: Arc<Mutex<Shared>>,
     events: mpsc::UnboundedSender<MemberEvent>,
@@ -540,6 +552,15 @@ impl Driver {
         });
         for (_, tick) in due {
             match tick {
+                // foca re-arms its periodic-gossip timer every `gossip_interval` and sends
+                // only when it has updates: at rest, five wake-ups a second of every daemon
+                // that do nothing. Held here instead, and handed back as soon as there is
+                // something to gossip (`flush`), which also spreads a new update at once
+                // rather than at the next tick; foca re-arms it then, so the rate stays one
+                // round per interval while the backlog lasts.
+                Tick::Foca(timer @ Timer::PeriodicGossip(_)) if self.nothing_to_gossip() => {
+                    self.parked_gossip = Some(timer);
+                }
                 Tick::Foca(timer) => {
                     if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
                         debug!(error = %e, "foca timer");
@@ -616,6 +637,9 @@ impl Driver {
                 let list = lock(&self.shared).metadata.values().cloned().collect();
                 let _ = reply.send(list);
             }
+            Command::GossipHeld(reply) => {
+                let _ = reply.send(self.parked_gossip.is_some());
+            }
             Command::SetMetadata(data, reply) => {
                 let limit = self.config.metadata_limit();
                 if data.len() > limit {
@@ -670,6 +694,10 @@ impl Driver {
         }
     }
 
+    fn nothing_to_gossip(&self) -> bool {
+        self.foca.updates_backlog() == 0 && self.foca.custom_broadcast_backlog() == 0
+    }
+
     /// Drains foca's outputs: packets to send, timers to arm, notifications to translate.
     fn flush(&mut self) {
         while let Some((dst, data)) = self.rt.to_send() {
@@ -687,6 +715,11 @@ impl Driver {
         }
         while let Some((after, timer)) = self.rt.to_schedule() {
             self.schedule(after, Tick::Foca(timer));
+        }
+        if !self.nothing_to_gossip() {
+            if let Some(timer) = self.parked_gossip.take() {
+                self.schedule(Duration::ZERO, Tick::Foca(timer));
+            }
         }
         while let Some(n) = self.rt.to_notify() {
             self.notification(n);

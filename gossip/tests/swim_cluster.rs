@@ -35,38 +35,45 @@ async fn wait_until(what: &str, bound: Duration, mut cond: impl AsyncFnMut() -> 
 async fn start_cluster(n: usize) -> Vec<Member> {
     let ca = ClusterCa::generate("swim-test").unwrap();
     let mut members: Vec<Member> = Vec::new();
-    let mut seed = None;
     for i in 0..n {
-        let name = format!("node-{i}");
-        let creds = ca.issue(&name).unwrap();
-        let transport = Transport::bind(TransportConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            creds.clone(),
-        ))
-        .unwrap();
-        let addr = transport.local_addr().unwrap();
-        let seeds = seed.into_iter().collect();
-        seed.get_or_insert(addr);
-        let id = NodeId::fresh(&name, addr);
-        let config = SwimConfig::new(id.clone(), seeds);
-        let (swim, mut rx) = Swim::start(&transport, config.clone()).unwrap();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = rx.recv().await {
-                sink.lock().unwrap().push(ev);
-            }
-        });
-        members.push(Member {
-            swim: Some(swim),
-            transport,
-            id,
-            events,
-            config,
-            transport_credentials: creds,
-        });
+        let seed = members.first().map(|m| m.id.addr);
+        members.push(start_member(&ca, &format!("node-{i}"), seed, |_| {}));
     }
     members
+}
+
+/// One member joining through `seed` (none: the first), its configuration adjusted by `tweak`.
+fn start_member(
+    ca: &ClusterCa,
+    name: &str,
+    seed: Option<std::net::SocketAddr>,
+    tweak: impl Fn(&mut SwimConfig),
+) -> Member {
+    let creds = ca.issue(name).unwrap();
+    let transport = Transport::bind(TransportConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        creds.clone(),
+    ))
+    .unwrap();
+    let id = NodeId::fresh(name, transport.local_addr().unwrap());
+    let mut config = SwimConfig::new(id.clone(), seed.into_iter().collect());
+    tweak(&mut config);
+    let (swim, mut rx) = Swim::start(&transport, config.clone()).unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            sink.lock().unwrap().push(ev);
+        }
+    });
+    Member {
+        swim: Some(swim),
+        transport,
+        id,
+        events,
+        config,
+        transport_credentials: creds,
+    }
 }
 
 async fn alive_peers(m: &Member) -> Vec<String> {
@@ -369,4 +376,56 @@ async fn a_member_cannot_speak_for_another_identity() {
     .await;
     assert_eq!(up, Ok(true), "an honest announce was not accepted");
     seed.abort();
+}
+
+/// At rest a member holds foca's periodic-gossip timer (foca would wake it every gossip
+/// interval to find nothing to send), and news makes it gossip at once: a member that joins
+/// through node-0 is known to the two others well before any member's next probe or periodic
+/// gossip (every 2 s here), which only node-0's gossip on the news can do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_member_holds_its_gossip_timer_and_spreads_news_at_once() {
+    let ca = ClusterCa::generate("held-gossip").unwrap();
+    let slow = |c: &mut SwimConfig| {
+        c.probe_period = Duration::from_secs(2);
+        c.gossip_interval = Duration::from_secs(2);
+    };
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let seed = nodes.first().map(|m: &Member| m.id.addr);
+        nodes.push(start_member(&ca, &format!("node-{i}"), seed, slow));
+    }
+    wait_until("three members see each other", Duration::from_secs(20), async || {
+        for m in &nodes {
+            if alive_peers(m).await.len() != 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    wait_until("every member holds its gossip timer", Duration::from_secs(20), async || {
+        for m in &nodes {
+            if !m.swim.as_ref().unwrap().periodic_gossip_held().await.unwrap() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let joiner = start_member(&ca, "node-3", Some(nodes[0].id.addr), slow);
+    let took = wait_until("the others hear of node-3", Duration::from_secs(1), async || {
+        for m in &nodes[1..] {
+            if !alive_peers(m).await.iter().any(|n| n == "node-3") {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    eprintln!("node-3 known to node-1 and node-2 after {took:?}");
+    nodes.push(joiner);
+    for m in nodes {
+        m.swim.unwrap().abort();
+        m.transport.close(Duration::from_millis(100)).await;
+    }
 }

@@ -187,7 +187,7 @@ impl Admin {
         let mut seen: Option<crate::api::NodeReport> = None;
         let mut stable_since = Instant::now();
         let mut differs_since: Option<Instant> = None;
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        let mut tick = crate::ticks::aligned(2 * crate::ticks::GRID);
         loop {
             tick.tick().await;
             let r = self.report();

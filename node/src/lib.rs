@@ -13,5 +13,6 @@ pub mod director;
 pub mod health;
 pub mod realtime;
 pub mod rules;
+pub mod ticks;
 pub mod tracking;
 pub mod vrrp_driver;

@@ -23,10 +23,11 @@ const PROMOTE_MAX_LAG: u64 = 100;
 
 impl Cluster {
     pub(super) async fn membership_loop(self: Arc<Self>) {
+        let mut tick = crate::ticks::aligned(2 * crate::ticks::GRID);
         loop {
             tokio::select! {
                 _ = self.poke.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tick.tick() => {}
             }
             if let Err(e) = self.membership_round().await {
                 tracing::warn!(error = %e, "membership change");

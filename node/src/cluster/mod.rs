@@ -329,7 +329,7 @@ impl Cluster {
 
     /// Quorum fencing: publishes [`crate::tracking::QUORUM_LOST`] for the VRRP tracker.
     async fn quorum_watch(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut tick = crate::ticks::aligned(crate::ticks::GRID);
         loop {
             tick.tick().await;
             let lost = !self.sees_quorum();

@@ -231,7 +231,7 @@ impl Health {
 
     async fn observer_loop(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Event<String>>) {
         let mut states = self.cluster.sm.subscribe();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = crate::ticks::aligned(2 * crate::ticks::GRID);
         let mut inputs: Option<(u64, Vec<String>)> = None;
         let mut last_sent: Option<Instant> = None;
         // The claims the leader has from us (the last report it took).
@@ -319,7 +319,7 @@ impl Health {
     }
 
     async fn leader_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut tick = crate::ticks::aligned(crate::ticks::GRID);
         let mut last_input: Option<(u64, Vec<String>)> = None;
         let mut last_fold = Instant::now();
         loop {
