@@ -240,7 +240,7 @@ impl Swim {
             foca,
             rt: AccumulatingRuntime::new(),
             timers: Vec::new(),
-            parked_gossip: None,
+            held_gossip: None,
             transport: transport.clone(),
             shared,
             events: events_tx,
@@ -442,7 +442,7 @@ struct Driver {
     timers: Vec<(Instant, Tick)>,
     /// foca's periodic-gossip timer, held while foca has nothing to gossip (see
     /// [`Driver::fire_due`]).
-    parked_gossip: Option<Timer<NodeId>>,
+    held_gossip: Option<Timer<NodeId>>,
     transport: Transport,
     shared: Arc<Mutex<Shared>>,
     events: mpsc::UnboundedSender<MemberEvent>,
@@ -561,7 +561,7 @@ impl Driver {
                 // rather than at the next tick; foca re-arms it then, so the rate stays one
                 // round per interval while the backlog lasts.
                 Tick::Foca(timer @ Timer::PeriodicGossip(_)) if self.nothing_to_gossip() => {
-                    self.parked_gossip = Some(timer);
+                    self.held_gossip = Some(timer);
                 }
                 Tick::Foca(timer) => {
                     if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
@@ -640,7 +640,7 @@ impl Driver {
                 let _ = reply.send(list);
             }
             Command::GossipHeld(reply) => {
-                let _ = reply.send(self.parked_gossip.is_some());
+                let _ = reply.send(self.held_gossip.is_some());
             }
             Command::SetMetadata(data, reply) => {
                 let limit = self.config.metadata_limit();
@@ -749,7 +749,7 @@ impl Driver {
         // Last: the notifications above can queue broadcasts (our metadata on a member's
         // arrival or a rejoin).
         if !self.nothing_to_gossip() {
-            if let Some(timer) = self.parked_gossip.take() {
+            if let Some(timer) = self.held_gossip.take() {
                 self.schedule(Duration::ZERO, Tick::Foca(timer));
             }
         }
