@@ -10,7 +10,7 @@
 //! change after a quiet spell is still measured. `CORRAL_BENCH_HEARTBEAT` (default `250ms`)
 //! sets the directors' Raft heartbeat. `--timeline` prints every measured change's send time
 //! (µs since the epoch, the VM's clock) and latency (`TIMELINE` lines), to line slow changes up
-//! with outside records.
+//! with outside records (`TIMELINE_CLOCKS` pairs the realtime and monotonic clocks).
 
 use std::time::Duration;
 
@@ -120,6 +120,16 @@ fn main() {
     let warm_ms = tests::cluster::latencies_ms_text(&warm, &logs);
     println!("PROPAGATION_WARMUP directors={directors} realtime={realtime} unmeasured changes, ms: {}", warm_ms.join(" "));
     if timeline {
+        // The two clocks side by side, so records kept on the monotonic clock (`perf record -k
+        // mono`) line up with the send times above.
+        let mono_us = || {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: clock_gettime writes only the timespec it is given.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+            ts.tv_sec as u128 * 1_000_000 + ts.tv_nsec as u128 / 1000
+        };
+        let (r0, m, r1) = (now_us(), mono_us(), now_us());
+        println!("TIMELINE_CLOCKS realtime_us={} monotonic_us={m}", (r0 + r1) / 2);
         for (k, change) in sent.iter().enumerate() {
             let lat = tests::cluster::propagation_latency(change, &logs).map_or("missing".into(), |us| us.to_string());
             println!("TIMELINE change={k} revision={} sent_us={} latency_us={lat}", change.0, change.1);
