@@ -260,7 +260,14 @@ pub struct Outcome {
 pub fn boot(k: &Kernel, initrd: &Path, timeout: Duration, quiet: bool) -> Result<Outcome> {
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"])
+        // A 2 GiB translation cache, the most qemu allows on an x86-64 host (its default is
+        // 1 GiB): setting up one benchmark lab translates 0.6–1 GB of code (every daemon's own
+        // copy, at its randomised addresses), so with the default the cache filled and was
+        // flushed about every run and a half of `bench propagation`, and every daemon then
+        // stalled while its code was translated again, into the measured changes
+        // (docs/BENCHMARKS.md, propagation Rounds 10 and 13). Real CPUs have no such cache.
+        // qemu takes the memory only as the cache fills.
+        .args(["-accel", "tcg,tb-size=2048", "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(&k.vmlinuz)
         .arg("-initrd")
