@@ -61,7 +61,11 @@ def main(path):
     if not runs:
         sys.exit("no perf sched records")
     start = min(r[0] for rs in runs.values() for r in rs)
-    changes = [c for c in changes if c[1] - offset > start]
+    end = max(r[1] for rs in runs.values() for r in rs)
+    # Only changes the record covers whole.
+    changes = [c for c in changes if c[1] - offset > start and c[1] - offset + c[2] < end]
+    if not changes:
+        sys.exit("no change falls inside the perf record")
 
     def name(tid):
         return "idle" if tid == 0 else names.get(tid, "other")

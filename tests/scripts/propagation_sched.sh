@@ -22,7 +22,8 @@ for p in /proc/[0-9]*; do
       done;;
   esac
 done
-perf record -k mono -e sched:sched_switch -e sched:sched_wakeup -a -o /tmp/sched.data sleep 16 2>&1 | tail -1
+# The idle window, then 200 changes at ≈ 50 ms (3 directors) to ≈ 70 ms (5) each, with room.
+perf record -k mono -e sched:sched_switch -e sched:sched_wakeup -a -o /tmp/sched.data sleep $((8 + 3 * n)) 2>&1 | tail -1
 wait $bench
 cat /tmp/b.log
 perf script -i /tmp/sched.data -F time,cpu,tid,event,trace 2>/dev/null | sed 's/^/SCHED /'
