@@ -17,22 +17,27 @@ import sys
 SCHED = re.compile(r"SCHED\s+(\d+)\s+\[(\d+)\]\s+([\d.]+): sched:(\w+): (.*)")
 
 
+def fields(line, last=None):
+    """The `key=value` words of a tagged line (after its tag), as a dict."""
+    return dict(w.split("=", 1) for w in line.split()[1:last])
+
+
 def main(path):
     lines = open(path, errors="replace").read().splitlines()
     names = {}
     for l in lines:
         if l.startswith("THREAD "):
-            kv = dict(w.split("=", 1) for w in l.split()[1:4])
+            kv = fields(l, 4)
             m = re.search(r"/(d\d+)/", l)
             names[int(kv["tid"])] = (m.group(1) if m else "bench") + "-" + kv["comm"]
     changes, offset = [], None
     for l in lines:
         if l.startswith("TIMELINE change="):
-            kv = dict(w.split("=", 1) for w in l.split()[1:])
+            kv = fields(l)
             if kv["latency_us"] != "missing":
                 changes.append((int(kv["change"]), int(kv["sent_us"]) / 1e6, int(kv["latency_us"]) / 1e6))
         elif l.startswith("TIMELINE_CLOCKS "):
-            kv = dict(w.split("=", 1) for w in l.split()[1:])
+            kv = fields(l)
             offset = (int(kv["realtime_us"]) - int(kv["monotonic_us"])) / 1e6
     if offset is None or not changes:
         sys.exit("no TIMELINE_CLOCKS or TIMELINE lines: run the bench with --timeline")
