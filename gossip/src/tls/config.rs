@@ -53,6 +53,25 @@ pub(crate) fn server_config(
     Ok(cfg)
 }
 
+/// Server side for TCP request connections: the client must present a certificate signed by
+/// the cluster CA (there is no join on TCP, so no anonymous client is let through).
+pub(crate) fn server_config_requiring_client_cert(
+    creds: &NodeCredentials,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = crypto_provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(roots(&creds.ca_der)?, provider.clone())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(creds.chain(), creds.rustls_key())?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Ok(cfg)
+}
+
 /// Client side for member-to-member ALPNs: verifies the server against the cluster CA (name
 /// [`CLUSTER_SERVER_NAME`]) and presents the node certificate.
 pub(crate) fn client_config(

@@ -13,7 +13,7 @@ pub use ca::{validate_node_name, ClusterCa, NodeCredentials, CLUSTER_SERVER_NAME
 #[cfg(test)]
 pub(crate) use config::anonymous_client_config;
 pub use config::{cert_node_name, crypto_provider, peer_node_name};
-pub(crate) use config::{client_config, join_client_config, server_config};
+pub(crate) use config::{client_config, join_client_config, server_config, server_config_requiring_client_cert};
 pub use token::{Fingerprint, JoinToken, MemoryTokens, TokenValidator, Why};
 
 /// Errors of the PKI layer; each names the file or the item at fault so an operator can act.

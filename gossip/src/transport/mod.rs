@@ -9,6 +9,7 @@
 
 mod framing;
 mod join;
+mod tcp;
 #[cfg(test)]
 mod tests;
 
@@ -28,6 +29,7 @@ use tracing::{debug, warn};
 use crate::tls::{self, NodeCredentials, TlsError, TokenValidator, CLUSTER_SERVER_NAME};
 
 pub use join::join_cluster;
+pub use tcp::TcpRequests;
 
 /// Application close code: the server refused a connection that came without a certificate
 /// on an ALPN that needs one. Mapped back to [`TransportError::ClientCertRequired`].
@@ -145,6 +147,14 @@ pub enum TransportError {
     ClientCertRequired {
         /// The peer.
         addr: SocketAddr,
+    },
+    /// A TCP connection could not be opened (nothing listens there, no route).
+    #[error("connecting to {addr}: {source}")]
+    ConnectFailed {
+        /// The peer.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
     },
     /// No handshake completed in time (peer down, wrong port, packets dropped).
     #[error("connecting to {addr} timed out after {after:?}")]

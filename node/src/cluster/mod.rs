@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use gossip::tls::{ClusterCa, JoinToken, NodeCredentials, TokenValidator, Why};
-use gossip::transport::{join_cluster, Alpn, Peer, StreamHandler, Transport, TransportConfig, TransportError};
+use gossip::transport::{join_cluster, Alpn, Peer, StreamHandler, TcpRequests, Transport, TransportConfig, TransportError};
 use gossip::{MemberEvent, NodeId as GossipId, Swim, SwimConfig};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -68,6 +68,8 @@ pub struct Cluster {
     pub id: NodeId,
     pub addr: SocketAddr,
     pub transport: Transport,
+    /// Raft's RPC connections (TCP with mutual TLS, see `RaftRpc`).
+    raft_tcp: TcpRequests,
     pub raft: raft::Raft,
     pub sm: raft::StateMachine,
     swim: tokio::sync::Mutex<Option<Swim>>,
@@ -82,20 +84,27 @@ pub struct Cluster {
     pub bad_messages: std::sync::atomic::AtomicU64,
 }
 
-/// The Raft RPC transport: requests on the QUIC endpoint's Raft ALPN.
+/// The Raft RPC transport: requests over TCP with mutual TLS on the node's cluster port number
+/// (the QUIC endpoint's is UDP). A change costs two exchanges per follower, and a kept TCP
+/// connection costs a fraction of a QUIC stream's CPU per exchange (docs/BENCHMARKS.md,
+/// propagation Round 14). The QUIC endpoint still answers Raft requests on its Raft ALPN, which
+/// is how nodes of the previous version send them: upgraded one at a time, followers first, a
+/// cluster keeps replicating (the old leader reaches the upgraded followers over QUIC, and a
+/// new leader is one of them).
 #[derive(Clone)]
-struct QuicRaft(Transport);
+struct RaftRpc(gossip::transport::TcpRequests);
 
-impl RpcSender for QuicRaft {
+impl RpcSender for RaftRpc {
     async fn send(&self, addr: &str, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, RpcSendError> {
         let a: SocketAddr = addr
             .parse()
             .map_err(|_| RpcSendError::Unreachable(format!("bad peer address {addr:?}")))?;
-        match tokio::time::timeout(timeout, self.0.request(a, Alpn::Raft, &payload)).await {
-            Err(_) => Err(late_answer(addr, timeout, self.0.is_connected(a, Alpn::Raft))),
+        match tokio::time::timeout(timeout, self.0.request(a, &payload)).await {
+            Err(_) => Err(late_answer(addr, timeout, self.0.is_connected(a))),
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(match e {
                 TransportError::ConnectTimeout { .. }
+                | TransportError::ConnectFailed { .. }
                 | TransportError::HandshakeRefused { .. }
                 | TransportError::PeerRejected { .. }
                 | TransportError::Connection { .. } => RpcSendError::Unreachable(e.to_string()),
@@ -110,13 +119,13 @@ impl RpcSender for QuicRaft {
 /// peer for 500 ms, right for a peer it cannot even connect to (no retry every heartbeat), wrong
 /// for one slow answer on a live connection (a busy peer, a slow disk sync): that pause would
 /// hold a change heartbeat + 500 ms for that peer. A slow answer is a failed exchange, retried
-/// at the next heartbeat or append; a peer that is really gone loses its connection at QUIC's
-/// idle timeout and is then unreachable.
+/// at the next heartbeat or append; a peer that is really gone has not answered for the
+/// transport's idle timeout and is then unreachable.
 fn late_answer(addr: &str, timeout: Duration, connected: bool) -> RpcSendError {
     if connected {
-        RpcSendError::Failed(format!("no answer from {addr} within {timeout:?} (connection open)"))
+        RpcSendError::Failed(format!("no answer from {addr} within {timeout:?} (it answered recently)"))
     } else {
-        RpcSendError::Unreachable(format!("no connection to {addr} within {timeout:?}"))
+        RpcSendError::Unreachable(format!("no answer from {addr} within {timeout:?}, and none recently"))
     }
 }
 
@@ -221,11 +230,13 @@ impl Cluster {
                 name
             );
         }
-        let transport = Transport::bind(TransportConfig::new(addr, creds))?;
+        let transport = Transport::bind(TransportConfig::new(addr, creds.clone()))?;
+        // Raft's RPCs go over TCP on the same port number (see `RaftRpc`).
+        let raft_tcp = TcpRequests::bind(TransportConfig::new(transport.local_addr()?, creds), Alpn::Raft)?;
         let (log, sm) = raft::open(&dir.join("raft.redb"))?;
         log.on_writer_thread(|| crate::realtime::enter("raft-log"));
         let id = node_id_for(&name);
-        let raft = raft::Raft::new(id, Arc::new(raft_config(&c)?), Network::new(QuicRaft(transport.clone())), log.clone(), sm.clone())
+        let raft = raft::Raft::new(id, Arc::new(raft_config(&c)?), Network::new(RaftRpc(raft_tcp.clone())), log.clone(), sm.clone())
             .await
             .map_err(|e| anyhow!("start raft: {e}"))?;
         raft::inline_appends_unless_leader(&log, &raft);
@@ -255,6 +266,7 @@ impl Cluster {
             id,
             addr,
             transport: transport.clone(),
+            raft_tcp: raft_tcp.clone(),
             raft: raft.clone(),
             sm: sm.clone(),
             swim: tokio::sync::Mutex::new(Some(swim)),
@@ -281,6 +293,7 @@ impl Cluster {
                 res
             })
         });
+        raft_tcp.register_handler(raft_handler.clone());
         transport.register_handler(Alpn::Raft, raft_handler)?;
 
         if created {
@@ -836,6 +849,7 @@ impl Cluster {
         if let Err(e) = self.sm.write_pending().await {
             tracing::warn!(error = %e, "writing the applied state on shutdown failed: the restart re-applies it from the log");
         }
+        self.raft_tcp.close();
         self.transport.close(Duration::from_millis(500)).await;
     }
 }

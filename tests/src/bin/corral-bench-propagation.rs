@@ -31,10 +31,14 @@ fn main() {
     // `[node] realtime_priority` of every director; 0 = the normal scheduler (the default).
     let mut realtime = 0u8;
     let mut warmup = 5usize;
+    // The directors use the in-memory IPVS model (`[director] ipvs = "memory"`): runs on a host
+    // without IPVS, for native profiles of the same lab; never a kernel-IPVS figure.
+    let mut memory_ipvs = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--stages" => stages = true,
             "--timeline" => timeline = true,
+            "--memory-ipvs" => memory_ipvs = true,
             "--realtime" => realtime = args.next().and_then(|v| v.parse().ok()).expect("--realtime PRIORITY (0 = off)"),
             "--idle-secs" => idle_secs = args.next().and_then(|v| v.parse().ok()).expect("--idle-secs N"),
             "--directors" => directors = args.next().and_then(|v| v.parse().ok()).expect("--directors N"),
@@ -48,13 +52,16 @@ fn main() {
     let hb = std::env::var("CORRAL_BENCH_HEARTBEAT").unwrap_or_else(|_| "250ms".into());
     lab.cluster_extra = format!("heartbeat = \"{hb}\"\ndead_grace = \"60s\"\n");
     lab.extra_sections = "[director]\nreconcile_interval = \"5s\"\n".into();
+    if memory_ipvs {
+        lab.extra_sections.push_str("ipvs = \"memory\"\n");
+    }
     if realtime > 0 {
         lab.node_extra = format!("realtime_priority = {realtime}\n");
     }
     if stages {
         lab.env.push(("RUST_LOG".into(), tests::cluster::STAGE_LOG_FILTER.into()));
     }
-    for h in &lab.lan.hosts {
+    for h in lab.lan.hosts.iter().filter(|_| !memory_ipvs) {
         h.sh("ipvsadm -C");
     }
     lab.form(Duration::from_secs(120));
