@@ -11,6 +11,8 @@
 //! sets the directors' Raft heartbeat. `--timeline` prints every measured change's send time
 //! (µs since the epoch, the VM's clock) and latency (`TIMELINE` lines), to line slow changes up
 //! with outside records (`TIMELINE_CLOCKS` pairs the realtime and monotonic clocks).
+//! `--memory-ipvs`: the directors use the in-memory IPVS model, so the lab runs on a host without
+//! IPVS, for native profiles of the same topology (never a kernel-IPVS figure).
 
 use std::time::Duration;
 
