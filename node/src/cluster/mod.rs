@@ -951,11 +951,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_late_answer_on_an_open_connection_is_retried_not_backed_off() {
+    fn a_late_answer_from_a_peer_that_answered_recently_is_retried_not_backed_off() {
         let t = Duration::from_millis(250);
         let slow = late_answer("192.0.2.2:7946", t, true);
-        assert!(matches!(slow, RpcSendError::Failed(ref m) if m.contains("connection open")), "{slow}");
+        assert!(matches!(slow, RpcSendError::Failed(ref m) if m.contains("answered recently")), "{slow}");
         let gone = late_answer("192.0.2.2:7946", t, false);
-        assert!(matches!(gone, RpcSendError::Unreachable(ref m) if m.contains("no connection")), "{gone}");
+        assert!(matches!(gone, RpcSendError::Unreachable(ref m) if m.contains("none recently")), "{gone}");
     }
 }
