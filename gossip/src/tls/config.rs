@@ -39,18 +39,7 @@ pub(crate) fn server_config(
     creds: &NodeCredentials,
     alpns: &[&[u8]],
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = crypto_provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(&creds.ca_der)?, provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(creds.chain(), creds.rustls_key())?;
-    cfg.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
-    Ok(cfg)
+    server_config_with(creds, alpns, true)
 }
 
 /// Server side for TCP request connections: the client must present a certificate signed by
@@ -59,16 +48,28 @@ pub(crate) fn server_config_requiring_client_cert(
     creds: &NodeCredentials,
     alpn: &[u8],
 ) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_with(creds, &[alpn], false)
+}
+
+fn server_config_with(
+    creds: &NodeCredentials,
+    alpns: &[&[u8]],
+    anonymous_clients: bool,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = crypto_provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(&creds.ca_der)?, provider.clone())
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(roots(&creds.ca_der)?, provider.clone());
+    if anonymous_clients {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(creds.chain(), creds.rustls_key())?;
-    cfg.alpn_protocols = vec![alpn.to_vec()];
+    cfg.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     Ok(cfg)
 }
 
