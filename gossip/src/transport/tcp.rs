@@ -122,6 +122,8 @@ impl TcpRequests {
     }
 
     /// Sends one request to `addr` and waits for its answer, on a kept connection or a new one.
+    /// When a kept connection fails mid-exchange the request is sent once more on a new one, so
+    /// a peer may receive it twice (Raft's RPCs tolerate that; QUIC's `request` does the same).
     pub async fn request(&self, addr: SocketAddr, body: &[u8]) -> Result<Vec<u8>, TransportError> {
         let limit = self.inner.config.max_message_size;
         if body.len() > limit {
