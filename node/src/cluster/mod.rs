@@ -92,7 +92,7 @@ pub struct Cluster {
 /// cluster keeps replicating (the old leader reaches the upgraded followers over QUIC, and a
 /// new leader is one of them).
 #[derive(Clone)]
-struct RaftRpc(gossip::transport::TcpRequests);
+struct RaftRpc(TcpRequests);
 
 impl RpcSender for RaftRpc {
     async fn send(&self, addr: &str, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, RpcSendError> {
