@@ -83,6 +83,19 @@ pub(crate) fn decode_response(frame: Vec<u8>) -> Result<Vec<u8>, TransportError>
     }
 }
 
+/// Builds a response body from a handler result, replaced by a refusal when it would exceed
+/// `limit` (the body limit; the status byte comes on top), so the caller hears why.
+pub(crate) fn encode_response_within(result: Result<Vec<u8>, String>, limit: usize) -> Vec<u8> {
+    let body = encode_response(result);
+    if body.len() > limit.saturating_add(1) {
+        return encode_response(Err(format!(
+            "response of {} bytes exceeds the limit of {limit}",
+            body.len() - 1
+        )));
+    }
+    body
+}
+
 /// Builds a response body from a handler result.
 pub(crate) fn encode_response(result: Result<Vec<u8>, String>) -> Vec<u8> {
     let (status, mut body) = match result {

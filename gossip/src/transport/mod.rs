@@ -815,13 +815,7 @@ impl Transport {
                         }
                     }
                 };
-                let mut body = framing::encode_response(response);
-                if body.len() > limit.saturating_add(1) {
-                    body = framing::encode_response(Err(format!(
-                        "response of {} bytes exceeds the limit of {limit}",
-                        body.len() - 1
-                    )));
-                }
+                let body = framing::encode_response_within(response, limit);
                 if let Err(e) =
                     framing::write_frame(&mut send, &body, limit.saturating_add(1)).await
                 {

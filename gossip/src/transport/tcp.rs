@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 use tracing::{debug, warn};
 
-use super::framing::{decode_response, encode_response};
+use super::framing::{decode_response, encode_response_within};
 use super::{Peer, StreamHandler, TransportConfig, TransportError};
 use crate::tls::{self, cert_node_name, CLUSTER_SERVER_NAME};
 
@@ -129,28 +129,30 @@ impl TcpRequests {
         if body.len() > limit {
             return Err(TransportError::TooLarge { len: body.len(), limit });
         }
-        let after = self.inner.config.request_timeout;
-        if let Some(mut conn) = self.kept(addr) {
-            match tokio::time::timeout(after, exchange(&mut conn, body, limit)).await {
-                Err(_) => return Err(TransportError::RequestTimeout { addr, after }),
-                Ok(Ok(r)) => {
-                    self.keep(addr, conn);
-                    return decode_response(r);
-                }
+        if let Some(conn) = self.kept(addr) {
+            match self.exchange_on(addr, conn, body).await {
                 // A kept connection may have died quietly (the peer restarted): one retry on a
                 // new connection. A new one failing is the real answer.
-                Ok(Err(e)) => debug!(%addr, error = %e, "kept TCP connection failed, redialing"),
+                // (Only the exchange's own failures: a refusal or a timeout is the answer.)
+                Err(e @ (TransportError::Stream(_) | TransportError::TooLarge { .. })) => {
+                    debug!(%addr, error = %e, "kept TCP connection failed, redialing")
+                }
+                other => return other,
             }
         }
-        let mut conn = self.connect(addr).await?;
-        match tokio::time::timeout(after, exchange(&mut conn, body, limit)).await {
-            Err(_) => Err(TransportError::RequestTimeout { addr, after }),
-            Ok(Ok(r)) => {
-                self.keep(addr, conn);
-                decode_response(r)
-            }
-            Ok(Err(e)) => Err(e),
-        }
+        let conn = self.connect(addr).await?;
+        self.exchange_on(addr, conn, body).await
+    }
+
+    /// One exchange on `conn` within the request timeout; the connection is kept for the next
+    /// request only when its answer came.
+    async fn exchange_on(&self, addr: SocketAddr, mut conn: ClientConn, body: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let (after, limit) = (self.inner.config.request_timeout, self.inner.config.max_message_size);
+        let answer = tokio::time::timeout(after, exchange(&mut conn, body, limit))
+            .await
+            .map_err(|_| TransportError::RequestTimeout { addr, after })??;
+        self.keep(addr, conn);
+        decode_response(answer)
     }
 
     /// The most recently used kept connection to `addr` that the server will not have closed
@@ -258,10 +260,7 @@ impl TcpRequests {
                 Some(h) => h(peer.clone(), req).await,
                 None => Err("no handler registered on this node yet".to_string()),
             };
-            let mut body = encode_response(response);
-            if body.len() > limit.saturating_add(1) {
-                body = encode_response(Err(format!("response of {} bytes exceeds the limit of {limit}", body.len() - 1)));
-            }
+            let body = encode_response_within(response, limit);
             if let Err(e) = write_frame(&mut conn, &body).await {
                 debug!(%remote, error = %e, "could not send response");
                 return;
