@@ -4,8 +4,16 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::depth::{self, Refused};
+
 /// Format version written in front of every record.
 pub const RECORD_V1: u8 = 1;
+
+/// How deep a decoded record may nest (each struct field, element, variant and `Some` is a
+/// level). Raft's messages nest about 12 levels; records come from peers, so a recursive type
+/// in them (`Command::Batch`, openraft's error chains) must not decode thousands of levels deep
+/// and overflow the stack (`depth.rs`).
+pub const MAX_DEPTH: usize = 64;
 
 /// Why a record could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,10 +72,19 @@ pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, CodecE
             version,
         });
     }
-    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| CodecError::Corrupt {
+    let corrupt = |e: postcard::Error| CodecError::Corrupt {
         what: what.to_string(),
         reason: e.to_string(),
+    };
+    let mut de = postcard::Deserializer::from_bytes(body);
+    let value = depth::deserialize(&mut de, MAX_DEPTH).map_err(|e| match e {
+        Refused::TooDeep => CodecError::Corrupt {
+            what: what.to_string(),
+            reason: format!("nested deeper than {MAX_DEPTH} levels"),
+        },
+        Refused::Format(e) => corrupt(e),
     })?;
+    let rest = de.finalize().map_err(corrupt)?;
     if !rest.is_empty() {
         return Err(CodecError::Corrupt {
             what: what.to_string(),
@@ -97,6 +114,51 @@ mod tests {
         let mut long = b.clone();
         long.push(0);
         assert!(matches!(decode::<Command>("cmd", &long), Err(CodecError::Corrupt { .. })));
+    }
+
+    /// `Batch(vec![Batch(vec![… Put …])])`, `levels` deep, encoded by hand: two bytes a level
+    /// (the variant index, a length of one), as a peer could send it.
+    fn nested_batches(levels: usize) -> Vec<u8> {
+        let put = encode("put", &Command::Put { ns: "a".into(), key: "b".into(), value: vec![1] }).unwrap();
+        let batch_variant = 3; // Put, Delete, Replace, Batch
+        let mut out = vec![RECORD_V1];
+        for _ in 0..levels {
+            out.extend_from_slice(&[batch_variant, 1]);
+        }
+        out.extend_from_slice(&put[1..]);
+        out
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let three = nested_batches(3);
+        let want = (0..3).fold(Command::Put { ns: "a".into(), key: "b".into(), value: vec![1] }, |c, _| Command::Batch(vec![c]));
+        assert_eq!(decode::<Command>("cmd", &three).unwrap(), want);
+        assert_eq!(encode("cmd", &want).unwrap(), three, "the hand encoding is postcard's");
+        // Deep enough to overflow a 2-MiB stack without the limit (checked: the test aborts).
+        let deep = nested_batches(200_000);
+        let e = decode::<Command>("cmd", &deep).unwrap_err();
+        assert!(e.to_string().contains("nested deeper than 64 levels"), "{e}");
+        // The same inside a Raft message, and in an error chain of an answer.
+        let rpc = crate::network::RpcRequest::AppendEntries(openraft::raft::AppendEntriesRequest {
+            vote: Default::default(),
+            prev_log_id: None,
+            entries: vec![openraft::Entry { log_id: Default::default(), payload: openraft::EntryPayload::Normal(want) }],
+            leader_commit: None,
+        });
+        let ok = encode("rpc", &rpc).unwrap();
+        assert!(decode::<crate::network::RpcRequest>("rpc", &ok).is_ok());
+        // anyerror's AnyError { typ: None, msg: "", source: Some(…), context: [], backtrace: None }
+        let chain = |levels: usize| {
+            let mut out = vec![RECORD_V1];
+            out.extend(std::iter::repeat_n([0u8, 0, 1], levels).flatten());
+            out.extend_from_slice(&[0, 0, 0, 0, 0]);
+            out.extend(std::iter::repeat_n([0u8, 0], levels).flatten());
+            out
+        };
+        assert!(decode::<openraft::AnyError>("chain", &chain(3)).is_ok());
+        let e = decode::<openraft::AnyError>("chain", &chain(200_000)).unwrap_err();
+        assert!(e.to_string().contains("nested deeper"), "{e}");
     }
 
     #[test]

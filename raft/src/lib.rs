@@ -10,6 +10,7 @@
 //! - [`codec`]: the versioned record format used for everything persisted or sent.
 
 pub mod codec;
+mod depth;
 pub mod network;
 pub mod store;
 pub mod types;

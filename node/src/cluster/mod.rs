@@ -625,10 +625,8 @@ impl Cluster {
                 Ok(ResponseBody::Done { message: format!("{key} set"), revision: Some(rev) })
             }
             Request::TokenCreate { ttl, description } => {
-                let ttl = match ttl {
-                    None => None,
-                    Some(t) => Some(humantime::parse_duration(t).map_err(|e| LeaderError::Bad(format!("ttl {t:?}: {e}")))?),
-                };
+                let now = now_unix();
+                let expires_unix = token_expiry(now, ttl.as_deref()).map_err(LeaderError::Bad)?;
                 let state = self.sm.current();
                 let ca = state
                     .get(NS_CLUSTER, KEY_CA)
@@ -638,12 +636,11 @@ impl Cluster {
                     .map_err(|e| LeaderError::Bad(e.to_string()))?;
                 let token = JoinToken::generate(ca.fingerprint()).map_err(|e| LeaderError::Bad(e.to_string()))?;
                 let hash = secret_hash(&token.secret);
-                let now = now_unix();
                 let rec = TokenRecord {
                     id: hash[..12].to_string(),
                     secret_sha256: hash,
                     created_unix: now,
-                    expires_unix: ttl.map(|t| now + t.as_secs().max(1)),
+                    expires_unix,
                     revoked: false,
                     description: description.clone(),
                 };

@@ -53,6 +53,25 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// The longest join-token lifetime `token create` accepts: ten years. Longer is a typo (a token
+/// that should not expire leaves `ttl` out), and a lifetime near `u64::MAX` seconds would wrap
+/// the expiry time around to the past.
+pub const MAX_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
+
+/// When a token created at `now` with lifetime `ttl` (humantime, e.g. "24h") expires, in
+/// seconds since the epoch; `None` without a ttl. At least one second, so a token is usable once.
+pub fn token_expiry(now: u64, ttl: Option<&str>) -> Result<Option<u64>, String> {
+    let Some(t) = ttl else { return Ok(None) };
+    let d = humantime::parse_duration(t).map_err(|e| format!("ttl {t:?}: {e}"))?;
+    if d > MAX_TOKEN_TTL {
+        return Err(format!(
+            "ttl {t:?}: longer than {} (leave ttl out for a token that does not expire)",
+            humantime::format_duration(MAX_TOKEN_TTL)
+        ));
+    }
+    now.checked_add(d.as_secs().max(1)).map(Some).ok_or_else(|| format!("ttl {t:?}: the expiry time overflows"))
+}
+
 /// SHA-256 of a token secret, hex.
 pub fn secret_hash(secret: &str) -> String {
     gossip::tls::Fingerprint::of(secret.as_bytes()).to_string()
@@ -102,6 +121,20 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn token_expiry_is_bounded_and_never_wraps() {
+        assert_eq!(token_expiry(100, None), Ok(None));
+        assert_eq!(token_expiry(100, Some("1h")), Ok(Some(3700)));
+        assert_eq!(token_expiry(100, Some("0s")), Ok(Some(101)));
+        assert_eq!(token_expiry(100, Some("3650days")), Ok(Some(100 + 3650 * 86_400)));
+        for bad in ["18446744073709551615s", "3651days", "500years"] {
+            let e = token_expiry(100, Some(bad)).unwrap_err();
+            assert!(e.contains(bad) && e.contains("longer than"), "{e}");
+        }
+        assert!(token_expiry(u64::MAX, Some("1h")).unwrap_err().contains("overflows"));
+        assert!(token_expiry(100, Some("soon")).unwrap_err().contains("\"soon\""));
     }
 
     #[test]
