@@ -177,9 +177,31 @@ pub async fn serve(raft: &Raft, request: &[u8]) -> Result<Vec<u8>, String> {
             RpcResponse::AppendEntries(a)
         }
         RpcRequest::Vote(r) => RpcResponse::Vote(raft.vote(r).await),
-        RpcRequest::InstallSnapshot(r) => RpcResponse::InstallSnapshot(raft.install_snapshot(r).await),
+        RpcRequest::InstallSnapshot(r) => {
+            check_snapshot_chunk(r.offset, r.data.len())?;
+            RpcResponse::InstallSnapshot(raft.install_snapshot(r).await)
+        }
     };
     encode("raft rpc response", &resp).map_err(|e| e.to_string())
+}
+
+/// The largest snapshot a node takes from a leader. A snapshot is received into memory, and
+/// openraft writes each chunk at the offset the sender names, zero-filling any gap: without a
+/// bound, one chunk at offset 2^40 would ask for a terabyte (an abort), and near 2^64 a
+/// capacity overflow (a panic). The replicated state (members, rules, verdicts) is a few MB for
+/// thousands of services.
+pub const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
+
+/// Refuses a snapshot chunk that would reach past [`MAX_SNAPSHOT_BYTES`], before openraft
+/// sees it (a failed snapshot write would stop the receiving Raft).
+fn check_snapshot_chunk(offset: u64, len: usize) -> Result<(), String> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= MAX_SNAPSHOT_BYTES => Ok(()),
+        _ => Err(format!(
+            "snapshot chunk of {len} bytes at offset {offset} reaches past the {} MiB a snapshot may hold",
+            MAX_SNAPSHOT_BYTES >> 20
+        )),
+    }
 }
 
 /// Stage names and log indexes of an AppendEntries for `bench propagation --stages`: entries
@@ -190,6 +212,21 @@ fn rpc_marks(r: &AppendEntriesRequest<TypeConfig>) -> ((&'static str, &'static s
         _ => {
             let c = r.leader_commit.map(|c| c.index).unwrap_or(0);
             (("commit_send", "commit_reply"), c, c)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_chunks_past_the_bound_are_refused() {
+        assert!(check_snapshot_chunk(0, 3 << 20).is_ok());
+        assert!(check_snapshot_chunk(MAX_SNAPSHOT_BYTES - 10, 10).is_ok());
+        for (offset, len) in [(MAX_SNAPSHOT_BYTES - 10, 11), (1 << 40, 0), (u64::MAX, 1), (u64::MAX - 5, 10)] {
+            let e = check_snapshot_chunk(offset, len).unwrap_err();
+            assert!(e.contains(&format!("offset {offset}")) && e.contains("256 MiB"), "{e}");
         }
     }
 }
