@@ -69,7 +69,7 @@ impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Seed<S> {
     type Value = S::Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        let left = self.left.checked_sub(1).ok_or_else(|| too_deep::<D::Error>())?;
+        let left = self.left.checked_sub(1).ok_or_else(too_deep::<D::Error>)?;
         self.inner.deserialize(Limited { inner: d, left })
     }
 }
@@ -139,12 +139,12 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for LimitedVisitor<V> {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        let left = self.left.checked_sub(1).ok_or_else(|| too_deep::<D::Error>())?;
+        let left = self.left.checked_sub(1).ok_or_else(too_deep::<D::Error>)?;
         self.inner.visit_some(Limited { inner: d, left })
     }
 
     fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        let left = self.left.checked_sub(1).ok_or_else(|| too_deep::<D::Error>())?;
+        let left = self.left.checked_sub(1).ok_or_else(too_deep::<D::Error>)?;
         self.inner.visit_newtype_struct(Limited { inner: d, left })
     }
 
