@@ -38,6 +38,15 @@ pub enum CodecError {
     /// The input was not one contiguous slice.
     #[error("gossip packet buffer is not contiguous")]
     NotContiguous,
+    /// Metadata for one node name more than a node keeps: refused rather than grown without end
+    /// (a member could otherwise announce any number of made-up names).
+    #[error("gossip metadata for a new node name {name:?} refused: this node already keeps {limit} names")]
+    TooManyNames {
+        /// The new name.
+        name: String,
+        /// How many names a node keeps.
+        limit: usize,
+    },
     /// The output buffer is full (packet larger than `max_packet_size`).
     #[error("encoding gossip {what}: {source}")]
     Encode {

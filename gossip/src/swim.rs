@@ -333,12 +333,39 @@ impl Swim {
     }
 }
 
+/// How many node names' metadata a node keeps. A name's newest metadata replaces the older
+/// (a restarted node keeps its name), so a cluster needs one per node; the bound is for names
+/// a member makes up.
+const MAX_METADATA_NAMES: usize = 4096;
+
+/// How many leave announcements a node remembers. One is only consulted when that member goes
+/// down, moments after it announced it; the oldest are forgotten first.
+const MAX_LEAVING: usize = 1024;
+
 /// State shared between foca's broadcast handler and the driver (both on the driver task).
 #[derive(Default)]
 struct Shared {
     metadata: HashMap<String, NodeMetadata>,
     leaving: HashSet<NodeId>,
+    /// `leaving` in the order announced, to forget the oldest past [`MAX_LEAVING`].
+    leaving_order: std::collections::VecDeque<NodeId>,
     pending: Vec<MemberEvent>,
+}
+
+impl Shared {
+    /// Remembers a leave announcement; true when it is news.
+    fn remember_leaving(&mut self, node: NodeId) -> bool {
+        if !self.leaving.insert(node.clone()) {
+            return false;
+        }
+        self.leaving_order.push_back(node);
+        while self.leaving_order.len() > MAX_LEAVING {
+            if let Some(old) = self.leaving_order.pop_front() {
+                self.leaving.remove(&old);
+            }
+        }
+        true
+    }
 }
 
 fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -398,10 +425,12 @@ impl BroadcastHandler<NodeId> for Handler {
                 version,
                 data,
             } => {
-                let newer = s
-                    .metadata
-                    .get(&node.name)
-                    .is_none_or(|m| (node.incarnation, version) > (m.node.incarnation, m.version));
+                let known = s.metadata.get(&node.name);
+                // Our own metadata always has its place.
+                if !local && known.is_none() && s.metadata.len() >= MAX_METADATA_NAMES {
+                    return Err(CodecError::TooManyNames { name: node.name, limit: MAX_METADATA_NAMES });
+                }
+                let newer = known.is_none_or(|m| (node.incarnation, version) > (m.node.incarnation, m.version));
                 let key = BroadcastKey::Metadata {
                     name: node.name.clone(),
                     incarnation: node.incarnation,
@@ -422,7 +451,7 @@ impl BroadcastHandler<NodeId> for Handler {
                 Ok((newer || local).then_some(key))
             }
             BroadcastItem::Leaving { node } => {
-                let new = s.leaving.insert(node.clone());
+                let new = s.remember_leaving(node.clone());
                 Ok((new || local).then_some(BroadcastKey::Leaving(node)))
             }
         }
@@ -922,6 +951,32 @@ mod tests {
             .receive_item(b"\x01\xff\xff", Some(&id("c", 1)))
             .unwrap_err();
         assert!(e.to_string().contains("malformed gossip broadcast"), "{e}");
+    }
+
+    #[test]
+    fn made_up_names_and_leave_announcements_are_bounded() {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let mut h = Handler { shared: shared.clone() };
+        let from = id("c", 1);
+        for i in 0..MAX_METADATA_NAMES {
+            assert!(h.receive_item(&meta(id(&format!("n{i}"), 1), 1), Some(&from)).unwrap().is_some());
+        }
+        let e = h.receive_item(&meta(id("one-too-many", 1), 1), Some(&from)).unwrap_err();
+        assert!(e.to_string().contains("\"one-too-many\"") && e.to_string().contains("4096"), "{e}");
+        // A known name still takes newer metadata (a restart, a new version).
+        assert!(h.receive_item(&meta(id("n7", 2), 1), Some(&from)).unwrap().is_some());
+        assert_eq!(lock(&shared).metadata["n7"].node.incarnation, 2);
+        assert_eq!(lock(&shared).metadata.len(), MAX_METADATA_NAMES);
+        assert!(h.receive_item(&meta(id("me", 1), 1), None).unwrap().is_some(), "our own is never refused");
+
+        for i in 0..MAX_LEAVING + 10 {
+            let leave = BroadcastItem::Leaving { node: id(&format!("l{i}"), 1) }.to_bytes().unwrap();
+            assert!(h.receive_item(&leave, Some(&from)).unwrap().is_some());
+        }
+        let s = lock(&shared);
+        assert_eq!((s.leaving.len(), s.leaving_order.len()), (MAX_LEAVING, MAX_LEAVING));
+        assert!(!s.leaving.contains(&id("l0", 1)), "the oldest is forgotten first");
+        assert!(s.leaving.contains(&id(&format!("l{}", MAX_LEAVING + 9), 1)));
     }
 
     #[test]
