@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -210,6 +211,7 @@ pub struct Swim {
     task: JoinHandle<()>,
     identity: NodeId,
     leave_timeout: Duration,
+    bad_packets: Arc<AtomicU64>,
 }
 
 impl Swim {
@@ -236,6 +238,7 @@ impl Swim {
         );
         let identity = config.identity.clone();
         let leave_timeout = config.leave_timeout;
+        let bad_packets = Arc::new(AtomicU64::new(0));
         let driver = Driver {
             foca,
             rt: AccumulatingRuntime::new(),
@@ -250,6 +253,7 @@ impl Swim {
             own_meta: None,
             feedback: feedback_tx,
             impersonations: 0,
+            bad_packets: bad_packets.clone(),
             config,
         };
         let span = tracing::info_span!("swim", node = %identity.name);
@@ -261,9 +265,17 @@ impl Swim {
                 task,
                 identity,
                 leave_timeout,
+                bad_packets,
             },
             events_rx,
         ))
+    }
+
+    /// Gossip packets dropped as bad so far: undecodable, malformed, a broadcast item refused
+    /// (e.g. past a bound), or a sender that is not the certificate's node. A counter the node
+    /// exports; each drop is also logged with its reason.
+    pub fn bad_packets(&self) -> Arc<AtomicU64> {
+        self.bad_packets.clone()
     }
 
     /// The identity this node started with (foca may renew it; see [`MemberEvent::Rejoined`]).
@@ -482,6 +494,8 @@ struct Driver {
     feedback: mpsc::UnboundedSender<usize>,
     /// Packets dropped because their claimed sender was not the certificate's node.
     impersonations: u64,
+    /// Every packet dropped as bad, impersonations included (shared with the handle).
+    bad_packets: Arc<AtomicU64>,
     config: SwimConfig,
 }
 
@@ -533,10 +547,12 @@ impl Driver {
                         Ok(h) if h.src.name == *dgram.peer => {}
                         Ok(h) => {
                             self.impersonations += 1;
+                            self.bad_packets.fetch_add(1, Ordering::Relaxed);
                             warn!(peer = %dgram.peer, claimed = %h.src, total = self.impersonations, "dropped a gossip packet whose sender is not the certificate's node");
                             continue;
                         }
                         Err(e) => {
+                            self.bad_packets.fetch_add(1, Ordering::Relaxed);
                             warn!(peer = %dgram.peer, error = %e, "dropped a bad gossip packet");
                             continue;
                         }
@@ -545,6 +561,7 @@ impl Driver {
                     if let Err(e) = self.foca.handle_data(&data, &mut self.rt) {
                         match e {
                             foca::Error::Decode(_) | foca::Error::MalformedPacket | foca::Error::CustomBroadcast(_) => {
+                                self.bad_packets.fetch_add(1, Ordering::Relaxed);
                                 warn!(error = %e, "dropped a bad gossip packet")
                             }
                             _ => debug!(error = %e, "gossip packet not applied"),

@@ -359,6 +359,24 @@ async fn a_member_cannot_speak_for_another_identity() {
         members.iter().all(|m| m.id.name != "eve"),
         "an impersonated announce got in: {members:?}"
     );
+    // Each drop is counted, and so is a packet that does not decode.
+    let bad = seed.bad_packets();
+    let five = tokio::time::timeout(Duration::from_secs(5), async {
+        while bad.load(std::sync::atomic::Ordering::Relaxed) < 5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    five.await.expect("the five impersonations are counted as bad");
+    mallory
+        .send_datagram(seed_id.addr, bytes::Bytes::from_static(b"\x01\xff\xff"))
+        .await
+        .unwrap();
+    let counted = tokio::time::timeout(Duration::from_secs(5), async {
+        while bad.load(std::sync::atomic::Ordering::Relaxed) < 6 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    counted.await.expect("a garbage packet is counted as bad");
     // The same packet under its own name is accepted, so the test can tell the difference.
     let me = NodeId::fresh("mallory", mallory.local_addr().unwrap());
     mallory

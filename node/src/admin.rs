@@ -117,6 +117,8 @@ impl Admin {
         let mut s = self.health.as_ref().map(|h| h.metrics()).unwrap_or_default();
         let bad = c.bad_messages.load(std::sync::atomic::Ordering::Relaxed);
         s.push_str(&format!("# HELP corral_cluster_bad_messages_total Raft/admin messages refused as undecodable.\n# TYPE corral_cluster_bad_messages_total counter\ncorral_cluster_bad_messages_total {bad}\n"));
+        let bad = c.gossip_bad_packets.load(std::sync::atomic::Ordering::Relaxed);
+        s.push_str(&format!("# HELP corral_gossip_bad_packets_total Gossip packets dropped as undecodable, malformed, refused or impersonating.\n# TYPE corral_gossip_bad_packets_total counter\ncorral_gossip_bad_packets_total {bad}\n"));
         let st = c.sm.current();
         s.push_str(&format!("# HELP corral_cluster_revision Revision of the replicated state applied here.\n# TYPE corral_cluster_revision gauge\ncorral_cluster_revision {}\n", st.revision));
         if let Some(d) = &self.director {

@@ -82,6 +82,8 @@ pub struct Cluster {
     rules_lock: tokio::sync::Mutex<()>,
     /// Raft/admin messages refused because they did not decode.
     pub bad_messages: std::sync::atomic::AtomicU64,
+    /// Gossip packets dropped as bad (`gossip::Swim::bad_packets`), for the metrics.
+    pub gossip_bad_packets: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The Raft RPC transport: requests over TCP with mutual TLS on the node's cluster port number
@@ -260,6 +262,7 @@ impl Cluster {
         swim_cfg.probe_rtt = (c.probe_period * 2 / 5).max(Duration::from_millis(10));
         swim_cfg.suspect_to_down_after = c.suspect_timeout;
         let (swim, events) = Swim::start(&transport, swim_cfg)?;
+        let gossip_bad_packets = swim.bad_packets();
 
         let cluster = Arc::new(Cluster {
             name: name.clone(),
@@ -277,6 +280,7 @@ impl Cluster {
             stop,
             rules_lock: tokio::sync::Mutex::new(()),
             bad_messages: Default::default(),
+            gossip_bad_packets,
         });
 
         let r = raft.clone();
