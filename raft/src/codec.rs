@@ -72,24 +72,18 @@ pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, CodecE
             version,
         });
     }
-    let corrupt = |e: postcard::Error| CodecError::Corrupt {
+    let corrupt = |reason: String| CodecError::Corrupt {
         what: what.to_string(),
-        reason: e.to_string(),
+        reason,
     };
     let mut de = postcard::Deserializer::from_bytes(body);
     let value = depth::deserialize(&mut de, MAX_DEPTH).map_err(|e| match e {
-        Refused::TooDeep => CodecError::Corrupt {
-            what: what.to_string(),
-            reason: format!("nested deeper than {MAX_DEPTH} levels"),
-        },
-        Refused::Format(e) => corrupt(e),
+        Refused::TooDeep => corrupt(format!("nested deeper than {MAX_DEPTH} levels")),
+        Refused::Format(e) => corrupt(e.to_string()),
     })?;
-    let rest = de.finalize().map_err(corrupt)?;
+    let rest = de.finalize().map_err(|e| corrupt(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(CodecError::Corrupt {
-            what: what.to_string(),
-            reason: format!("{} unexpected trailing bytes", rest.len()),
-        });
+        return Err(corrupt(format!("{} unexpected trailing bytes", rest.len())));
     }
     Ok(value)
 }

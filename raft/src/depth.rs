@@ -2,8 +2,9 @@
 //! and serde's derived `Deserialize` recurses once per level, so a record with a recursive type
 //! in it (`Command::Batch`, or openraft's errors, whose `AnyError` carries an optional boxed
 //! source) could nest a few thousand levels in a few kilobytes and overflow the decoding
-//! thread's stack: an abort, not an error. Every nested value goes through [`Seed`], which
-//! counts one level; past the limit decoding fails with an error instead.
+//! thread's stack: an abort, not an error. Every nested value (a field, an element, a map key
+//! or value, a variant's content, a `Some`, a newtype's content) counts one level; past the
+//! limit decoding fails with an error instead.
 //!
 //! (`serde_stacker` grows the stack instead, which bounds nothing: a 16-MiB frame could then
 //! ask for gigabytes of stack.)
