@@ -50,6 +50,8 @@ pub(crate) type FakeProbe = std::sync::Arc<dyn Fn() -> CheckResult + Send + Sync
 pub(crate) struct AttemptIo {
     pub(crate) connector: Connector,
     pub(crate) prober: Prober,
+    /// Who runs script checks (the node's `script_user`, `enable_script_security`).
+    pub(crate) scripts: crate::ScriptPolicy,
 }
 
 pub(crate) enum Probe {
@@ -156,7 +158,7 @@ impl Checker {
             Probe::Udp(p) => p.attempt(t).await.map(|()| None),
             Probe::Icmp(p) => p.attempt(t).await.map(|()| None),
             Probe::Dns(p) => p.attempt(t).await.map(|()| None),
-            Probe::Script(p) => p.attempt(t).await,
+            Probe::Script(p) => p.attempt(t, &io.scripts).await,
             #[cfg(test)]
             Probe::Fake(f) => {
                 let r = f();

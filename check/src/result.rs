@@ -116,6 +116,10 @@ pub enum FailReason {
     /// The script ran past its timeout and was killed.
     #[error("script timed out and was killed")]
     ScriptTimeout,
+    /// The node's script policy refused to run the script (`enable_script_security`): the
+    /// message names the path someone other than root could change.
+    #[error("{0}")]
+    ScriptRefused(String),
     /// Any other local or network error, with the OS message.
     #[error("I/O error: {0}")]
     Io(String),
@@ -157,6 +161,7 @@ impl FailReason {
             FailReason::Dns(_) => ReasonKind::Dns,
             FailReason::ScriptExit(_) | FailReason::ScriptSignal(_) => ReasonKind::Script,
             FailReason::ScriptTimeout => ReasonKind::ScriptTimeout,
+            FailReason::ScriptRefused(_) => ReasonKind::ScriptRefused,
             FailReason::Io(_) => ReasonKind::Io,
         }
     }
@@ -179,12 +184,13 @@ pub enum ReasonKind {
     Dns,
     Script,
     ScriptTimeout,
+    ScriptRefused,
     Io,
 }
 
 impl ReasonKind {
     /// Every kind, in counter order.
-    pub const ALL: [ReasonKind; 13] = [
+    pub const ALL: [ReasonKind; 14] = [
         ReasonKind::Refused,
         ReasonKind::ConnectTimeout,
         ReasonKind::ReadTimeout,
@@ -197,6 +203,7 @@ impl ReasonKind {
         ReasonKind::Dns,
         ReasonKind::Script,
         ReasonKind::ScriptTimeout,
+        ReasonKind::ScriptRefused,
         ReasonKind::Io,
     ];
 
@@ -215,6 +222,7 @@ impl ReasonKind {
             ReasonKind::Dns => "dns",
             ReasonKind::Script => "script",
             ReasonKind::ScriptTimeout => "script_timeout",
+            ReasonKind::ScriptRefused => "script_refused",
             ReasonKind::Io => "io",
         }
     }

@@ -123,11 +123,14 @@ pub struct Options {
     /// Start each new check at a random point within its first interval, so ten thousand checks
     /// registered at once do not all fire in the same millisecond. Off: start at once.
     pub spread: bool,
+    /// Who runs script checks, and which scripts may not run as root: a script check comes with
+    /// the replicated rules, the policy with this node's own config.
+    pub scripts: crate::ScriptPolicy,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { spread: true }
+        Options { spread: true, scripts: crate::ScriptPolicy::default() }
     }
 }
 
@@ -335,7 +338,7 @@ impl<I: Clone + Eq + Hash + Debug + Send + Sync + 'static> Scheduler<I> {
             grid: Grid::at(Instant::now()),
             steps,
             _steps_alive: alive,
-            io: AttemptIo::default(),
+            io: AttemptIo { scripts: options.scripts.clone(), ..AttemptIo::default() },
             stats: Arc::default(),
             notable: Arc::default(),
             events: tx,
@@ -686,7 +689,7 @@ mod tests {
     }
 
     fn no_spread() -> (Scheduler<&'static str>, mpsc::UnboundedReceiver<Event<&'static str>>) {
-        Scheduler::with_options(Options { spread: false })
+        Scheduler::with_options(Options { spread: false, ..Options::default() })
     }
 
     /// Advance virtual time in small steps so spawned tasks run between them.

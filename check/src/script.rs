@@ -5,13 +5,14 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 
-use tokio::process::Command;
-
 use crate::checker::DefError;
 use crate::def::{self, ScriptCheck, Timing};
 use crate::result::FailReason;
+use crate::ScriptPolicy;
 
 pub(crate) struct ScriptProbe {
+    /// A command line, run as `/bin/sh -c LINE`; or else `program` with `args`.
+    line: Option<String>,
     program: String,
     args: Vec<String>,
     misc_dynamic: bool,
@@ -20,26 +21,32 @@ pub(crate) struct ScriptProbe {
 
 impl ScriptProbe {
     pub(crate) fn new(def: &ScriptCheck) -> Result<Self, DefError> {
-        let (program, args) = match &def.command {
+        let (line, program, args) = match &def.command {
             def::Command::Line(line) => {
                 if line.trim().is_empty() {
                     return Err(DefError::invalid("command", "empty"));
                 }
-                ("/bin/sh".to_string(), vec!["-c".to_string(), line.clone()])
+                (Some(line.clone()), "/bin/sh".to_string(), Vec::new())
             }
             def::Command::Argv(argv) => match argv.split_first() {
-                Some((p, rest)) if !p.is_empty() => (p.clone(), rest.to_vec()),
+                Some((p, rest)) if !p.is_empty() => (None, p.clone(), rest.to_vec()),
                 _ => return Err(DefError::invalid("command", "empty")),
             },
         };
-        Ok(ScriptProbe { program, args, misc_dynamic: def.misc_dynamic, timeout: def.misc_timeout })
+        Ok(ScriptProbe { line, program, args, misc_dynamic: def.misc_dynamic, timeout: def.misc_timeout })
     }
 
     /// Ok(weight) when up; the weight is only set for `misc_dynamic` exit codes 2..=255.
-    pub(crate) async fn attempt(&self, timing: &Timing) -> Result<Option<u32>, FailReason> {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
+    pub(crate) async fn attempt(&self, timing: &Timing, policy: &ScriptPolicy) -> Result<Option<u32>, FailReason> {
+        let mut cmd = match &self.line {
+            Some(line) => policy.shell(line),
+            None => policy.command(&self.program).map(|mut c| {
+                c.args(&self.args);
+                c
+            }),
+        }
+        .map_err(|e| FailReason::ScriptRefused(e.to_string()))?;
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)

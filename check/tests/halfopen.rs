@@ -169,7 +169,7 @@ fn a_half_open_check_falls_and_rises_with_its_backend() {
         t.delay_before_retry = Duration::from_millis(20);
         t.rise = 2;
         t.fall = 2;
-        let (sched, mut events) = Scheduler::<&str>::with_options(check::Options { spread: false });
+        let (sched, mut events) = Scheduler::<&str>::with_options(check::Options { spread: false, ..check::Options::default() });
         sched.add("rs", CheckDef::TcpHalfOpen(TcpHalfOpenCheck { target: addr, timing: t })).unwrap();
         let ev = next_event(&mut events).await;
         assert_eq!((ev.from, ev.to), (State::Unknown, State::Up), "{ev:?}");

@@ -23,7 +23,7 @@ fn tcp(target: std::net::SocketAddr, t: &Timing) -> CheckDef {
 #[tokio::test]
 async fn two_registrations_of_one_check_make_one_connection_per_interval() {
     let (addr, count) = counting_server().await;
-    let (sched, mut rx) = Scheduler::<&str>::with_options(Options { spread: false });
+    let (sched, mut rx) = Scheduler::<&str>::with_options(Options { spread: false, ..Options::default() });
     let t = every(200);
     sched.add("vs1/rs1", tcp(addr, &t)).unwrap();
     sched.add("vs2/rs1", tcp(addr, &t)).unwrap();
@@ -45,7 +45,7 @@ async fn two_registrations_of_one_check_make_one_connection_per_interval() {
 async fn remove_at_run_time_leaves_the_others_alone() {
     let (a, count_a) = counting_server().await;
     let (b, count_b) = counting_server().await;
-    let (sched, _rx) = Scheduler::<u32>::with_options(Options { spread: false });
+    let (sched, _rx) = Scheduler::<u32>::with_options(Options { spread: false, ..Options::default() });
     let t = every(100);
     sched.add(1, tcp(a, &t)).unwrap();
     sched.add(2, tcp(b, &t)).unwrap();
@@ -65,7 +65,7 @@ async fn backend_going_away_and_coming_back() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accept = tokio::spawn(async move { while listener.accept().await.is_ok() {} });
-    let (sched, mut rx) = Scheduler::<&str>::with_options(Options { spread: false });
+    let (sched, mut rx) = Scheduler::<&str>::with_options(Options { spread: false, ..Options::default() });
     let mut t = every(100);
     t.fall = 2;
     sched.add("rs", tcp(addr, &t)).unwrap();
@@ -107,4 +107,47 @@ async fn sync_applies_a_new_set() {
     assert_eq!(errors[0].0, "z");
     assert_eq!(sched.ids(), vec!["y"]);
     assert_eq!(sched.stats().running, 1);
+}
+
+fn script_check(line: &str, t: &Timing) -> CheckDef {
+    CheckDef::Script(check::def::ScriptCheck { command: check::def::Command::Line(line.into()), misc_dynamic: false, misc_timeout: None, timing: t.clone() })
+}
+
+/// The node's script policy reaches every script check through the scheduler's options: the
+/// user it names runs them, and under script security a script anyone can replace is refused
+/// when it would run as root (the check goes down with the reason naming the directory).
+#[tokio::test]
+async fn script_checks_run_under_the_schedulers_script_policy() {
+    use check::script_policy::{RunAs, ScriptPolicy};
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "script policy test needs root under CI");
+        eprintln!("SKIP: script_checks_run_under_the_schedulers_script_policy needs root (to switch users)");
+        return;
+    }
+    let t = every(100);
+    let nobody = RunAs { user: "nobody".into(), uid: 65534, gid: 65534 };
+    let (sched, mut rx) = Scheduler::<&str>::with_options(Options { spread: false, scripts: ScriptPolicy::new(Some(nobody), true) });
+    sched.add("as-nobody", script_check("test \"$(id -u):$(id -g):$(id -G)\" = 65534:65534:65534", &t)).unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!((ev.id, ev.to), ("as-nobody", State::Up), "{}", ev.result);
+
+    let dir = std::env::temp_dir().join(format!("corral-sched-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let script = dir.join("ok.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = RunAs { user: "root".into(), uid: 0, gid: 0 };
+    let (sched, mut rx) = Scheduler::<&str>::with_options(Options { spread: false, scripts: ScriptPolicy::new(Some(root), true) });
+    sched.add("unsafe", script_check(script.to_str().unwrap(), &t)).unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!((ev.id, ev.to), ("unsafe", State::Down));
+    match ev.result.error {
+        Some(FailReason::ScriptRefused(why)) => assert!(why.contains(&format!("{} is writable by everyone", dir.display())), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(sched.stats().failures.iter().any(|(k, n)| k.as_str() == "script_refused" && *n >= 1), "refusal not counted");
 }

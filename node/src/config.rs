@@ -135,11 +135,31 @@ pub struct NodeSection {
     /// at start.
     #[serde(default)]
     pub realtime_priority: Option<u8>,
+    /// User that script checks, hooks, VRRP notify and track scripts run as (keepalived's
+    /// `script_user`; a name or a uid). Absent = `corral_script` if that user exists, else the
+    /// daemon's own. Scripts come with the cluster's rules, so this bounds what applying rules
+    /// can do on this node (`node::scripts`). Takes effect at start.
+    pub script_user: Option<String>,
+    /// Group for `script_user` (default: its primary group).
+    pub script_group: Option<String>,
+    /// Refuse to run a script as root when it, or a directory above it, is writable by anyone
+    /// but root (keepalived's `enable_script_security`).
+    #[serde(default)]
+    pub enable_script_security: bool,
 }
 
 impl Default for NodeSection {
     fn default() -> Self {
-        NodeSection { name: None, admin_socket: default_admin_socket(), data_dir: default_data_dir(), bind: None, realtime_priority: None }
+        NodeSection {
+            name: None,
+            admin_socket: default_admin_socket(),
+            data_dir: default_data_dir(),
+            bind: None,
+            realtime_priority: None,
+            script_user: None,
+            script_group: None,
+            enable_script_security: false,
+        }
     }
 }
 

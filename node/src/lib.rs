@@ -13,6 +13,7 @@ pub mod director;
 pub mod health;
 pub mod realtime;
 pub mod rules;
+pub mod scripts;
 pub mod ticks;
 pub mod tracking;
 pub mod vrrp_driver;

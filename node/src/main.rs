@@ -33,6 +33,13 @@ fn main() -> ExitCode {
         eprintln!("corrald: {}: {e:#}", args.config.display());
         return ExitCode::from(1);
     }
+    let scripts = match node::scripts::policy_from(&config.node) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("corrald: invalid configuration: {}: {e}", args.config.display());
+            return ExitCode::from(1);
+        }
+    };
     if args.config_test {
         println!(
             "{}: configuration OK ({} VRRP instance(s), {} sync group(s), {} track script(s))",
@@ -53,6 +60,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     raise_nofile();
+    node::scripts::init(scripts);
     // The current-thread runtime below runs on this thread; the threads it creates set their
     // own scheduling (node::realtime).
     node::realtime::init(config.node.realtime_priority, "main");

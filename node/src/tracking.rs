@@ -168,8 +168,14 @@ pub async fn run(cfg: Config, mut snap: Snapshot, tx: mpsc::Sender<Snapshot>) {
                         s.due = now + s.def.interval;
                         let (script, timeout, done) = (s.def.script.clone(), s.def.timeout, done_tx.clone());
                         tokio::spawn(async move {
-                            let run = tokio::process::Command::new("/bin/sh").arg("-c").arg(&script).kill_on_drop(true).status();
-                            let ok = matches!(tokio::time::timeout(timeout, run).await, Ok(Ok(st)) if st.success());
+                            // A script the node's policy refuses counts as failing, as in keepalived.
+                            let ok = match crate::scripts::shell(&script, "track_script") {
+                                None => false,
+                                Some(mut c) => {
+                                    let run = c.kill_on_drop(true).status();
+                                    matches!(tokio::time::timeout(timeout, run).await, Ok(Ok(st)) if st.success())
+                                }
+                            };
                             let _ = done.send((i, ok)).await;
                         });
                     }

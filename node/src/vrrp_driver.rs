@@ -848,7 +848,8 @@ fn notify_commands(h: &Hooks, name: &str, to: State, priority: u8) -> Vec<String
 /// hold up an advert. A reaper task collects each exit status.
 fn spawn_scripts(cmds: Vec<String>) {
     for cmd in cmds {
-        match tokio::process::Command::new("/bin/sh").arg("-c").arg(&cmd).spawn() {
+        let Some(mut c) = crate::scripts::shell(&cmd, "notify") else { continue };
+        match c.spawn() {
             Ok(mut child) => {
                 tokio::spawn(async move {
                     let _ = child.wait().await;

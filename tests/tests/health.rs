@@ -246,3 +246,94 @@ fn verdicts_need_a_majority_of_observers() {
     let down = wait_for(Duration::from_secs(10), || verdict(&c, leader, B1).as_deref() == Some("down"));
     assert!(down.is_some(), "B1 not voted down by the reassigned observers: {:?}", row(&c, leader, B1));
 }
+
+/// Script checks and hooks come with the replicated rules; the node's own `[node] script_user`
+/// and `enable_script_security` decide who runs them (keepalived's settings). One node: first
+/// as `nobody`, then restarted as root with script security, where a script in a directory
+/// anyone can write is refused (check down with the reason, hook refused and counted) and never
+/// runs.
+#[test]
+fn scripts_run_as_the_script_user_and_unsafe_ones_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let test = "health_script_policy";
+    if !require_root(test) {
+        return;
+    }
+    let Some((d, ctl)) = binaries(test) else { return };
+    let id = std::process::Command::new("id").args(["-u", "nobody"]).output().expect("run id");
+    let nobody = String::from_utf8_lossy(&id.stdout).trim().to_string();
+    assert!(!nobody.is_empty(), "{test}: this test needs the user nobody");
+    let mut c = LabCluster::new(test, 1, d, ctl);
+    let mode = |p: &std::path::Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(c.root(), 0o755);
+    // `out` for the scripts' findings, writable by nobody; `shared` is writable by anyone (no
+    // sticky bit), so a script in it could be replaced by any local user.
+    let out = c.root().join("out");
+    let shared = c.root().join("shared");
+    for d in [&out, &shared] {
+        std::fs::create_dir_all(d).unwrap();
+        mode(d, 0o777);
+    }
+    let unsafe_script = shared.join("check.sh");
+    std::fs::write(&unsafe_script, format!("#!/bin/sh\ntouch {}/unsafe-ran\nexit 0\n", out.display())).unwrap();
+    mode(&unsafe_script, 0o755);
+    let rules = format!(
+        r#"[[virtual_server]]
+address = "192.0.2.100:80"
+scheduler = "rr"
+[[virtual_server.real_server]]
+address = "192.0.2.50:80"
+check = {{ type = "script", misc_path = "id -u > {o}/check; exit 1", interval = "300ms", fall = 1, rise = 1 }}
+notify_down = "id -u > {o}/hook"
+[[virtual_server.real_server]]
+address = "192.0.2.51:80"
+check = {{ type = "script", misc_path = "{u}", interval = "300ms", fall = 1, rise = 1 }}
+notify_down = "{u}"
+"#,
+        o = out.display(),
+        u = unsafe_script.display()
+    );
+    c.node_extra = "script_user = \"nobody\"\nenable_script_security = true\n".into();
+    c.form(Duration::from_secs(20));
+    let file = c.root().join("services.toml");
+    std::fs::write(&file, rules).unwrap();
+    let o = c.ctl(0, &format!("apply -f {}", file.display()));
+    assert_eq!(o.code, 0, "apply: {}{}", o.stdout, o.stderr);
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default().trim().to_string();
+
+    // As nobody: the check and its notify_down hook run with nobody's uid. Script security
+    // only guards root, so the script in `shared` runs too.
+    let ran = wait_for(Duration::from_secs(10), || read("check") == nobody && read("hook") == nobody && out.join("unsafe-ran").exists());
+    assert!(ran.is_some(), "check uid {:?}, hook uid {:?}, unsafe ran {}\n{}", read("check"), read("hook"), out.join("unsafe-ran").exists(), c.log_tail(0));
+    let up = wait_for(Duration::from_secs(10), || observer_states(&c, 0, "192.0.2.51:80") == [("d1".to_string(), "up".to_string())]);
+    assert!(up.is_some(), "the script in shared/ did not bring its server up: {:?}", observer_states(&c, 0, "192.0.2.51:80"));
+
+    // Restarted as root with script security: the line's program (id, root's) runs as root;
+    // the script anyone could have replaced is refused, as check and as hook.
+    c.node_extra = "script_user = \"root\"\nenable_script_security = true\n".into();
+    c.kill(0);
+    std::fs::remove_file(out.join("check")).unwrap();
+    std::fs::remove_file(out.join("unsafe-ran")).unwrap();
+    c.configure(0, &[], None);
+    c.start(0);
+    assert!(c.wait_up(0, Duration::from_secs(20)), "d1 did not restart: {}", c.log_tail(0));
+    let root_ran = wait_for(Duration::from_secs(10), || read("check") == "0");
+    assert!(root_ran.is_some(), "check uid as root: {:?}", read("check"));
+    let down = wait_for(Duration::from_secs(10), || verdict(&c, 0, "192.0.2.51:80").as_deref() == Some("down"));
+    assert!(down.is_some(), "the refused script's server is not down: {:?}\n{}", row(&c, 0, "192.0.2.51:80"), c.log_tail(0));
+    let r = row(&c, 0, "192.0.2.51:80").unwrap();
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("refused to run") && reason.contains(&format!("{} is writable by everyone", shared.display())),
+        "reason should name the unsafe directory: {reason:?}"
+    );
+    let metric = |m: &str| {
+        let text = c.ctl(0, "metrics").stdout;
+        text.lines().find_map(|l| l.strip_prefix(m).and_then(|v| v.trim().parse::<u64>().ok())).unwrap_or(0)
+    };
+    let counted = wait_for(Duration::from_secs(5), || metric("corral_scripts_refused_total ") >= 1 && metric("corral_check_failures_total{reason=\"script_refused\"} ") >= 1);
+    assert!(counted.is_some(), "refusals not counted:\n{}", c.ctl(0, "metrics").stdout);
+    assert!(c.log_tail(0).contains("refused to run"), "no refusal logged:\n{}", c.log_tail(0));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!out.join("unsafe-ran").exists(), "a script in a world-writable directory ran as root");
+}

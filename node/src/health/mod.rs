@@ -120,7 +120,7 @@ fn state_str(s: State) -> &'static str {
 impl Health {
     /// Starts the checker and the observer and leader loops.
     pub fn start(cluster: Arc<Cluster>) -> Arc<Health> {
-        let (sched, events) = Scheduler::new();
+        let (sched, events) = Scheduler::with_options(check::Options { scripts: crate::scripts::policy().clone(), ..check::Options::default() });
         let h = Arc::new(Health {
             cluster,
             sched,
@@ -512,6 +512,10 @@ impl Health {
         counter("reports_refused_total", "Observer reports refused (sender mismatch).", self.reports_refused.load(Ordering::Relaxed));
         counter("reports_failed_total", "Reports this node could not deliver to the leader.", self.reports_failed.load(Ordering::Relaxed));
         counter("hooks_run_total", "notify_up/notify_down/quorum hooks started.", self.hooks_run.load(Ordering::Relaxed));
+        s.push_str(&format!(
+            "# HELP corral_scripts_refused_total Hooks, notify and track scripts refused by enable_script_security.\n# TYPE corral_scripts_refused_total counter\ncorral_scripts_refused_total {}\n",
+            crate::scripts::refused_total()
+        ));
         let n = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).len();
         s.push_str(&format!("# HELP corral_health_observing Real servers this node observes.\n# TYPE corral_health_observing gauge\ncorral_health_observing {n}\n"));
         s
@@ -521,8 +525,8 @@ impl Health {
 /// Runs an operator's hook without blocking anything: `/bin/sh -c CMD` as keepalived does,
 /// with the subject in `CORRAL_SUBJECT` and the event in `CORRAL_EVENT`; killed after 60 s.
 pub fn run_hook(cmd: String, subject: &str, event: &str) {
-    let mut c = tokio::process::Command::new("/bin/sh");
-    c.arg("-c").arg(&cmd).env("CORRAL_SUBJECT", subject).env("CORRAL_EVENT", event).stdin(std::process::Stdio::null());
+    let Some(mut c) = crate::scripts::shell(&cmd, event) else { return };
+    c.env("CORRAL_SUBJECT", subject).env("CORRAL_EVENT", event).stdin(std::process::Stdio::null());
     let subject = subject.to_string();
     let event = event.to_string();
     tokio::spawn(async move {
