@@ -23,13 +23,29 @@ static REFUSED: AtomicU64 = AtomicU64::new(0);
 /// The policy `[node]` asks for. An explicit `script_user` or `script_group` that does not
 /// resolve is an error naming the key (the daemon must not quietly run scripts as root instead).
 pub fn policy_from(node: &NodeSection) -> Result<ScriptPolicy, String> {
+    use script_policy::PolicyError;
+    // SAFETY: geteuid(2) cannot fail and has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     let run_as = match &node.script_user {
-        Some(user) => Some(script_policy::lookup(user, node.script_group.as_deref()).map_err(|e| match e {
-            script_policy::PolicyError::UnknownGroup(_) => format!("[node] script_group: {e}"),
-            e => format!("[node] script_user: {e}"),
-        })?),
+        Some(user) => {
+            let r = script_policy::lookup(user, node.script_group.as_deref()).map_err(|e| match e {
+                PolicyError::UnknownGroup(_) | PolicyError::Lookup { key: "group", .. } => format!("[node] script_group: {e}"),
+                e => format!("[node] script_user: {e}"),
+            })?;
+            // Only root can switch users: anyone else would fail at every script's start.
+            if euid != 0 && r.uid != euid {
+                return Err(format!("[node] script_user: {user} (uid {}) needs corrald to run as root; it runs as uid {euid}", r.uid));
+            }
+            Some(r)
+        }
         None if node.script_group.is_some() => return Err("[node] script_group: needs script_user".into()),
-        None => script_policy::lookup(DEFAULT_SCRIPT_USER, None).ok(),
+        // keepalived's default: the script user if it exists, when there is a user to switch from.
+        None if euid == 0 => match script_policy::lookup(DEFAULT_SCRIPT_USER, None) {
+            Ok(r) => Some(r),
+            Err(PolicyError::UnknownUser(_)) => None,
+            Err(e) => return Err(format!("[node] script_user (default {DEFAULT_SCRIPT_USER}): {e}")),
+        },
+        None => None,
     };
     Ok(ScriptPolicy::new(run_as, node.enable_script_security))
 }
@@ -64,9 +80,20 @@ pub fn shell(line: &str, what: &str) -> Option<tokio::process::Command> {
     }
 }
 
+/// Counts every refusal; logs the first one of each script in each use (a track script is
+/// refused every interval), up to a bound on how many it remembers.
 fn refused(e: &Refused, what: &str) {
+    static LOGGED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     REFUSED.fetch_add(1, Ordering::Relaxed);
-    tracing::error!(what, "{e}");
+    let mut logged = LOGGED.lock().unwrap_or_else(|p| p.into_inner());
+    let key = format!("{what}\0{}", e.script);
+    if !logged.contains(&key) {
+        if logged.len() >= 256 {
+            logged.remove(0);
+        }
+        logged.push(key);
+        tracing::error!(what, "{e} (further refusals of this script are counted in corral_scripts_refused_total, not logged)");
+    }
 }
 
 /// Hooks and notify scripts refused by `enable_script_security` (script checks count theirs as
@@ -88,6 +115,7 @@ mod tests {
         assert_eq!(policy_from(&node(Some("corral-no-such-user"), None)).unwrap_err(), "[node] script_user: no user named \"corral-no-such-user\" on this system");
         assert_eq!(policy_from(&node(Some("root"), Some("corral-no-such-group"))).unwrap_err(), "[node] script_group: no group named \"corral-no-such-group\" on this system");
         assert_eq!(policy_from(&node(None, Some("root"))).unwrap_err(), "[node] script_group: needs script_user");
+        assert_eq!(policy_from(&node(Some("4294967295"), None)).unwrap_err(), "[node] script_user: no user named \"4294967295\" on this system");
         let p = policy_from(&node(Some("65534"), Some("65534"))).unwrap();
         assert_eq!(p.run_as().map(|r| (r.uid, r.gid)), Some((65534, 65534)));
         assert!(!p.secure());

@@ -311,6 +311,13 @@ notify_down = "{u}"
     // Restarted as root with script security: the line's program (id, root's) runs as root;
     // the script anyone could have replaced is refused, as check and as hook.
     c.node_extra = "script_user = \"root\"\nenable_script_security = true\n".into();
+    // The node's own scripts go through the same policy: a track script and the VRRP notify
+    // scripts (the failing track script takes the instance to FAULT, which runs notify_fault).
+    c.extra_sections = format!(
+        "[[track_script]]\nname = \"chk\"\nscript = \"{u}\"\ninterval = \"300ms\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 61\npriority = 150\n\
+         advert_interval = \"100ms\"\nvirtual_ips = [\"192.0.2.200/24\"]\ntrack_scripts = [\"chk\"]\nnotify_master = \"{u}\"\nnotify_backup = \"{u}\"\nnotify_fault = \"{u}\"\n",
+        u = unsafe_script.display()
+    );
     c.kill(0);
     std::fs::remove_file(out.join("check")).unwrap();
     std::fs::remove_file(out.join("unsafe-ran")).unwrap();
@@ -331,9 +338,12 @@ notify_down = "{u}"
         let text = c.ctl(0, "metrics").stdout;
         text.lines().find_map(|l| l.strip_prefix(m).and_then(|v| v.trim().parse::<u64>().ok())).unwrap_or(0)
     };
-    let counted = wait_for(Duration::from_secs(5), || metric("corral_scripts_refused_total ") >= 1 && metric("corral_check_failures_total{reason=\"script_refused\"} ") >= 1);
+    let counted = wait_for(Duration::from_secs(5), || metric("corral_scripts_refused_total ") >= 3 && metric("corral_check_failures_total{reason=\"script_refused\"} ") >= 1);
     assert!(counted.is_some(), "refusals not counted:\n{}", c.ctl(0, "metrics").stdout);
-    assert!(c.log_tail(0).contains("refused to run"), "no refusal logged:\n{}", c.log_tail(0));
+    let log = std::fs::read_to_string(c.nodes[0].log()).unwrap_or_default();
+    for what in ["DOWN", "track_script", "notify"] {
+        assert!(log.contains(&format!("what=\"{what}\"")) && log.contains("refused to run"), "no refusal logged for {what}:\n{}", c.log_tail(0));
+    }
     std::thread::sleep(Duration::from_millis(600));
     assert!(!out.join("unsafe-ran").exists(), "a script in a world-writable directory ran as root");
 }

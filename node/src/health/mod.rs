@@ -403,8 +403,9 @@ impl Health {
     }
 
     fn run_hook(&self, cmd: String, subject: &str, event: &str) {
-        self.hooks_run.fetch_add(1, Ordering::Relaxed);
-        run_hook(cmd, subject, event);
+        if run_hook(cmd, subject, event) {
+            self.hooks_run.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// This node's latest results for the checks it observes.
@@ -524,8 +525,9 @@ impl Health {
 
 /// Runs an operator's hook without blocking anything: `/bin/sh -c CMD` as keepalived does,
 /// with the subject in `CORRAL_SUBJECT` and the event in `CORRAL_EVENT`; killed after 60 s.
-pub fn run_hook(cmd: String, subject: &str, event: &str) {
-    let Some(mut c) = crate::scripts::shell(&cmd, event) else { return };
+/// False when the node's script policy refused it (logged and counted there).
+pub fn run_hook(cmd: String, subject: &str, event: &str) -> bool {
+    let Some(mut c) = crate::scripts::shell(&cmd, event) else { return false };
     c.env("CORRAL_SUBJECT", subject).env("CORRAL_EVENT", event).stdin(std::process::Stdio::null());
     let subject = subject.to_string();
     let event = event.to_string();
@@ -542,7 +544,7 @@ pub fn run_hook(cmd: String, subject: &str, event: &str) {
                 }
             },
         }
-    });
+    });    true
 }
 
 /// Awaits all futures concurrently (a tiny join_all, to avoid a dependency for one call).
