@@ -246,6 +246,39 @@ pub fn rs_key(service: &ServiceKey, rs: SocketAddr) -> String {
     format!("{service} -> {rs}")
 }
 
+/// Keys a check table may hold beyond those its parsed definition writes back: keepalived's
+/// names (aliases) and settings left out when at their default, by check type.
+fn check_key_aliases(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "tcp" => &["graceful_close"],
+        "http" | "https" => &["status_code"],
+        "dns" => &["qtype"],
+        "script" => &["misc_path", "misc_timeout"],
+        _ => &[],
+    }
+}
+
+/// [`check_def`], and no key it does not know. serde cannot refuse unknown keys in the check
+/// structs (they are `flatten`ed), so they are compared here: a misspelt or unsupported
+/// keepalived keyword (`connect_ip`, `url`, `bindto`) would otherwise be dropped without a word,
+/// and the check would run without it. Only `apply` and edits are this strict; rules already
+/// stored keep their checks.
+fn validate_check(raw: &serde_json::Value, rs: SocketAddr) -> Result<(), (Option<String>, String)> {
+    let def = check_def(raw, rs).map_err(|e| (None, e))?;
+    let echoed = serde_json::to_value(&def).map_err(|e| (None, e.to_string()))?;
+    let echoed = echoed.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+    let kind = raw.get("type").and_then(|t| t.as_str()).unwrap_or_default();
+    const EVERY: &[&str] = &["type", "port", "connect_port", "target", "delay_loop", "retry", "nb_get_retry", "read_timeout"];
+    let known = |k: &str| echoed.iter().any(|e| e == k) || EVERY.contains(&k) || check_key_aliases(kind).contains(&k);
+    if let Some(k) = raw.as_object().and_then(|m| m.keys().find(|k| !known(k))) {
+        let mut all: Vec<&str> = echoed.iter().map(String::as_str).chain(EVERY.iter().copied()).chain(check_key_aliases(kind).iter().copied()).collect();
+        all.sort_unstable();
+        all.dedup();
+        return Err((Some(k.clone()), format!("unknown key in a {kind} check (it knows: {})", all.join(", "))));
+    }
+    Ok(())
+}
+
 /// One real server's health check as every node derives it from the rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RsCheck {
@@ -259,13 +292,14 @@ pub struct RsCheck {
 }
 
 /// Turns a rules `check` table into a definition: fills `target` from the real server's
-/// address (`port` = keepalived's connect_port), then lets the `check` crate validate it.
+/// address (`port`, or keepalived's `connect_port`), then lets the `check` crate validate it.
 fn check_def(raw: &serde_json::Value, rs: SocketAddr) -> Result<check::CheckDef, String> {
     let mut map = raw.as_object().cloned().ok_or("a check is a table, e.g. { type = \"tcp\" }")?;
     let kind = map.get("type").and_then(|t| t.as_str()).ok_or("a check needs type = \"tcp\" | \"tcp_half_open\" | \"http\" | \"https\" | \"udp\" | \"icmp\" | \"dns\" | \"script\"")?.to_string();
-    let port = match map.remove("port") {
-        None => rs.port(),
-        Some(p) => p.as_u64().filter(|p| (1..=65535).contains(p)).ok_or("port must be 1..=65535")? as u16,
+    let port = match (map.remove("port"), map.remove("connect_port")) {
+        (Some(_), Some(_)) => return Err("port and connect_port are the same setting: give one".into()),
+        (None, None) => rs.port(),
+        (Some(p), None) | (None, Some(p)) => p.as_u64().filter(|p| (1..=65535).contains(p)).ok_or("port must be 1..=65535")? as u16,
     };
     if !map.contains_key("target") {
         match kind.as_str() {
@@ -387,9 +421,15 @@ impl RuleSet {
                 if rs.lower_threshold > 0 && rs.upper_threshold > 0 && rs.lower_threshold > rs.upper_threshold {
                     return Err((rs_at("lower_threshold"), "lower_threshold above upper_threshold".into()));
                 }
+                let at = |mut path: Vec<KeySeg>, key: Option<String>| {
+                    path.extend(key.map(Key));
+                    path
+                };
                 match (&rs.check, &vs.check) {
-                    (Some(c), _) => check_def(c, rs.address).map_err(|e| (rs_at("check"), e))?,
-                    (None, Some(c)) => check_def(c, rs.address).map_err(|e| (vs_at(i, "check"), format!("for real server {}: {e}", rs.address)))?,
+                    (Some(c), _) => validate_check(c, rs.address).map_err(|(k, e)| (at(rs_at("check"), k), e))?,
+                    (None, Some(c)) => {
+                        validate_check(c, rs.address).map_err(|(k, e)| (at(vs_at(i, "check"), k), format!("for real server {}: {e}", rs.address)))?
+                    }
                     (None, None) => continue,
                 };
             }
@@ -544,8 +584,23 @@ pub fn to_toml(rules: &RuleSet) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "edit", rename_all = "snake_case")]
 pub enum Edit {
-    /// Adds (or replaces) a virtual server with its real servers.
+    /// Adds a virtual server with its real servers. One that exists already is refused, as
+    /// `ipvsadm -A` refuses it: replacing it would drop its real servers ([`Edit::VsEdit`]
+    /// changes its settings).
     VsAdd { vs: Box<VirtualServer> },
+    /// Changes settings of an existing virtual server, keeping its real servers, checks and
+    /// everything not named (ipvsadm's `-E`). `Some(None)` clears an optional setting.
+    VsEdit {
+        service: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduler: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        forwarding: Option<Forwarding>,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "edit_opt_dur")]
+        persistence_timeout: Option<Option<Duration>>,
+        #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "null_clears")]
+        sorry_server: Option<Option<SocketAddr>>,
+    },
     /// Removes a virtual server by its address or `fwmark:N`.
     VsDel { service: String },
     /// Adds (or replaces) a real server in a virtual server.
@@ -584,8 +639,33 @@ impl Edit {
         match self {
             Edit::VsAdd { vs } => {
                 let key = vs.key();
-                rules.virtual_servers.retain(|v| v.key() != key);
+                if let Some(v) = rules.virtual_servers.iter().find(|v| key.is_some() && v.key() == key) {
+                    return Err(format!(
+                        "virtual server {} exists already (with {} real server(s)): `corralctl vs edit` changes its settings, `vs del` removes it",
+                        key.map(|k| k.to_string()).unwrap_or_default(),
+                        v.real_servers.len()
+                    ));
+                }
                 rules.virtual_servers.push((**vs).clone());
+            }
+            Edit::VsEdit { service, scheduler, forwarding, persistence_timeout, sorry_server } => {
+                let i = find(rules, service)?;
+                let v = &mut rules.virtual_servers[i];
+                if let Some(s) = scheduler {
+                    v.scheduler = s.clone();
+                }
+                if let Some(f) = forwarding {
+                    v.forwarding = *f;
+                }
+                if let Some(p) = persistence_timeout {
+                    v.persistence_timeout = *p;
+                    if p.is_none() {
+                        v.persistence_granularity = None; // a netmask for no persistence
+                    }
+                }
+                if let Some(s) = sorry_server {
+                    v.sorry_server = *s;
+                }
             }
             Edit::VsDel { service } => {
                 let i = find(rules, service)?;
@@ -610,6 +690,34 @@ impl Edit {
             Edit::RsDrain { service, address } => set_weight(rules, service, *address, 0)?,
         }
         rules.validate().map_err(|(segs, m)| format!("{}: {m}", crate::config::key_path(&segs)))
+    }
+}
+
+/// A present `null` is `Some(None)` (clear), not `None` (unchanged) as serde reads it by default.
+fn null_clears<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `Option<Option<Duration>>` for [`Edit::VsEdit`]: absent = unchanged, `null` = cleared,
+/// a humantime string = set.
+mod edit_opt_dur {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Option<Duration>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(Some(d)) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            _ => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Duration>>, D::Error> {
+        let v: Option<String> = Option::deserialize(d)?;
+        match v {
+            None => Ok(Some(None)),
+            Some(s) => humantime::parse_duration(&s).map(|d| Some(Some(d))).map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -769,6 +877,42 @@ address = "[2001:db8::11]:0"
     }
 
     #[test]
+    fn check_tables_refuse_keys_they_do_not_know_and_take_keepalived_names() {
+        let rules = |check: &str| format!("[[virtual_server]]\naddress = \"192.0.2.1:80\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\ncheck = {check}\n");
+        let e = parse(&rules(r#"{ type = "tcp", connect_ip = "198.51.100.9" }"#)).unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].real_server[0].check.connect_ip");
+        assert!(e.message.contains("unknown key in a tcp check (it knows: ") && e.message.contains("connect_timeout"), "{e}");
+        let e = parse(&rules(r#"{ type = "http", url = { path = "/hc" } }"#)).unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].real_server[0].check.url");
+        // On the virtual server, for every real server it checks.
+        let e = parse("[[virtual_server]]\naddress = \"192.0.2.1:80\"\ncheck = { type = \"tcp\", bindto = \"192.0.2.1\" }\n[[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\n").unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].check.bindto");
+        // keepalived's names and settings at their defaults are known.
+        for ok in [
+            r#"{ type = "tcp", connect_port = 8080, delay_loop = "3s", retry = 2, graceful_close = false }"#,
+            r#"{ type = "tcp", port = 8080, nb_get_retry = 2, read_timeout = "1s", initial = "down" }"#,
+            r#"{ type = "http", path = "/", status_code = [200], virtualhost = "www" }"#,
+            r#"{ type = "https", path = "/", tls_verify = false, sni = "www" }"#,
+            r#"{ type = "dns", name = "example.org", qtype = "A" }"#,
+            r#"{ type = "script", misc_path = "true", misc_timeout = "1s", misc_dynamic = false }"#,
+            r#"{ type = "icmp", payload_len = 56 }"#,
+            r#"{ type = "udp", payload = "ping", require_reply = false }"#,
+        ] {
+            if let Err(e) = parse(&rules(ok)) {
+                panic!("{ok}: {e}");
+            }
+        }
+        let r = parse(&rules(r#"{ type = "tcp", connect_port = 8080 }"#)).unwrap();
+        assert_eq!(r.checks()[0].def, check::CheckDef::tcp("198.51.100.1:8080".parse().unwrap()));
+        assert!(parse(&rules(r#"{ type = "tcp", connect_port = 8080, port = 8081 }"#)).unwrap_err().message.contains("give one"));
+        // Rules stored before this check keep their checks (derivation is not strict).
+        let mut stored = parse(&rules(r#"{ type = "tcp" }"#)).unwrap();
+        stored.virtual_servers[0].real_servers[0].check = Some(serde_json::json!({ "type": "tcp", "connect_ip": "198.51.100.9" }));
+        assert_eq!(stored.checks().len(), 1);
+        assert!(stored.validate().is_err());
+    }
+
+    #[test]
     fn edits_apply_and_validate() {
         let mut r = parse(EXAMPLE).unwrap();
         Edit::RsDrain { service: "192.0.2.100:80".into(), address: "198.51.100.11:80".parse().unwrap() }.apply(&mut r).unwrap();
@@ -779,6 +923,35 @@ address = "[2001:db8::11]:0"
         let before = r.clone();
         assert!(bad.apply(&mut r.clone()).unwrap_err().contains("weight"));
         assert_eq!(r, before);
+        // `vs add` of a service that exists is refused (it would drop the real servers);
+        // `vs edit` changes settings and keeps them.
+        let mut again = r.virtual_servers[0].clone();
+        again.real_servers.clear();
+        let e = Edit::VsAdd { vs: Box::new(again) }.apply(&mut r.clone()).unwrap_err();
+        assert!(e.contains("exists already (with 2 real server(s))") && e.contains("vs edit"), "{e}");
+        let edit = Edit::VsEdit {
+            service: "192.0.2.100:80".into(),
+            scheduler: Some("wrr".into()),
+            forwarding: None,
+            persistence_timeout: Some(Some(Duration::from_secs(300))),
+            sorry_server: Some(None),
+        };
+        assert!(serde_json::to_string(&edit).unwrap().contains("\"sorry_server\":null"));
+        let json = serde_json::to_string(&edit).unwrap();
+        assert_eq!(serde_json::from_str::<Edit>(&json).unwrap(), edit, "{json}");
+        let before = r.virtual_servers[0].clone();
+        edit.apply(&mut r).unwrap();
+        let after = &r.virtual_servers[0];
+        assert_eq!((after.scheduler.as_str(), after.persistence_timeout, after.sorry_server), ("wrr", Some(Duration::from_secs(300)), None));
+        assert_eq!((&after.real_servers, after.forwarding, &after.check), (&before.real_servers, before.forwarding, &before.check));
+        let clear = Edit::VsEdit { service: "192.0.2.100:80".into(), scheduler: None, forwarding: None, persistence_timeout: Some(None), sorry_server: None };
+        clear.apply(&mut r).unwrap();
+        assert_eq!((r.virtual_servers[0].persistence_timeout, r.virtual_servers[0].scheduler.as_str()), (None, "wrr"));
+        assert_eq!(r.virtual_servers[0].persistence_granularity, None);
+        let bad = Edit::VsEdit { service: "192.0.2.100:80".into(), scheduler: Some("fastest".into()), forwarding: None, persistence_timeout: None, sorry_server: None };
+        assert!(bad.apply(&mut r.clone()).unwrap_err().contains("scheduler"));
+        let missing = Edit::VsEdit { service: "192.0.2.9:80".into(), scheduler: None, forwarding: None, persistence_timeout: None, sorry_server: None };
+        assert!(missing.apply(&mut r.clone()).unwrap_err().contains("no virtual server"));
         Edit::VsDel { service: "fwmark:7".into() }.apply(&mut r).unwrap();
         assert_eq!(r.virtual_servers.len(), 1);
         assert!(Edit::VsDel { service: "192.0.2.9:80".into() }.apply(&mut r).unwrap_err().contains("no virtual server"));

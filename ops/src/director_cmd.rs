@@ -51,7 +51,8 @@ impl From<Fwd> for Forwarding {
 
 #[derive(Subcommand)]
 pub enum VsCmd {
-    /// Add (or replace) a virtual server: VIP:PORT, or --fwmark N.
+    /// Add a virtual server: VIP:PORT, or --fwmark N. One that exists is refused (`edit` changes
+    /// it; replacing it would drop its real servers), as `ipvsadm -A` refuses it.
     Add {
         /// VIP:PORT (omit with --fwmark).
         address: Option<SocketAddr>,
@@ -71,6 +72,25 @@ pub enum VsCmd {
         persistence: Option<String>,
         #[arg(long)]
         sorry_server: Option<SocketAddr>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Change settings of a virtual server (VIP:PORT, udp:VIP:PORT or fwmark:N), keeping its
+    /// real servers, checks and what is not named, like `ipvsadm -E`.
+    Edit {
+        service: String,
+        #[arg(long)]
+        scheduler: Option<String>,
+        #[arg(long, value_enum)]
+        forwarding: Option<Fwd>,
+        /// Persistence timeout (humantime: 360s, 5m); `off` turns persistence off.
+        #[arg(long)]
+        persistence: Option<String>,
+        #[arg(long, conflicts_with = "no_sorry_server")]
+        sorry_server: Option<SocketAddr>,
+        /// Remove the sorry server.
+        #[arg(long)]
+        no_sorry_server: bool,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -233,6 +253,19 @@ pub fn vs(socket: &Path, cmd: VsCmd) -> Result<()> {
                 .validate()
                 .map_err(|(segs, m)| anyhow::anyhow!("{}: {m}", node::config::key_path(&segs)))?;
             edit(socket, Edit::VsAdd { vs: Box::new(vs) }, output)
+        }
+        VsCmd::Edit { service, scheduler, forwarding, persistence, sorry_server, no_sorry_server, output } => {
+            let persistence_timeout = match persistence.as_deref() {
+                None => None,
+                Some("off" | "none" | "0") => Some(None),
+                Some(p) => Some(Some(node::config::parse_duration(p).map_err(|e| anyhow::anyhow!("--persistence: {e}"))?)),
+            };
+            let sorry_server = if no_sorry_server { Some(None) } else { sorry_server.map(Some) };
+            let forwarding = forwarding.map(Into::into);
+            if scheduler.is_none() && forwarding.is_none() && persistence_timeout.is_none() && sorry_server.is_none() {
+                bail!("vs edit {service}: nothing to change (--scheduler, --forwarding, --persistence, --sorry-server or --no-sorry-server)");
+            }
+            edit(socket, Edit::VsEdit { service, scheduler, forwarding, persistence_timeout, sorry_server }, output)
         }
         VsCmd::Del { service, output } => edit(socket, Edit::VsDel { service }, output),
     }

@@ -115,6 +115,10 @@ fn rules_reach_every_director_identically_drift_is_repaired_and_restarts_restore
     assert!(o.stderr.contains("virtual_server[0].scheduler"), "{}", o.stderr);
     std::fs::write(&file, "[[virtual_server]]\naddress = \"192.0.2.100:80\"\n[[virtual_server.real_server]]\naddress = \"[2001:db8::1]:80\"\n").unwrap();
     assert_ne!(c.ctl(1, &format!("apply -f {}", file.display())).code, 0);
+    // So is `vs add` of a service that exists (as `ipvsadm -A`): it would drop its real servers.
+    let o = c.ctl(2, "vs add 192.0.2.100:80 --scheduler wrr");
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("exists already"), "{}", o.stderr);
     std::thread::sleep(Duration::from_secs(2));
     for i in 0..3 {
         assert_eq!(save(&c, i), table, "d{} changed after invalid applies", i + 1);
@@ -136,6 +140,14 @@ fn rules_reach_every_director_identically_drift_is_repaired_and_restarts_restore
     c.kill(1);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(save(&c, 1), table);
+
+    // `vs edit` changes a service in place (ipvsadm -E): its real servers stay as they were.
+    let o = c.ctl(0, "vs edit 192.0.2.100:80 --scheduler wrr");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let want = table.replace("-A -t 192.0.2.100:80 -s rr", "-A -t 192.0.2.100:80 -s wrr");
+    assert_ne!(want, table);
+    let edited = wait_for(Duration::from_secs(10), || save(&c, 0) == want && save(&c, 2) == want);
+    assert!(edited.is_some(), "vs edit not applied as asked:\n{}\nwanted:\n{want}", save(&c, 0));
 }
 
 /// Directors d1–d3 (192.0.2.1–3) share the VIP 192.0.2.100 by VRRP; backends web1–3
