@@ -113,6 +113,8 @@ struct Running {
     fired: Option<(std::time::Instant, std::time::Instant)>,
     /// The state the driver last acted on (its last `StateChanged`).
     acted_state: State,
+    /// Peers already warned about for speaking the other VRRP version (bounded).
+    version_warned: Vec<IpAddr>,
 }
 
 /// Refuses the configuration keys the driver does not implement yet, naming them, so
@@ -231,6 +233,7 @@ async fn build(
         mastership: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         fired: None,
         acted_state: State::Initialize,
+        version_warned: Vec::new(),
     })
 }
 
@@ -639,8 +642,36 @@ fn receive(r: &mut Running, pkt: vrrp::sys::socket::Received, now: std::time::In
     });
     match parsed {
         Ok(repr) => r.inst.handle_advert(now, pkt.src, &repr),
-        Err(reason) => r.inst.count_drop(reason),
+        Err(reason) => {
+            if reason == wire::DropReason::BadVersion {
+                warn_other_version(r, &pkt);
+            }
+            r.inst.count_drop(reason)
+        }
     }
+}
+
+/// A router of the same VRID speaking the other VRRP version is the classic silent split brain
+/// of a keepalived migration (keepalived defaults to version 2, corral to 3): each drops the
+/// other's adverts, and both become master. The drop is counted like any other; this says so
+/// in words, once per peer.
+fn warn_other_version(r: &mut Running, pkt: &vrrp::sys::socket::Received) {
+    let theirs = pkt.payload.first().map(|b| b >> 4).unwrap_or(0);
+    let ours = r.conf.version;
+    if !(2..=3).contains(&theirs) || theirs == ours || r.version_warned.contains(&pkt.src) || r.version_warned.len() >= 16 {
+        return;
+    }
+    r.version_warned.push(pkt.src);
+    tracing::warn!(
+        instance = %r.conf.name,
+        vrid = r.conf.vrid,
+        peer = %pkt.src,
+        "VRRP instance {} runs version {ours} and drops the version-{theirs} adverts {} sends for VRID {}: neither router hears the other, so both can become master. \
+         keepalived's default is vrrp_version 2: set `version = {theirs}` on this instance, or the same version on the peer",
+        r.conf.name,
+        pkt.src,
+        r.conf.vrid
+    );
 }
 
 /// Adverts waiting for the end of the driver's turn, when they leave with one `sendmmsg` per

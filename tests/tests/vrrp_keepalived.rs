@@ -671,3 +671,36 @@ fn link_down_means_fault_promptly() {
         assert!(wait_for(Duration::from_secs(2), || !has_addr(h2, VIP)).is_some(), "{what}: keepalived back to backup");
     }
 }
+
+/// A keepalived peer left at its default VRRP version (2) next to a version-3 corral instance:
+/// neither hears the other, so both become master. corral cannot fix that alone, but it says
+/// so once, naming the peer and the setting, instead of only counting dropped adverts.
+#[test]
+fn a_peer_speaking_the_other_vrrp_version_is_named_once() {
+    let Some(bin) = prerequisites("a_peer_speaking_the_other_vrrp_version_is_named_once") else { return };
+    let lan = Lan::new(2);
+    let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
+    let (dc, dk) = (tempdir::Dir::new("vers-c"), tempdir::Dir::new("vers-k"));
+    let file = dc.path.join("corrald.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[node]\nadmin_socket = \"{}/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\nversion = 3\npriority = 150\nadvert_interval = \"1s\"\nvirtual_ips = [\"{VIP}/24\"]\ngarp_repeat = 1\n",
+            dc.path.display()
+        ),
+    )
+    .unwrap();
+    let log = dc.path.join("corrald.log");
+    let mut cmd = h1.cmd(bin.to_str().unwrap());
+    cmd.arg("--config").arg(&file).env("NO_COLOR", "1").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+    let _c = Daemon::spawn(cmd, "corrald");
+    let _k = keepalived(h2, &dk, 2, 100, "1", None);
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let warned = wait_for(Duration::from_secs(10), || text().contains("drops the version-2 adverts 192.0.2.2 sends for VRID 51"));
+    assert!(warned.is_some(), "no warning about the version-2 peer:\n{}", text());
+    assert!(text().contains("set `version = 2` on this instance"), "{}", text());
+    // Both hold the VIP: the split brain the warning is about (keepalived took it as master).
+    assert!(wait_for(Duration::from_secs(8), || has_addr(h1, VIP) && has_addr(h2, VIP)).is_some(), "expected both to be master");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(text().matches("drops the version-2 adverts").count(), 1, "warned more than once:\n{}", text());
+}
