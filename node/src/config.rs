@@ -53,6 +53,19 @@ pub struct DirectorSection {
     pub sync_id: u8,
     /// VRRP instance whose MASTER/BACKUP state selects the sync daemon's role (default: the first).
     pub sync_instance: Option<String>,
+    /// keepalived's `lvs_sync_daemon … maxlen`: largest sync message (0 = the kernel's default,
+    /// the interface MTU).
+    #[serde(default)]
+    pub sync_maxlen: u16,
+    /// `… group`: multicast group of the sync messages (default 224.0.0.81). Directors that share
+    /// a link with another cluster's keep them apart with their own group or port.
+    pub sync_group: Option<std::net::IpAddr>,
+    /// `… port`: UDP port (0 = default 8848).
+    #[serde(default)]
+    pub sync_port: u16,
+    /// `… ttl`: multicast TTL (0 = default 1).
+    #[serde(default)]
+    pub sync_ttl: u8,
 }
 
 fn default_reconcile() -> Duration {
@@ -575,6 +588,15 @@ impl Config {
                     return Err((at("sync_instance"), format!("no [[vrrp]] instance named {n:?}")));
                 }
             }
+            if let Some(g) = d.sync_group.filter(|g| !g.is_multicast()) {
+                return Err((at("sync_group"), format!("{g} is not a multicast address")));
+            }
+            if d.sync_interface.is_none() {
+                let set = [("sync_maxlen", d.sync_maxlen != 0), ("sync_group", d.sync_group.is_some()), ("sync_port", d.sync_port != 0), ("sync_ttl", d.sync_ttl != 0)];
+                if let Some((k, _)) = set.iter().find(|(_, s)| *s) {
+                    return Err((at(k), "set without sync_interface: there is no sync daemon to apply it to".into()));
+                }
+            }
         }
         if let Some(c) = &self.cluster {
             let node = |k: &str| vec![Key("node".into()), Key(k.into())];
@@ -717,6 +739,23 @@ virtual_ips = ["2001:db8::100/64"]
         }
         // Out of u8 range: the deserializer names the key too.
         assert_eq!(parse(&with("300")).unwrap_err().key, "node.realtime_priority");
+    }
+
+    #[test]
+    fn sync_daemon_options_like_keepalived_lvs_sync_daemon() {
+        let with = |extra: &str| {
+            format!("[node]\nbind = \"192.0.2.1:7946\"\n[cluster]\n[director]\nsync_interface = \"eth0\"\n{extra}\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 1\nvirtual_ips = [\"192.0.2.100/24\"]\n")
+        };
+        let c = parse(&with("sync_maxlen = 1400\nsync_group = \"239.1.2.3\"\nsync_port = 8849\nsync_ttl = 3")).unwrap();
+        let d = c.director.unwrap();
+        assert_eq!((d.sync_maxlen, d.sync_group, d.sync_port, d.sync_ttl), (1400, Some("239.1.2.3".parse().unwrap()), 8849, 3));
+        let d = parse(&with("")).unwrap().director.unwrap();
+        assert_eq!((d.sync_maxlen, d.sync_group, d.sync_port, d.sync_ttl), (0, None, 0, 0), "kernel defaults");
+        let e = parse(&with("sync_group = \"192.0.2.9\"")).unwrap_err();
+        assert_eq!(e.key, "director.sync_group", "{e}");
+        assert!(e.message.contains("not a multicast address"), "{e}");
+        let e = parse(&with("").replace("sync_interface = \"eth0\"\n", "sync_port = 8849\n")).unwrap_err();
+        assert_eq!(e.key, "director.sync_port", "{e}");
     }
 
     #[test]

@@ -184,10 +184,10 @@ fn run(ipvs: Ipvs, cfg: DirectorSection, rx: std_mpsc::Receiver<Input>, status: 
                 role: if m { SyncRole::Master } else { SyncRole::Backup },
                 interface: cfg.sync_interface.clone().unwrap_or_default(),
                 sync_id: cfg.sync_id,
-                max_len: 0,
-                group: None,
-                port: 0,
-                ttl: 0,
+                max_len: cfg.sync_maxlen,
+                group: cfg.sync_group,
+                port: cfg.sync_port,
+                ttl: cfg.sync_ttl,
             });
             match r.ipvs.sync_daemon(want.as_ref()) {
                 Ok(()) => {

@@ -11,7 +11,9 @@
 //! forwarding = "nat"              # nat | dr | tunnel (per real server overridable)
 //! persistence_timeout = "5m"      # optional; persistence_granularity = "255.255.255.0" or "/64"
 //! sorry_server = "198.51.100.99:80"
-//! quorum = 1                      # keepalived: live weight below quorum - hysteresis → sorry server
+//! quorum = 1                      # keepalived: live weight below quorum - hysteresis → sorry server alone
+//!                                 # (back at that same point: keepalived's way back, at quorum + hysteresis,
+//!                                 # needs a per-service state the table does not keep; not done)
 //! [[virtual_server.real_server]]
 //! address = "198.51.100.11:80"
 //! weight = 1
@@ -512,9 +514,20 @@ impl RuleSet {
                 svc.dests.insert(dest_key(rs.address), dest(rs.address, rs.forwarding.unwrap_or(vs.forwarding), weight, rs));
             }
             // keepalived: quorum lost when the live weight drops below quorum - hysteresis;
-            // then the sorry server takes the traffic.
+            // then the sorry server takes all the traffic: the real servers still alive leave
+            // the pool (weight 0 with inhibit_on_failure), as keepalived's perform_quorum_state
+            // removes them, rather than sharing it with the sorry server.
             if let Some(sorry) = vs.sorry_server {
                 if live_weight < u64::from(vs.quorum.saturating_sub(vs.hysteresis)).max(1) {
+                    for rs in &vs.real_servers {
+                        if rs.inhibit_on_failure {
+                            if let Some(d) = svc.dests.get_mut(&dest_key(rs.address)) {
+                                d.weight = 0;
+                            }
+                        } else {
+                            svc.dests.remove(&dest_key(rs.address));
+                        }
+                    }
                     let placeholder = RealServer {
                         address: sorry,
                         weight: 1,
@@ -805,12 +818,36 @@ address = "[2001:db8::11]:0"
         let t = r.desired_table(&v);
         assert_eq!(t.services[&key].dests[&dest_key("198.51.100.11:80".parse().unwrap())].weight, 7);
         assert_eq!(t.services[&key].dests.len(), 2, "live weight 8: no sorry server");
-        // ... and is what counts toward the quorum: weight 0 with the other one down → sorry server.
+        // ... and is what counts toward the quorum: weight 0 with the other one down → sorry server
+        // alone (the one still alive leaves the pool, as in keepalived).
         v.insert(rs11, Verdict { up: true, weight: Some(0) });
         v.insert(rs_key(&key, "198.51.100.12:80".parse().unwrap()), Verdict::DOWN);
         let d = &r.desired_table(&v).services[&key].dests;
-        assert_eq!(d[&dest_key("198.51.100.11:80".parse().unwrap())].weight, 0);
+        assert!(!d.contains_key(&dest_key("198.51.100.11:80".parse().unwrap())), "{d:?}");
         assert!(d.contains_key(&dest_key("198.51.100.99:80".parse().unwrap())), "live weight 0 → sorry server");
+    }
+
+    #[test]
+    fn a_lost_quorum_gives_the_sorry_server_all_the_traffic() {
+        // quorum 5: two live servers of weight 2 and 1 (3) are not enough; keepalived then
+        // serves from the sorry server alone, leaving inhibit_on_failure servers at weight 0.
+        let r = parse(
+            "[[virtual_server]]\naddress = \"192.0.2.1:80\"\nsorry_server = \"198.51.100.99:80\"\nquorum = 5\nhysteresis = 1\n\
+             [[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\nweight = 2\n\
+             [[virtual_server.real_server]]\naddress = \"198.51.100.2:80\"\nweight = 1\ninhibit_on_failure = true\n",
+        )
+        .unwrap();
+        let key = r.virtual_servers[0].key().unwrap();
+        let d = r.desired_table(&Verdicts::new()).services[&key].dests.clone();
+        let w = |a: &str| d.get(&dest_key(a.parse().unwrap())).map(|d| d.weight);
+        assert_eq!((w("198.51.100.1:80"), w("198.51.100.2:80"), w("198.51.100.99:80")), (None, Some(0), Some(1)), "{d:?}");
+        assert_eq!(r.quorum_states(&Verdicts::new())[0].1, true, "quorum lost");
+        // At quorum - hysteresis (4) it is back: the real servers at their weights, no sorry server.
+        let mut r = r;
+        r.virtual_servers[0].real_servers[0].weight = 3;
+        let d = r.desired_table(&Verdicts::new()).services[&key].dests.clone();
+        let w = |a: &str| d.get(&dest_key(a.parse().unwrap())).map(|d| d.weight);
+        assert_eq!((w("198.51.100.1:80"), w("198.51.100.2:80"), w("198.51.100.99:80")), (Some(3), Some(1), None), "{d:?}");
     }
 
     #[test]

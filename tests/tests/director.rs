@@ -161,7 +161,9 @@ fn traffic_through_the_vip_survives_killing_the_master_director() {
     let _wd = Watchdog::new("traffic_through_the_vip_survives_killing_the_master_director", LIMIT);
     let mut c = LabCluster::with_hosts("director_failover", 3, 7, d, ctl);
     c.cluster_extra = "heartbeat = \"250ms\"\ndead_grace = \"10s\"\n".into();
-    c.extra_sections = "[director]\nsync_interface = \"eth0\"\nsync_id = 51\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 2{i}0\nadvert_interval = \"200ms\"\nvirtual_ips = [\"192.0.2.100/24\"]\ngarp_repeat = 2\n".into();
+    // A sync port of its own (keepalived's lvs_sync_daemon … port), as directors sharing a link
+    // with another cluster's would use.
+    c.extra_sections = "[director]\nsync_interface = \"eth0\"\nsync_id = 51\nsync_port = 8849\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 2{i}0\nadvert_interval = \"200ms\"\nvirtual_ips = [\"192.0.2.100/24\"]\ngarp_repeat = 2\n".into();
     for h in &c.lan.hosts[..3] {
         h.sh("ipvsadm -C");
     }
@@ -255,7 +257,7 @@ address = "192.0.2.6:7000"
     let synced = wait_for(Duration::from_secs(10), || {
         (0..3).all(|i| {
             let out = in_ns(&names[i], "ipvsadm -L --daemon");
-            if i == m { out.contains("master sync daemon") } else { out.contains("backup sync daemon") }
+            out.contains("port=8849") && if i == m { out.contains("master sync daemon") } else { out.contains("backup sync daemon") }
         })
     });
     assert!(

@@ -219,4 +219,12 @@ fn timeouts_zero_info_and_sync_daemon() {
     assert_eq!(must(&format!("{} ipvs daemon status", corralctl()), ""), must("ipvsadm -L --daemon", ""));
     c.stop_daemon(SyncRole::Master).unwrap();
     assert!(c.daemons().unwrap().is_empty());
+
+    // keepalived's lvs_sync_daemon options (corrald's [director] sync_maxlen, sync_group,
+    // sync_port, sync_ttl) reach the kernel, and ipvsadm reads them back the same.
+    let d = SyncDaemon { role: SyncRole::Backup, interface: "lo".into(), sync_id: 9, max_len: 1400, group: Some("239.1.2.3".parse().unwrap()), port: 8849, ttl: 3 };
+    c.start_daemon(&d).unwrap();
+    assert_eq!(c.daemons().unwrap(), vec![d.clone()]);
+    assert_eq!(must("ipvsadm -L --daemon", ""), "backup sync daemon (mcast=lo, syncid=9, maxlen=1400, group=239.1.2.3, port=8849, ttl=3)\n");
+    c.stop_daemon(SyncRole::Backup).unwrap();
 }
