@@ -11,9 +11,8 @@
 //! forwarding = "nat"              # nat | dr | tunnel (per real server overridable)
 //! persistence_timeout = "5m"      # optional; persistence_granularity = "255.255.255.0" or "/64"
 //! sorry_server = "198.51.100.99:80"
-//! quorum = 1                      # keepalived: live weight below quorum - hysteresis → sorry server alone
-//!                                 # (back at that same point: keepalived's way back, at quorum + hysteresis,
-//!                                 # needs a per-service state the table does not keep; not done)
+//! quorum = 1                      # keepalived: live weight below quorum - hysteresis → sorry server alone,
+//! hysteresis = 0                  # back at quorum + hysteresis (the state between is committed in Raft)
 //! [[virtual_server.real_server]]
 //! address = "198.51.100.11:80"
 //! weight = 1
@@ -239,8 +238,17 @@ impl Verdict {
     pub const DOWN: Verdict = Verdict { up: false, weight: None };
 }
 
-/// Real-server key ([`rs_key`]) → committed verdict. Absent: up, or down under `alpha`.
+/// Real-server key ([`rs_key`]) → committed verdict. Absent: up, or down under `alpha`. Also
+/// holds each virtual server's committed quorum state under [`quorum_key`] (`up` = has quorum).
 pub type Verdicts = BTreeMap<String, Verdict>;
+
+/// Where a virtual server's committed quorum state sits among the [`Verdicts`]. keepalived's
+/// hysteresis is a band (lost below `quorum - hysteresis`, back only at `quorum + hysteresis`),
+/// so which side of it a service is on depends on its past; the Raft leader commits that state
+/// whenever it changes, and every director reads it back, so all tables stay identical.
+pub fn quorum_key(service: &str) -> String {
+    format!("quorum {service}")
+}
 
 /// The name of a real server within a virtual server, as stored with its verdict and shown to
 /// operators: `TCP 192.0.2.100:80 -> 198.51.100.11:80` (ipvsadm's words).
@@ -474,7 +482,8 @@ impl RuleSet {
     }
 
     /// Per virtual server with a sorry server: whether its quorum is lost under `verdicts`
-    /// (the sorry server is in), with the quorum_up/quorum_down commands.
+    /// (the sorry server is in), with the quorum_up/quorum_down commands. The first field is
+    /// the service's name, as [`quorum_key`] takes it.
     pub fn quorum_states(&self, verdicts: &Verdicts) -> Vec<(String, bool, Option<String>, Option<String>)> {
         let t = self.desired_table(verdicts);
         self.virtual_servers
@@ -513,12 +522,19 @@ impl RuleSet {
                 }
                 svc.dests.insert(dest_key(rs.address), dest(rs.address, rs.forwarding.unwrap_or(vs.forwarding), weight, rs));
             }
-            // keepalived: quorum lost when the live weight drops below quorum - hysteresis;
-            // then the sorry server takes all the traffic: the real servers still alive leave
-            // the pool (weight 0 with inhibit_on_failure), as keepalived's perform_quorum_state
-            // removes them, rather than sharing it with the sorry server.
+            // keepalived: quorum lost when the live weight drops below quorum - hysteresis (or
+            // to 0), back when it reaches quorum + hysteresis; in between, the committed state
+            // holds. While lost, the sorry server takes all the traffic: the real servers still
+            // alive leave the pool (weight 0 with inhibit_on_failure), as keepalived's
+            // perform_quorum_state removes them, rather than sharing it with the sorry server.
             if let Some(sorry) = vs.sorry_server {
-                if live_weight < u64::from(vs.quorum.saturating_sub(vs.hysteresis)).max(1) {
+                let was_lost = verdicts.get(&quorum_key(&key.to_string())).is_some_and(|v| !v.up);
+                let lost = if was_lost {
+                    live_weight < u64::from(vs.quorum) + u64::from(vs.hysteresis)
+                } else {
+                    live_weight == 0 || live_weight < u64::from(vs.quorum.saturating_sub(vs.hysteresis))
+                };
+                if lost {
                     for rs in &vs.real_servers {
                         if rs.inhibit_on_failure {
                             if let Some(d) = svc.dests.get_mut(&dest_key(rs.address)) {
@@ -842,12 +858,39 @@ address = "[2001:db8::11]:0"
         let w = |a: &str| d.get(&dest_key(a.parse().unwrap())).map(|d| d.weight);
         assert_eq!((w("198.51.100.1:80"), w("198.51.100.2:80"), w("198.51.100.99:80")), (None, Some(0), Some(1)), "{d:?}");
         assert_eq!(r.quorum_states(&Verdicts::new())[0].1, true, "quorum lost");
-        // At quorum - hysteresis (4) it is back: the real servers at their weights, no sorry server.
+        // With quorum (none committed lost), 4 = quorum - hysteresis keeps it: the real servers
+        // at their weights, no sorry server.
         let mut r = r;
         r.virtual_servers[0].real_servers[0].weight = 3;
         let d = r.desired_table(&Verdicts::new()).services[&key].dests.clone();
         let w = |a: &str| d.get(&dest_key(a.parse().unwrap())).map(|d| d.weight);
         assert_eq!((w("198.51.100.1:80"), w("198.51.100.2:80"), w("198.51.100.99:80")), (Some(3), Some(1), None), "{d:?}");
+    }
+
+    #[test]
+    fn hysteresis_is_a_band_held_by_the_committed_quorum_state() {
+        // quorum 5, hysteresis 1: lost below 4, back at 6; between, the committed state holds.
+        let mut r = parse(
+            "[[virtual_server]]\naddress = \"192.0.2.1:80\"\nsorry_server = \"198.51.100.99:80\"\nquorum = 5\nhysteresis = 1\n\
+             [[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\nweight = 4\n",
+        )
+        .unwrap();
+        let key = r.virtual_servers[0].key().unwrap();
+        let lost_state = |lost: bool| {
+            let mut v = Verdicts::new();
+            v.insert(quorum_key(&key.to_string()), Verdict { up: !lost, weight: None });
+            v
+        };
+        let sorry_in = |r: &RuleSet, v: &Verdicts| r.desired_table(v).services[&key].dests.contains_key(&dest_key("198.51.100.99:80".parse().unwrap()));
+        for (weight, had_quorum, lost) in [(3, true, true), (4, true, false), (5, true, false), (4, false, true), (5, false, true), (6, false, false)] {
+            r.virtual_servers[0].real_servers[0].weight = weight;
+            assert_eq!(sorry_in(&r, &lost_state(!had_quorum)), lost, "live weight {weight}, had quorum: {had_quorum}");
+            assert_eq!(r.quorum_states(&lost_state(!had_quorum))[0].1, lost);
+        }
+        // Nothing committed reads as having quorum.
+        r.virtual_servers[0].real_servers[0].weight = 4;
+        assert!(!sorry_in(&r, &Verdicts::new()));
+        assert_eq!(r.quorum_states(&Verdicts::new())[0].0, key.to_string(), "named as quorum_key takes it");
     }
 
     #[test]

@@ -347,3 +347,70 @@ notify_down = "{u}"
     std::thread::sleep(Duration::from_millis(600));
     assert!(!out.join("unsafe-ran").exists(), "a script in a world-writable directory ran as root");
 }
+
+/// keepalived's quorum with hysteresis as a band, through the cluster: quorum 2, hysteresis 1
+/// over real servers of weight 1 and 2 (script checks the test switches). The quorum is lost
+/// only when the live weight falls below 1 and back only at 3; in between the committed state
+/// holds, and each move runs its hook once.
+#[test]
+fn quorum_hysteresis_is_a_band_and_each_move_runs_its_hook_once() {
+    let test = "health_quorum_band";
+    if !require_root(test) {
+        return;
+    }
+    let Some((d, ctl)) = binaries(test) else { return };
+    let mut c = LabCluster::new(test, 1, d, ctl);
+    c.extra_sections = "[director]\nipvs = \"memory\"\n".into();
+    let dir = c.root().to_path_buf();
+    let hooks = dir.join("quorum.log");
+    let rules = format!(
+        r#"[[virtual_server]]
+address = "192.0.2.100:80"
+sorry_server = "198.51.100.99:80"
+quorum = 2
+hysteresis = 1
+quorum_down = "echo \"$CORRAL_SUBJECT $CORRAL_EVENT\" >> {h}"
+quorum_up = "echo \"$CORRAL_SUBJECT $CORRAL_EVENT\" >> {h}"
+[[virtual_server.real_server]]
+address = "198.51.100.1:80"
+weight = 1
+check = {{ type = "script", misc_path = "test -e {d}/up1", interval = "200ms", fall = 1, rise = 1 }}
+[[virtual_server.real_server]]
+address = "198.51.100.2:80"
+weight = 2
+check = {{ type = "script", misc_path = "test -e {d}/up2", interval = "200ms", fall = 1, rise = 1 }}
+"#,
+        h = hooks.display(),
+        d = dir.display()
+    );
+    std::fs::write(dir.join("up1"), "").unwrap();
+    std::fs::write(dir.join("up2"), "").unwrap();
+    c.form(Duration::from_secs(20));
+    let file = dir.join("services.toml");
+    std::fs::write(&file, rules).unwrap();
+    let o = c.ctl(0, &format!("apply -f {}", file.display()));
+    assert_eq!(o.code, 0, "apply: {}{}", o.stdout, o.stderr);
+    let events = || std::fs::read_to_string(&hooks).unwrap_or_default().lines().map(|l| l.rsplit(' ').next().unwrap_or("").to_string()).collect::<Vec<_>>();
+    let observed = |rs: &str, state: &str| observer_states(&c, 0, rs) == [("d1".to_string(), state.to_string())];
+    let (rs1, rs2) = ("198.51.100.1:80", "198.51.100.2:80");
+    assert!(wait_for(Duration::from_secs(10), || observed(rs1, "up") && observed(rs2, "up")).is_some(), "checks not up");
+    // Weight 2 down: live 1, not below quorum - hysteresis (1): quorum kept.
+    std::fs::remove_file(dir.join("up2")).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || verdict(&c, 0, rs2).as_deref() == Some("down")).is_some(), "rs2 not down");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(events(), Vec::<String>::new(), "quorum lost at live weight 1");
+    // Weight 1 down too: live 0, lost.
+    std::fs::remove_file(dir.join("up1")).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || events() == ["QUORUM_DOWN"]).is_some(), "no QUORUM_DOWN: {:?}\n{}", events(), c.log_tail(0));
+    // Weight 1 back: live 1, inside the band (back only at 3): still lost.
+    std::fs::write(dir.join("up1"), "").unwrap();
+    assert!(wait_for(Duration::from_secs(10), || verdict(&c, 0, rs1).as_deref() == Some("up")).is_some(), "rs1 not up");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(events(), ["QUORUM_DOWN"], "quorum back inside the hysteresis band");
+    // Weight 2 back: live 3 = quorum + hysteresis: back.
+    std::fs::write(dir.join("up2"), "").unwrap();
+    assert!(wait_for(Duration::from_secs(10), || events() == ["QUORUM_DOWN", "QUORUM_UP"]).is_some(), "no QUORUM_UP: {:?}\n{}", events(), c.log_tail(0));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(events(), ["QUORUM_DOWN", "QUORUM_UP"], "each move runs its hook once");
+    assert!(std::fs::read_to_string(&hooks).unwrap().starts_with("TCP 192.0.2.100:80 QUORUM_DOWN"), "{}", std::fs::read_to_string(&hooks).unwrap());
+}

@@ -352,10 +352,29 @@ impl Health {
                 .map(|(n, (_, r))| (n.clone(), r.clone()))
                 .collect();
             let records = verdicts::committed(&state);
-            let before: crate::rules::Verdicts = records.iter().map(|(k, r)| (k.clone(), r.verdict())).collect();
+            let before = verdicts::verdicts_of(&state);
             let flips = verdicts::fold(&checks, &members, rules.health.observers as usize, &before, &claims);
             let stale = verdicts::stale(&checks, records.keys());
-            if flips.is_empty() && stale.is_empty() {
+            // Quorum states after these flips: each one that moved is committed with them (and
+            // its hook run), as are states of services gone or without a sorry server removed.
+            let mut after = before.clone();
+            for f in &flips {
+                after.insert(f.key.clone(), Verdict { up: f.up, weight: f.weight });
+            }
+            for k in &stale {
+                after.remove(k);
+            }
+            let quorum_now = rules.quorum_states(&after);
+            let moved: Vec<_> = quorum_now
+                .iter()
+                .filter(|(svc, lost, _, _)| after.get(&crate::rules::quorum_key(svc)).is_some_and(|v| !v.up) != *lost)
+                .cloned()
+                .collect();
+            let gone: Vec<String> = verdicts::quorum_of(&state)
+                .into_keys()
+                .filter(|k| !quorum_now.iter().any(|(svc, _, _, _)| crate::rules::quorum_key(svc) == *k))
+                .collect();
+            if flips.is_empty() && stale.is_empty() && moved.is_empty() && gone.is_empty() {
                 continue;
             }
             let now = crate::cluster::records::now_unix();
@@ -368,12 +387,15 @@ impl Health {
                 }
             }
             cmds.extend(stale.iter().map(|k| Command::Delete { ns: NS_VERDICTS.into(), key: k.clone() }));
+            for (svc, lost, _, _) in &moved {
+                let value = if *lost { b"lost".to_vec() } else { b"up".to_vec() };
+                cmds.push(Command::Put { ns: verdicts::NS_QUORUM.into(), key: crate::rules::quorum_key(svc), value });
+            }
+            cmds.extend(gone.iter().map(|k| Command::Delete { ns: verdicts::NS_QUORUM.into(), key: k.clone() }));
             match self.cluster.write(Command::Batch(cmds)).await {
                 Err(e) => tracing::warn!(error = %e, "committing health verdicts"),
                 Ok(rev) => {
-                    let mut after = before.clone();
                     for f in &flips {
-                        after.insert(f.key.clone(), Verdict { up: f.up, weight: f.weight });
                         self.verdict_changes.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(rs = %f.key, verdict = if f.up { "up" } else { "down" }, weight = ?f.weight, agreed = ?f.agreed, observers = f.observers, reason = %f.reason, revision = rev, "health verdict committed");
                         let c = checks.iter().find(|c| c.key == f.key);
@@ -385,16 +407,10 @@ impl Health {
                             self.run_hook(cmd, &f.key, if f.up { "UP" } else { "DOWN" });
                         }
                     }
-                    for k in &stale {
-                        after.remove(k);
-                    }
-                    let q0 = rules.quorum_states(&before);
-                    for (svc, lost, up_cmd, down_cmd) in rules.quorum_states(&after) {
-                        if q0.iter().any(|(s, l, _, _)| *s == svc && *l != lost) {
-                            tracing::warn!(service = %svc, quorum = if lost { "lost: sorry server in" } else { "back" }, "virtual server quorum");
-                            if let Some(cmd) = if lost { down_cmd } else { up_cmd } {
-                                self.run_hook(cmd, &svc, if lost { "QUORUM_DOWN" } else { "QUORUM_UP" });
-                            }
+                    for (svc, lost, up_cmd, down_cmd) in moved {
+                        tracing::warn!(service = %svc, quorum = if lost { "lost: sorry server in" } else { "back" }, revision = rev, "virtual server quorum");
+                        if let Some(cmd) = if lost { down_cmd } else { up_cmd } {
+                            self.run_hook(cmd, &svc, if lost { "QUORUM_DOWN" } else { "QUORUM_UP" });
                         }
                     }
                 }

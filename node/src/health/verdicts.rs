@@ -69,9 +69,21 @@ pub fn committed(state: &raft::ClusterState) -> BTreeMap<String, VerdictRecord> 
         .collect()
 }
 
-/// The verdict map the desired table is computed from.
+/// Each virtual server's committed quorum state, under [`crate::rules::quorum_key`]: `lost` or
+/// `up` (see `rules::quorum_key` on why it is kept).
+pub const NS_QUORUM: &str = "quorum";
+
+/// The committed quorum states as verdicts (`up` = has quorum), keyed by `quorum_key`.
+pub fn quorum_of(state: &raft::ClusterState) -> Verdicts {
+    state.namespace(NS_QUORUM).map(|(k, v)| (k.clone(), Verdict { up: v.as_slice() != b"lost", weight: None })).collect()
+}
+
+/// The verdict map the desired table is computed from: real servers' verdicts and virtual
+/// servers' quorum states.
 pub fn verdicts_of(state: &raft::ClusterState) -> Verdicts {
-    committed(state).into_iter().map(|(k, r)| (k, r.verdict())).collect()
+    let mut v: Verdicts = committed(state).into_iter().map(|(k, r)| (k, r.verdict())).collect();
+    v.extend(quorum_of(state));
+    v
 }
 
 /// FNV-1a, fixed here (not `std`'s randomly seeded hasher) because every node must compute
