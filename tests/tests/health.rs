@@ -93,6 +93,15 @@ fn backend(c: &LabCluster, host: usize) -> Daemon {
     Daemon::spawn(cmd, &format!("backend {ip}"))
 }
 
+/// corrald and corralctl for a namespace-lab test: needs root (a loud skip without it, a
+/// failure under CI) and the built binaries.
+fn lab_binaries(test: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    if !require_root(test) {
+        return None;
+    }
+    binaries(test)
+}
+
 fn committed_lines(c: &LabCluster) -> usize {
     (0..c.nodes.len())
         .map(|i| std::fs::read_to_string(c.nodes[i].log()).unwrap_or_default().matches("health verdict committed").count())
@@ -102,10 +111,7 @@ fn committed_lines(c: &LabCluster) -> usize {
 #[test]
 fn verdicts_need_a_majority_of_observers() {
     let test = "health_verdicts";
-    if !require_root(test) {
-        return;
-    }
-    let Some((d, ctl)) = binaries(test) else { return };
+    let Some((d, ctl)) = lab_binaries(test) else { return };
     if std::process::Command::new("python3").arg("--version").output().is_err() {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: python3 missing");
         eprintln!("SKIP: {test}: python3 missing");
@@ -256,10 +262,7 @@ fn verdicts_need_a_majority_of_observers() {
 fn scripts_run_as_the_script_user_and_unsafe_ones_are_refused() {
     use std::os::unix::fs::PermissionsExt;
     let test = "health_script_policy";
-    if !require_root(test) {
-        return;
-    }
-    let Some((d, ctl)) = binaries(test) else { return };
+    let Some((d, ctl)) = lab_binaries(test) else { return };
     let id = std::process::Command::new("id").args(["-u", "nobody"]).output().expect("run id");
     let nobody = String::from_utf8_lossy(&id.stdout).trim().to_string();
     assert!(!nobody.is_empty(), "{test}: this test needs the user nobody");
@@ -355,10 +358,7 @@ notify_down = "{u}"
 #[test]
 fn quorum_hysteresis_is_a_band_and_each_move_runs_its_hook_once() {
     let test = "health_quorum_band";
-    if !require_root(test) {
-        return;
-    }
-    let Some((d, ctl)) = binaries(test) else { return };
+    let Some((d, ctl)) = lab_binaries(test) else { return };
     let mut c = LabCluster::new(test, 1, d, ctl);
     c.extra_sections = "[director]\nipvs = \"memory\"\n".into();
     let dir = c.root().to_path_buf();
