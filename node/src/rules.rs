@@ -485,16 +485,42 @@ impl RuleSet {
     /// (the sorry server is in), with the quorum_up/quorum_down commands. The first field is
     /// the service's name, as [`quorum_key`] takes it.
     pub fn quorum_states(&self, verdicts: &Verdicts) -> Vec<(String, bool, Option<String>, Option<String>)> {
-        let t = self.desired_table(verdicts);
         self.virtual_servers
             .iter()
             .filter_map(|vs| {
                 let key = vs.key()?;
-                let sorry = vs.sorry_server?;
-                let lost = t.services.get(&key).is_some_and(|s| s.dests.contains_key(&dest_key(sorry)));
-                Some((key.to_string(), lost, vs.quorum_up.clone(), vs.quorum_down.clone()))
+                vs.sorry_server?;
+                Some((key.to_string(), self.quorum_lost(vs, &key, verdicts), vs.quorum_up.clone(), vs.quorum_down.clone()))
             })
             .collect()
+    }
+
+    /// A real server's weight in the table under its verdict: its dynamic weight or configured
+    /// one when up, 0 when down with `inhibit_on_failure`, None (not in the table) when down.
+    fn table_weight(v: Verdict, rs: &RealServer) -> Option<i32> {
+        match (v.up, rs.inhibit_on_failure) {
+            (true, _) => Some(v.weight.map_or(rs.weight, |w| i32::try_from(w).unwrap_or(i32::MAX))),
+            (false, true) => Some(0),
+            (false, false) => None,
+        }
+    }
+
+    /// keepalived's quorum: lost when the live weight drops below quorum - hysteresis (or to
+    /// 0), back when it reaches quorum + hysteresis; in between, the committed state holds.
+    fn quorum_lost(&self, vs: &VirtualServer, key: &ServiceKey, verdicts: &Verdicts) -> bool {
+        let live_weight: u64 = vs
+            .real_servers
+            .iter()
+            .map(|rs| (self.verdict(vs, key, rs, verdicts), rs))
+            .filter(|(v, _)| v.up)
+            .filter_map(|(v, rs)| Self::table_weight(v, rs))
+            .map(|w| w.max(0) as u64)
+            .sum();
+        if verdicts.get(&quorum_key(&key.to_string())).is_some_and(|v| !v.up) {
+            live_weight < u64::from(vs.quorum) + u64::from(vs.hysteresis)
+        } else {
+            live_weight == 0 || live_weight < u64::from(vs.quorum.saturating_sub(vs.hysteresis))
+        }
     }
 
     /// The IPVS table every director programs for these rules and verdicts (pure: equal inputs,
@@ -509,32 +535,16 @@ impl RuleSet {
                 netmask: persistence_netmask(&vs.persistence_granularity, key.family()).unwrap_or(0xffff_ffff),
             });
             svc.one_packet = vs.one_packet;
-            let mut live_weight: u64 = 0;
             for rs in &vs.real_servers {
-                let v = self.verdict(vs, &key, rs, verdicts);
-                let weight = match (v.up, rs.inhibit_on_failure) {
-                    (true, _) => v.weight.map_or(rs.weight, |w| i32::try_from(w).unwrap_or(i32::MAX)),
-                    (false, true) => 0,
-                    (false, false) => continue,
-                };
-                if v.up {
-                    live_weight += weight.max(0) as u64;
-                }
+                let Some(weight) = Self::table_weight(self.verdict(vs, &key, rs, verdicts), rs) else { continue };
                 svc.dests.insert(dest_key(rs.address), dest(rs.address, rs.forwarding.unwrap_or(vs.forwarding), weight, rs));
             }
-            // keepalived: quorum lost when the live weight drops below quorum - hysteresis (or
-            // to 0), back when it reaches quorum + hysteresis; in between, the committed state
-            // holds. While lost, the sorry server takes all the traffic: the real servers still
-            // alive leave the pool (weight 0 with inhibit_on_failure), as keepalived's
-            // perform_quorum_state removes them, rather than sharing it with the sorry server.
+            // While the quorum is lost ([`RuleSet::quorum_lost`]), the sorry server takes all the
+            // traffic: the real servers still alive leave the pool (weight 0 with
+            // inhibit_on_failure), as keepalived's perform_quorum_state removes them, rather than
+            // sharing it with the sorry server.
             if let Some(sorry) = vs.sorry_server {
-                let was_lost = verdicts.get(&quorum_key(&key.to_string())).is_some_and(|v| !v.up);
-                let lost = if was_lost {
-                    live_weight < u64::from(vs.quorum) + u64::from(vs.hysteresis)
-                } else {
-                    live_weight == 0 || live_weight < u64::from(vs.quorum.saturating_sub(vs.hysteresis))
-                };
-                if lost {
+                if self.quorum_lost(vs, &key, verdicts) {
                     for rs in &vs.real_servers {
                         if rs.inhibit_on_failure {
                             if let Some(d) = svc.dests.get_mut(&dest_key(rs.address)) {
