@@ -257,10 +257,22 @@ pub struct VrrpInstanceConfig {
     #[serde(default)]
     pub accept: bool,
     /// `"192.0.2.100/24"`, `"2001:db8::100/64"`; one family per instance, like keepalived.
+    /// keepalived's `virtual_ipaddress` words follow the address: `dev IF` (another interface
+    /// than the instance's), `label IF:NAME` (IPv4), `scope host|link|site|global|N` ([`VipSpec`]).
     pub virtual_ips: Vec<String>,
+    /// keepalived's `virtual_ipaddress_excluded`: moved with the instance but not carried in
+    /// adverts, so there is no limit on their number and they may be of either family (an IPv4
+    /// instance moving IPv6 addresses too). Same words as `virtual_ips`.
+    #[serde(default)]
+    pub virtual_ips_excluded: Vec<String>,
     /// Send adverts to these peers instead of the multicast group.
     #[serde(default)]
     pub unicast_peers: Vec<String>,
+    /// The address adverts come from (keepalived's `unicast_src_ip`, alias `mcast_src_ip`),
+    /// when the interface's first address is not the one peers expect; it must be an address
+    /// of this host. It is also this router's address in elections (RFC 5798 §6.4.3 ties).
+    #[serde(default, alias = "mcast_src_ip")]
+    pub unicast_src_ip: Option<std::net::IpAddr>,
     /// VRRPv2 simple-text authentication (RFC 3768 type 1), at most 8 bytes.
     pub auth_pass: Option<String>,
     #[serde(default)]
@@ -290,9 +302,84 @@ pub struct VrrpInstanceConfig {
 impl VrrpInstanceConfig {
     /// The vmac's interface name when `use_vmac` is on.
     pub fn vmac_ifname(&self) -> Option<String> {
-        let v6 = self.virtual_ips.first().is_some_and(|s| s.contains(':'));
+        let v6 = self.is_v6();
         self.use_vmac.then(|| self.vmac_name.clone().unwrap_or_else(|| vrrp::sys::vmac::default_name(self.vrid, v6)))
     }
+
+    /// The instance's family: its first VIP's (validation makes them all one).
+    pub fn is_v6(&self) -> bool {
+        self.virtual_ips.first().and_then(|s| parse_vip(s).ok()).is_some_and(|v| v.addr.is_ipv6())
+    }
+
+    /// Every address the instance moves: the advertised ones first, then the excluded ones.
+    pub fn all_vips(&self) -> Result<Vec<VipSpec>, String> {
+        self.virtual_ips.iter().chain(&self.virtual_ips_excluded).map(|s| parse_vip(s)).collect()
+    }
+
+    /// Where a VIP without `dev` goes: the vmac with `use_vmac`, else the instance's interface.
+    pub fn vip_home(&self) -> String {
+        self.vmac_ifname().unwrap_or_else(|| self.interface.clone())
+    }
+}
+
+/// One `virtual_ips` entry, keepalived's `virtual_ipaddress` line:
+/// `ADDR[/PREFIX] [dev IF] [label LABEL] [scope SCOPE]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipSpec {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+    /// Another interface than the instance's (keepalived's `dev`).
+    pub dev: Option<String>,
+    pub label: Option<String>,
+    /// rtnetlink scope number (`host` 254, `link` 253, `site` 200, `global` 0).
+    pub scope: Option<u8>,
+}
+
+/// Parses a [`VipSpec`], naming the word it cannot use.
+pub fn parse_vip(s: &str) -> Result<VipSpec, String> {
+    let mut words = s.split_whitespace();
+    let first = words.next().ok_or("empty virtual IP")?;
+    let (addr, prefix) = parse_cidr(first)?;
+    let mut v = VipSpec { addr, prefix, dev: None, label: None, scope: None };
+    while let Some(w) = words.next() {
+        let mut value = || words.next().ok_or_else(|| format!("{w:?} needs a value"));
+        match w {
+            "dev" => {
+                let d = value()?;
+                if !valid_ifname(d) {
+                    return Err(format!("dev {d:?} is not an interface name (1..=15 bytes, no '/', ':' or space)"));
+                }
+                v.dev = Some(d.to_owned());
+            }
+            "label" => {
+                let l = value()?;
+                if l.is_empty() || l.len() > 15 {
+                    return Err(format!("label {l:?} must be 1..=15 bytes"));
+                }
+                v.label = Some(l.to_owned());
+            }
+            "scope" => {
+                let sc = value()?;
+                v.scope = Some(match sc {
+                    "global" | "universe" => 0,
+                    "site" => 200,
+                    "link" => 253,
+                    "host" => 254,
+                    "nowhere" => 255,
+                    n => n.parse::<u8>().map_err(|_| format!("scope {n:?}: expected host, link, site, global, nowhere or 0..=255"))?,
+                });
+            }
+            other => return Err(format!("{other:?}: a virtual IP takes only dev, label and scope after the address")),
+        }
+    }
+    if v.label.is_some() && addr.is_ipv6() {
+        return Err("label: IPv6 addresses have no labels".into());
+    }
+    Ok(v)
+}
+
+fn valid_ifname(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 15 && !n.contains(['/', ':']) && !n.chars().any(char::is_whitespace) && n != "." && n != ".."
 }
 
 /// `[[vrrp_sync_group]]`: keepalived's `vrrp_sync_group`. The group's scripts run when the
@@ -512,17 +599,41 @@ impl Config {
                 return Err((at(i, "virtual_ips"), "at least one virtual IP is required".into()));
             }
             let mut family = None;
-            for (j, vip) in v.virtual_ips.iter().enumerate() {
-                let here = || vec![Key("vrrp".into()), Index(i), Key("virtual_ips".into()), Index(j)];
-                let (addr, prefix) = parse_cidr(vip).map_err(|m| (here(), m))?;
-                if v.version == 2 && addr.is_ipv6() {
-                    return Err((here(), "VRRPv2 carries IPv4 addresses only; use version = 3 for IPv6".into()));
+            let mut addrs = std::collections::HashSet::new();
+            let lists = [("virtual_ips", &v.virtual_ips), ("virtual_ips_excluded", &v.virtual_ips_excluded)];
+            for (list, vips) in lists {
+                for (j, vip) in vips.iter().enumerate() {
+                    let here = || vec![Key("vrrp".into()), Index(i), Key(list.into()), Index(j)];
+                    let spec = parse_vip(vip).map_err(|m| (here(), m))?;
+                    if !addrs.insert(spec.addr) {
+                        return Err((here(), format!("{} is listed twice in this instance", spec.addr)));
+                    }
+                    if let Some(l) = &spec.label {
+                        let dev = spec.dev.clone().unwrap_or_else(|| v.vip_home());
+                        if !l.starts_with(&dev) {
+                            return Err((here(), format!("label {l:?} must begin with its interface's name {dev:?} (e.g. \"{dev}:vip\")")));
+                        }
+                    }
+                    if list == "virtual_ips_excluded" {
+                        // Not in adverts: any family, any number.
+                        continue;
+                    }
+                    if v.version == 2 && spec.addr.is_ipv6() {
+                        return Err((here(), "VRRPv2 carries IPv4 addresses only; use version = 3 for IPv6, or virtual_ips_excluded".into()));
+                    }
+                    let fam = spec.addr.is_ipv6();
+                    if *family.get_or_insert(fam) != fam {
+                        return Err((here(), "one instance advertises one address family; use two instances, or virtual_ips_excluded".into()));
+                    }
                 }
-                let fam = addr.is_ipv6();
-                if *family.get_or_insert(fam) != fam {
-                    return Err((here(), "one instance carries one address family; use two instances".into()));
+            }
+            if let Some(src) = v.unicast_src_ip {
+                if Some(src.is_ipv6()) != family {
+                    return Err((at(i, "unicast_src_ip"), format!("{src} is not of the instance's address family")));
                 }
-                let _ = prefix;
+                if src.is_unspecified() || src.is_multicast() {
+                    return Err((at(i, "unicast_src_ip"), format!("{src} cannot be a source address")));
+                }
             }
             for (j, peer) in v.unicast_peers.iter().enumerate() {
                 if peer.parse::<std::net::IpAddr>().is_err() {
@@ -554,7 +665,7 @@ impl Config {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, v) in self.vrrp.iter().enumerate() {
-            let fam = v.virtual_ips.first().map(|s| s.contains(':')).unwrap_or(false);
+            let fam = v.is_v6();
             if !seen.insert((v.interface.as_str(), v.vrid, fam)) {
                 return Err((at(i, "vrid"), format!("VRID {} is already used on {} for this family", v.vrid, v.interface)));
             }
@@ -809,6 +920,57 @@ virtual_ips = ["2001:db8::100/64"]
         assert_eq!(parse(&long).unwrap_err().key, "vrrp[0].vmac_name");
         let orphan = GOOD.replace("preempt = true", "preempt = true\nvmac_name = \"v51\"");
         assert_eq!(parse(&orphan).unwrap_err().key, "vrrp[0].vmac_name");
+    }
+
+    #[test]
+    fn virtual_ips_take_keepalived_dev_label_and_scope() {
+        let v = parse_vip("192.0.2.100/24 dev eth1 label eth1:web scope host").unwrap();
+        assert_eq!(v, VipSpec { addr: "192.0.2.100".parse().unwrap(), prefix: 24, dev: Some("eth1".into()), label: Some("eth1:web".into()), scope: Some(254) });
+        assert_eq!(parse_vip("2001:db8::1 scope link").unwrap().scope, Some(253));
+        assert_eq!(parse_vip("192.0.2.1 scope 7").unwrap().prefix, 32);
+        for (bad, says) in [
+            ("192.0.2.100/24 brd 192.0.2.255", "\"brd\""),
+            ("192.0.2.100/24 dev", "\"dev\" needs a value"),
+            ("192.0.2.100/24 dev a/b", "not an interface name"),
+            ("192.0.2.100/24 scope galactic", "scope \"galactic\""),
+            ("2001:db8::1/64 label eth0:x", "no labels"),
+            ("192.0.2.100/24 label eth0:much-too-long", "1..=15"),
+            ("", "empty"),
+        ] {
+            let e = parse_vip(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // In the config: the family comes from the address, not from a ':' in the label.
+        let text = GOOD.replace("\"192.0.2.100/24\"", "\"192.0.2.100/24 label eth0:vip\"");
+        let c = parse(&text).unwrap();
+        assert!(!c.vrrp[0].is_v6());
+        let e = parse(&GOOD.replace("\"192.0.2.100/24\"", "\"192.0.2.100/24 label web\"")).unwrap_err();
+        assert_eq!(e.key, "vrrp[0].virtual_ips[0]", "{e}");
+        assert!(e.message.contains("must begin with its interface's name \"eth0\""), "{e}");
+        let ok = GOOD.replace("\"192.0.2.100/24\"", "\"192.0.2.100/24 dev eth1 label eth1:vip\"");
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn excluded_vips_may_mix_families_and_unicast_src_ip_must_match() {
+        let with = |extra: &str| GOOD.replace("virtual_ips = [\"192.0.2.100/24\"]", &format!("virtual_ips = [\"192.0.2.100/24\"]\n{extra}"));
+        let c = parse(&with("virtual_ips_excluded = [\"2001:db8::5/64\", \"192.0.2.101/24 scope link\"]\nunicast_src_ip = \"192.0.2.11\"")).unwrap();
+        assert_eq!(c.vrrp[0].all_vips().unwrap().len(), 3);
+        assert_eq!(c.vrrp[0].unicast_src_ip, Some("192.0.2.11".parse().unwrap()));
+        // keepalived's other name for it.
+        assert!(parse(&with("mcast_src_ip = \"192.0.2.11\"")).unwrap().vrrp[0].unicast_src_ip.is_some());
+        // VRRPv2 may move IPv6 addresses it does not advertise.
+        let v2 = with("virtual_ips_excluded = [\"2001:db8::5/64\"]").replace("version = 3", "version = 2").replace("\"10ms\"", "\"1s\"");
+        assert!(parse(&v2).is_ok());
+        let e = parse(&with("virtual_ips_excluded = [\"192.0.2.100/32\"]")).unwrap_err();
+        assert_eq!(e.key, "vrrp[0].virtual_ips_excluded[0]", "{e}");
+        assert!(e.message.contains("listed twice"), "{e}");
+        let e = parse(&with("unicast_src_ip = \"2001:db8::1\"")).unwrap_err();
+        assert_eq!(e.key, "vrrp[0].unicast_src_ip", "{e}");
+        let e = parse(&with("unicast_src_ip = \"192.0.2\"")).unwrap_err();
+        assert_eq!(e.key, "vrrp[0].unicast_src_ip", "{e}");
+        let e = parse(&with("virtual_ips_excluded = [\"192.0.2.7 bogus\"]")).unwrap_err();
+        assert_eq!(e.key, "vrrp[0].virtual_ips_excluded[0]", "{e}");
     }
 
     #[test]

@@ -29,8 +29,10 @@ use crate::config::{self, Config, SyncGroupConfig, VrrpInstanceConfig};
 /// What `corralctl vrrp status` reads; refreshed after every event.
 pub type StatusBoard = Arc<Mutex<Vec<VrrpInstanceStatus>>>;
 
-/// The raw sockets by (interface, IPv6?): an index into this list is half of a dispatch key.
-type Sockets = Vec<((String, bool), Arc<AsyncFd<VrrpSocket>>)>;
+/// The raw sockets by (interface, IPv6?, pinned source): an index into this list is half of a
+/// dispatch key. Instances with a `unicast_src_ip` get a socket per source (the source is the
+/// socket's), the others share one per interface and family.
+type Sockets = Vec<((String, bool, Option<IpAddr>), Arc<AsyncFd<VrrpSocket>>)>;
 
 /// What a sync group needs to hear about after an instance acted.
 #[derive(Debug, Clone, Copy)]
@@ -95,14 +97,13 @@ struct Running {
     socket: Arc<AsyncFd<VrrpSocket>>,
     /// Index of `socket` in the driver's socket list: with the VRID, the dispatch key.
     sock_index: usize,
-    arp: ArpSender,
-    /// The source MAC of gratuitous ARP/NA: the interface's, or the virtual MAC.
-    mac: [u8; 6],
-    /// Where the VIPs go: the instance's interface, or its vmac.
-    ifindex: u32,
+    /// Where the VIPs go, [0] the instance's own (its interface or vmac), then each other
+    /// interface a VIP names with `dev`: gratuitous ARP/NA leave on the VIP's own link.
+    links: Vec<VipLink>,
     /// The virtual MAC interface, deleted when the instance stops.
     vmac: Option<Vmac>,
-    prefixes: Vec<(IpAddr, u8)>,
+    /// Every address the instance moves, advertised and excluded ones.
+    vips: Vec<PlacedVip>,
     checksum: V3Checksum,
     /// Bumped whenever the instance leaves MASTER: pending gratuitous ARP/NA repeats of an
     /// earlier mastership stop, or a router that just stepped down would keep pointing hosts
@@ -124,8 +125,26 @@ pub fn check_supported(_cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// One interface VIPs go on.
+struct VipLink {
+    ifindex: u32,
+    arp: ArpSender,
+    /// The source MAC of gratuitous ARP/NA: the interface's, or the virtual MAC. All zero (a
+    /// loopback, a tunnel) means the link has no neighbours to tell.
+    mac: [u8; 6],
+}
+
+/// A VIP with the link it goes on ([`Running::links`]) and its label/scope.
+struct PlacedVip {
+    addr: IpAddr,
+    prefix: u8,
+    link: usize,
+    extras: vrrp::sys::vip::AddrExtras,
+}
+
 fn instance_config(v: &VrrpInstanceConfig, primary: IpAddr) -> Result<InstanceConfig> {
-    let vips = v.virtual_ips.iter().map(|s| config::parse_cidr(s).map(|(a, _)| a)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+    // Only the advertised VIPs are the protocol's; the excluded ones are the driver's alone.
+    let vips = v.virtual_ips.iter().map(|s| config::parse_vip(s).map(|p| p.addr)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
     let c = InstanceConfig {
         name: v.name.clone(),
         vrid: v.vrid,
@@ -156,17 +175,32 @@ async fn build(
     sockets: &mut Sockets,
     tx: &mpsc::Sender<(usize, Vec<vrrp::sys::socket::Received>)>,
 ) -> Result<Running> {
-    let ifindex = vrrp::sys::ifindex(&v.interface)?;
-    let prefixes: Vec<(IpAddr, u8)> =
-        v.virtual_ips.iter().map(|s| config::parse_cidr(s)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
-    let exclude: Vec<IpAddr> = prefixes.iter().map(|p| p.0).collect();
-    let v6 = prefixes.first().is_some_and(|p| p.0.is_ipv6());
+    let ifindex = vrrp::sys::ifindex(&v.interface).with_context(|| format!("vrrp instance {:?}: interface {}", v.name, v.interface))?;
+    let specs = v.all_vips().map_err(anyhow::Error::msg)?;
+    let exclude: Vec<IpAddr> = specs.iter().map(|p| p.addr).collect();
+    let v6 = v.is_v6();
     // IPv4 adverts come from the interface's primary address, IPv6 ones from its
-    // link-local address (RFC 5798 §5.1.2.1).
-    let primary = vips
-        .primary(ifindex, v6, &exclude)
-        .await
-        .with_context(|| format!("{} has no {} address to send adverts from", v.interface, if v6 { "IPv6 link-local" } else { "IPv4" }))?;
+    // link-local address (RFC 5798 §5.1.2.1), unless unicast_src_ip names one.
+    let primary = match v.unicast_src_ip {
+        Some(src) => {
+            if !vips.is_local(src).await {
+                anyhow::bail!("vrrp instance {:?}: unicast_src_ip {src} is not an address of this host", v.name);
+            }
+            src
+        }
+        None => vips
+            .primary(ifindex, v6, &exclude)
+            .await
+            .with_context(|| format!("{} has no {} address to send adverts from", v.interface, if v6 { "IPv6 link-local" } else { "IPv4" }))?,
+    };
+    // The other interfaces VIPs name, checked before anything is made.
+    let mut other_devs: Vec<String> = Vec::new();
+    for s in &specs {
+        if let Some(d) = s.dev.as_ref().filter(|d| **d != v.vip_home() && !other_devs.contains(d)) {
+            vrrp::sys::ifindex(d).with_context(|| format!("vrrp instance {:?}: virtual IP {}: dev {d}", v.name, s.addr))?;
+            other_devs.push(d.clone());
+        }
+    }
     let inst = Instance::new(instance_config(v, primary)?)?;
     // With use_vmac everything but the primary address lives on the vmac: the socket (a frame
     // carrying our own virtual MAC as source reaches only the vmac), the VIPs and the
@@ -188,13 +222,14 @@ async fn build(
             Some(m) => (m.name.clone(), m.ifindex, m.mac),
             None => (v.interface.clone(), ifindex, vrrp::sys::mac_of(&v.interface)?),
         };
-        let key = (ifname.clone(), v6);
+        let key = (ifname.clone(), v6, v.unicast_src_ip);
         let (sock_index, socket) = match sockets.iter().position(|(k, _)| *k == key) {
             Some(i) => (i, sockets[i].1.clone()),
             None => {
-                let raw = match (primary, vmac.is_some()) {
+                let pinned = vmac.is_some() || v.unicast_src_ip.is_some();
+                let raw = match (primary, pinned) {
                     (IpAddr::V4(p4), false) => VrrpSocket::open_v4(&ifname, p4),
-                    (IpAddr::V4(p4), true) => VrrpSocket::open_v4_vmac(&ifname, p4),
+                    (IpAddr::V4(p4), true) => VrrpSocket::open_v4_pinned(&ifname, p4),
                     (IpAddr::V6(p6), _) => VrrpSocket::open_v6(&ifname, p6),
                 }
                 .with_context(|| format!("raw socket on {ifname}"))?;
@@ -204,9 +239,14 @@ async fn build(
                 (sockets.len() - 1, socket)
             }
         };
-        anyhow::Ok((sock_index, socket, ArpSender::open(ifindex)?, mac, ifindex))
+        let mut links = vec![VipLink { ifindex, arp: ArpSender::open(ifindex)?, mac }];
+        for d in &other_devs {
+            let ifindex = vrrp::sys::ifindex(d)?;
+            links.push(VipLink { ifindex, arp: ArpSender::open(ifindex)?, mac: vrrp::sys::mac_of(d)? });
+        }
+        anyhow::Ok((sock_index, socket, links))
     };
-    let (sock_index, socket, arp, mac, ifindex) = match attach.await {
+    let (sock_index, socket, links) = match attach.await {
         Ok(parts) => parts,
         Err(e) => {
             if let Some(m) = &vmac {
@@ -215,6 +255,16 @@ async fn build(
             return Err(e);
         }
     };
+    let home = v.vip_home();
+    let placed = specs
+        .into_iter()
+        .map(|s| PlacedVip {
+            addr: s.addr,
+            prefix: s.prefix,
+            link: s.dev.as_ref().filter(|d| **d != home).and_then(|d| other_devs.iter().position(|o| o == d)).map_or(0, |k| k + 1),
+            extras: vrrp::sys::vip::AddrExtras { label: s.label, scope: s.scope },
+        })
+        .collect();
     let checksum = match v.v3_checksum {
         config::V3Checksum::PseudoHeader => V3Checksum::PseudoHeader,
         config::V3Checksum::Plain => V3Checksum::Plain,
@@ -224,11 +274,9 @@ async fn build(
         inst,
         socket,
         sock_index,
-        arp,
-        mac,
-        ifindex,
+        links,
         vmac,
-        prefixes,
+        vips: placed,
         checksum,
         mastership: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         fired: None,
@@ -355,8 +403,8 @@ pub async fn run(
     let now = Instant::now().into_std();
     for r in &mut running {
         // Stale VIPs from a crash must not linger on a backup.
-        for (a, p) in &r.prefixes {
-            let _ = vips.del(r.ifindex, *a, *p).await;
+        for v in &r.vips {
+            let _ = vips.del(r.links[v.link].ifindex, v.addr, v.prefix).await;
         }
         r.inst.startup(now);
     }
@@ -733,8 +781,8 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
                 // The kernel adds each address inside the send; the acknowledgements are read
                 // after the gratuitous ARP/NA that follow, so the first GARP waits for no
                 // round trip through the runtime, and goes out with the VIPs already in place.
-                for (a, p) in &r.prefixes {
-                    match vips.add_now(r.ifindex, *a, *p) {
+                for v in &r.vips {
+                    match vips.add_now(r.links[v.link].ifindex, v.addr, v.prefix, &v.extras) {
                         Ok(pa) => pending.push(pa),
                         Err(e) => tracing::error!(instance = %r.conf.name, "{e}"),
                     }
@@ -743,22 +791,30 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
             }
             Action::RemoveVips(_) => {
                 out.flush();
-                for (a, p) in &r.prefixes {
-                    if let Err(e) = vips.del(r.ifindex, *a, *p).await {
+                for v in &r.vips {
+                    if let Err(e) = vips.del(r.links[v.link].ifindex, v.addr, v.prefix).await {
                         tracing::error!(instance = %r.conf.name, "{e}");
                     }
                 }
             }
-            Action::SendGratuitous(addrs) => {
-                let frames: Vec<Vec<u8>> = addrs
+            Action::SendGratuitous(_) => {
+                // Every VIP the instance moves (the core knows only the advertised ones), each
+                // on its own link with that link's MAC.
+                let frames: Vec<(usize, Vec<u8>)> = r
+                    .vips
                     .iter()
-                    .map(|a| match a {
-                        IpAddr::V4(v4) => garp::frame(r.mac, *v4).to_vec(),
-                        IpAddr::V6(v6) => garp::na_frame(r.mac, *v6).to_vec(),
+                    .filter(|v| r.links[v.link].mac != [0; 6])
+                    .map(|v| {
+                        let mac = r.links[v.link].mac;
+                        let f = match v.addr {
+                            IpAddr::V4(v4) => garp::frame(mac, v4).to_vec(),
+                            IpAddr::V6(v6) => garp::na_frame(mac, v6).to_vec(),
+                        };
+                        (v.link, f)
                     })
                     .collect();
-                for f in &frames {
-                    if let Err(e) = r.arp.send(f) {
+                for (link, f) in &frames {
+                    if let Err(e) = r.links[*link].arp.send(f) {
                         tracing::warn!(instance = %r.conf.name, "gratuitous ARP / NA: {e}");
                     }
                 }
@@ -770,18 +826,22 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
                 // The repeats go out later without holding up the protocol.
                 let (repeat, delay) = (r.conf.garp_repeat.saturating_sub(1), r.conf.garp_delay.max(Duration::from_millis(10)));
                 if repeat > 0 {
-                    let ifindex = r.ifindex;
+                    let ifindexes: Vec<u32> = r.links.iter().map(|l| l.ifindex).collect();
                     let epoch = r.mastership.clone();
                     let mine = epoch.load(std::sync::atomic::Ordering::Relaxed);
                     tokio::spawn(async move {
-                        let Ok(arp) = ArpSender::open(ifindex) else { return };
+                        let mut arps = Vec::new();
+                        for i in ifindexes {
+                            let Ok(arp) = ArpSender::open(i) else { return };
+                            arps.push(arp);
+                        }
                         for _ in 0..repeat {
                             tokio::time::sleep(delay).await;
                             if epoch.load(std::sync::atomic::Ordering::Relaxed) != mine {
                                 return; // no longer the master that scheduled these
                             }
-                            for f in &frames {
-                                let _ = arp.send(f);
+                            for (link, f) in &frames {
+                                let _ = arps[*link].send(f);
                             }
                         }
                     });

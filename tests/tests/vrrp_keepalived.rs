@@ -704,3 +704,78 @@ fn a_peer_speaking_the_other_vrrp_version_is_named_once() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(text().matches("drops the version-2 adverts").count(), 1, "warned more than once:\n{}", text());
 }
+
+/// keepalived's address options: `dev`/`label`/`scope` on a VIP, `virtual_ipaddress_excluded`
+/// (moved, not advertised, either family) and `unicast_src_ip`. keepalived as the backup checks
+/// the advert's source against its `unicast_peer` list (`check_unicast_src`) and the advertised
+/// address count against its own list, so it stays backup only if corral sends what it expects.
+#[test]
+fn vip_options_excluded_vips_and_unicast_src_ip_like_keepalived() {
+    let Some(bin) = prerequisites("vip_options_excluded_vips_and_unicast_src_ip") else { return };
+    let lan = Lan::new(2);
+    let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = tempdir::Dir::new("vipopts");
+    h1.sh("ip addr add 192.0.2.11/24 dev eth0 && ip link add dum0 type veth peer name dum0p && ip link set dum0p up && ip link set dum0 up");
+    // The backup's view: adverts (with their address lists), ARP and neighbour advertisements.
+    let (_t2, seen) = capture_args(h2, dir.path.join("h2.txt"), &["-v", "vrrp or arp or icmp6"]);
+    let mut cmd = h1.cmd("tcpdump");
+    cmd.args(["-i", "dum0", "-nn", "-l", "arp"]).stdout(std::fs::File::create(dir.path.join("dum0.txt")).unwrap()).stderr(Stdio::null());
+    let _t1 = Daemon::spawn(cmd, "tcpdump");
+    let kcfg = format!(
+        "global_defs {{\n    vrrp_version 3\n    vrrp_garp_master_delay 0\n}}\nvrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    \
+         virtual_router_id 51\n    priority 100\n    advert_int 0.1\n    unicast_src_ip 192.0.2.2\n    check_unicast_src\n    \
+         unicast_peer {{\n        192.0.2.11\n    }}\n    virtual_ipaddress {{\n        {VIP}/24\n        203.0.113.5/24\n    }}\n}}\n"
+    );
+    let _k = start_keepalived(h2, &dir, &kcfg);
+    let cfg = |src: &str| {
+        format!(
+            "[node]\nadmin_socket = \"{}/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\n\
+             advert_interval = \"100ms\"\ngarp_repeat = 1\nunicast_peers = [\"192.0.2.2\"]\nunicast_src_ip = \"{src}\"\n\
+             virtual_ips = [\"{VIP}/24 label eth0:vip\", \"203.0.113.5/24 dev dum0 label dum0:web\"]\n\
+             virtual_ips_excluded = [\"2001:db8::5/64\", \"198.51.100.7/24 scope link\"]\n",
+            dir.path.display()
+        )
+    };
+    // An address the host does not have is refused at start, by name.
+    std::fs::write(dir.path.join("bad.toml"), cfg("192.0.2.99")).unwrap();
+    let out = h1.try_sh(&format!("timeout 10 {} --config {}", bin.display(), dir.path.join("bad.toml").display()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unicast_src_ip 192.0.2.99 is not an address of this host"), "{err}");
+
+    let (c, _) = start_corrald(&bin, h1, &dir, &cfg("192.0.2.11"));
+    let addrs = || h1.sh("ip -o addr show");
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral (150) becomes master:\n{}", addrs());
+    assert!(wait_for(Duration::from_secs(2), || has_addr_on(h1, "dum0", "203.0.113.5") && has_addr_on(h1, "eth0", "2001:db8::5")).is_some(), "{}", addrs());
+    let a = addrs();
+    let line = |addr: &str| a.lines().find(|l| l.contains(&format!(" {addr}/"))).unwrap_or_else(|| panic!("{addr} missing:\n{a}")).to_owned();
+    assert!(line(VIP).starts_with(&format!("{}: eth0", h1.sh("cat /sys/class/net/eth0/ifindex").trim())) && line(VIP).contains(" eth0:vip"), "label on eth0: {}", line(VIP));
+    assert!(line("203.0.113.5").starts_with(&format!("{}: dum0", h1.sh("cat /sys/class/net/dum0/ifindex").trim())), "{}", line("203.0.113.5"));
+    assert!(line("203.0.113.5").contains(" dum0:web"), "{}", line("203.0.113.5"));
+    assert!(line("198.51.100.7").contains("scope link"), "{}", line("198.51.100.7"));
+    assert!(line("2001:db8::5").contains(" eth0 "), "{}", line("2001:db8::5"));
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!has_addr(h2, VIP), "keepalived accepts corral's adverts from 192.0.2.11 and stays backup");
+    let dump = std::fs::read_to_string(&seen).unwrap();
+    let adverts: Vec<&str> = dump.lines().filter(|l| l.contains("VRRPv3, Advertisement")).collect();
+    assert!(adverts.iter().any(|l| l.contains("192.0.2.11 > 192.0.2.2")), "adverts from unicast_src_ip:\n{dump}");
+    assert!(!adverts.iter().any(|l| l.contains("192.0.2.1 >")), "no advert from the interface's first address:\n{dump}");
+    assert!(
+        adverts.iter().filter(|l| l.contains("192.0.2.11 >")).all(|l| l.contains("addrs(2): 192.0.2.100,203.0.113.5")),
+        "adverts carry the two advertised VIPs, not the excluded ones:\n{dump}"
+    );
+    let garp = |text: &str, a: &str| text.lines().any(|l| l.contains(&format!("who-has {a} ")) && l.contains(&format!("tell {a},")));
+    assert!(garp(&dump, "198.51.100.7"), "gratuitous ARP for an excluded VIP:\n{dump}");
+    assert!(dump.contains("neighbor advertisement") && dump.contains("tgt is 2001:db8::5"), "unsolicited NA for the excluded IPv6 VIP:\n{dump}");
+    let dum = std::fs::read_to_string(dir.path.join("dum0.txt")).unwrap();
+    assert!(garp(&dum, "203.0.113.5"), "the dev VIP's gratuitous ARP leaves on its own link:\n{dum}");
+    assert!(!dum.contains("who-has 192.0.2.100"), "and the others do not:\n{dum}");
+
+    // Stopping releases every address, on every link, and keepalived takes over.
+    c.signal("TERM");
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h2, VIP)).is_some(), "keepalived takes over");
+    let a = addrs();
+    for gone in [VIP, "203.0.113.5", "198.51.100.7", "2001:db8::5"] {
+        assert!(!a.contains(&format!(" {gone}/")), "{gone} released:\n{a}");
+    }
+    assert!(a.contains(" 192.0.2.11/"), "the host's own address stays:\n{a}");
+}

@@ -114,10 +114,11 @@ impl VrrpSocket {
         Ok(VrrpSocket { sock, v6: false, src6: None, src4: None, ifindex: index })
     }
 
-    /// Opens the IPv4 socket on a vmac (see [`super::vmac`]); every advert leaves from
-    /// `primary`, the parent's address, with the virtual MAC as its Ethernet source.
-    pub fn open_v4_vmac(vmac: &str, primary: Ipv4Addr) -> io::Result<VrrpSocket> {
-        let mut s = VrrpSocket::open_v4(vmac, primary)?;
+    /// Opens the IPv4 socket with every advert's source pinned to `primary` (IP_PKTINFO),
+    /// unicast ones too: on a vmac (see [`super::vmac`]) whose source, the parent's address, is
+    /// not its own, and for a configured `unicast_src_ip` the routing table would not choose.
+    pub fn open_v4_pinned(ifname: &str, primary: Ipv4Addr) -> io::Result<VrrpSocket> {
+        let mut s = VrrpSocket::open_v4(ifname, primary)?;
         s.src4 = Some(primary);
         Ok(s)
     }

@@ -34,8 +34,8 @@ impl Vips {
 
     /// Adds `addr/prefix` now, for a takeover: see [`VipAdder`]. Await [`Vips::add_acks`] with
     /// the returned requests once the gratuitous ARP/NA are out.
-    pub fn add_now(&self, ifindex: u32, addr: IpAddr, prefix: u8) -> Result<PendingAdd, AddError> {
-        self.adder.send(ifindex, addr, prefix)
+    pub fn add_now(&self, ifindex: u32, addr: IpAddr, prefix: u8, extra: &AddrExtras) -> Result<PendingAdd, AddError> {
+        self.adder.send(ifindex, addr, prefix, extra)
     }
 
     /// The kernel's answers to [`Vips::add_now`] requests, in their order (an address already
@@ -78,6 +78,18 @@ impl Vips {
         Ok(())
     }
 
+    /// Whether `addr` is an address of one of this host's (this namespace's) interfaces.
+    pub async fn is_local(&self, addr: IpAddr) -> bool {
+        use netlink_packet_route::address::AddressAttribute;
+        let mut stream = self.handle.address().get().set_address_filter(addr).execute();
+        while let Ok(Some(msg)) = stream.try_next().await {
+            if msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(ip) | AddressAttribute::Local(ip) if *ip == addr)) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// The interface's first address of the family that is not one of `exclude`; for IPv6 its
     /// link-local address, which is what VRRPv3 adverts must come from.
     pub async fn primary(&self, ifindex: u32, v6: bool, exclude: &[IpAddr]) -> Option<IpAddr> {
@@ -95,6 +107,16 @@ impl Vips {
         }
         None
     }
+}
+
+/// What keepalived's `virtual_ipaddress` lines may add to an address besides its prefix:
+/// `label eth0:web` (IPv4; `ip addr` and old `ifconfig` tooling show aliases by it) and
+/// `scope host|link|site|global|N` (a `scope host` VIP is answered locally and never ARPed for
+/// by routes elsewhere, which DR setups use). Default: no label, scope global.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddrExtras {
+    pub label: Option<String>,
+    pub scope: Option<u8>,
 }
 
 /// A VIP add the kernel refused (or that could not be sent or answered).
@@ -148,7 +170,7 @@ impl VipAdder {
 
     /// Sends `RTM_NEWADDR` for `addr/prefix` (IPv6 with `nodad`); the kernel has acted on it
     /// when this returns. The acknowledgement is read by [`VipAdder::acks`].
-    pub fn send(&self, ifindex: u32, addr: IpAddr, prefix: u8) -> Result<PendingAdd, AddError> {
+    pub fn send(&self, ifindex: u32, addr: IpAddr, prefix: u8, extra: &AddrExtras) -> Result<PendingAdd, AddError> {
         use rtnetlink::packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
         use rtnetlink::packet_route::RouteNetlinkMessage;
         let seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -160,6 +182,12 @@ impl VipAdder {
         if addr.is_ipv6() {
             use netlink_packet_route::address::{AddressAttribute, AddressFlags};
             msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        if let Some(l) = &extra.label {
+            msg.attributes.push(netlink_packet_route::address::AddressAttribute::Label(l.clone()));
+        }
+        if let Some(sc) = extra.scope {
+            msg.header.scope = netlink_packet_route::address::AddressScope::from(sc);
         }
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewAddress(msg));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
