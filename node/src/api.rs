@@ -59,8 +59,12 @@ pub enum Request {
     Apply { rules: crate::rules::RuleSet, #[serde(default)] dry_run: bool },
     /// The rule set as replicated (valid `apply` input).
     GetServices,
-    /// One edit of the rule set (`corralctl vs …` / `rs …`).
-    Edit { edit: crate::rules::Edit },
+    /// One edit of the rule set (`corralctl vs …` / `rs …`); `dry_run` validates and diffs only.
+    Edit {
+        edit: crate::rules::Edit,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dry_run: bool,
+    },
     /// Per node: applied revision, drift, last error, VRRP and sync-daemon state.
     Status,
     /// This node's own report, as of now: `status` asks every member for it (a gossiped copy

@@ -10,6 +10,8 @@
 //! scheduler = "wlc"
 //! forwarding = "nat"              # nat | dr | tunnel (per real server overridable)
 //! persistence_timeout = "5m"      # optional; persistence_granularity = "255.255.255.0" or "/64"
+//! # persistence_engine = "sip"    # --pe sip; scheduler_flags = ["sh-port", "sh-fallback"] (-b)
+//! # tunnel = { type = "gue", port = 6080, checksum = "csum" }   # forwarding = "tunnel": ipip | gue | gre
 //! sorry_server = "198.51.100.99:80"
 //! quorum = 1                      # keepalived: live weight below quorum - hysteresis → sorry server alone,
 //! hysteresis = 0                  # back at quorum + hysteresis (the state between is committed in Raft)
@@ -81,6 +83,73 @@ pub enum Forwarding {
     Dr,
     /// IP-in-IP (`-i`).
     Tunnel,
+}
+
+/// How `forwarding = "tunnel"` encapsulates (kernel 5.2+ for GUE and GRE):
+/// `{ type = "gue", port = 6080, checksum = "csum" }`, as ipvsadm's `--tun-type`, `--tun-port`,
+/// `--tun-nocsum|--tun-csum|--tun-remcsum`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelRule {
+    #[serde(rename = "type")]
+    pub kind: TunnelKind,
+    /// GUE's UDP port (required for GUE, refused for the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// GUE and GRE: `nocsum` (default), `csum`, or `remcsum` (GUE only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<TunnelChecksum>,
+}
+
+/// `tunnel.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelKind {
+    Ipip,
+    Gue,
+    Gre,
+}
+
+/// `tunnel.checksum`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelChecksum {
+    Nocsum,
+    Csum,
+    Remcsum,
+}
+
+impl TunnelRule {
+    /// ipvsadm's rules for the combination, naming the part that is wrong.
+    fn validate(&self) -> Result<(), String> {
+        match (self.kind, self.port, self.checksum) {
+            (TunnelKind::Gue, None, _) => Err("a gue tunnel needs port".into()),
+            (TunnelKind::Gue, Some(0), _) => Err("port 0 is not a GUE port".into()),
+            (TunnelKind::Ipip | TunnelKind::Gre, Some(_), _) => Err(format!("port applies to gue tunnels only, not {}", self.kind_name())),
+            (TunnelKind::Ipip, None, Some(_)) => Err("checksum applies to gue and gre tunnels, not ipip".into()),
+            (TunnelKind::Gre, None, Some(TunnelChecksum::Remcsum)) => Err("remcsum applies to gue tunnels only".into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self.kind {
+            TunnelKind::Ipip => "ipip",
+            TunnelKind::Gue => "gue",
+            TunnelKind::Gre => "gre",
+        }
+    }
+
+    /// The kernel's form (its "nocsum" is the absence of the other two bits).
+    fn to_ipvs(self) -> Tunnel {
+        let c = self.checksum.unwrap_or(TunnelChecksum::Nocsum);
+        let flags = ipvs::model::TunFlags { nocsum: c == TunnelChecksum::Nocsum, csum: c == TunnelChecksum::Csum, remcsum: c == TunnelChecksum::Remcsum };
+        match self.kind {
+            TunnelKind::Ipip => Tunnel::Ipip,
+            TunnelKind::Gue => Tunnel::Gue { port: self.port.unwrap_or(0), flags },
+            TunnelKind::Gre => Tunnel::Gre { flags },
+        }
+    }
 }
 
 /// Address family of a firewall-mark service.
@@ -161,6 +230,19 @@ pub struct VirtualServer {
     /// `-o`: one-packet scheduling (UDP/SCTP).
     #[serde(default, skip_serializing_if = "is_default")]
     pub one_packet: bool,
+    /// `-b`: keepalived's `sh-port`, `sh-fallback`, `mh-port`, `mh-fallback` (each only with its
+    /// scheduler), or `flag-1`..`flag-3`: hash the source port too / skip a real server at
+    /// weight 0 or over its threshold instead of dropping the packet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scheduler_flags: Vec<String>,
+    /// `--pe sip` (keepalived's `persistence_engine`): persistence by SIP Call-ID, not by
+    /// client address; needs `persistence_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence_engine: Option<String>,
+    /// Encapsulation of `forwarding = "tunnel"` real servers (default IP-in-IP): keepalived's
+    /// `tunnel_type`; a real server's own `tunnel` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelRule>,
     /// Served when the live real servers' weight falls below the quorum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sorry_server: Option<SocketAddr>,
@@ -205,6 +287,9 @@ pub struct RealServer {
     pub weight: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<Forwarding>,
+    /// Overrides the virtual server's `tunnel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelRule>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub upper_threshold: u32,
     #[serde(default, skip_serializing_if = "is_default")]
@@ -399,6 +484,23 @@ impl RuleSet {
             if vs.one_packet && vs.protocol == Protocol::Tcp && vs.address.is_some() {
                 return Err((vs_at(i, "one_packet"), "one-packet scheduling applies to UDP/SCTP only".into()));
             }
+            if !vs.scheduler_flags.is_empty() {
+                ipvs::text::sched_flags(&vs.scheduler, &vs.scheduler_flags.join(",")).map_err(|e| (vs_at(i, "scheduler_flags"), e))?;
+            }
+            if let Some(pe) = &vs.persistence_engine {
+                if pe != "sip" {
+                    return Err((vs_at(i, "persistence_engine"), format!("unknown persistence engine {pe:?} (the kernel has \"sip\")")));
+                }
+                if vs.persistence_timeout.is_none() {
+                    return Err((vs_at(i, "persistence_engine"), "needs persistence_timeout".into()));
+                }
+            }
+            if let Some(t) = &vs.tunnel {
+                t.validate().map_err(|e| (vs_at(i, "tunnel"), e))?;
+                if vs.forwarding != Forwarding::Tunnel && !vs.real_servers.iter().any(|r| r.forwarding == Some(Forwarding::Tunnel)) {
+                    return Err((vs_at(i, "tunnel"), "applies to forwarding = \"tunnel\" only".into()));
+                }
+            }
             if let Some(t) = vs.persistence_timeout {
                 if t.as_secs() == 0 || t.as_secs() > u32::MAX as u64 || t.subsec_nanos() != 0 {
                     return Err((vs_at(i, "persistence_timeout"), "whole seconds, at least 1s".into()));
@@ -425,6 +527,12 @@ impl RuleSet {
                     return Err((rs_at("weight"), "weight must be within 0..=65535".into()));
                 }
                 let fwd = rs.forwarding.unwrap_or(vs.forwarding);
+                if let Some(t) = &rs.tunnel {
+                    t.validate().map_err(|e| (rs_at("tunnel"), e))?;
+                    if fwd != Forwarding::Tunnel {
+                        return Err((rs_at("tunnel"), "applies to forwarding = \"tunnel\" only".into()));
+                    }
+                }
                 if fwd == Forwarding::Nat && Family::of(&rs.address.ip()) != key.family() {
                     return Err((rs_at("address"), "NAT needs a real server of the virtual server's address family".into()));
                 }
@@ -535,9 +643,13 @@ impl RuleSet {
                 netmask: persistence_netmask(&vs.persistence_granularity, key.family()).unwrap_or(0xffff_ffff),
             });
             svc.one_packet = vs.one_packet;
+            if !vs.scheduler_flags.is_empty() {
+                svc.sched_flags = ipvs::text::sched_flags(&vs.scheduler, &vs.scheduler_flags.join(",")).unwrap_or_default();
+            }
+            svc.pe_name.clone_from(&vs.persistence_engine);
             for rs in &vs.real_servers {
                 let Some(weight) = Self::table_weight(self.verdict(vs, &key, rs, verdicts), rs) else { continue };
-                svc.dests.insert(dest_key(rs.address), dest(rs.address, rs.forwarding.unwrap_or(vs.forwarding), weight, rs));
+                svc.dests.insert(dest_key(rs.address), dest(rs.address, rs.forwarding.unwrap_or(vs.forwarding), weight, rs, vs));
             }
             // While the quorum is lost ([`RuleSet::quorum_lost`]), the sorry server takes all the
             // traffic: the real servers still alive leave the pool (weight 0 with
@@ -558,6 +670,7 @@ impl RuleSet {
                         address: sorry,
                         weight: 1,
                         forwarding: None,
+                        tunnel: None,
                         upper_threshold: 0,
                         lower_threshold: 0,
                         inhibit_on_failure: false,
@@ -565,7 +678,7 @@ impl RuleSet {
                         notify_up: None,
                         notify_down: None,
                     };
-                    svc.dests.insert(dest_key(sorry), dest(sorry, vs.forwarding, 1, &placeholder));
+                    svc.dests.insert(dest_key(sorry), dest(sorry, vs.forwarding, 1, &placeholder, vs));
                 }
             }
             t.insert(svc);
@@ -578,12 +691,12 @@ fn dest_key(a: SocketAddr) -> DestKey {
     DestKey { addr: a.ip(), port: a.port() }
 }
 
-fn dest(a: SocketAddr, f: Forwarding, weight: i32, rs: &RealServer) -> Dest {
+fn dest(a: SocketAddr, f: Forwarding, weight: i32, rs: &RealServer, vs: &VirtualServer) -> Dest {
     let mut d = Dest::new(a.ip(), a.port());
     d.forward = match f {
         Forwarding::Nat => Forward::Masq,
         Forwarding::Dr => Forward::Route,
-        Forwarding::Tunnel => Forward::Tunnel(Tunnel::Ipip),
+        Forwarding::Tunnel => Forward::Tunnel(rs.tunnel.or(vs.tunnel).map_or(Tunnel::Ipip, TunnelRule::to_ipvs)),
     };
     d.weight = weight;
     d.upper_threshold = rs.upper_threshold;
@@ -633,6 +746,9 @@ pub enum Edit {
         service: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scheduler: Option<String>,
+        /// Replaces the flags (empty: none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduler_flags: Option<Vec<String>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         forwarding: Option<Forwarding>,
         #[serde(default, skip_serializing_if = "Option::is_none", with = "edit_opt_dur")]
@@ -687,11 +803,14 @@ impl Edit {
                 }
                 rules.virtual_servers.push((**vs).clone());
             }
-            Edit::VsEdit { service, scheduler, forwarding, persistence_timeout, sorry_server } => {
+            Edit::VsEdit { service, scheduler, scheduler_flags, forwarding, persistence_timeout, sorry_server } => {
                 let i = find(rules, service)?;
                 let v = &mut rules.virtual_servers[i];
                 if let Some(s) = scheduler {
                     v.scheduler = s.clone();
+                }
+                if let Some(f) = scheduler_flags {
+                    v.scheduler_flags = f.clone();
                 }
                 if let Some(f) = forwarding {
                     v.forwarding = *f;
@@ -773,7 +892,74 @@ fn set_weight(rules: &mut RuleSet, service: &str, address: SocketAddr, weight: i
 
 /// Human-readable changes between two tables (for `apply --dry-run`), in ipvsadm's words.
 pub fn describe_diff(from: &Table, to: &Table) -> Vec<String> {
-    ipvs::diff(from, to).iter().map(|op| format!("{op}")).collect()
+    ipvs::diff(from, to)
+        .iter()
+        .map(|op| {
+            // An edit says what it changes: a dry run is read to decide.
+            let what = match op {
+                ipvs::Op::EditService(new) => from.services.get(&new.key).map(|old| service_changes(old, new)),
+                ipvs::Op::EditDest(k, new) => from.services.get(k).and_then(|s| s.dests.get(&new.key)).map(|old| dest_changes(old, new)),
+                _ => None,
+            };
+            match what {
+                Some(w) if !w.is_empty() => format!("{op}: {}", w.join(", ")),
+                _ => op.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// `name old → new` for each setting that differs between two versions of a service.
+fn service_changes(old: &Service, new: &Service) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut one = |name: &str, a: String, b: String| {
+        if a != b {
+            v.push(format!("{name} {a} → {b}"));
+        }
+    };
+    one("scheduler", old.scheduler.clone(), new.scheduler.clone());
+    let flags = |s: &Service| {
+        let n = ipvs::text::sched_flag_names(&s.scheduler, &s.sched_flags);
+        if n.is_empty() { "none".to_string() } else { n.join(",") }
+    };
+    one("scheduler flags", flags(old), flags(new));
+    let pers = |s: &Service| match (s.persistence, s.persistence_mask()) {
+        (None, _) => "off".to_string(),
+        (Some(p), None) => format!("{}s", p.timeout),
+        (Some(p), Some(m)) => format!("{}s (granularity {m})", p.timeout),
+    };
+    one("persistence", pers(old), pers(new));
+    one("one-packet", old.one_packet.to_string(), new.one_packet.to_string());
+    let pe = |s: &Service| s.pe_name.clone().unwrap_or_else(|| "none".into());
+    one("persistence engine", pe(old), pe(new));
+    v
+}
+
+/// `name old → new` for each setting that differs between two versions of a real server.
+fn dest_changes(old: &Dest, new: &Dest) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut one = |name: &str, a: String, b: String| {
+        if a != b {
+            v.push(format!("{name} {a} → {b}"));
+        }
+    };
+    one("weight", old.weight.to_string(), new.weight.to_string());
+    let fwd = |d: &Dest| match d.forward {
+        Forward::Masq => "nat".to_string(),
+        Forward::Route | Forward::Local | Forward::Bypass => "dr".to_string(),
+        Forward::Tunnel(Tunnel::Ipip) => "tunnel".to_string(),
+        Forward::Tunnel(Tunnel::Gue { port, .. }) => format!("tunnel (gue:{port})"),
+        Forward::Tunnel(Tunnel::Gre { .. }) => "tunnel (gre)".to_string(),
+    };
+    one("forwarding", fwd(old), fwd(new));
+    one("upper threshold", old.upper_threshold.to_string(), new.upper_threshold.to_string());
+    one("lower threshold", old.lower_threshold.to_string(), new.lower_threshold.to_string());
+    if let (Forward::Tunnel(a), Forward::Tunnel(b)) = (old.forward, new.forward) {
+        if a != b && fwd(old) == fwd(new) {
+            v.push("tunnel checksum options".into());
+        }
+    }
+    v
 }
 
 #[cfg(test)]
@@ -967,6 +1153,94 @@ address = "[2001:db8::11]:0"
     }
 
     #[test]
+    fn scheduler_flags_persistence_engine_and_tunnel_types_reach_the_table() {
+        let r = parse(
+            r#"
+[[virtual_server]]
+address = "192.0.2.100:5060"
+protocol = "udp"
+scheduler = "sh"
+scheduler_flags = ["sh-port", "sh-fallback"]
+persistence_timeout = "30s"
+persistence_engine = "sip"
+forwarding = "tunnel"
+tunnel = { type = "gue", port = 6080, checksum = "csum" }
+[[virtual_server.real_server]]
+address = "198.51.100.31:5060"
+[[virtual_server.real_server]]
+address = "198.51.100.32:5060"
+tunnel = { type = "gre" }
+[[virtual_server.real_server]]
+address = "198.51.100.33:5060"
+forwarding = "dr"
+"#,
+        )
+        .unwrap();
+        let t = r.desired_table(&Verdicts::new());
+        let svc = t.services.values().next().unwrap();
+        assert_eq!(svc.sched_flags, ipvs::model::SchedFlags { flag1: true, flag2: true, flag3: false });
+        assert_eq!(svc.pe_name.as_deref(), Some("sip"));
+        let fwd = |a: &str| svc.dests[&dest_key(a.parse().unwrap())].forward;
+        let csum = ipvs::model::TunFlags { nocsum: false, csum: true, remcsum: false };
+        assert_eq!(fwd("198.51.100.31:5060"), Forward::Tunnel(Tunnel::Gue { port: 6080, flags: csum }));
+        let nocsum = ipvs::model::TunFlags { nocsum: true, csum: false, remcsum: false };
+        assert_eq!(fwd("198.51.100.32:5060"), Forward::Tunnel(Tunnel::Gre { flags: nocsum }));
+        assert_eq!(fwd("198.51.100.33:5060"), Forward::Route);
+        // What `get services` prints is what apply reads.
+        let text = toml::to_string(&r).unwrap();
+        assert_eq!(parse(&text).unwrap(), r, "{text}");
+        // ipvsadm's save line for it, as the kernel will be asked.
+        let saved = ipvs::text::save(&t);
+        assert!(saved.contains("-A -u 192.0.2.100:5060 -s sh -p 30 --pe sip -b sh-fallback,sh-port"), "{saved}");
+
+        let base = "[[virtual_server]]\naddress = \"192.0.2.1:80\"\n";
+        for (extra, key, says) in [
+            ("scheduler = \"rr\"\nscheduler_flags = [\"sh-port\"]\n", "virtual_server[0].scheduler_flags", "needs scheduler \"sh\""),
+            ("scheduler_flags = [\"fast\"]\n", "virtual_server[0].scheduler_flags", "invalid scheduler flag"),
+            ("persistence_engine = \"sip\"\n", "virtual_server[0].persistence_engine", "needs persistence_timeout"),
+            ("persistence_timeout = \"1m\"\npersistence_engine = \"http\"\n", "virtual_server[0].persistence_engine", "unknown persistence engine"),
+            ("tunnel = { type = \"gue\" }\nforwarding = \"tunnel\"\n", "virtual_server[0].tunnel", "needs port"),
+            ("tunnel = { type = \"gre\", checksum = \"remcsum\" }\nforwarding = \"tunnel\"\n", "virtual_server[0].tunnel", "gue tunnels only"),
+            ("tunnel = { type = \"ipip\", checksum = \"csum\" }\nforwarding = \"tunnel\"\n", "virtual_server[0].tunnel", "not ipip"),
+            ("tunnel = { type = \"gre\" }\nforwarding = \"dr\"\n", "virtual_server[0].tunnel", "forwarding = \"tunnel\" only"),
+            (
+                "[[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\ntunnel = { type = \"gre\" }\n",
+                "virtual_server[0].real_server[0].tunnel",
+                "forwarding = \"tunnel\" only",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}")).unwrap_err();
+            assert_eq!(e.key, key, "{extra}: {e}");
+            assert!(e.message.contains(says), "{extra}: {e}");
+        }
+        let e = parse(&format!("{base}forwarding = \"tunnel\"\ntunnel = {{ type = \"vxlan\" }}\n")).unwrap_err();
+        assert!(e.key.starts_with("virtual_server[0].tunnel"), "{e}");
+    }
+
+    #[test]
+    fn a_diff_says_what_an_edit_changes() {
+        let r = parse(EXAMPLE).unwrap();
+        let mut to = r.clone();
+        Edit::RsWeight { service: "192.0.2.100:80".into(), address: "198.51.100.11:80".parse().unwrap(), weight: 0 }.apply(&mut to).unwrap();
+        let edit = Edit::VsEdit {
+            service: "192.0.2.100:80".into(),
+            scheduler: Some("sh".into()),
+            scheduler_flags: Some(vec!["sh-port".into()]),
+            forwarding: None,
+            persistence_timeout: Some(None),
+            sorry_server: None,
+        };
+        edit.apply(&mut to).unwrap();
+        let v = Verdicts::new();
+        let d = describe_diff(&r.desired_table(&v), &to.desired_table(&v));
+        assert!(d.contains(&"edit destination 198.51.100.11:80 of service TCP 192.0.2.100:80: weight 3 → 0".to_string()), "{d:#?}");
+        assert!(
+            d.contains(&"edit service TCP 192.0.2.100:80: scheduler rr → sh, scheduler flags none → sh-port, persistence 300s (granularity 255.255.255.0) → off".to_string()),
+            "{d:#?}"
+        );
+    }
+
+    #[test]
     fn check_tables_refuse_keys_they_do_not_know_and_take_keepalived_names() {
         let rules = |check: &str| format!("[[virtual_server]]\naddress = \"192.0.2.1:80\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\ncheck = {check}\n");
         let e = parse(&rules(r#"{ type = "tcp", connect_ip = "198.51.100.9" }"#)).unwrap_err();
@@ -1022,6 +1296,7 @@ address = "[2001:db8::11]:0"
         let edit = Edit::VsEdit {
             service: "192.0.2.100:80".into(),
             scheduler: Some("wrr".into()),
+            scheduler_flags: None,
             forwarding: None,
             persistence_timeout: Some(Some(Duration::from_secs(300))),
             sorry_server: Some(None),
@@ -1034,13 +1309,13 @@ address = "[2001:db8::11]:0"
         let after = &r.virtual_servers[0];
         assert_eq!((after.scheduler.as_str(), after.persistence_timeout, after.sorry_server), ("wrr", Some(Duration::from_secs(300)), None));
         assert_eq!((&after.real_servers, after.forwarding, &after.check), (&before.real_servers, before.forwarding, &before.check));
-        let clear = Edit::VsEdit { service: "192.0.2.100:80".into(), scheduler: None, forwarding: None, persistence_timeout: Some(None), sorry_server: None };
+        let clear = Edit::VsEdit { service: "192.0.2.100:80".into(), scheduler: None, scheduler_flags: None, forwarding: None, persistence_timeout: Some(None), sorry_server: None };
         clear.apply(&mut r).unwrap();
         assert_eq!((r.virtual_servers[0].persistence_timeout, r.virtual_servers[0].scheduler.as_str()), (None, "wrr"));
         assert_eq!(r.virtual_servers[0].persistence_granularity, None);
-        let bad = Edit::VsEdit { service: "192.0.2.100:80".into(), scheduler: Some("fastest".into()), forwarding: None, persistence_timeout: None, sorry_server: None };
+        let bad = Edit::VsEdit { service: "192.0.2.100:80".into(), scheduler: Some("fastest".into()), scheduler_flags: None, forwarding: None, persistence_timeout: None, sorry_server: None };
         assert!(bad.apply(&mut r.clone()).unwrap_err().contains("scheduler"));
-        let missing = Edit::VsEdit { service: "192.0.2.9:80".into(), scheduler: None, forwarding: None, persistence_timeout: None, sorry_server: None };
+        let missing = Edit::VsEdit { service: "192.0.2.9:80".into(), scheduler: None, scheduler_flags: None, forwarding: None, persistence_timeout: None, sorry_server: None };
         assert!(missing.apply(&mut r.clone()).unwrap_err().contains("no virtual server"));
         Edit::VsDel { service: "fwmark:7".into() }.apply(&mut r).unwrap();
         assert_eq!(r.virtual_servers.len(), 1);

@@ -65,6 +65,9 @@ pub enum VsCmd {
         protocol: String,
         #[arg(long, default_value = "wlc")]
         scheduler: String,
+        /// ipvsadm's `-b`: sh-port,sh-fallback / mh-port,mh-fallback / flag-1..3.
+        #[arg(long, value_delimiter = ',')]
+        scheduler_flags: Vec<String>,
         #[arg(long, value_enum, default_value = "nat")]
         forwarding: Fwd,
         /// Persistence timeout (humantime: 360s, 5m).
@@ -81,6 +84,9 @@ pub enum VsCmd {
         service: String,
         #[arg(long)]
         scheduler: Option<String>,
+        /// ipvsadm's `-b` (comma-separated); `""` clears them.
+        #[arg(long)]
+        scheduler_flags: Option<String>,
         #[arg(long, value_enum)]
         forwarding: Option<Fwd>,
         /// Persistence timeout (humantime: 360s, 5m); `off` turns persistence off.
@@ -212,14 +218,14 @@ pub fn get(socket: &Path, cmd: GetCmd) -> Result<()> {
     Ok(())
 }
 
-fn edit(socket: &Path, edit: Edit, output: Output) -> Result<()> {
-    let body = call(socket, &Request::Edit { edit }, TIMEOUT)?;
+fn edit(socket: &Path, edit: Edit, dry_run: bool, output: Output) -> Result<()> {
+    let body = call(socket, &Request::Edit { edit, dry_run }, TIMEOUT)?;
     print_applied(&body, output)
 }
 
-pub fn vs(socket: &Path, cmd: VsCmd) -> Result<()> {
+pub fn vs(socket: &Path, cmd: VsCmd, dry_run: bool) -> Result<()> {
     match cmd {
-        VsCmd::Add { address, fwmark, ipv6, protocol, scheduler, forwarding, persistence, sorry_server, output } => {
+        VsCmd::Add { address, fwmark, ipv6, protocol, scheduler, scheduler_flags, forwarding, persistence, sorry_server, output } => {
             let protocol = match protocol.as_str() {
                 "tcp" => ipvs::Protocol::Tcp,
                 "udp" => ipvs::Protocol::Udp,
@@ -239,6 +245,9 @@ pub fn vs(socket: &Path, cmd: VsCmd) -> Result<()> {
                 persistence_timeout,
                 persistence_granularity: None,
                 one_packet: false,
+                scheduler_flags,
+                persistence_engine: None,
+                tunnel: None,
                 sorry_server,
                 quorum: 1,
                 hysteresis: 0,
@@ -252,9 +261,9 @@ pub fn vs(socket: &Path, cmd: VsCmd) -> Result<()> {
             RuleSet { virtual_servers: vec![vs.clone()], ..Default::default() }
                 .validate()
                 .map_err(|(segs, m)| anyhow::anyhow!("{}: {m}", node::config::key_path(&segs)))?;
-            edit(socket, Edit::VsAdd { vs: Box::new(vs) }, output)
+            edit(socket, Edit::VsAdd { vs: Box::new(vs) }, dry_run, output)
         }
-        VsCmd::Edit { service, scheduler, forwarding, persistence, sorry_server, no_sorry_server, output } => {
+        VsCmd::Edit { service, scheduler, scheduler_flags, forwarding, persistence, sorry_server, no_sorry_server, output } => {
             let persistence_timeout = match persistence.as_deref() {
                 None => None,
                 Some("off" | "none" | "0") => Some(None),
@@ -262,16 +271,17 @@ pub fn vs(socket: &Path, cmd: VsCmd) -> Result<()> {
             };
             let sorry_server = if no_sorry_server { Some(None) } else { sorry_server.map(Some) };
             let forwarding = forwarding.map(Into::into);
-            if scheduler.is_none() && forwarding.is_none() && persistence_timeout.is_none() && sorry_server.is_none() {
-                bail!("vs edit {service}: nothing to change (--scheduler, --forwarding, --persistence, --sorry-server or --no-sorry-server)");
+            let scheduler_flags = scheduler_flags.map(|f| f.split(',').map(str::trim).filter(|w| !w.is_empty()).map(String::from).collect::<Vec<_>>());
+            if scheduler.is_none() && scheduler_flags.is_none() && forwarding.is_none() && persistence_timeout.is_none() && sorry_server.is_none() {
+                bail!("vs edit {service}: nothing to change (--scheduler, --scheduler-flags, --forwarding, --persistence, --sorry-server or --no-sorry-server)");
             }
-            edit(socket, Edit::VsEdit { service, scheduler, forwarding, persistence_timeout, sorry_server }, output)
+            edit(socket, Edit::VsEdit { service, scheduler, scheduler_flags, forwarding, persistence_timeout, sorry_server }, dry_run, output)
         }
-        VsCmd::Del { service, output } => edit(socket, Edit::VsDel { service }, output),
+        VsCmd::Del { service, output } => edit(socket, Edit::VsDel { service }, dry_run, output),
     }
 }
 
-pub fn rs(socket: &Path, cmd: RsCmd) -> Result<()> {
+pub fn rs(socket: &Path, cmd: RsCmd, dry_run: bool) -> Result<()> {
     match cmd {
         RsCmd::List { output } => rs_list(socket, output),
         RsCmd::Add { service, address, weight, forwarding, inhibit_on_failure, check, output } => {
@@ -288,6 +298,7 @@ pub fn rs(socket: &Path, cmd: RsCmd) -> Result<()> {
                 address,
                 weight,
                 forwarding: forwarding.map(Into::into),
+                tunnel: None,
                 upper_threshold: 0,
                 lower_threshold: 0,
                 inhibit_on_failure,
@@ -295,11 +306,11 @@ pub fn rs(socket: &Path, cmd: RsCmd) -> Result<()> {
                 notify_up: None,
                 notify_down: None,
             };
-            edit(socket, Edit::RsAdd { service, rs }, output)
+            edit(socket, Edit::RsAdd { service, rs }, dry_run, output)
         }
-        RsCmd::Del { service, address, output } => edit(socket, Edit::RsDel { service, address }, output),
-        RsCmd::Weight { service, address, weight, output } => edit(socket, Edit::RsWeight { service, address, weight }, output),
-        RsCmd::Drain { service, address, output } => edit(socket, Edit::RsDrain { service, address }, output),
+        RsCmd::Del { service, address, output } => edit(socket, Edit::RsDel { service, address }, dry_run, output),
+        RsCmd::Weight { service, address, weight, output } => edit(socket, Edit::RsWeight { service, address, weight }, dry_run, output),
+        RsCmd::Drain { service, address, output } => edit(socket, Edit::RsDrain { service, address }, dry_run, output),
     }
 }
 

@@ -58,11 +58,17 @@ enum Cmd {
     Vs {
         #[command(subcommand)]
         cmd: director_cmd::VsCmd,
+        /// Validate and print what would change in every director's IPVS; write nothing.
+        #[arg(long, global = true)]
+        dry_run: bool,
     },
     /// Edit real servers (one Raft entry per edit).
     Rs {
         #[command(subcommand)]
         cmd: director_cmd::RsCmd,
+        /// Validate and print what would change in every director's IPVS; write nothing.
+        #[arg(long, global = true)]
+        dry_run: bool,
     },
     /// Every director: applied revision, drift repairs, sync daemon, VRRP states, last error.
     Status {
@@ -125,8 +131,8 @@ fn main() -> ExitCode {
         Cmd::Vrrp { cmd } => vrrp_cmd::run(cmd, cli.socket),
         Cmd::Apply { file, dry_run, output } => director_cmd::apply(&cli.socket, &file, dry_run, output),
         Cmd::Get { cmd } => director_cmd::get(&cli.socket, cmd),
-        Cmd::Vs { cmd } => director_cmd::vs(&cli.socket, cmd),
-        Cmd::Rs { cmd } => director_cmd::rs(&cli.socket, cmd),
+        Cmd::Vs { cmd, dry_run } => director_cmd::vs(&cli.socket, cmd, dry_run),
+        Cmd::Rs { cmd, dry_run } => director_cmd::rs(&cli.socket, cmd, dry_run),
         Cmd::Status { output } => director_cmd::status(&cli.socket, output),
         Cmd::Metrics => director_cmd::metrics(&cli.socket),
         Cmd::Members { output } => cluster_cmd::members(&cli.socket, output),

@@ -38,6 +38,21 @@ scheduler = "mh"
 forwarding = "dr"
 [[virtual_server.real_server]]
 address = "198.51.100.21:0"
+
+[[virtual_server]]
+address = "192.0.2.100:5060"
+protocol = "udp"
+scheduler = "sh"
+scheduler_flags = ["sh-port", "sh-fallback"]
+persistence_timeout = "30s"
+persistence_engine = "sip"
+forwarding = "tunnel"
+tunnel = { type = "gue", port = 6080, checksum = "csum" }
+[[virtual_server.real_server]]
+address = "198.51.100.31:5060"
+[[virtual_server.real_server]]
+address = "198.51.100.32:5060"
+tunnel = { type = "gre" }
 "#;
 
 fn save(c: &LabCluster, i: usize) -> String {
@@ -74,7 +89,7 @@ fn rules_reach_every_director_identically_drift_is_repaired_and_restarts_restore
     let t = Instant::now();
     let same = wait_for(Duration::from_secs(20), || {
         let a = save(&c, 0);
-        a.lines().count() == 7 && (1..3).all(|i| save(&c, i) == a)
+        a.lines().count() == 10 && (1..3).all(|i| save(&c, i) == a)
     });
     assert!(same.is_some(), "tables differ or incomplete:\n{}\n{}\n{}", save(&c, 0), save(&c, 1), save(&c, 2));
     eprintln!("apply on d2 → identical ipvsadm -Sn on 3 directors after {:?}:\n{}", t.elapsed(), save(&c, 0));
@@ -83,6 +98,10 @@ fn rules_reach_every_director_identically_drift_is_repaired_and_restarts_restore
     assert!(table.contains("-a -t 192.0.2.100:80 -r 198.51.100.12:80 -m -w 2"), "{table}");
     assert!(table.contains("-A -f 7 -s mh"), "{table}");
     assert!(table.contains("-A -t [2001:db8::100]:443 -s wlc -p 300"), "{table}");
+    // Scheduler flags, the SIP persistence engine and GUE/GRE tunnels, as ipvsadm reads them back.
+    assert!(table.contains("-A -u 192.0.2.100:5060 -s sh -p 30 --pe sip -b sh-fallback,sh-port"), "{table}");
+    assert!(table.contains("-a -u 192.0.2.100:5060 -r 198.51.100.31:5060 -i -w 1 --tun-type gue --tun-port 6080 --tun-csum"), "{table}");
+    assert!(table.contains("-a -u 192.0.2.100:5060 -r 198.51.100.32:5060 -i -w 1 --tun-type gre --tun-nocsum"), "{table}");
 
     // get services is valid apply input, and applying it is a no-op.
     let o = c.ctl(0, "get services -o toml");
@@ -100,6 +119,18 @@ fn rules_reach_every_director_identically_drift_is_repaired_and_restarts_restore
     eprintln!("ipvsadm -C on d3 repaired after {:?}", t.elapsed());
     let st = c.ctl(0, "status -o json");
     assert!(st.stdout.contains("\"drift_repairs\": 1") || wait_for(Duration::from_secs(3), || c.ctl(0, "status -o json").stdout.contains("\"drift_repairs\": 1")).is_some(), "{}", st.stdout);
+
+    // A dry run says what an edit would change and changes nothing.
+    let o = c.ctl(1, "rs drain 192.0.2.100:80 198.51.100.11:80 --dry-run");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("edit destination 198.51.100.11:80 of service TCP 192.0.2.100:80: weight 1 → 0"), "{}", o.stdout);
+    assert!(o.stderr.contains("dry run"), "{}", o.stderr);
+    let o = c.ctl(1, "vs edit 192.0.2.100:80 --scheduler nq --dry-run");
+    assert!(o.code == 0 && o.stdout.contains("scheduler rr → nq"), "{}{}", o.stdout, o.stderr);
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..3 {
+        assert_eq!(save(&c, i), table, "d{} changed after dry runs", i + 1);
+    }
 
     // An edit goes everywhere as one change.
     let o = c.ctl(0, "rs drain 192.0.2.100:80 198.51.100.11:80");
@@ -148,6 +179,14 @@ fn rules_reach_every_director_identically_drift_is_repaired_and_restarts_restore
     assert_ne!(want, table);
     let edited = wait_for(Duration::from_secs(10), || save(&c, 0) == want && save(&c, 2) == want);
     assert!(edited.is_some(), "vs edit not applied as asked:\n{}\nwanted:\n{want}", save(&c, 0));
+    let o = c.ctl(2, "vs edit udp:192.0.2.100:5060 --scheduler-flags sh-port");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let want = want.replace("-b sh-fallback,sh-port", "-b sh-port");
+    let edited = wait_for(Duration::from_secs(10), || save(&c, 0) == want && save(&c, 2) == want);
+    assert!(edited.is_some(), "scheduler flags not edited:\n{}\nwanted:\n{want}", save(&c, 0));
+    let o = c.ctl(0, "vs edit udp:192.0.2.100:5060 --scheduler rr");
+    assert_ne!(o.code, 0, "sh-port without sh is refused");
+    assert!(o.stderr.contains("scheduler_flags") && o.stderr.contains("needs scheduler"), "{}", o.stderr);
 }
 
 /// Directors d1–d3 (192.0.2.1–3) share the VIP 192.0.2.100 by VRRP; backends web1–3

@@ -17,7 +17,7 @@ mod parse;
 mod save;
 
 pub use order::{cmp_dests, cmp_services};
-pub use parse::{parse, parse_service_key, ParseError, RuleFile};
+pub use parse::{parse, parse_service_key, sched_flags, ParseError, RuleFile};
 pub use save::{save, save_ordered, sched_flag_names, service_arg, SaveOptions};
 
 #[cfg(test)]

@@ -382,8 +382,9 @@ fn add_service(o: &Opts, file: &mut RuleFile) -> Result<(), String> {
     Ok(())
 }
 
-/// ipvsadm's `parse_sched_flags`: the sh-/mh- names only with their scheduler.
-fn sched_flags(sched: &str, text: &str) -> Result<SchedFlags, String> {
+/// ipvsadm's `parse_sched_flags` (`-b sh-fallback,sh-port`): the sh-/mh- names only with their
+/// scheduler. Public for rule formats that take the same words (corral's `scheduler_flags`).
+pub fn sched_flags(sched: &str, text: &str) -> Result<SchedFlags, String> {
     let mut f = SchedFlags::default();
     for name in text.split(',').filter(|s| !s.is_empty()) {
         let needs = match name {
