@@ -25,6 +25,10 @@ pub struct Config {
     /// Tracked scripts (`[[track_script]]`), keepalived's `vrrp_script`, referenced by instances.
     #[serde(default)]
     pub track_script: Vec<TrackScriptConfig>,
+    /// Tracked files (`[[track_file]]`), keepalived's `track_file`: a number written to a file
+    /// moves the priority of the instances that track it (maintenance by `echo`).
+    #[serde(default)]
+    pub track_file: Vec<TrackFileConfig>,
     /// `[cluster]`: present = this node is a cluster member (gossip + Raft); absent = standalone.
     #[serde(default)]
     pub cluster: Option<ClusterSection>,
@@ -281,6 +285,9 @@ pub struct VrrpInstanceConfig {
     pub track_interfaces: Vec<TrackInterface>,
     #[serde(default)]
     pub track_scripts: Vec<TrackScriptRef>,
+    /// `"maint"` (the file's own weight) or `{ name = "maint", weight = -10, reverse = true }`.
+    #[serde(default)]
+    pub track_files: Vec<TrackFileRef>,
     /// keepalived's `use_vmac`: a macvlan with MAC 00:00:5e:00:01:VRID (IPv6 00:00:5e:00:02:VRID)
     /// carries the VIPs and sends the adverts, so a failover changes no host's ARP cache.
     #[serde(default)]
@@ -413,6 +420,52 @@ pub struct TrackScriptConfig {
     pub rise: u32,
     #[serde(default = "one")]
     pub fall: u32,
+}
+
+/// `[[track_file]]`: keepalived's `track_file`. The file holds an integer (missing, empty or
+/// not a number: 0), read within [`crate::tracking::POLL`] of a change. An instance's
+/// priority moves by value × weight (negated with `reverse`); with weight 0 a non-zero value
+/// means FAULT, and so does a product below -253, as in keepalived.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackFileConfig {
+    pub name: String,
+    pub file: PathBuf,
+    #[serde(default = "one_i32")]
+    pub weight: i32,
+    #[serde(default)]
+    pub reverse: bool,
+    /// keepalived's `init_file VALUE`: written at start when the file does not exist (always
+    /// with `init_overwrite`), so a restart begins from a known value.
+    #[serde(default)]
+    pub init_file: Option<i64>,
+    #[serde(default)]
+    pub init_overwrite: bool,
+}
+
+/// A tracked file reference: `"maint"` (the file's own weight) or `{ name, weight, reverse }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum TrackFileRef {
+    Name(String),
+    Weighted {
+        name: String,
+        weight: i32,
+        #[serde(default)]
+        reverse: bool,
+    },
+}
+
+impl TrackFileRef {
+    pub fn name(&self) -> &str {
+        match self {
+            TrackFileRef::Name(n) | TrackFileRef::Weighted { name: n, .. } => n,
+        }
+    }
+}
+
+fn one_i32() -> i32 {
+    1
 }
 
 fn default_version() -> u8 {
@@ -647,6 +700,17 @@ impl Config {
                     return Err((here, format!("no [[track_script]] named {:?}", t.name())));
                 }
             }
+            for (j, t) in v.track_files.iter().enumerate() {
+                let here = vec![Key("vrrp".into()), Index(i), Key("track_files".into()), Index(j)];
+                if !self.track_file.iter().any(|f| f.name == t.name()) {
+                    return Err((here, format!("no [[track_file]] named {:?}", t.name())));
+                }
+                if let TrackFileRef::Weighted { weight, .. } = t {
+                    if !(-254..=254).contains(weight) {
+                        return Err((here, "weight must be within -254..=254".into()));
+                    }
+                }
+            }
         }
         let mut vmacs = std::collections::HashSet::new();
         for (i, v) in self.vrrp.iter().enumerate() {
@@ -744,6 +808,22 @@ impl Config {
             if s.weight < -253 || s.weight > 253 {
                 let here = vec![Key("track_script".into()), Index(i), Key("weight".into())];
                 return Err((here, "weight must be within -253..=253".into()));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, f) in self.track_file.iter().enumerate() {
+            let at = |k: &str| vec![Key("track_file".into()), Index(i), Key(k.into())];
+            if !names.insert(f.name.as_str()) {
+                return Err((at("name"), format!("a second [[track_file]] named {:?}", f.name)));
+            }
+            if !(-254..=254).contains(&f.weight) {
+                return Err((at("weight"), "weight must be within -254..=254".into()));
+            }
+            if !f.file.is_absolute() {
+                return Err((at("file"), format!("{} is not an absolute path", f.file.display())));
+            }
+            if f.init_overwrite && f.init_file.is_none() {
+                return Err((at("init_overwrite"), "needs init_file = VALUE".into()));
             }
         }
         Ok(())
@@ -971,6 +1051,26 @@ virtual_ips = ["2001:db8::100/64"]
         assert_eq!(e.key, "vrrp[0].unicast_src_ip", "{e}");
         let e = parse(&with("virtual_ips_excluded = [\"192.0.2.7 bogus\"]")).unwrap_err();
         assert_eq!(e.key, "vrrp[0].virtual_ips_excluded[0]", "{e}");
+    }
+
+    #[test]
+    fn track_files_are_validated_by_name() {
+        let with = |defs: &str, refs: &str| format!("{defs}\n{}", GOOD.replace("preempt = true", &format!("preempt = true\ntrack_files = {refs}")));
+        let ok = with("[[track_file]]\nname = \"m\"\nfile = \"/run/m\"\nreverse = true\n", "[\"m\", { name = \"m\", weight = -10 }]");
+        let c = parse(&ok).unwrap();
+        assert_eq!(c.track_file[0].weight, 1, "keepalived's default weight");
+        assert_eq!(c.vrrp[0].track_files.len(), 2);
+        for (defs, refs, key) in [
+            ("", "[\"m\"]", "vrrp[0].track_files[0]"),
+            ("[[track_file]]\nname = \"m\"\nfile = \"m.txt\"\n", "[]", "track_file[0].file"),
+            ("[[track_file]]\nname = \"m\"\nfile = \"/m\"\nweight = 300\n", "[]", "track_file[0].weight"),
+            ("[[track_file]]\nname = \"m\"\nfile = \"/m\"\ninit_overwrite = true\n", "[]", "track_file[0].init_overwrite"),
+            ("[[track_file]]\nname = \"m\"\nfile = \"/m\"\n[[track_file]]\nname = \"m\"\nfile = \"/n\"\n", "[]", "track_file[1].name"),
+            ("[[track_file]]\nname = \"m\"\nfile = \"/m\"\n", "[{ name = \"m\", weight = 255 }]", "vrrp[0].track_files[0]"),
+        ] {
+            let e = parse(&with(defs, refs)).unwrap_err();
+            assert_eq!(e.key, key, "{defs} {refs}: {e}");
+        }
     }
 
     #[test]

@@ -42,11 +42,12 @@ fn main() -> ExitCode {
     };
     if args.config_test {
         println!(
-            "{}: configuration OK ({} VRRP instance(s), {} sync group(s), {} track script(s))",
+            "{}: configuration OK ({} VRRP instance(s), {} sync group(s), {} track script(s), {} track file(s))",
             args.config.display(),
             config.vrrp.len(),
             config.vrrp_sync_group.len(),
-            config.track_script.len()
+            config.track_script.len(),
+            config.track_file.len()
         );
         return ExitCode::SUCCESS;
     }

@@ -1,5 +1,5 @@
-//! Tracked interfaces and scripts (keepalived's `track_interface` and `vrrp_script`), turned
-//! into each instance's (fault, priority adjustment).
+//! Tracked interfaces, scripts and files (keepalived's `track_interface`, `vrrp_script` and
+//! `track_file`), turned into each instance's (fault, priority adjustment).
 //!
 //! keepalived semantics: an object with weight 0 that fails puts the instance in FAULT; a
 //! positive weight is added while the object is up/OK; a negative weight is subtracted while
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::config::{Config, TrackInterface, TrackScriptConfig, TrackScriptRef};
+use crate::config::{Config, TrackFileConfig, TrackFileRef, TrackInterface, TrackScriptConfig, TrackScriptRef};
 
 /// How often scripts are considered for a run (their own `interval` decides), and how often
 /// interfaces are polled when link events are unavailable.
@@ -31,6 +31,8 @@ pub const SAFETY_POLL: Duration = Duration::from_secs(1);
 pub struct Snapshot {
     pub interfaces: BTreeMap<String, bool>,
     pub scripts: BTreeMap<String, bool>,
+    /// Each tracked file's value (0 when missing or not a number).
+    pub files: BTreeMap<String, i64>,
     /// Quorum fencing: this node cannot see a majority of the Raft voters.
     pub quorum_lost: bool,
 }
@@ -54,8 +56,18 @@ pub fn interface_up(name: &str) -> bool {
     flags & 1 != 0 && !matches!(oper.trim(), "down" | "lowerlayerdown" | "notpresent" | "dormant")
 }
 
+/// What an instance tracks: its interfaces, scripts and files, with the definitions they name.
+pub struct Tracked<'a> {
+    pub ifaces: &'a [TrackInterface],
+    pub scripts: &'a [TrackScriptRef],
+    pub script_defs: &'a [TrackScriptConfig],
+    pub files: &'a [TrackFileRef],
+    pub file_defs: &'a [TrackFileConfig],
+}
+
 /// (fault, adjustment) of one instance under `snap`.
-pub fn effect(ifaces: &[TrackInterface], scripts: &[TrackScriptRef], defs: &[TrackScriptConfig], snap: &Snapshot) -> (bool, i32) {
+pub fn effect(t: &Tracked<'_>, snap: &Snapshot) -> (bool, i32) {
+    let (ifaces, scripts, defs) = (t.ifaces, t.scripts, t.script_defs);
     let mut fault = false;
     let mut adjust = 0;
     let mut apply = |up: bool, weight: i32| match weight {
@@ -75,6 +87,24 @@ pub fn effect(ifaces: &[TrackInterface], scripts: &[TrackScriptRef], defs: &[Tra
         };
         apply(snap.scripts.get(s.name()).copied().unwrap_or(true), weight);
     }
+    for f in t.files {
+        let def = t.file_defs.iter().find(|d| d.name == f.name());
+        let (weight, reverse) = match f {
+            TrackFileRef::Name(_) => def.map_or((1, false), |d| (d.weight, d.reverse)),
+            TrackFileRef::Weighted { weight, reverse, .. } => (*weight, *reverse),
+        };
+        let value = snap.files.get(f.name()).copied().unwrap_or(0);
+        if weight == 0 {
+            fault |= value != 0;
+            continue;
+        }
+        let r = value.saturating_mul(i64::from(weight)).saturating_mul(if reverse { -1 } else { 1 });
+        if r < -253 {
+            fault = true;
+        } else {
+            adjust += r.min(253) as i32;
+        }
+    }
     (fault, adjust)
 }
 
@@ -91,7 +121,40 @@ pub fn initial(cfg: &Config) -> Snapshot {
         // keepalived's default: a script is considered OK until it has failed `fall` times.
         snap.scripts.insert(s.name.clone(), true);
     }
+    for f in &cfg.track_file {
+        snap.files.insert(f.name.clone(), read_track_file(f).0);
+    }
     snap
+}
+
+/// A tracked file's value, and the text when it is not a number (to be logged): 0 when the
+/// file is missing, empty or not a number, as keepalived reads it.
+pub fn read_track_file(f: &TrackFileConfig) -> (i64, Option<String>) {
+    let Ok(text) = std::fs::read_to_string(&f.file) else { return (0, None) };
+    let t = text.trim();
+    if t.is_empty() {
+        return (0, None);
+    }
+    // keepalived reads the leading number (strtol): "10\n", "-254 # maintenance".
+    let end = t.char_indices().find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+')))).map_or(t.len(), |(i, _)| i);
+    match t[..end].parse::<i64>() {
+        Ok(v) => (v, None),
+        Err(_) => (0, Some(t.chars().take(40).collect())),
+    }
+}
+
+/// keepalived's `init_file`: once, when the daemon starts (not on reload, which would undo an
+/// operator's value), writes each file's initial value if it is missing, or always with
+/// `init_overwrite`.
+pub fn init_files(cfg: &Config) {
+    for f in &cfg.track_file {
+        let Some(v) = f.init_file else { continue };
+        if f.init_overwrite || !f.file.exists() {
+            if let Err(e) = std::fs::write(&f.file, format!("{v}\n")) {
+                tracing::error!(track_file = %f.name, "init_file: cannot write {}: {e}", f.file.display());
+            }
+        }
+    }
 }
 
 struct ScriptState {
@@ -110,6 +173,8 @@ pub async fn run(cfg: Config, mut snap: Snapshot, tx: mpsc::Sender<Snapshot>) {
         .map(|d| ScriptState { def: d.clone(), ok: true, streak: 0, due: tokio::time::Instant::now(), running: false })
         .collect();
     let (done_tx, mut done_rx) = mpsc::channel::<(usize, bool)>(64);
+    // Track files whose text was not a number, with that text: logged once per new text.
+    let mut bad_files: BTreeMap<String, String> = BTreeMap::new();
     let mut events = match vrrp::sys::link::LinkEvents::subscribe() {
         Ok(e) => Some(e),
         Err(e) => {
@@ -155,6 +220,20 @@ pub async fn run(cfg: Config, mut snap: Snapshot, tx: mpsc::Sender<Snapshot>) {
             }
             _ = tick.tick() => {
                 let mut changed = false;
+                for f in &cfg.track_file {
+                    let (v, bad) = read_track_file(f);
+                    if let Some(text) = bad {
+                        if bad_files.insert(f.name.clone(), text.clone()).as_ref() != Some(&text) {
+                            tracing::warn!(track_file = %f.name, "{} holds {text:?}, not a number: read as 0", f.file.display());
+                        }
+                    } else {
+                        bad_files.remove(&f.name);
+                    }
+                    if snap.files.insert(f.name.clone(), v) != Some(v) {
+                        tracing::info!(track_file = %f.name, "{} is now {v}", f.file.display());
+                        changed = true;
+                    }
+                }
                 let ql = quorum_lost();
                 if ql != snap.quorum_lost {
                     snap.quorum_lost = ql;
@@ -223,6 +302,10 @@ mod tests {
         }
     }
 
+    fn eff(ifaces: &[TrackInterface], scripts: &[TrackScriptRef], defs: &[TrackScriptConfig], snap: &Snapshot) -> (bool, i32) {
+        effect(&Tracked { ifaces, scripts, script_defs: defs, files: &[], file_defs: &[] }, snap)
+    }
+
     #[test]
     fn keepalived_weight_semantics() {
         let ifaces = vec![
@@ -235,16 +318,75 @@ mod tests {
         snap.interfaces.insert("eth1".into(), true);
         snap.interfaces.insert("eth2".into(), true);
         snap.scripts.insert("bonus".into(), true);
-        assert_eq!(effect(&ifaces, &refs, &defs, &snap), (false, 15), "up: +10 and +5; -30 only when down");
+        assert_eq!(eff(&ifaces, &refs, &defs, &snap), (false, 15), "up: +10 and +5; -30 only when down");
         snap.interfaces.insert("eth1".into(), false);
         snap.interfaces.insert("eth2".into(), false);
-        assert_eq!(effect(&ifaces, &refs, &defs, &snap), (false, -25));
+        assert_eq!(eff(&ifaces, &refs, &defs, &snap), (false, -25));
         let zero = vec![TrackScriptRef::Name("chk".into())];
         snap.scripts.insert("chk".into(), false);
-        assert_eq!(effect(&[], &zero, &defs, &snap), (true, 0), "weight 0 failing means FAULT");
+        assert_eq!(eff(&[], &zero, &defs, &snap), (true, 0), "weight 0 failing means FAULT");
         let overridden = vec![TrackScriptRef::Weighted { name: "chk".into(), weight: -50 }];
-        assert_eq!(effect(&[], &overridden, &defs, &snap), (false, -50), "the instance's weight overrides the script's");
-        assert_eq!(effect(&[TrackInterface::Name("nosuch".into())], &[], &defs, &snap), (true, 0), "a missing interface is down");
+        assert_eq!(eff(&[], &overridden, &defs, &snap), (false, -50), "the instance's weight overrides the script's");
+        assert_eq!(eff(&[TrackInterface::Name("nosuch".into())], &[], &defs, &snap), (true, 0), "a missing interface is down");
+    }
+
+    fn file(name: &str, weight: i32, reverse: bool) -> TrackFileConfig {
+        TrackFileConfig { name: name.into(), file: format!("/nonexistent/{name}").into(), weight, reverse, init_file: None, init_overwrite: false }
+    }
+
+    #[test]
+    fn track_files_multiply_their_value_by_the_weight_like_keepalived() {
+        let defs = vec![file("maint", 1, false), file("stop", 0, false), file("rev", 2, true)];
+        let with = |refs: Vec<TrackFileRef>, values: &[(&str, i64)]| {
+            let mut snap = Snapshot::default();
+            for (n, v) in values {
+                snap.files.insert((*n).into(), *v);
+            }
+            effect(&Tracked { ifaces: &[], scripts: &[], script_defs: &[], files: &refs, file_defs: &defs }, &snap)
+        };
+        let name = |n: &str| TrackFileRef::Name(n.into());
+        assert_eq!(with(vec![name("maint")], &[("maint", -20)]), (false, -20));
+        assert_eq!(with(vec![name("maint")], &[]), (false, 0), "a file never read is 0");
+        assert_eq!(with(vec![name("maint")], &[("maint", -253)]), (false, -253));
+        assert_eq!(with(vec![name("maint")], &[("maint", -254)]), (true, 0), "below -253: FAULT");
+        assert_eq!(with(vec![name("maint")], &[("maint", 1000)]), (false, 253), "capped");
+        assert_eq!(with(vec![name("stop")], &[("stop", 0)]), (false, 0));
+        assert_eq!(with(vec![name("stop")], &[("stop", 7)]), (true, 0), "weight 0: non-zero means FAULT");
+        assert_eq!(with(vec![name("rev")], &[("rev", 5)]), (false, -10), "reverse negates");
+        let over = TrackFileRef::Weighted { name: "maint".into(), weight: -3, reverse: false };
+        assert_eq!(with(vec![over], &[("maint", 4)]), (false, -12), "the instance's weight overrides the file's");
+        assert_eq!(with(vec![name("maint")], &[("maint", i64::MIN)]), (true, 0), "no overflow");
+    }
+
+    #[test]
+    fn track_file_values_are_read_as_keepalived_reads_them() {
+        let dir = std::env::temp_dir().join(format!("corral-trackfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut f = file("t", 1, false);
+        f.file = dir.join("value");
+        assert_eq!(read_track_file(&f), (0, None), "missing");
+        for (text, want) in [("10\n", (10, None)), ("-254 # maintenance\n", (-254, None)), ("  +3 ", (3, None)), ("", (0, None))] {
+            std::fs::write(&f.file, text).unwrap();
+            assert_eq!(read_track_file(&f), want, "{text:?}");
+        }
+        std::fs::write(&f.file, "down\n").unwrap();
+        assert_eq!(read_track_file(&f), (0, Some("down".into())));
+        // init_file writes a missing file, and an existing one only with init_overwrite.
+        let text = format!(
+            "[[track_file]]\nname = \"t\"\nfile = \"{}\"\ninit_file = -5\n",
+            f.file.display()
+        );
+        let cfg = Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        init_files(&cfg);
+        assert_eq!(std::fs::read_to_string(&f.file).unwrap(), "down\n", "kept");
+        std::fs::remove_file(&f.file).unwrap();
+        init_files(&cfg);
+        assert_eq!(std::fs::read_to_string(&f.file).unwrap(), "-5\n");
+        std::fs::write(&f.file, "9\n").unwrap();
+        let cfg = Config::parse(std::path::Path::new("t.toml"), &text.replace("init_file = -5", "init_file = -5\ninit_overwrite = true")).unwrap();
+        init_files(&cfg);
+        assert_eq!(std::fs::read_to_string(&f.file).unwrap(), "-5\n", "overwritten");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

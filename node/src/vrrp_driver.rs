@@ -360,7 +360,14 @@ fn start_tracker(cfg: &Config, running: &mut [Running]) -> (mpsc::Receiver<crate
 fn apply_tracking(r: &mut Running, cfg: &Config, snap: &crate::tracking::Snapshot) {
     let own = config::TrackInterface::Name(r.conf.interface.clone());
     let ifaces: Vec<config::TrackInterface> = std::iter::once(own).chain(r.conf.track_interfaces.iter().cloned()).collect();
-    let (fault, adjust) = crate::tracking::effect(&ifaces, &r.conf.track_scripts, &cfg.track_script, snap);
+    let tracked = crate::tracking::Tracked {
+        ifaces: &ifaces,
+        scripts: &r.conf.track_scripts,
+        script_defs: &cfg.track_script,
+        files: &r.conf.track_files,
+        file_defs: &cfg.track_file,
+    };
+    let (fault, adjust) = crate::tracking::effect(&tracked, snap);
     let adjust = adjust - if snap.quorum_lost { fence_drop(cfg) } else { 0 };
     r.inst.set_tracking(Instant::now().into_std(), fault, adjust);
 }
@@ -375,6 +382,7 @@ pub async fn run(
     mut reload: mpsc::Receiver<Config>,
 ) -> Result<()> {
     check_supported(&cfg)?;
+    crate::tracking::init_files(&cfg);
     let vips = Vips::new().context("open rtnetlink")?;
     let mut vmacs = Vmacs::new().context("open rtnetlink")?;
     // Batches of datagrams, as each reader got them from one recvmmsg.

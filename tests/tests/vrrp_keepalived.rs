@@ -779,3 +779,46 @@ fn vip_options_excluded_vips_and_unicast_src_ip_like_keepalived() {
     }
     assert!(a.contains(" 192.0.2.11/"), "the host's own address stays:\n{a}");
 }
+
+/// keepalived's `track_file`: the operator's maintenance switch. A number written to the file,
+/// times the weight, moves the priority at once (keepalived as the peer takes the VIP when
+/// ours falls below its 100, and gives it back); with weight 0 a non-zero value means FAULT;
+/// `init_file` creates the file at start.
+#[test]
+fn track_file_moves_the_priority_like_keepalived() {
+    let Some(bin) = prerequisites("track_file_moves_the_priority_like_keepalived") else { return };
+    let lan = Lan::new(2);
+    let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = tempdir::Dir::new("trackfile");
+    let (maint, stop) = (dir.path.join("maint"), dir.path.join("stop"));
+    let cfg = format!(
+        "[node]\nadmin_socket = \"{d}/admin.sock\"\n\n[[track_file]]\nname = \"maint\"\nfile = \"{m}\"\ninit_file = 0\n\n\
+         [[track_file]]\nname = \"stop\"\nfile = \"{s}\"\nweight = 0\n\n\
+         [[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n\
+         track_files = [{{ name = \"maint\", weight = 2 }}, \"stop\"]\n",
+        d = dir.path.display(),
+        m = maint.display(),
+        s = stop.display()
+    );
+    let (_c, _) = start_corrald(&bin, h1, &dir, &cfg);
+    assert!(wait_for(Duration::from_secs(2), || std::fs::read_to_string(&maint).ok().as_deref() == Some("0\n")).is_some(), "init_file wrote 0");
+    let _k = keepalived(h2, &dir, 3, 100, "0.1", None);
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral (150) is master");
+    // Maintenance: -30 × 2 = -60 → 90 < 100, keepalived preempts.
+    std::fs::write(&maint, "-30\n").unwrap();
+    assert!(wait_for(Duration::from_secs(2), || has_addr(h2, VIP) && !has_addr(h1, VIP)).is_some(), "keepalived takes over at our 90");
+    let backup_at_90 = || {
+        let st = vrrp_status(&bin, &dir);
+        st["state"] == "BACKUP" && st["effective_priority"] == 90
+    };
+    assert!(wait_for(Duration::from_secs(1), backup_at_90).is_some(), "{}", vrrp_status(&bin, &dir));
+    // Not a number reads as 0: back to 150, and we preempt.
+    std::fs::write(&maint, "done\n").unwrap();
+    assert!(wait_for(Duration::from_secs(2), || has_addr(h1, VIP)).is_some(), "corral preempts again at 150");
+    // Weight 0: any non-zero value is FAULT, the VIP goes to keepalived; removing the file ends it.
+    std::fs::write(&stop, "1\n").unwrap();
+    assert!(wait_for(Duration::from_secs(2), || vrrp_status(&bin, &dir)["state"] == "FAULT").is_some(), "{}", vrrp_status(&bin, &dir));
+    assert!(wait_for(Duration::from_secs(2), || has_addr(h2, VIP) && !has_addr(h1, VIP)).is_some(), "keepalived holds the VIP");
+    std::fs::remove_file(&stop).unwrap();
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral recovers and preempts");
+}
