@@ -358,7 +358,26 @@ fn check_key_aliases(kind: &str) -> &'static [&'static str] {
 /// keepalived keyword (`connect_ip`, `url`, `bindto`) would otherwise be dropped without a word,
 /// and the check would run without it. Only `apply` and edits are this strict; rules already
 /// stored keep their checks.
-fn validate_check(raw: &serde_json::Value, rs: SocketAddr) -> Result<(), (Option<String>, String)> {
+fn validate_check(raw: &serde_json::Value, rs: SocketAddr) -> Result<(), (Vec<KeySeg>, String)> {
+    match raw.as_array() {
+        // keepalived's several checkers in one real_server: each is checked on its own.
+        Some(list) => {
+            if list.is_empty() {
+                return Err((Vec::new(), "an empty list of checks: give at least one, or no check".into()));
+            }
+            for (n, c) in list.iter().enumerate() {
+                if c.is_array() {
+                    return Err((vec![KeySeg::Index(n)], "a check in a list is a table".into()));
+                }
+                validate_one_check(c, rs).map_err(|(k, e)| (std::iter::once(KeySeg::Index(n)).chain(k.map(KeySeg::Key)).collect(), e))?;
+            }
+            Ok(())
+        }
+        None => validate_one_check(raw, rs).map_err(|(k, e)| (k.map(KeySeg::Key).into_iter().collect(), e)),
+    }
+}
+
+fn validate_one_check(raw: &serde_json::Value, rs: SocketAddr) -> Result<(), (Option<String>, String)> {
     let def = check_def(raw, rs).map_err(|e| (None, e))?;
     let echoed = serde_json::to_value(&def).map_err(|e| (None, e.to_string()))?;
     let echoed = echoed.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
@@ -374,16 +393,52 @@ fn validate_check(raw: &serde_json::Value, rs: SocketAddr) -> Result<(), (Option
     Ok(())
 }
 
-/// One real server's health check as every node derives it from the rules.
+/// One real server's health checks as every node derives them from the rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RsCheck {
     /// [`rs_key`] of the real server.
     pub key: String,
-    pub def: check::CheckDef,
+    /// Usually one; several when the rules give a list (keepalived's several checkers in one
+    /// `real_server`): the real server is up only while every one of them passes.
+    pub defs: Vec<check::CheckDef>,
     /// The verdict before any is committed (`alpha`: down until proven up).
     pub default_up: bool,
     pub notify_up: Option<String>,
     pub notify_down: Option<String>,
+}
+
+impl RsCheck {
+    /// The checker's id of check `n`: the real server's key for the first (so a single check
+    /// keeps the id it always had), `KEY #2`, `KEY #3` for the others.
+    pub fn check_id(&self, n: usize) -> String {
+        if n == 0 {
+            self.key.clone()
+        } else {
+            format!("{} #{}", self.key, n + 1)
+        }
+    }
+
+    /// `http`, or `http+tcp` for several.
+    pub fn kind(&self) -> String {
+        self.defs.iter().map(|d| d.kind_name()).collect::<Vec<_>>().join("+")
+    }
+}
+
+/// The real server's key ([`rs_key`]) of a checker id made by [`RsCheck::check_id`].
+pub fn rs_of_check_id(id: &str) -> &str {
+    match id.rsplit_once(" #") {
+        Some((rs, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => rs,
+        _ => id,
+    }
+}
+
+/// A rules `check` value: one table, or a list of them.
+fn check_defs(raw: &serde_json::Value, rs: SocketAddr) -> Result<Vec<check::CheckDef>, String> {
+    match raw.as_array() {
+        Some(list) if list.is_empty() => Err("an empty list of checks".into()),
+        Some(list) => list.iter().map(|c| check_def(c, rs)).collect(),
+        None => check_def(raw, rs).map(|d| vec![d]),
+    }
 }
 
 /// Turns a rules `check` table into a definition: fills `target` from the real server's
@@ -539,8 +594,8 @@ impl RuleSet {
                 if rs.lower_threshold > 0 && rs.upper_threshold > 0 && rs.lower_threshold > rs.upper_threshold {
                     return Err((rs_at("lower_threshold"), "lower_threshold above upper_threshold".into()));
                 }
-                let at = |mut path: Vec<KeySeg>, key: Option<String>| {
-                    path.extend(key.map(Key));
+                let at = |mut path: Vec<KeySeg>, key: Vec<KeySeg>| {
+                    path.extend(key);
                     path
                 };
                 match (&rs.check, &vs.check) {
@@ -576,10 +631,10 @@ impl RuleSet {
             let Some(key) = vs.key() else { continue };
             for rs in &vs.real_servers {
                 let Some(raw) = rs.check.as_ref().or(vs.check.as_ref()) else { continue };
-                let Ok(def) = check_def(raw, rs.address) else { continue };
+                let Ok(defs) = check_defs(raw, rs.address) else { continue };
                 out.push(RsCheck {
                     key: rs_key(&key, rs.address),
-                    def,
+                    defs,
                     default_up: !vs.alpha,
                     notify_up: rs.notify_up.clone(),
                     notify_down: rs.notify_down.clone(),
@@ -1096,8 +1151,8 @@ address = "[2001:db8::11]:0"
         )
         .unwrap();
         let c = &r.checks()[0];
-        assert!(matches!(&c.def, check::CheckDef::TcpHalfOpen(h) if h.target == "198.51.100.1:8080".parse().unwrap() && h.timing.connect_timeout == Duration::from_secs(1)), "{:?}", c.def);
-        assert_eq!(c.def.kind_name(), "tcp_half_open");
+        assert!(matches!(&c.defs[0], check::CheckDef::TcpHalfOpen(h) if h.target == "198.51.100.1:8080".parse().unwrap() && h.timing.connect_timeout == Duration::from_secs(1)), "{:?}", c.defs[0]);
+        assert_eq!(c.defs[0].kind_name(), "tcp_half_open");
         assert_eq!(parse(&to_toml(&r)).unwrap(), r, "round-trips as written");
     }
 
@@ -1107,7 +1162,7 @@ address = "[2001:db8::11]:0"
         let checks = r.checks();
         assert_eq!(checks.len(), 2, "the fwmark service has no check");
         assert_eq!(checks[0].key, "TCP 192.0.2.100:80 -> 198.51.100.11:80");
-        assert_eq!(checks[0].def, {
+        assert_eq!(checks[0].defs[0], {
             let mut d = check::CheckDef::tcp("198.51.100.11:80".parse().unwrap());
             d.timing_mut().interval = Duration::from_secs(2);
             d
@@ -1117,7 +1172,7 @@ address = "[2001:db8::11]:0"
         )
         .unwrap();
         let c = &own.checks()[0];
-        assert!(matches!(&c.def, check::CheckDef::Http(h) if h.target == "198.51.100.1:8080".parse().unwrap() && h.path == "/hc"));
+        assert!(matches!(&c.defs[0], check::CheckDef::Http(h) if h.target == "198.51.100.1:8080".parse().unwrap() && h.path == "/hc"));
         assert_eq!(own.health.observers, 2);
         assert_eq!(parse(&to_toml(&own)).unwrap(), own, "checks round-trip as written");
         // A real server without a check cannot be voted down.
@@ -1241,6 +1296,32 @@ forwarding = "dr"
     }
 
     #[test]
+    fn a_real_server_may_have_several_checks_like_keepalived() {
+        let rules = |check: &str| format!("[[virtual_server]]\naddress = \"192.0.2.1:80\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\ncheck = {check}\n");
+        let r = parse(&rules(r#"[{ type = "http", path = "/hc" }, { type = "tcp", port = 8443 }]"#)).unwrap();
+        let c = &r.checks()[0];
+        assert_eq!(c.defs.len(), 2);
+        assert_eq!(c.defs[1], check::CheckDef::tcp("198.51.100.1:8443".parse().unwrap()));
+        assert_eq!(c.kind(), "http+tcp");
+        assert_eq!(c.check_id(0), c.key, "the first check keeps the real server's id");
+        assert_eq!(c.check_id(1), format!("{} #2", c.key));
+        assert_eq!(rs_of_check_id(&c.check_id(1)), c.key);
+        assert_eq!(rs_of_check_id(&c.key), c.key);
+        // get services → apply round trip.
+        let text = toml::to_string(&r).unwrap();
+        assert_eq!(parse(&text).unwrap(), r, "{text}");
+        // Errors name the check by its place in the list.
+        let e = parse(&rules(r#"[{ type = "tcp" }, { type = "tcp", connect_ip = "198.51.100.9" }]"#)).unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].real_server[0].check[1].connect_ip", "{e}");
+        let e = parse(&rules(r#"[{ type = "tcp" }, { type = "gopher" }]"#)).unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].real_server[0].check[1]", "{e}");
+        let e = parse(&rules("[]")).unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].real_server[0].check", "{e}");
+        let e = parse(&rules(r#"[[{ type = "tcp" }]]"#)).unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].real_server[0].check[0]", "{e}");
+    }
+
+    #[test]
     fn check_tables_refuse_keys_they_do_not_know_and_take_keepalived_names() {
         let rules = |check: &str| format!("[[virtual_server]]\naddress = \"192.0.2.1:80\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\ncheck = {check}\n");
         let e = parse(&rules(r#"{ type = "tcp", connect_ip = "198.51.100.9" }"#)).unwrap_err();
@@ -1267,7 +1348,7 @@ forwarding = "dr"
             }
         }
         let r = parse(&rules(r#"{ type = "tcp", connect_port = 8080 }"#)).unwrap();
-        assert_eq!(r.checks()[0].def, check::CheckDef::tcp("198.51.100.1:8080".parse().unwrap()));
+        assert_eq!(r.checks()[0].defs[0], check::CheckDef::tcp("198.51.100.1:8080".parse().unwrap()));
         assert!(parse(&rules(r#"{ type = "tcp", connect_port = 8080, port = 8081 }"#)).unwrap_err().message.contains("give one"));
         // Rules stored before this check keep their checks (derivation is not strict).
         let mut stored = parse(&rules(r#"{ type = "tcp" }"#)).unwrap();

@@ -414,3 +414,70 @@ check = {{ type = "script", misc_path = "test -e {d}/up2", interval = "200ms", f
     assert_eq!(events(), ["QUORUM_DOWN", "QUORUM_UP"], "each move runs its hook once");
     assert!(std::fs::read_to_string(&hooks).unwrap().starts_with("TCP 192.0.2.100:80 QUORUM_DOWN"), "{}", std::fs::read_to_string(&hooks).unwrap());
 }
+
+/// keepalived's several checkers in one `real_server`: `check = [ … ]`. The real server is up
+/// only while every check passes; one failing check takes it down everywhere, its reason
+/// naming which check; `rs list` shows the kinds and each observer's combined result.
+#[test]
+fn several_checks_on_one_real_server_must_all_pass() {
+    let test = "health_several";
+    let Some((d, ctl)) = lab_binaries(test) else { return };
+    if std::process::Command::new("python3").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: python3 missing");
+        eprintln!("SKIP: {test}: python3 missing");
+        return;
+    }
+    // d1-d3 are directors; the backend is host 4 (192.0.2.4) with a web server on 8080 and a
+    // second service on 8443.
+    let mut c = LabCluster::with_hosts(test, 3, 4, d, ctl);
+    c.form(Duration::from_secs(20));
+    c.wait_settled(Duration::from_secs(20));
+    let serve = |c: &LabCluster, port: &str| {
+        let mut cmd = c.lan.hosts[3].cmd("python3");
+        cmd.args(["-m", "http.server", "--bind", "192.0.2.4", port, "--directory", "/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Daemon::spawn(cmd, &format!("backend :{port}"))
+    };
+    let listening = |c: &LabCluster, port: &str| c.lan.hosts[0].try_sh(&format!("bash -c 'exec 3<>/dev/tcp/192.0.2.4/{port}'")).status.success();
+    let _web = serve(&c, "8080");
+    let mut second = Some(serve(&c, "8443"));
+    assert!(wait_for(Duration::from_secs(10), || listening(&c, "8080") && listening(&c, "8443")).is_some(), "backend did not start");
+    let file = c.root().join("services.toml");
+    let timing = r#"interval = "300ms", connect_timeout = "200ms", retries = 0, fall = 2, rise = 2"#;
+    std::fs::write(
+        &file,
+        format!(
+            "[[virtual_server]]\naddress = \"192.0.2.100:80\"\n[[virtual_server.real_server]]\naddress = \"{B1}\"\n\
+             check = [{{ type = \"http\", path = \"/\", {timing} }}, {{ type = \"tcp\", port = 8443, {timing} }}]\n"
+        ),
+    )
+    .unwrap();
+    let o = c.ctl(0, &format!("apply -f {}", file.display()));
+    assert_eq!(o.code, 0, "apply: {}{}", o.stdout, o.stderr);
+    let all = |c: &LabCluster, want: &str| {
+        let s = observer_states(c, 0, B1);
+        s.len() == 3 && s.iter().all(|(_, st)| st == want)
+    };
+    assert!(wait_for(Duration::from_secs(15), || all(&c, "up")).is_some(), "observers never all up: {:?}\n{}", observer_states(&c, 0, B1), c.log_tail(0));
+    let r = row(&c, 1, B1).unwrap();
+    assert_eq!(r["check"], "http+tcp", "{r}");
+    assert_eq!(verdict(&c, 1, B1).as_deref(), Some("up?"), "nothing to commit while every check passes");
+
+    // The web server still answers, the second service stops: down everywhere.
+    second.take();
+    let down = wait_for(Duration::from_secs(10), || (0..3).all(|i| verdict(&c, i, B1).as_deref() == Some("down")));
+    assert!(down.is_some(), "not down everywhere with one check failing: {:?}\n{}", (0..3).map(|i| verdict(&c, i, B1)).collect::<Vec<_>>(), c.log_tail(0));
+    assert!(listening(&c, "8080"), "the first check's service is still up");
+    let r = row(&c, 2, B1).unwrap();
+    assert!(r["reason"].as_str().is_some_and(|s| s.contains("check 2 of 2 (tcp)")), "the reason names the failing check: {r}");
+    let obs = r["observers"].as_array().cloned().unwrap_or_default();
+    assert!(obs.iter().all(|o| o["result"]["state"] == "down" && o["result"]["last"].as_str().is_some_and(|l| l.contains("http: ") && l.contains("tcp: "))), "{r}");
+
+    // Back: up again once both pass.
+    second = Some(serve(&c, "8443"));
+    assert!(wait_for(Duration::from_secs(10), || listening(&c, "8443")).is_some());
+    let up = wait_for(Duration::from_secs(10), || (0..3).all(|i| verdict(&c, i, B1).as_deref() == Some("up")));
+    assert!(up.is_some(), "not back up: {:?}", (0..3).map(|i| verdict(&c, i, B1)).collect::<Vec<_>>());
+    drop(second);
+}

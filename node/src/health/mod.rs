@@ -167,9 +167,10 @@ impl Health {
             .map(|c| (c.key.clone(), c.clone()))
             .collect();
         let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
-        let same = assigned.len() == mine.len() && assigned.iter().zip(&mine).all(|((a, x), (b, y))| a == b && x.def == y.def);
+        let same = assigned.len() == mine.len() && assigned.iter().zip(&mine).all(|((a, x), (b, y))| a == b && x.defs == y.defs);
         if !same {
-            for (id, e) in self.sched.sync(mine.iter().map(|(k, c)| (k.clone(), c.def.clone()))) {
+            let each = mine.values().flat_map(|c| c.defs.iter().enumerate().map(|(n, d)| (c.check_id(n), d.clone())));
+            for (id, e) in self.sched.sync(each) {
                 tracing::warn!(rs = %id, error = %e, "health check not started");
             }
             tracing::info!(observing = mine.len(), members = members.len(), k, "health checks assigned");
@@ -193,10 +194,16 @@ impl Health {
         }
         let committed = verdicts::verdicts_of(&state);
         let mut out = BTreeMap::new();
+        let mut several: BTreeMap<String, Combined> = BTreeMap::new();
         // One sweep over the scheduler, not a lookup per check: this runs every couple of
         // seconds over every check this node observes.
-        self.sched.for_each_status(|key, st| {
+        self.sched.for_each_status(|id, st| {
+            let key = crate::rules::rs_of_check_id(id);
             let Some(c) = assigned.get(key) else { return };
+            if c.defs.len() > 1 {
+                several.entry(key.to_string()).or_default().add(c, id, st);
+                return;
+            }
             let up = match st.state {
                 State::Up => true,
                 State::Down => false,
@@ -204,9 +211,16 @@ impl Health {
             };
             let reason = || st.last.as_ref().and_then(|r| r.error.as_ref()).map(|e| e.to_string()).unwrap_or_default();
             if let Some(claim) = Claim::against(verdicts::current(c, &committed), up, st.weight, reason) {
-                out.insert(key.clone(), claim);
+                out.insert(id.clone(), claim);
             }
         });
+        for (key, comb) in several {
+            let Some(c) = assigned.get(&key) else { continue };
+            let Some(up) = comb.up(c.defs.len()) else { continue };
+            if let Some(claim) = Claim::against(verdicts::current(c, &committed), up, comb.weight, || comb.reason.clone().unwrap_or_default()) {
+                out.insert(key, claim);
+            }
+        }
         *self.claims_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((stamp, out.clone()));
         out
     }
@@ -424,12 +438,34 @@ impl Health {
         }
     }
 
-    /// This node's latest results for the checks it observes.
+    /// This node's latest results for the checks it observes (one per real server: several
+    /// checks of one real server are shown together).
     pub fn local_results(&self) -> BTreeMap<String, LocalResult> {
         let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
         assigned
-            .keys()
-            .filter_map(|k| {
+            .iter()
+            .filter_map(|(k, c)| {
+                if c.defs.len() > 1 {
+                    let mut comb = Combined::default();
+                    let (mut lasts, mut latency, mut rounds) = (Vec::new(), None::<u64>, None::<u64>);
+                    for n in 0..c.defs.len() {
+                        let id = c.check_id(n);
+                        let st = self.sched.status(&id)?;
+                        comb.add(c, &id, &st);
+                        if let Some(r) = &st.last {
+                            lasts.push(format!("{}: {r}", c.defs[n].kind_name()));
+                            latency = Some(latency.unwrap_or(0).max(r.latency.as_micros() as u64));
+                        }
+                        rounds = Some(rounds.map_or(st.rounds, |r| r.min(st.rounds)));
+                    }
+                    let state = match comb.up(c.defs.len()) {
+                        Some(true) => State::Up,
+                        Some(false) => State::Down,
+                        None => State::Unknown,
+                    };
+                    let last = (!lasts.is_empty()).then(|| lasts.join("; "));
+                    return Some((k.clone(), LocalResult { state: state_str(state).into(), last, latency_us: latency, rounds: rounds.unwrap_or(0) }));
+                }
                 let st = self.sched.status(k)?;
                 Some((
                     k.clone(),
@@ -506,7 +542,7 @@ impl Health {
                     address: rs.address,
                     weight: rs.weight,
                     script_weight: rec.filter(|_| c.is_some()).and_then(|r| r.weight),
-                    check: c.map(|c| c.def.kind_name().to_string()),
+                    check: c.map(|c| c.kind()),
                     verdict: verdict.into(),
                     committed,
                     since_unix: rec.filter(|_| c.is_some()).map(|r| r.since_unix),
@@ -536,6 +572,40 @@ impl Health {
         let n = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).len();
         s.push_str(&format!("# HELP corral_health_observing Real servers this node observes.\n# TYPE corral_health_observing gauge\ncorral_health_observing {n}\n"));
         s
+    }
+}
+
+/// Several checks of one real server, as one observation: down as soon as one is down (its
+/// reason, naming which check), up only when every one is up, no opinion before that.
+#[derive(Debug, Default)]
+struct Combined {
+    up: usize,
+    reason: Option<String>,
+    /// A MISC_CHECK's `misc_dynamic` weight among them.
+    weight: Option<u32>,
+}
+
+impl Combined {
+    fn add(&mut self, c: &RsCheck, id: &str, st: &check::Status) {
+        match st.state {
+            State::Up => self.up += 1,
+            State::Down if self.reason.is_none() => {
+                let n = (0..c.defs.len()).find(|&n| c.check_id(n) == id).unwrap_or(0);
+                let why = st.last.as_ref().and_then(|r| r.error.as_ref()).map(|e| e.to_string()).unwrap_or_else(|| "down".into());
+                self.reason = Some(format!("check {} of {} ({}): {why}", n + 1, c.defs.len(), c.defs[n].kind_name()));
+            }
+            State::Down | State::Unknown => {}
+        }
+        self.weight = self.weight.or(st.weight);
+    }
+
+    /// Down, up, or undecided, out of `n` checks.
+    fn up(&self, n: usize) -> Option<bool> {
+        match (&self.reason, self.up) {
+            (Some(_), _) => Some(false),
+            (None, u) if u == n => Some(true),
+            _ => None,
+        }
     }
 }
 

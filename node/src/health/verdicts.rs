@@ -116,7 +116,11 @@ pub fn observers<'a>(subject: &str, members: &'a [String], k: usize) -> Vec<&'a 
 /// What a check subject is hashed by: the definition itself, so identical checks used by
 /// several virtual servers land on the same observers and run once there.
 pub fn subject(c: &RsCheck) -> String {
-    serde_json::to_string(&c.def).unwrap_or_else(|_| c.key.clone())
+    match c.defs.as_slice() {
+        [one] => serde_json::to_string(one),
+        several => serde_json::to_string(several),
+    }
+    .unwrap_or_else(|_| c.key.clone())
 }
 
 /// One observer's current opinion about a real server that differs from the committed verdict
@@ -220,7 +224,7 @@ mod tests {
     fn check(key: &str, port: u16) -> RsCheck {
         RsCheck {
             key: key.into(),
-            def: check::CheckDef::tcp(format!("198.51.100.1:{port}").parse().unwrap()),
+            defs: vec![check::CheckDef::tcp(format!("198.51.100.1:{port}").parse().unwrap())],
             default_up: true,
             notify_up: None,
             notify_down: None,
