@@ -50,6 +50,12 @@ pub struct DirectorSection {
     /// Flush the IPVS table when corrald stops (default: leave it, traffic keeps flowing).
     #[serde(default)]
     pub flush_on_stop: bool,
+    /// Virtual services in the kernel that the rules do not name: `"remove"` (default: the
+    /// rules are the whole table, identical on every director) or `"keep"` (as keepalived:
+    /// corral changes only the services its rules name or named before, remembered in
+    /// `data_dir`, so kube-proxy's or an operator's own services live beside them).
+    #[serde(default = "default_foreign")]
+    pub foreign_services: String,
     /// Interface of the kernel's connection-sync daemon; absent = no sync daemon.
     pub sync_interface: Option<String>,
     /// `--syncid` of the sync daemon (0..=255).
@@ -77,6 +83,9 @@ fn default_reconcile() -> Duration {
 }
 fn default_ipvs() -> String {
     "kernel".into()
+}
+fn default_foreign() -> String {
+    "remove".into()
 }
 
 /// `[cluster]`: how this node finds and joins its cluster, and how the cluster manages voters.
@@ -755,6 +764,9 @@ impl Config {
             if d.ipvs != "kernel" && d.ipvs != "memory" {
                 return Err((at("ipvs"), format!("{:?}: expected \"kernel\" or \"memory\" (benchmarks only)", d.ipvs)));
             }
+            if d.foreign_services != "remove" && d.foreign_services != "keep" {
+                return Err((at("foreign_services"), format!("{:?}: expected \"remove\" or \"keep\"", d.foreign_services)));
+            }
             if d.reconcile_interval < Duration::from_millis(10) {
                 return Err((at("reconcile_interval"), "at least 10ms".into()));
             }
@@ -947,6 +959,10 @@ virtual_ips = ["2001:db8::100/64"]
         assert!(e.message.contains("not a multicast address"), "{e}");
         let e = parse(&with("").replace("sync_interface = \"eth0\"\n", "sync_port = 8849\n")).unwrap_err();
         assert_eq!(e.key, "director.sync_port", "{e}");
+        assert_eq!(parse(&with("")).unwrap().director.unwrap().foreign_services, "remove");
+        assert_eq!(parse(&with("foreign_services = \"keep\"")).unwrap().director.unwrap().foreign_services, "keep");
+        let e = parse(&with("foreign_services = \"ignore\"")).unwrap_err();
+        assert_eq!(e.key, "director.foreign_services", "{e}");
     }
 
     #[test]

@@ -11,7 +11,10 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ipvs::{SyncDaemon, SyncRole, Table};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use ipvs::{ServiceKey, SyncDaemon, SyncRole, Table};
 use raft::ClusterState;
 use serde::{Deserialize, Serialize};
 
@@ -104,7 +107,11 @@ pub(crate) fn rules_of(state: &ClusterState) -> Result<Option<RuleSet>, String> 
 
 impl Director {
     /// Starts the reconcile thread.
-    pub fn start(cfg: &DirectorSection) -> Result<Director, String> {
+    pub fn start(cfg: &DirectorSection, data_dir: &Path) -> Result<Director, String> {
+        let managed = match cfg.foreign_services.as_str() {
+            "keep" => Some(Managed::load(data_dir.join(MANAGED_FILE))?),
+            _ => None,
+        };
         let ipvs = match cfg.ipvs.as_str() {
             "kernel" => Ipvs::Kernel(ipvs::client::Client::new().map_err(|e| format!("kernel IPVS: {e}"))?),
             "memory" => {
@@ -121,7 +128,7 @@ impl Director {
             .name("director".into())
             .spawn(move || {
                 crate::realtime::enter("director");
-                run(ipvs, cfg, rx, st)
+                run(ipvs, cfg, managed, rx, st)
             })
             .map_err(|e| e.to_string())?;
         Ok(Director { tx, status, thread: Some(thread) })
@@ -136,8 +143,8 @@ impl Director {
     }
 }
 
-fn run(ipvs: Ipvs, cfg: DirectorSection, rx: std_mpsc::Receiver<Input>, status: Arc<Mutex<DirectorStatus>>) {
-    let mut r = Reconciler { ipvs, known: None, applied_rev: None, status };
+fn run(ipvs: Ipvs, cfg: DirectorSection, managed: Option<Managed>, rx: std_mpsc::Receiver<Input>, status: Arc<Mutex<DirectorStatus>>) {
+    let mut r = Reconciler { ipvs, known: None, applied_rev: None, status, managed };
     let mut state: Option<Arc<ClusterState>> = None;
     let mut master: Option<bool> = None;
     let mut sync_applied: Option<Option<bool>> = None;
@@ -161,7 +168,8 @@ fn run(ipvs: Ipvs, cfg: DirectorSection, rx: std_mpsc::Receiver<Input>, status: 
                 Input::Stop { flush } => {
                     if flush {
                         if let Ok(k) = r.ipvs.table() {
-                            let _ = r.ipvs.apply(&ipvs::diff(&k, &Table::default()));
+                            // With foreign services kept, only corral's own go.
+                            let _ = r.ipvs.apply(&ipvs::diff(&r.ours(&k, &Table::default()), &Table::default()));
                         }
                     }
                     let _ = r.ipvs.sync_daemon(None);
@@ -228,9 +236,72 @@ struct Reconciler {
     known: Option<Table>,
     applied_rev: Option<u64>,
     status: Arc<Mutex<DirectorStatus>>,
+    /// `foreign_services = "keep"`: the services corral manages; `None`: all of them.
+    managed: Option<Managed>,
+}
+
+/// Where `foreign_services = "keep"` remembers the services corral put in the kernel.
+pub const MANAGED_FILE: &str = "director-services.json";
+
+/// The services this director manages beside foreign ones: every service the rules named when
+/// it last applied them. Kept on disk because a service removed from the rules while this
+/// node was down must still be removed when it comes back, and only this record says it was
+/// corral's.
+struct Managed {
+    path: PathBuf,
+    keys: BTreeSet<ServiceKey>,
+}
+
+impl Managed {
+    fn load(path: PathBuf) -> Result<Managed, String> {
+        let keys = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e} (delete it to start afresh)", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        Ok(Managed { path, keys })
+    }
+
+    /// Records `keys` (written before the kernel gets them, then again after: a crash in
+    /// between leaves a superset, which only means a service the rules dropped is removed).
+    fn extend(&mut self, keys: impl IntoIterator<Item = ServiceKey>) -> Result<(), String> {
+        let before = self.keys.len();
+        self.keys.extend(keys);
+        if self.keys.len() != before {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn set(&mut self, keys: BTreeSet<ServiceKey>) -> Result<(), String> {
+        if keys != self.keys {
+            self.keys = keys;
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Result<(), String> {
+        let tmp = self.path.with_extension("json.tmp");
+        let body = serde_json::to_vec(&self.keys).map_err(|e| e.to_string())?;
+        std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &self.path)).map_err(|e| format!("{}: {e}", self.path.display()))
+    }
 }
 
 impl Reconciler {
+    /// The part of `table` this director manages: all of it, or with foreign services kept,
+    /// the services `desired` names and those it managed before.
+    fn ours(&self, table: &Table, desired: &Table) -> Table {
+        let Some(m) = &self.managed else { return table.clone() };
+        let mut t = Table::default();
+        for (k, s) in &table.services {
+            if desired.services.contains_key(k) || m.keys.contains(k) {
+                t.insert(s.clone());
+            }
+        }
+        t
+    }
+
     fn set_err(&self, e: String) {
         tracing::warn!(error = %e, "reconcile");
         self.status.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(e);
@@ -258,7 +329,15 @@ impl Reconciler {
             },
         };
         let t_dump = t0.elapsed();
-        let ops = ipvs::diff(&table, &desired);
+        let ops = match &self.managed {
+            None => ipvs::diff(&table, &desired),
+            Some(_) => ipvs::diff(&self.ours(&table, &desired), &desired),
+        };
+        if let Some(m) = &mut self.managed {
+            if let Err(e) = m.extend(desired.services.keys().copied()) {
+                return self.set_err(format!("record the services corral manages: {e}"));
+            }
+        }
         let t_diff = t0.elapsed();
         if !ops.is_empty() {
             if let Err(e) = self.ipvs.apply(&ops) {
@@ -288,6 +367,12 @@ impl Reconciler {
             self.known = Some(table);
         }
         let t_apply = t0.elapsed();
+        if let Some(m) = &mut self.managed {
+            // Applied: what the rules do not name now is gone from the kernel.
+            if let Err(e) = m.set(desired.services.keys().copied().collect()) {
+                tracing::warn!(error = %e, "record the services corral manages");
+            }
+        }
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if !ops.is_empty() {
             if rule_change {
@@ -383,7 +468,7 @@ mod tests {
     #[test]
     fn rule_changes_use_the_known_table_and_drift_is_still_repaired() {
         let status = Arc::new(Mutex::new(DirectorStatus::default()));
-        let mut r = Reconciler { ipvs: Ipvs::Model(Table::default()), known: None, applied_rev: None, status: status.clone() };
+        let mut r = Reconciler { ipvs: Ipvs::Model(Table::default()), known: None, applied_rev: None, status: status.clone(), managed: None };
         let s1 = state(1, 1, true);
         r.reconcile(&s1, true, Check::Known);
         assert_eq!(*model(&mut r), desired(&s1));
@@ -411,5 +496,47 @@ mod tests {
         assert_eq!(status.lock().unwrap().drift_repairs, 2);
         assert_eq!(status.lock().unwrap().applied_revision, 3);
         assert_eq!(status.lock().unwrap().last_error, None);
+    }
+
+    /// `foreign_services = "keep"`: a service corral never managed survives every reconcile,
+    /// drift repair and flush; one the rules dropped goes, also after a restart (the record on
+    /// disk), and a foreign service the rules come to name is taken over.
+    #[test]
+    fn kept_foreign_services_are_left_alone_and_dropped_rules_still_go() {
+        let dir = std::env::temp_dir().join(format!("corral-managed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Arc::new(Mutex::new(DirectorStatus::default()));
+        let mut foreign = desired(&state(1, 1, false)).services.values().next().unwrap().clone();
+        if let ipvs::ServiceKey::Addr { addr, .. } = &mut foreign.key {
+            *addr = "203.0.113.9:80".parse().unwrap();
+        }
+        let mut kernel = Table::default();
+        kernel.insert(foreign.clone());
+        let keep = || Some(Managed::load(dir.join(MANAGED_FILE)).unwrap());
+        let mut r = Reconciler { ipvs: Ipvs::Model(kernel), known: None, applied_rev: None, status: status.clone(), managed: keep() };
+        let s1 = state(1, 1, true);
+        r.reconcile(&s1, true, Check::Known);
+        let mut want = desired(&s1);
+        want.insert(foreign.clone());
+        assert_eq!(*model(&mut r), want, "the rules added, the foreign service kept");
+        r.reconcile(&s1, false, Check::Kernel);
+        assert_eq!(*model(&mut r), want, "and not a drift to repair");
+        assert_eq!(status.lock().unwrap().drift_repairs, 0);
+
+        // A restarted director (a new reconciler on the same kernel and data_dir) with a
+        // service dropped from the rules meanwhile: it goes, the foreign one stays.
+        let kernel = model(&mut r).clone();
+        let mut r = Reconciler { ipvs: Ipvs::Model(kernel), known: None, applied_rev: None, status: status.clone(), managed: keep() };
+        let s2 = state(2, 1, false);
+        r.reconcile(&s2, true, Check::Known);
+        let mut want = desired(&s2);
+        want.insert(foreign.clone());
+        assert_eq!(*model(&mut r), want);
+        // Without the record (as "remove" would do) the foreign service would go too.
+        let mut plain = Reconciler { ipvs: Ipvs::Model(want.clone()), known: None, applied_rev: None, status: status.clone(), managed: None };
+        plain.reconcile(&s2, true, Check::Known);
+        assert_eq!(*model(&mut plain), desired(&s2));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -103,7 +103,7 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     };
     let director = match (&config.director, &cluster) {
         (Some(d), Some(c)) => {
-            let dir = node::director::Director::start(d).map_err(|e| anyhow::anyhow!("[director]: {e}"))?;
+            let dir = node::director::Director::start(d, &config.node.data_dir).map_err(|e| anyhow::anyhow!("[director]: {e}"))?;
             node::director::follow_state(dir.tx.clone(), &c.sm);
             // The VRRP role only drives the connection-sync daemon: no sync interface, no
             // polling of the status board (10 wake-ups a second for nothing).

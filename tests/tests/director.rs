@@ -62,11 +62,16 @@ fn save(c: &LabCluster, i: usize) -> String {
 }
 
 fn director_lab(test: &str) -> Option<LabCluster> {
+    director_lab_with(test, "")
+}
+
+/// [`director_lab`] with more `[director]` settings.
+fn director_lab_with(test: &str, director: &str) -> Option<LabCluster> {
     let (d, c) = binaries(test)?;
     let mut c = LabCluster::new(test, 3, d, c);
     // TCG is slow: a longer Raft heartbeat keeps elections calm.
     c.cluster_extra = "heartbeat = \"250ms\"\ndead_grace = \"10s\"\n".into();
-    c.extra_sections = "[director]\nreconcile_interval = \"1s\"\n".into();
+    c.extra_sections = format!("[director]\nreconcile_interval = \"1s\"\n{director}");
     for h in &c.lan.hosts {
         h.sh("ipvsadm -C");
     }
@@ -187,6 +192,51 @@ fn rules_reach_every_director_identically_drift_is_repaired_and_restarts_restore
     let o = c.ctl(0, "vs edit udp:192.0.2.100:5060 --scheduler rr");
     assert_ne!(o.code, 0, "sh-port without sh is refused");
     assert!(o.stderr.contains("scheduler_flags") && o.stderr.contains("needs scheduler"), "{}", o.stderr);
+}
+
+/// `foreign_services = "keep"`: services corral never managed (kube-proxy's, an operator's)
+/// stay beside the rules through applies and drift checks; a service removed from the rules
+/// while a director was down is removed there when it comes back (its record in data_dir),
+/// and the foreign one still stays.
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask vm test`"]
+fn foreign_services_are_kept_beside_the_rules_when_asked() {
+    let _wd = Watchdog::new("foreign_services_are_kept", LIMIT);
+    let Some(mut c) = director_lab_with("director_foreign", "foreign_services = \"keep\"\n") else { return };
+    const FOREIGN: &str = "-A -t 203.0.113.9:80 -s rr\n-a -t 203.0.113.9:80 -r 198.51.100.9:80 -m -w 1\n";
+    for h in &c.lan.hosts {
+        h.sh("ipvsadm -A -t 203.0.113.9:80 -s rr && ipvsadm -a -t 203.0.113.9:80 -r 198.51.100.9:80 -m");
+    }
+    let without_foreign = |t: &str| t.replace(FOREIGN, "");
+    let file = c.root().join("services.toml");
+    std::fs::write(&file, RULES).unwrap();
+    let o = c.ctl(0, &format!("apply -f {}", file.display()));
+    assert_eq!(o.code, 0, "apply: {}{}", o.stdout, o.stderr);
+    let applied = wait_for(Duration::from_secs(20), || (0..3).all(|i| save(&c, i).lines().count() == 12));
+    assert!(applied.is_some(), "rules not applied beside the foreign service:\n{}", save(&c, 0));
+    std::thread::sleep(Duration::from_secs(3)); // several drift checks
+    let table = save(&c, 0);
+    for i in 0..3 {
+        let t = save(&c, i);
+        assert!(t.contains(FOREIGN), "d{}: the foreign service was touched:\n{t}", i + 1);
+        assert_eq!(t, table, "d{}", i + 1);
+    }
+    let rules_only = without_foreign(&table);
+    assert_eq!(rules_only.lines().count(), 10, "{rules_only}");
+
+    // d3 down while a service leaves the rules; back, it removes it and keeps the foreign one.
+    c.kill(2);
+    let o = c.ctl(0, "vs del udp:192.0.2.100:5060");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let gone = wait_for(Duration::from_secs(10), || (0..2).all(|i| !save(&c, i).contains("192.0.2.100:5060")));
+    assert!(gone.is_some(), "{}", save(&c, 0));
+    assert!(save(&c, 2).contains("192.0.2.100:5060"), "d3 is down: its table stays as it was");
+    c.configure(2, &[0], None);
+    c.start(2);
+    let want = save(&c, 0);
+    assert!(want.contains(FOREIGN), "{want}");
+    let caught_up = wait_for(Duration::from_secs(60), || save(&c, 2) == want);
+    assert!(caught_up.is_some(), "d3 after its restart:\n{}\nwanted:\n{want}\n{}", save(&c, 2), c.log_tail(2));
 }
 
 /// Directors d1–d3 (192.0.2.1–3) share the VIP 192.0.2.100 by VRRP; backends web1–3
