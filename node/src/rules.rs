@@ -12,7 +12,7 @@
 //! persistence_timeout = "5m"      # optional; persistence_granularity = "255.255.255.0" or "/64"
 //! # persistence_engine = "sip"    # --pe sip; scheduler_flags = ["sh-port", "sh-fallback"] (-b)
 //! # tunnel = { type = "gue", port = 6080, checksum = "csum" }   # forwarding = "tunnel": ipip | gue | gre
-//! sorry_server = "198.51.100.99:80"
+//! sorry_server = "198.51.100.99:80"  # sorry_server_forwarding = "nat", sorry_server_inhibit = true
 //! quorum = 1                      # keepalived: live weight below quorum - hysteresis → sorry server alone,
 //! hysteresis = 0                  # back at quorum + hysteresis (the state between is committed in Raft)
 //! [[virtual_server.real_server]]
@@ -247,6 +247,14 @@ pub struct VirtualServer {
     /// Served when the live real servers' weight falls below the quorum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sorry_server: Option<SocketAddr>,
+    /// keepalived's `sorry_server_lvs_method`: how packets reach the sorry server (default:
+    /// the virtual server's `forwarding`), e.g. NAT to a local page while the pool is DR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sorry_server_forwarding: Option<Forwarding>,
+    /// keepalived's `sorry_server_inhibit`: the sorry server stays in the table at weight 0
+    /// while the quorum holds (it is never removed and added again).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub sorry_server_inhibit: bool,
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub quorum: u32,
     #[serde(default, skip_serializing_if = "is_default")]
@@ -565,8 +573,16 @@ impl RuleSet {
                 return Err((vs_at(i, "persistence_granularity"), "needs persistence_timeout".into()));
             }
             persistence_netmask(&vs.persistence_granularity, key.family()).map_err(|e| (vs_at(i, "persistence_granularity"), e))?;
+            if vs.sorry_server.is_none() {
+                if vs.sorry_server_forwarding.is_some() {
+                    return Err((vs_at(i, "sorry_server_forwarding"), "needs sorry_server".into()));
+                }
+                if vs.sorry_server_inhibit {
+                    return Err((vs_at(i, "sorry_server_inhibit"), "needs sorry_server".into()));
+                }
+            }
             if let Some(s) = vs.sorry_server {
-                if Family::of(&s.ip()) != key.family() && vs.forwarding == Forwarding::Nat {
+                if Family::of(&s.ip()) != key.family() && vs.sorry_server_forwarding.unwrap_or(vs.forwarding) == Forwarding::Nat {
                     return Err((vs_at(i, "sorry_server"), "NAT needs a sorry server of the virtual server's address family".into()));
                 }
             }
@@ -712,6 +728,19 @@ impl RuleSet {
             // inhibit_on_failure), as keepalived's perform_quorum_state removes them, rather than
             // sharing it with the sorry server.
             if let Some(sorry) = vs.sorry_server {
+                let placeholder = RealServer {
+                    address: sorry,
+                    weight: 1,
+                    forwarding: None,
+                    tunnel: None,
+                    upper_threshold: 0,
+                    lower_threshold: 0,
+                    inhibit_on_failure: false,
+                    check: None,
+                    notify_up: None,
+                    notify_down: None,
+                };
+                let fwd = vs.sorry_server_forwarding.unwrap_or(vs.forwarding);
                 if self.quorum_lost(vs, &key, verdicts) {
                     for rs in &vs.real_servers {
                         if rs.inhibit_on_failure {
@@ -722,19 +751,9 @@ impl RuleSet {
                             svc.dests.remove(&dest_key(rs.address));
                         }
                     }
-                    let placeholder = RealServer {
-                        address: sorry,
-                        weight: 1,
-                        forwarding: None,
-                        tunnel: None,
-                        upper_threshold: 0,
-                        lower_threshold: 0,
-                        inhibit_on_failure: false,
-                        check: None,
-                        notify_up: None,
-                        notify_down: None,
-                    };
-                    svc.dests.insert(dest_key(sorry), dest(sorry, vs.forwarding, 1, &placeholder, vs));
+                    svc.dests.insert(dest_key(sorry), dest(sorry, fwd, 1, &placeholder, vs));
+                } else if vs.sorry_server_inhibit {
+                    svc.dests.insert(dest_key(sorry), dest(sorry, fwd, 0, &placeholder, vs));
                 }
             }
             t.insert(svc);
@@ -1117,6 +1136,25 @@ address = "[2001:db8::11]:0"
         let d = r.desired_table(&Verdicts::new()).services[&key].dests.clone();
         let w = |a: &str| d.get(&dest_key(a.parse().unwrap())).map(|d| d.weight);
         assert_eq!((w("198.51.100.1:80"), w("198.51.100.2:80"), w("198.51.100.99:80")), (Some(3), Some(1), None), "{d:?}");
+        // sorry_server_inhibit: there at weight 0 while the quorum holds; its own forwarding.
+        r.virtual_servers[0].sorry_server_inhibit = true;
+        r.virtual_servers[0].sorry_server_forwarding = Some(Forwarding::Dr);
+        let d = r.desired_table(&Verdicts::new()).services[&key].dests.clone();
+        let sorry = d.get(&dest_key("198.51.100.99:80".parse().unwrap())).copied();
+        assert_eq!(sorry.map(|d| (d.weight, d.forward)), Some((0, Forward::Route)), "{d:?}");
+        assert_eq!(d[&dest_key("198.51.100.1:80".parse().unwrap())].forward, Forward::Masq, "the pool keeps its own");
+        r.virtual_servers[0].real_servers[0].weight = 2;
+        let d = r.desired_table(&Verdicts::new()).services[&key].dests.clone();
+        let sorry = d.get(&dest_key("198.51.100.99:80".parse().unwrap())).copied();
+        assert_eq!(sorry.map(|d| (d.weight, d.forward)), Some((1, Forward::Route)), "quorum lost: weight 1: {d:?}");
+        for (extra, key) in [("sorry_server_inhibit = true\n", "virtual_server[0].sorry_server_inhibit"), ("sorry_server_forwarding = \"dr\"\n", "virtual_server[0].sorry_server_forwarding")] {
+            let e = parse(&format!("[[virtual_server]]\naddress = \"192.0.2.1:80\"\n{extra}")).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        // NAT to a sorry server of the other family is refused; DR to it is not.
+        let base = "[[virtual_server]]\naddress = \"192.0.2.1:80\"\nforwarding = \"dr\"\nsorry_server = \"[2001:db8::99]:80\"\n";
+        assert!(parse(base).is_ok());
+        assert_eq!(parse(&format!("{base}sorry_server_forwarding = \"nat\"\n")).unwrap_err().key, "virtual_server[0].sorry_server");
     }
 
     #[test]

@@ -249,6 +249,8 @@ pub fn vs(socket: &Path, cmd: VsCmd, dry_run: bool) -> Result<()> {
                 persistence_engine: None,
                 tunnel: None,
                 sorry_server,
+                sorry_server_forwarding: None,
+                sorry_server_inhibit: false,
                 quorum: 1,
                 hysteresis: 0,
                 alpha: false,
