@@ -66,6 +66,18 @@ impl Ipvs {
         }
     }
 
+    /// Makes the kernel's connection timeouts `want`'s (those it gives); true when it had to.
+    /// The in-memory model has none.
+    fn ensure_timeouts(&mut self, want: &rules::Timeouts) -> Result<bool, String> {
+        let Ipvs::Kernel(c) = self else { return Ok(false) };
+        let now = c.timeouts().map_err(|e| format!("read the IPVS timeouts: {e}"))?;
+        if want.met_by(&now) {
+            return Ok(false);
+        }
+        c.set_timeouts(&want.to_ipvs()).map_err(|e| format!("set the IPVS timeouts: {e}"))?;
+        Ok(true)
+    }
+
     fn sync_daemon(&mut self, want: Option<&SyncDaemon>) -> Result<(), String> {
         let Ipvs::Kernel(c) = self else { return Ok(()) };
         let running = c.daemons().map_err(|e| e.to_string())?;
@@ -144,7 +156,7 @@ impl Director {
 }
 
 fn run(ipvs: Ipvs, cfg: DirectorSection, managed: Option<Managed>, rx: std_mpsc::Receiver<Input>, status: Arc<Mutex<DirectorStatus>>) {
-    let mut r = Reconciler { ipvs, known: None, applied_rev: None, status, managed };
+    let mut r = Reconciler { ipvs, known: None, applied_rev: None, status, managed, timeouts_set: None };
     let mut state: Option<Arc<ClusterState>> = None;
     let mut master: Option<bool> = None;
     let mut sync_applied: Option<Option<bool>> = None;
@@ -238,6 +250,9 @@ struct Reconciler {
     status: Arc<Mutex<DirectorStatus>>,
     /// `foreign_services = "keep"`: the services corral manages; `None`: all of them.
     managed: Option<Managed>,
+    /// The rules' timeouts last made the kernel's: a rule change checks them only when they
+    /// change (no extra netlink round trip per change); the periodic check always does.
+    timeouts_set: Option<rules::Timeouts>,
 }
 
 /// Where `foreign_services = "keep"` remembers the services corral put in the kernel.
@@ -367,6 +382,22 @@ impl Reconciler {
             self.known = Some(table);
         }
         let t_apply = t0.elapsed();
+        if let Some(want) = rules.timeouts {
+            if check == Check::Kernel || self.timeouts_set != Some(want) {
+                match self.ipvs.ensure_timeouts(&want) {
+                    Ok(changed) => {
+                        self.timeouts_set = Some(want);
+                        if changed && !rule_change {
+                            self.status.lock().unwrap_or_else(|p| p.into_inner()).drift_repairs += 1;
+                            tracing::warn!(revision = state.revision, "IPVS timeouts drifted from the rules: repaired");
+                        } else if changed {
+                            tracing::info!(timeouts = %rules::timeouts_text(Some(want)), "IPVS timeouts set");
+                        }
+                    }
+                    Err(e) => return self.set_err(e),
+                }
+            }
+        }
         if let Some(m) = &mut self.managed {
             // Applied: what the rules do not name now is gone from the kernel.
             if let Err(e) = m.set(desired.services.keys().copied().collect()) {
@@ -468,7 +499,7 @@ mod tests {
     #[test]
     fn rule_changes_use_the_known_table_and_drift_is_still_repaired() {
         let status = Arc::new(Mutex::new(DirectorStatus::default()));
-        let mut r = Reconciler { ipvs: Ipvs::Model(Table::default()), known: None, applied_rev: None, status: status.clone(), managed: None };
+        let mut r = Reconciler { ipvs: Ipvs::Model(Table::default()), known: None, applied_rev: None, status: status.clone(), managed: None, timeouts_set: None };
         let s1 = state(1, 1, true);
         r.reconcile(&s1, true, Check::Known);
         assert_eq!(*model(&mut r), desired(&s1));
@@ -514,7 +545,7 @@ mod tests {
         let mut kernel = Table::default();
         kernel.insert(foreign.clone());
         let keep = || Some(Managed::load(dir.join(MANAGED_FILE)).unwrap());
-        let mut r = Reconciler { ipvs: Ipvs::Model(kernel), known: None, applied_rev: None, status: status.clone(), managed: keep() };
+        let mut r = Reconciler { ipvs: Ipvs::Model(kernel), known: None, applied_rev: None, status: status.clone(), managed: keep(), timeouts_set: None };
         let s1 = state(1, 1, true);
         r.reconcile(&s1, true, Check::Known);
         let mut want = desired(&s1);
@@ -527,14 +558,14 @@ mod tests {
         // A restarted director (a new reconciler on the same kernel and data_dir) with a
         // service dropped from the rules meanwhile: it goes, the foreign one stays.
         let kernel = model(&mut r).clone();
-        let mut r = Reconciler { ipvs: Ipvs::Model(kernel), known: None, applied_rev: None, status: status.clone(), managed: keep() };
+        let mut r = Reconciler { ipvs: Ipvs::Model(kernel), known: None, applied_rev: None, status: status.clone(), managed: keep(), timeouts_set: None };
         let s2 = state(2, 1, false);
         r.reconcile(&s2, true, Check::Known);
         let mut want = desired(&s2);
         want.insert(foreign.clone());
         assert_eq!(*model(&mut r), want);
         // Without the record (as "remove" would do) the foreign service would go too.
-        let mut plain = Reconciler { ipvs: Ipvs::Model(want.clone()), known: None, applied_rev: None, status: status.clone(), managed: None };
+        let mut plain = Reconciler { ipvs: Ipvs::Model(want.clone()), known: None, applied_rev: None, status: status.clone(), managed: None, timeouts_set: None };
         plain.reconcile(&s2, true, Check::Known);
         assert_eq!(*model(&mut plain), desired(&s2));
         let _ = std::fs::remove_dir_all(&dir);

@@ -28,6 +28,8 @@
 //! each of its real servers that has none. A list of checks (`check = [{ type = "http" },
 //! { type = "tcp", port = 8443 }]`) must all pass for the real server to be up. `[health] observers = 3` (top level) is how many
 //! directors check each real server.
+//! `[timeouts] tcp = "15m", tcp_fin = "2m", udp = "5m"` (top level) sets IPVS's connection
+//! timeouts on every director.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -48,8 +50,42 @@ pub const SCHEDULERS: &[&str] = &["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh
 pub struct RuleSet {
     #[serde(default, skip_serializing_if = "is_default")]
     pub health: HealthRules,
+    /// IPVS connection timeouts on every director (keepalived's `lvs_timeouts`, `ipvsadm --set`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
     #[serde(default, rename = "virtual_server", skip_serializing_if = "Vec::is_empty")]
     pub virtual_servers: Vec<VirtualServer>,
+}
+
+/// `[timeouts]`: how long IPVS keeps an idle TCP connection, a closing one and a UDP "connection".
+/// Part of the one table: every director sets them and repairs them like the services. A value
+/// left out (or the whole table removed) leaves the kernel's as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<Duration>,
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub tcp_fin: Option<Duration>,
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub udp: Option<Duration>,
+}
+
+/// The kernel refuses a timeout above INT_MAX / HZ seconds; with HZ up to 1000 that is this.
+const MAX_TIMEOUT_SECS: u64 = 2_147_483;
+
+impl Timeouts {
+    /// The kernel's form: seconds, 0 = leave as it is.
+    pub fn to_ipvs(self) -> ipvs::Timeouts {
+        let s = |d: Option<Duration>| d.map_or(0, |d| d.as_secs() as u32);
+        ipvs::Timeouts { tcp: s(self.tcp), tcp_fin: s(self.tcp_fin), udp: s(self.udp) }
+    }
+
+    /// Whether the kernel's timeouts are these (the ones given).
+    pub fn met_by(self, k: &ipvs::Timeouts) -> bool {
+        let w = self.to_ipvs();
+        (w.tcp == 0 || w.tcp == k.tcp) && (w.tcp_fin == 0 || w.tcp_fin == k.tcp_fin) && (w.udp == 0 || w.udp == k.udp)
+    }
 }
 
 /// Cluster-wide health-check settings: in the rules (not each node's config) because the
@@ -528,6 +564,15 @@ impl RuleSet {
         if self.health.observers == 0 {
             return Err((vec![Key("health".into()), Key("observers".into())], "at least 1 observer".into()));
         }
+        if let Some(t) = &self.timeouts {
+            for (k, d) in [("tcp", t.tcp), ("tcp_fin", t.tcp_fin), ("udp", t.udp)] {
+                if let Some(d) = d {
+                    if d.subsec_nanos() != 0 || d.as_secs() == 0 || d.as_secs() > MAX_TIMEOUT_SECS {
+                        return Err((vec![Key("timeouts".into()), Key(k.into())], format!("whole seconds from 1s to {MAX_TIMEOUT_SECS}s")));
+                    }
+                }
+            }
+        }
         let mut keys = BTreeSet::new();
         for (i, vs) in self.virtual_servers.iter().enumerate() {
             let key = match (vs.address, vs.fwmark) {
@@ -965,6 +1010,16 @@ fn set_weight(rules: &mut RuleSet, service: &str, address: SocketAddr, weight: i
     Ok(())
 }
 
+/// `tcp 900s, tcp_fin 120s, udp 300s` (the ones given), or `kept as the kernel has them`.
+pub fn timeouts_text(t: Option<Timeouts>) -> String {
+    let parts: Vec<String> = t
+        .iter()
+        .flat_map(|t| [("tcp", t.tcp), ("tcp_fin", t.tcp_fin), ("udp", t.udp)])
+        .filter_map(|(k, d)| d.map(|d| format!("{k} {}s", d.as_secs())))
+        .collect();
+    if parts.is_empty() { "kept as the kernel has them".into() } else { parts.join(", ") }
+}
+
 /// Human-readable changes between two tables (for `apply --dry-run`), in ipvsadm's words.
 pub fn describe_diff(from: &Table, to: &Table) -> Vec<String> {
     ipvs::diff(from, to)
@@ -1358,6 +1413,24 @@ forwarding = "dr"
         assert_eq!(e.key, "virtual_server[0].real_server[0].check", "{e}");
         let e = parse(&rules(r#"[[{ type = "tcp" }]]"#)).unwrap_err();
         assert_eq!(e.key, "virtual_server[0].real_server[0].check[0]", "{e}");
+    }
+
+    #[test]
+    fn connection_timeouts_are_part_of_the_rules() {
+        let r = parse("[timeouts]\ntcp = \"15m\"\nudp = \"300s\"\n").unwrap();
+        let t = r.timeouts.unwrap();
+        assert_eq!(t.to_ipvs(), ipvs::Timeouts { tcp: 900, tcp_fin: 0, udp: 300 }, "tcp_fin left as the kernel has it");
+        assert!(t.met_by(&ipvs::Timeouts { tcp: 900, tcp_fin: 5, udp: 300 }));
+        assert!(!t.met_by(&ipvs::Timeouts { tcp: 901, tcp_fin: 5, udp: 300 }));
+        assert_eq!(timeouts_text(Some(t)), "tcp 900s, udp 300s");
+        assert_eq!(timeouts_text(None), "kept as the kernel has them");
+        let text = toml::to_string(&r).unwrap();
+        assert_eq!(parse(&text).unwrap(), r, "{text}");
+        for (bad, key) in [("tcp = \"0s\"", "timeouts.tcp"), ("udp = \"1500ms\"", "timeouts.udp"), ("tcp_fin = \"30d\"", "timeouts.tcp_fin")] {
+            let e = parse(&format!("[timeouts]\n{bad}\n")).unwrap_err();
+            assert_eq!(e.key, key, "{bad}: {e}");
+        }
+        assert!(parse("[timeouts]\ntcpfin = \"1m\"\n").unwrap_err().message.contains("unknown field"));
     }
 
     #[test]

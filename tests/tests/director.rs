@@ -15,6 +15,11 @@ const LIMIT: Duration = Duration::from_secs(600);
 const IGNORE: &str = "needs a kernel with IPVS: run by `cargo xtask vm test`";
 
 const RULES: &str = r#"
+[timeouts]
+tcp = "20m"
+tcp_fin = "1m"
+udp = "200s"
+
 [[virtual_server]]
 address = "192.0.2.100:80"
 scheduler = "rr"
@@ -115,6 +120,15 @@ fn rules_reach_every_director_identically_drift_is_repaired_and_restarts_restore
     let o = c.ctl(2, &format!("apply -f {} --dry-run", file.display()));
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.trim().is_empty(), "re-applying get output would change: {}", o.stdout);
+
+    // The connection timeouts are part of the one table, and drift back too.
+    let timeouts = |i: usize| c.lan.hosts[i].sh("ipvsadm -L --timeout");
+    for i in 0..3 {
+        assert!(timeouts(i).contains("Timeout (tcp tcpfin udp): 1200 60 200"), "d{}: {}", i + 1, timeouts(i));
+    }
+    c.lan.hosts[1].sh("ipvsadm --set 5 6 7");
+    let back = wait_for(Duration::from_secs(5), || timeouts(1).contains("1200 60 200"));
+    assert!(back.is_some(), "ipvsadm --set on d2 not repaired: {}", timeouts(1));
 
     // Drift: an operator flushes one director by hand; the next reconcile restores it.
     c.lan.hosts[2].sh("ipvsadm -C");

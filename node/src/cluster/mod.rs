@@ -700,7 +700,13 @@ impl Cluster {
     ) -> Result<ResponseBody, LeaderError> {
         let current = self.sm.current();
         let verdicts = crate::health::verdicts::verdicts_of(&current);
-        let changes = || crate::rules::describe_diff(&old.desired_table(&verdicts), &rules.desired_table(&verdicts));
+        let changes = || {
+            let mut c = crate::rules::describe_diff(&old.desired_table(&verdicts), &rules.desired_table(&verdicts));
+            if old.timeouts != rules.timeouts {
+                c.push(format!("set connection timeouts: {}", crate::rules::timeouts_text(rules.timeouts)));
+            }
+            c
+        };
         if dry_run {
             return Ok(ResponseBody::Applied { revision: None, dry_run: true, changes: changes() });
         }
