@@ -26,8 +26,8 @@
 //! A health check is written without `target`: it probes the real server's own address (or
 //! `port = N` of it, keepalived's `connect_port`). A `check` on the virtual server applies to
 //! each of its real servers that has none. A list of checks (`check = [{ type = "http" },
-//! { type = "tcp", port = 8443 }]`) must all pass for the real server to be up. `[health] observers = 3` (top level) is how many
-//! directors check each real server.
+//! { type = "tcp", port = 8443 }]`) must all pass for the real server to be up.
+//! `[health] observers = 3` (top level) is how many directors check each real server.
 //! `[timeouts] tcp = "15m", tcp_fin = "2m", udp = "5m"` (top level) sets IPVS's connection
 //! timeouts on every director.
 
