@@ -308,6 +308,14 @@ pub struct VrrpInstanceConfig {
     pub garp_repeat: u32,
     #[serde(default = "default_garp_delay", with = "humantime_serde_compat")]
     pub garp_delay: Duration,
+    /// keepalived's `garp_master_refresh`: while master, gratuitous ARP/NA again this often
+    /// (switches and routers whose ARP entries age out, or that missed the takeover's burst);
+    /// `"0s"` (default) = only on becoming master.
+    #[serde(default = "default_garp_delay", with = "humantime_serde_compat")]
+    pub garp_master_refresh: Duration,
+    /// keepalived's `garp_master_refresh_repeat`: messages per VIP at each refresh.
+    #[serde(default = "one")]
+    pub garp_master_refresh_repeat: u32,
     pub notify_master: Option<String>,
     pub notify_backup: Option<String>,
     pub notify_fault: Option<String>,
@@ -723,6 +731,12 @@ impl Config {
         }
         let mut vmacs = std::collections::HashSet::new();
         for (i, v) in self.vrrp.iter().enumerate() {
+            if !v.garp_master_refresh.is_zero() && v.garp_master_refresh < Duration::from_millis(100) {
+                return Err((at(i, "garp_master_refresh"), "at least 100ms (or \"0s\": off)".into()));
+            }
+            if v.garp_master_refresh_repeat == 0 || v.garp_master_refresh_repeat > 100 {
+                return Err((at(i, "garp_master_refresh_repeat"), "1..=100".into()));
+            }
             if v.vmac_name.is_some() && !v.use_vmac {
                 return Err((at(i, "vmac_name"), "vmac_name needs use_vmac = true".into()));
             }
@@ -1087,6 +1101,17 @@ virtual_ips = ["2001:db8::100/64"]
             let e = parse(&with(defs, refs)).unwrap_err();
             assert_eq!(e.key, key, "{defs} {refs}: {e}");
         }
+    }
+
+    #[test]
+    fn garp_master_refresh_is_off_by_default_and_bounded() {
+        let c = parse(GOOD).unwrap();
+        assert!(c.vrrp[0].garp_master_refresh.is_zero());
+        assert_eq!(c.vrrp[0].garp_master_refresh_repeat, 1);
+        let with = |extra: &str| GOOD.replace("preempt = true", &format!("preempt = true\n{extra}"));
+        assert_eq!(parse(&with("garp_master_refresh = \"60s\"")).unwrap().vrrp[0].garp_master_refresh, Duration::from_secs(60));
+        assert_eq!(parse(&with("garp_master_refresh = \"10ms\"")).unwrap_err().key, "vrrp[0].garp_master_refresh");
+        assert_eq!(parse(&with("garp_master_refresh_repeat = 0")).unwrap_err().key, "vrrp[0].garp_master_refresh_repeat");
     }
 
     #[test]

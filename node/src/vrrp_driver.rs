@@ -116,6 +116,8 @@ struct Running {
     acted_state: State,
     /// Peers already warned about for speaking the other VRRP version (bounded).
     version_warned: Vec<IpAddr>,
+    /// The next `garp_master_refresh` while master.
+    garp_refresh_at: Option<std::time::Instant>,
 }
 
 /// Refuses the configuration keys the driver does not implement yet, naming them, so
@@ -282,6 +284,7 @@ async fn build(
         fired: None,
         acted_state: State::Initialize,
         version_warned: Vec::new(),
+        garp_refresh_at: None,
     })
 }
 
@@ -525,6 +528,7 @@ pub async fn run(
             // With no instance (a director-only node) there is nothing to refresh: the board
             // was published empty, and a reload that adds instances publishes it again.
             _ = tick.tick(), if !running.is_empty() => {
+                refresh_garps(&mut running, std::time::Instant::now());
                 publish(&running, &board);
                 rescan = false;
             }
@@ -754,6 +758,51 @@ impl Outbox {
     }
 }
 
+/// Gratuitous ARP / unsolicited NA for every VIP the instance moves (the core knows only the
+/// advertised ones), each for its own link with that link's MAC: (link index, frame).
+fn garp_frames(r: &Running) -> Vec<(usize, Vec<u8>)> {
+    r.vips
+        .iter()
+        .filter(|v| r.links[v.link].mac != [0; 6])
+        .map(|v| {
+            let mac = r.links[v.link].mac;
+            let f = match v.addr {
+                IpAddr::V4(v4) => garp::frame(mac, v4).to_vec(),
+                IpAddr::V6(v6) => garp::na_frame(mac, v6).to_vec(),
+            };
+            (v.link, f)
+        })
+        .collect()
+}
+
+fn send_garps(r: &Running, frames: &[(usize, Vec<u8>)]) {
+    for (link, f) in frames {
+        if let Err(e) = r.links[*link].arp.send(f) {
+            tracing::warn!(instance = %r.conf.name, "gratuitous ARP / NA: {e}");
+        }
+    }
+}
+
+/// `garp_master_refresh`: the masters whose refresh is due send their gratuitous ARP/NA
+/// again. Checked on the driver's status tick (50 ms), plenty for a period of seconds.
+fn refresh_garps(running: &mut [Running], now: std::time::Instant) {
+    for r in running.iter_mut() {
+        let Some(at) = r.garp_refresh_at.filter(|at| *at <= now) else { continue };
+        if r.inst.state() != State::Master {
+            r.garp_refresh_at = None;
+            continue;
+        }
+        let frames = garp_frames(r);
+        for _ in 0..r.conf.garp_master_refresh_repeat {
+            send_garps(r, &frames);
+        }
+        // From the due time, not from now: no drift over a long mastership (but no burst to
+        // catch up after a stall).
+        let next = at + r.conf.garp_master_refresh;
+        r.garp_refresh_at = Some(if next <= now { now + r.conf.garp_master_refresh } else { next });
+    }
+}
+
 /// Queues one advert to the group or to each unicast peer.
 fn send_advert(r: &Running, repr: &Repr, out: &mut Outbox) {
     let src = r.inst.config().primary;
@@ -806,26 +855,8 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
                 }
             }
             Action::SendGratuitous(_) => {
-                // Every VIP the instance moves (the core knows only the advertised ones), each
-                // on its own link with that link's MAC.
-                let frames: Vec<(usize, Vec<u8>)> = r
-                    .vips
-                    .iter()
-                    .filter(|v| r.links[v.link].mac != [0; 6])
-                    .map(|v| {
-                        let mac = r.links[v.link].mac;
-                        let f = match v.addr {
-                            IpAddr::V4(v4) => garp::frame(mac, v4).to_vec(),
-                            IpAddr::V6(v6) => garp::na_frame(mac, v6).to_vec(),
-                        };
-                        (v.link, f)
-                    })
-                    .collect();
-                for (link, f) in &frames {
-                    if let Err(e) = r.links[*link].arp.send(f) {
-                        tracing::warn!(instance = %r.conf.name, "gratuitous ARP / NA: {e}");
-                    }
-                }
+                let frames = garp_frames(r);
+                send_garps(r, &frames);
                 t_garp.get_or_insert_with(std::time::Instant::now);
                 for repr in held.drain(..) {
                     send_advert(r, &repr, out);
@@ -859,6 +890,8 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
                 if from == State::Master {
                     r.mastership.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
+                r.garp_refresh_at = (to == State::Master && !r.conf.garp_master_refresh.is_zero())
+                    .then(|| std::time::Instant::now() + r.conf.garp_master_refresh);
                 took_over |= to == State::Master;
                 r.acted_state = to;
                 tracing::info!(instance = %r.conf.name, "{} -> {} (priority {priority})", from.as_str(), to.as_str());

@@ -822,3 +822,39 @@ fn track_file_moves_the_priority_like_keepalived() {
     std::fs::remove_file(&stop).unwrap();
     assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral recovers and preempts");
 }
+
+/// keepalived's `garp_master_refresh` / `garp_master_refresh_repeat`: while master, the
+/// gratuitous ARP goes out again every period (an upstream switch whose entry aged out learns
+/// the VIP again without a failover); a backup sends none.
+#[test]
+fn garp_master_refresh_repeats_gratuitous_arp_while_master() {
+    let Some(bin) = prerequisites("garp_master_refresh") else { return };
+    let lan = Lan::new(3);
+    let (h1, h2, h3) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
+    let dir = tempdir::Dir::new("garprefresh");
+    let (_tcpdump, capture) = observer(h3, &dir);
+    let cfg = |prio: u8, refresh: &str| {
+        format!(
+            "[node]\nadmin_socket = \"{}/admin{prio}.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = {prio}\n\
+             advert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\ngarp_repeat = 1\ngarp_master_refresh = \"{refresh}\"\ngarp_master_refresh_repeat = 2\n",
+            dir.path.display()
+        )
+    };
+    let d1 = tempdir::Dir::new("garprefresh-1");
+    let d2 = tempdir::Dir::new("garprefresh-2");
+    let (_m, _) = start_corrald(&bin, h1, &d1, &cfg(150, "300ms"));
+    let (_b, _) = start_corrald(&bin, h2, &d2, &cfg(100, "300ms"));
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "h1 (150) is master");
+    std::thread::sleep(Duration::from_millis(2000));
+    let dump = std::fs::read_to_string(&capture).unwrap();
+    let garps: Vec<&str> = dump.lines().filter(|l| l.contains(&format!("who-has {VIP} ")) && l.contains(&format!("tell {VIP},"))).collect();
+    // One on the takeover, then 2 every 300 ms for ≈ 2 s: ≥ 10 (not 1).
+    assert!(garps.len() >= 10, "{} gratuitous ARPs in 2 s:\n{dump}", garps.len());
+    let h1_mac = h1.sh("cat /sys/class/net/eth0/address").trim().to_string();
+    let h2_mac = h2.sh("cat /sys/class/net/eth0/address").trim().to_string();
+    let (_t, macs) = capture_macs(h3, &dir, "arp");
+    std::thread::sleep(Duration::from_millis(1000));
+    let dump = std::fs::read_to_string(&macs).unwrap();
+    assert!(dump.lines().any(|l| l.contains(&h1_mac) && l.contains(&format!("tell {VIP}"))), "the master's:\n{dump}");
+    assert!(!dump.lines().any(|l| l.contains(&h2_mac)), "the backup sends none:\n{dump}");
+}
