@@ -278,6 +278,12 @@ pub struct VrrpInstanceConfig {
     /// instance moving IPv6 addresses too). Same words as `virtual_ips`.
     #[serde(default)]
     pub virtual_ips_excluded: Vec<String>,
+    /// keepalived's `virtual_routes`: routes added while master (after the VIPs, so `src VIP`
+    /// works) and removed when not, in `ip route` words: `[blackhole|unreachable|prohibit]
+    /// DEST[/LEN]|default [via ADDR] [dev IF] [src ADDR] [metric N] [table N] [scope S]
+    /// [onlink]` ([`RouteSpec`]).
+    #[serde(default)]
+    pub virtual_routes: Vec<String>,
     /// Send adverts to these peers instead of the multicast group.
     #[serde(default)]
     pub unicast_peers: Vec<String>,
@@ -400,6 +406,109 @@ pub fn parse_vip(s: &str) -> Result<VipSpec, String> {
         return Err("label: IPv6 addresses have no labels".into());
     }
     Ok(v)
+}
+
+/// One `virtual_routes` entry, parsed; the interface by name (resolved when the instance starts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub kind: vrrp::sys::route::RouteKind,
+    pub dest: std::net::IpAddr,
+    pub prefix: u8,
+    pub via: Option<std::net::IpAddr>,
+    pub src: Option<std::net::IpAddr>,
+    pub dev: Option<String>,
+    pub metric: Option<u32>,
+    pub table: Option<u32>,
+    pub scope: Option<u8>,
+    pub onlink: bool,
+}
+
+/// Parses a [`RouteSpec`] (`ip route`'s words, keepalived's `virtual_routes` line), naming the
+/// word it cannot use.
+pub fn parse_route(s: &str) -> Result<RouteSpec, String> {
+    use vrrp::sys::route::RouteKind;
+    let mut words = s.split_whitespace().peekable();
+    let kind = match words.peek().copied() {
+        Some("blackhole") => RouteKind::Blackhole,
+        Some("unreachable") => RouteKind::Unreachable,
+        Some("prohibit") => RouteKind::Prohibit,
+        _ => RouteKind::Unicast,
+    };
+    if kind != RouteKind::Unicast {
+        words.next();
+    }
+    if words.peek() == Some(&"to") {
+        words.next();
+    }
+    let mut r = RouteSpec { kind, dest: std::net::Ipv4Addr::UNSPECIFIED.into(), prefix: 0, via: None, src: None, dev: None, metric: None, table: None, scope: None, onlink: false };
+    let mut dest = None;
+    let addr = |w: &str, v: &str| v.parse::<std::net::IpAddr>().map_err(|_| format!("{w} {v:?} is not an IP address"));
+    while let Some(w) = words.next() {
+        let mut value = || words.next().ok_or_else(|| format!("{w:?} needs a value"));
+        match w {
+            "via" | "gw" => r.via = Some(addr(w, value()?)?),
+            "src" => r.src = Some(addr(w, value()?)?),
+            "dev" => {
+                let d = value()?;
+                if !valid_ifname(d) {
+                    return Err(format!("dev {d:?} is not an interface name"));
+                }
+                r.dev = Some(d.to_owned());
+            }
+            "metric" | "preference" => {
+                let v = value()?;
+                r.metric = Some(v.parse().map_err(|_| format!("metric {v:?} is not a number"))?);
+            }
+            "table" => {
+                let v = value()?;
+                let t = match v {
+                    "main" => 254,
+                    "local" => 255,
+                    "default" => 253,
+                    n => n.parse::<u32>().ok().filter(|t| *t > 0).ok_or_else(|| format!("table {n:?}: a number 1.. or main/local/default"))?,
+                };
+                r.table = Some(t);
+            }
+            "scope" => {
+                let v = value()?;
+                r.scope = Some(match v {
+                    "global" | "universe" => 0,
+                    "site" => 200,
+                    "link" => 253,
+                    "host" => 254,
+                    "nowhere" => 255,
+                    n => n.parse::<u8>().map_err(|_| format!("scope {n:?}: host, link, site, global or 0..=255"))?,
+                });
+            }
+            "onlink" => r.onlink = true,
+            d if dest.is_none() => {
+                dest = Some(if d == "default" {
+                    // The family follows the gateway, when there is one: checked below.
+                    (None, 0)
+                } else {
+                    let (a, p) = parse_cidr(d).map_err(|e| format!("destination: {e}"))?;
+                    (Some(a), p)
+                });
+            }
+            other => return Err(format!("{other:?}: a route takes via, dev, src, metric, table, scope and onlink after its destination")),
+        }
+    }
+    let (d, prefix) = dest.ok_or("a route needs a destination (DEST/LEN or default)")?;
+    let v6 = d.map(|a| a.is_ipv6()).or(r.via.map(|a| a.is_ipv6())).or(r.src.map(|a| a.is_ipv6())).unwrap_or(false);
+    r.dest = d.unwrap_or(if v6 { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() });
+    r.prefix = prefix;
+    for (w, a) in [("via", r.via), ("src", r.src)] {
+        if a.is_some_and(|a| a.is_ipv6() != v6) {
+            return Err(format!("{w}: not the destination's address family"));
+        }
+    }
+    if kind == RouteKind::Unicast && r.via.is_none() && r.dev.is_none() {
+        return Err("a route needs via ADDR or dev IF (or a type: blackhole, unreachable, prohibit)".into());
+    }
+    if kind != RouteKind::Unicast && (r.via.is_some() || r.dev.is_some()) {
+        return Err("a blackhole/unreachable/prohibit route takes no via or dev".into());
+    }
+    Ok(r)
 }
 
 fn valid_ifname(n: &str) -> bool {
@@ -696,6 +805,9 @@ impl Config {
                         return Err((here(), "one instance advertises one address family; use two instances, or virtual_ips_excluded".into()));
                     }
                 }
+            }
+            for (j, route) in v.virtual_routes.iter().enumerate() {
+                parse_route(route).map_err(|m| (vec![Key("vrrp".into()), Index(i), Key("virtual_routes".into()), Index(j)], m))?;
             }
             if let Some(src) = v.unicast_src_ip {
                 if Some(src.is_ipv6()) != family {
@@ -1112,6 +1224,36 @@ virtual_ips = ["2001:db8::100/64"]
         assert_eq!(parse(&with("garp_master_refresh = \"60s\"")).unwrap().vrrp[0].garp_master_refresh, Duration::from_secs(60));
         assert_eq!(parse(&with("garp_master_refresh = \"10ms\"")).unwrap_err().key, "vrrp[0].garp_master_refresh");
         assert_eq!(parse(&with("garp_master_refresh_repeat = 0")).unwrap_err().key, "vrrp[0].garp_master_refresh_repeat");
+    }
+
+    #[test]
+    fn virtual_routes_take_ip_route_words() {
+        use vrrp::sys::route::RouteKind;
+        let r = parse_route("203.0.113.0/24 via 192.0.2.254 dev eth1 src 192.0.2.100 metric 7 table 100 onlink").unwrap();
+        assert_eq!(r.kind, RouteKind::Unicast);
+        assert_eq!((r.dest, r.prefix), ("203.0.113.0".parse().unwrap(), 24));
+        assert_eq!(r.via, Some("192.0.2.254".parse().unwrap()));
+        assert_eq!(r.src, Some("192.0.2.100".parse().unwrap()));
+        assert_eq!((r.dev.as_deref(), r.metric, r.table, r.onlink), (Some("eth1"), Some(7), Some(100), true));
+        let d = parse_route("default via 2001:db8::1").unwrap();
+        assert_eq!((d.dest, d.prefix), ("::".parse().unwrap(), 0), "default takes the gateway's family");
+        let b = parse_route("blackhole 198.51.100.128/25 table main").unwrap();
+        assert_eq!((b.kind, b.table), (RouteKind::Blackhole, Some(254)));
+        assert_eq!(parse_route("to 192.0.2.0/24 dev eth0 scope link").unwrap().scope, Some(253));
+        for (bad, says) in [
+            ("192.0.2.0/24", "needs via ADDR or dev IF"),
+            ("blackhole 192.0.2.0/24 dev eth0", "takes no via or dev"),
+            ("192.0.2.0/24 via 2001:db8::1", "address family"),
+            ("192.0.2.0/24 via 192.0.2.1 weight 3", "\"weight\""),
+            ("192.0.2.0/33 dev eth0", "destination"),
+            ("dev eth0", "needs a destination"),
+            ("192.0.2.0/24 dev eth0 table 0", "table"),
+        ] {
+            let e = parse_route(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let e = parse(&GOOD.replace("preempt = true", "preempt = true\nvirtual_routes = [\"default via 192.0.2.1\", \"10.0.0.0/8\"]")).unwrap_err();
+        assert_eq!(e.key, "vrrp[0].virtual_routes[1]", "{e}");
     }
 
     #[test]

@@ -118,6 +118,8 @@ struct Running {
     version_warned: Vec<IpAddr>,
     /// The next `garp_master_refresh` while master.
     garp_refresh_at: Option<std::time::Instant>,
+    /// `virtual_routes`, interfaces resolved, with their rtnetlink connection (none: no routes).
+    routes: Option<(vrrp::sys::route::Routes, Vec<vrrp::sys::route::VirtualRoute>)>,
 }
 
 /// Refuses the configuration keys the driver does not implement yet, naming them, so
@@ -194,6 +196,30 @@ async fn build(
             .primary(ifindex, v6, &exclude)
             .await
             .with_context(|| format!("{} has no {} address to send adverts from", v.interface, if v6 { "IPv6 link-local" } else { "IPv4" }))?,
+    };
+    let mut vroutes = Vec::new();
+    for s in &v.virtual_routes {
+        let rs = config::parse_route(s).map_err(anyhow::Error::msg)?;
+        let ifindex = match &rs.dev {
+            Some(d) => Some(vrrp::sys::ifindex(d).with_context(|| format!("vrrp instance {:?}: virtual route {s:?}: dev {d}", v.name))?),
+            None => None,
+        };
+        vroutes.push(vrrp::sys::route::VirtualRoute {
+            kind: rs.kind,
+            dest: rs.dest,
+            prefix: rs.prefix,
+            via: rs.via,
+            src: rs.src,
+            ifindex,
+            metric: rs.metric,
+            table: rs.table,
+            scope: rs.scope,
+            onlink: rs.onlink,
+        });
+    }
+    let routes = match vroutes.is_empty() {
+        true => None,
+        false => Some((vrrp::sys::route::Routes::new().context("open rtnetlink")?, vroutes)),
     };
     // The other interfaces VIPs name, checked before anything is made.
     let mut other_devs: Vec<String> = Vec::new();
@@ -285,6 +311,7 @@ async fn build(
         acted_state: State::Initialize,
         version_warned: Vec::new(),
         garp_refresh_at: None,
+        routes,
     })
 }
 
@@ -414,6 +441,11 @@ pub async fn run(
     let now = Instant::now().into_std();
     for r in &mut running {
         // Stale VIPs from a crash must not linger on a backup.
+        if let Some((routes, list)) = &r.routes {
+            for rt in list {
+                let _ = routes.del(rt).await;
+            }
+        }
         for v in &r.vips {
             let _ = vips.del(r.links[v.link].ifindex, v.addr, v.prefix).await;
         }
@@ -821,6 +853,7 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
     // Takeover timing (debug log): when the advert, the VIPs and the first GARP went out.
     let (mut t_advert, mut t_vips, mut t_garp, mut took_over) = (None, None, None, false);
     let mut pending = Vec::new();
+    let mut add_routes = false;
     // On a takeover the hosts hear first, as with keepalived (its vrrp_state_master_tx adds the
     // VIPs and sends the gratuitous ARP/NA, then the advert): the first advert is held until
     // the first gratuitous ARP/NA is out. RFC 5798 §6.4.2 lists both as one event's actions;
@@ -845,9 +878,18 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
                     }
                 }
                 t_vips = Some(std::time::Instant::now());
+                add_routes = true;
             }
             Action::RemoveVips(_) => {
                 out.flush();
+                add_routes = false;
+                if let Some((routes, list)) = &r.routes {
+                    for rt in list {
+                        if let Err(e) = routes.del(rt).await {
+                            tracing::error!(instance = %r.conf.name, "virtual route: {e}");
+                        }
+                    }
+                }
                 for v in &r.vips {
                     if let Err(e) = vips.del(r.links[v.link].ifindex, v.addr, v.prefix).await {
                         tracing::error!(instance = %r.conf.name, "{e}");
@@ -914,6 +956,17 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
                 }
             }
             Err(_) => tracing::error!(instance = %r.conf.name, "no answer from the kernel to adding the VIPs within 2 s"),
+        }
+    }
+    // Routes after the VIPs (a `src VIP` route needs the address) and after the takeover's
+    // gratuitous ARP/NA and advert, which they must not delay.
+    if add_routes {
+        if let Some((routes, list)) = &r.routes {
+            for rt in list {
+                if let Err(e) = routes.add(rt).await {
+                    tracing::error!(instance = %r.conf.name, "virtual route: {e}");
+                }
+            }
         }
     }
     if let (true, Some((deadline, woke))) = (took_over, r.fired) {

@@ -858,3 +858,44 @@ fn garp_master_refresh_repeats_gratuitous_arp_while_master() {
     assert!(dump.lines().any(|l| l.contains(&h1_mac) && l.contains(&format!("tell {VIP}"))), "the master's:\n{dump}");
     assert!(!dump.lines().any(|l| l.contains(&h2_mac)), "the backup sends none:\n{dump}");
 }
+
+/// keepalived's `virtual_routes`: routes that exist only on the master (a default route out
+/// of a NAT director's uplink, a blackhole for unused space, a route with the VIP as its
+/// source), added after the VIPs and removed with them, moving with a failover.
+#[test]
+fn virtual_routes_follow_mastership() {
+    let Some(bin) = prerequisites("virtual_routes_follow_mastership") else { return };
+    let lan = Lan::new(2);
+    let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
+    let cfg = |dir: &tempdir::Dir, prio: u8| {
+        format!(
+            "[node]\nadmin_socket = \"{}/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = {prio}\n\
+             advert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\ngarp_repeat = 1\n\
+             virtual_routes = [\"203.0.113.0/24 via 192.0.2.254 dev eth0 src {VIP}\", \"blackhole 198.51.100.128/25\", \"default via 192.0.2.254 table 100 metric 7\"]\n",
+            dir.path.display()
+        )
+    };
+    // (A table no route was ever put in does not exist yet: `ip` fails, read as empty.)
+    let routes = |ns: &Netns| (ns.sh("ip route show"), String::from_utf8_lossy(&ns.try_sh("ip route show table 100").stdout).into_owned());
+    let has_all = |ns: &Netns| {
+        let (main, t100) = routes(ns);
+        main.lines().any(|l| l.starts_with("203.0.113.0/24 via 192.0.2.254 dev eth0") && l.contains(&format!("src {VIP}")))
+            && main.lines().any(|l| l.starts_with("blackhole 198.51.100.128/25"))
+            && t100.lines().any(|l| l.starts_with("default via 192.0.2.254 dev eth0") && l.contains("metric 7"))
+    };
+    let has_none = |ns: &Netns| {
+        let (main, t100) = routes(ns);
+        !main.contains("203.0.113.0/24") && !main.contains("198.51.100.128/25") && !t100.contains("default")
+    };
+    let (d1, d2) = (tempdir::Dir::new("vroutes-1"), tempdir::Dir::new("vroutes-2"));
+    let (m, _) = start_corrald(&bin, h1, &d1, &cfg(&d1, 150));
+    let (_b, _) = start_corrald(&bin, h2, &d2, &cfg(&d2, 100));
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP) && has_all(h1)).is_some(), "master h1 has the routes: {:?}", routes(h1));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(has_none(h2), "the backup has none: {:?}", routes(h2));
+    // Failover: the old master releases (SIGTERM: priority 0), removing its routes; the new
+    // master adds them.
+    m.signal("TERM");
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h2, VIP) && has_all(h2)).is_some(), "new master h2: {:?}", routes(h2));
+    assert!(wait_for(Duration::from_secs(3), || has_none(h1)).is_some(), "the old master's are gone: {:?}", routes(h1));
+}

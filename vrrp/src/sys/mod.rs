@@ -4,6 +4,7 @@
 
 pub mod garp;
 pub mod link;
+pub mod route;
 pub mod socket;
 pub mod vip;
 pub mod vmac;
