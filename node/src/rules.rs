@@ -251,6 +251,12 @@ pub struct VirtualServer {
     pub address: Option<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fwmark: Option<u32>,
+    /// keepalived's `virtual_server_group`: more virtual services served exactly as this one
+    /// (same settings, real servers, checks and verdicts): `"192.0.2.101:80"`,
+    /// `"[2001:db8::1]:80"`, an IPv4 range `"192.0.2.110-119:80"`, `"fwmark:7"`. This one's
+    /// `address`/`fwmark` names the group (verdicts, `rs list`, edits by any member).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group: Vec<String>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub family: MarkFamily,
     #[serde(default = "default_protocol", skip_serializing_if = "is_tcp")]
@@ -530,7 +536,57 @@ impl VirtualServer {
             _ => None,
         }
     }
+
+    /// The group's other members ([`VirtualServer::group`]), expanded; the first bad entry's
+    /// index and why.
+    pub fn group_keys(&self) -> Result<Vec<ServiceKey>, (usize, String)> {
+        let mut out = Vec::new();
+        for (i, m) in self.group.iter().enumerate() {
+            let keys = self.group_member(m).map_err(|e| (i, e))?;
+            out.extend(keys);
+            if out.len() > MAX_GROUP {
+                return Err((i, format!("a group of more than {MAX_GROUP} virtual services")));
+            }
+        }
+        Ok(out)
+    }
+
+    fn group_member(&self, m: &str) -> Result<Vec<ServiceKey>, String> {
+        if let Some(n) = m.strip_prefix("fwmark:") {
+            let mark: u32 = n.parse().ok().filter(|m| *m > 0).ok_or_else(|| format!("{m:?}: fwmark:N with N > 0"))?;
+            let family = match self.family {
+                MarkFamily::Inet => Family::Inet,
+                MarkFamily::Inet6 => Family::Inet6,
+            };
+            return Ok(vec![ServiceKey::Fwmark { family, mark }]);
+        }
+        if let Ok(addr) = m.parse::<SocketAddr>() {
+            return Ok(vec![ServiceKey::Addr { protocol: self.protocol, addr }]);
+        }
+        // keepalived's range: the last IPv4 octet, A.B.C.D-E.
+        let bad = || format!("{m:?} is not VIP:PORT, A.B.C.D-E:PORT (a range) or fwmark:N");
+        let (range, port) = m.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let (first, last) = range.split_once('-').ok_or_else(bad)?;
+        let first: std::net::Ipv4Addr = first.parse().map_err(|_| bad())?;
+        let last: u8 = last.parse().map_err(|_| bad())?;
+        let o = first.octets();
+        if last < o[3] {
+            return Err(format!("{m:?}: the range ends below its start"));
+        }
+        Ok((o[3]..=last)
+            .map(|d| ServiceKey::Addr { protocol: self.protocol, addr: SocketAddr::new(std::net::Ipv4Addr::new(o[0], o[1], o[2], d).into(), port) })
+            .collect())
+    }
+
+    /// Every kernel service of this virtual server: its own key, then its group's.
+    pub fn keys(&self) -> Vec<ServiceKey> {
+        self.key().into_iter().chain(self.group_keys().unwrap_or_default()).collect()
+    }
 }
+
+/// The most virtual services one group may expand to.
+const MAX_GROUP: usize = 1024;
 
 fn persistence_netmask(g: &Option<String>, family: Family) -> Result<u32, String> {
     match (g.as_deref(), family) {
@@ -586,6 +642,18 @@ impl RuleSet {
             };
             if !keys.insert(key) {
                 return Err((vs_at(i, if vs.address.is_some() { "address" } else { "fwmark" }), format!("{key} is defined twice")));
+            }
+            let members = vs.group_keys().map_err(|(j, e)| (vec![Key("virtual_server".into()), Index(i), Key("group".into()), Index(j)], e))?;
+            for m in members {
+                if !keys.insert(m) {
+                    return Err((vs_at(i, "group"), format!("{m} is defined twice")));
+                }
+                if m.family() != key.family() && vs.forwarding == Forwarding::Nat {
+                    return Err((vs_at(i, "group"), format!("{m}: NAT serves one address family; {key} is the group's")));
+                }
+                if matches!(m, ServiceKey::Addr { addr, .. } if addr.port() == 0) && vs.persistence_timeout.is_none() {
+                    return Err((vs_at(i, "group"), format!("{m}: port 0 (all ports) needs persistence_timeout, as in ipvsadm")));
+                }
             }
             if !SCHEDULERS.contains(&vs.scheduler.as_str()) {
                 return Err((vs_at(i, "scheduler"), format!("unknown scheduler {:?} (one of {})", vs.scheduler, SCHEDULERS.join(", "))));
@@ -801,6 +869,13 @@ impl RuleSet {
                     svc.dests.insert(dest_key(sorry), dest(sorry, fwd, 0, &placeholder, vs));
                 }
             }
+            // A group's other members: the same service under their keys (one verdict per
+            // real server for the whole group, as keepalived checks a group's real servers once).
+            for k in vs.group_keys().unwrap_or_default() {
+                let mut m = svc.clone();
+                m.key = k;
+                t.insert(m);
+            }
             t.insert(svc);
         }
         t
@@ -896,7 +971,11 @@ fn find(rules: &mut RuleSet, service: &str) -> Result<usize, String> {
         Some(("sctp", r)) => (Some(Protocol::Sctp), r),
         Some(("fwmark", m)) => {
             let m: u32 = m.parse().map_err(|_| format!("{service:?}: fwmark:N needs a number"))?;
-            return rules.virtual_servers.iter().position(|v| v.fwmark == Some(m)).ok_or_else(|| format!("no virtual server fwmark {m}"));
+            return rules
+                .virtual_servers
+                .iter()
+                .position(|v| v.fwmark == Some(m) || v.group_keys().unwrap_or_default().iter().any(|k| matches!(k, ServiceKey::Fwmark { mark, .. } if *mark == m)))
+                .ok_or_else(|| format!("no virtual server fwmark {m}"));
         }
         _ => (None, service),
     };
@@ -904,7 +983,10 @@ fn find(rules: &mut RuleSet, service: &str) -> Result<usize, String> {
     rules
         .virtual_servers
         .iter()
-        .position(|v| v.address == Some(addr) && proto.is_none_or(|p| p == v.protocol))
+        .position(|v| {
+            proto.is_none_or(|p| p == v.protocol)
+                && (v.address == Some(addr) || v.group_keys().unwrap_or_default().iter().any(|k| matches!(k, ServiceKey::Addr { addr: a, .. } if *a == addr)))
+        })
         .ok_or_else(|| format!("no virtual server {service}"))
 }
 
@@ -1431,6 +1513,67 @@ forwarding = "dr"
             assert_eq!(e.key, key, "{bad}: {e}");
         }
         assert!(parse("[timeouts]\ntcpfin = \"1m\"\n").unwrap_err().message.contains("unknown field"));
+    }
+
+    #[test]
+    fn a_group_serves_more_virtual_services_like_the_first() {
+        let r = parse(
+            r#"
+[[virtual_server]]
+address = "192.0.2.100:80"
+group = ["192.0.2.110-112:80", "[2001:db8::100]:80", "fwmark:7"]
+forwarding = "dr"
+scheduler = "rr"
+check = { type = "tcp" }
+[[virtual_server.real_server]]
+address = "198.51.100.1:80"
+weight = 3
+"#,
+        )
+        .unwrap();
+        let vs = &r.virtual_servers[0];
+        assert_eq!(vs.keys().len(), 6);
+        let t = r.desired_table(&Verdicts::new());
+        assert_eq!(t.services.len(), 6);
+        let saved = ipvs::text::save(&t);
+        for line in [
+            "-A -t 192.0.2.100:80 -s rr",
+            "-A -t 192.0.2.111:80 -s rr",
+            "-A -t [2001:db8::100]:80 -s rr",
+            "-A -f 7 -s rr",
+            "-a -t 192.0.2.112:80 -r 198.51.100.1:80 -g -w 3",
+            "-a -f 7 -r 198.51.100.1:80 -g -w 3",
+        ] {
+            assert!(saved.contains(line), "{line}:\n{saved}");
+        }
+        // One check and one verdict for the group: a real server down leaves every member.
+        assert_eq!(r.checks().len(), 1);
+        let mut v = Verdicts::new();
+        v.insert(r.checks()[0].key.clone(), Verdict::DOWN);
+        assert!(r.desired_table(&v).services.values().all(|s| s.dests.is_empty()));
+        // Edits reach the group by any member.
+        let mut e = r.clone();
+        Edit::RsWeight { service: "192.0.2.111:80".into(), address: "198.51.100.1:80".parse().unwrap(), weight: 9 }.apply(&mut e).unwrap();
+        Edit::RsDrain { service: "fwmark:7".into(), address: "198.51.100.1:80".parse().unwrap() }.apply(&mut e).unwrap();
+        assert_eq!(e.virtual_servers[0].real_servers[0].weight, 0);
+        let text = toml::to_string(&r).unwrap();
+        assert_eq!(parse(&text).unwrap(), r, "{text}");
+
+        let base = "[[virtual_server]]\naddress = \"192.0.2.100:80\"\n";
+        for (extra, key, says) in [
+            ("group = [\"192.0.2.100:80\"]\n", "virtual_server[0].group", "defined twice"),
+            ("group = [\"192.0.2.1:80\", \"bogus\"]\n", "virtual_server[0].group[1]", "not VIP:PORT"),
+            ("group = [\"192.0.2.9-3:80\"]\n", "virtual_server[0].group[0]", "ends below"),
+            ("group = [\"[2001:db8::1]:80\"]\n", "virtual_server[0].group", "NAT serves one address family"),
+            ("group = [\"192.0.2.7:0\"]\nforwarding = \"dr\"\n", "virtual_server[0].group", "port 0"),
+            ("group = [\"fwmark:0\"]\n", "virtual_server[0].group[0]", "N > 0"),
+        ] {
+            let e = parse(&format!("{base}{extra}")).unwrap_err();
+            assert_eq!(e.key, key, "{extra}: {e}");
+            assert!(e.message.contains(says), "{extra}: {e}");
+        }
+        let e = parse(&format!("{base}[[virtual_server]]\naddress = \"192.0.2.50:80\"\ngroup = [\"192.0.2.99-100:80\"]\n")).unwrap_err();
+        assert!(e.message.contains("TCP 192.0.2.100:80 is defined twice"), "{e}");
     }
 
     #[test]

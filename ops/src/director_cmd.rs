@@ -208,7 +208,8 @@ pub fn get(socket: &Path, cmd: GetCmd) -> Result<()> {
                     (_, Some(m)) => format!("FWM {m}"),
                     _ => "?".into(),
                 };
-                println!("{name} {} {:?}", vs.scheduler, vs.forwarding);
+                let group = if vs.group.is_empty() { String::new() } else { format!(" (group: {})", vs.group.join(", ")) };
+                println!("{name} {} {:?}{group}", vs.scheduler, vs.forwarding);
                 for rs in &vs.real_servers {
                     println!("  -> {} weight {}", rs.address, rs.weight);
                 }
@@ -238,6 +239,7 @@ pub fn vs(socket: &Path, cmd: VsCmd, dry_run: bool) -> Result<()> {
             let vs = VirtualServer {
                 address,
                 fwmark,
+                group: Vec::new(),
                 family: if ipv6 { MarkFamily::Inet6 } else { MarkFamily::Inet },
                 protocol,
                 scheduler,

@@ -22,6 +22,7 @@ udp = "200s"
 
 [[virtual_server]]
 address = "192.0.2.100:80"
+group = ["192.0.2.101:80"]
 scheduler = "rr"
 [[virtual_server.real_server]]
 address = "198.51.100.11:80"
@@ -99,12 +100,14 @@ fn rules_reach_every_director_identically_drift_is_repaired_and_restarts_restore
     let t = Instant::now();
     let same = wait_for(Duration::from_secs(20), || {
         let a = save(&c, 0);
-        a.lines().count() == 10 && (1..3).all(|i| save(&c, i) == a)
+        a.lines().count() == 13 && (1..3).all(|i| save(&c, i) == a)
     });
     assert!(same.is_some(), "tables differ or incomplete:\n{}\n{}\n{}", save(&c, 0), save(&c, 1), save(&c, 2));
     eprintln!("apply on d2 → identical ipvsadm -Sn on 3 directors after {:?}:\n{}", t.elapsed(), save(&c, 0));
     let table = save(&c, 0);
     assert!(table.contains("-A -t 192.0.2.100:80 -s rr"), "{table}");
+    // A group member (keepalived's virtual_server_group) is the same service at another VIP.
+    assert!(table.contains("-A -t 192.0.2.101:80 -s rr") && table.contains("-a -t 192.0.2.101:80 -r 198.51.100.12:80 -m -w 2"), "{table}");
     assert!(table.contains("-a -t 192.0.2.100:80 -r 198.51.100.12:80 -m -w 2"), "{table}");
     assert!(table.contains("-A -f 7 -s mh"), "{table}");
     assert!(table.contains("-A -t [2001:db8::100]:443 -s wlc -p 300"), "{table}");
@@ -194,7 +197,7 @@ fn rules_reach_every_director_identically_drift_is_repaired_and_restarts_restore
     // `vs edit` changes a service in place (ipvsadm -E): its real servers stay as they were.
     let o = c.ctl(0, "vs edit 192.0.2.100:80 --scheduler wrr");
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let want = table.replace("-A -t 192.0.2.100:80 -s rr", "-A -t 192.0.2.100:80 -s wrr");
+    let want = table.replace("-A -t 192.0.2.100:80 -s rr", "-A -t 192.0.2.100:80 -s wrr").replace("-A -t 192.0.2.101:80 -s rr", "-A -t 192.0.2.101:80 -s wrr");
     assert_ne!(want, table);
     let edited = wait_for(Duration::from_secs(10), || save(&c, 0) == want && save(&c, 2) == want);
     assert!(edited.is_some(), "vs edit not applied as asked:\n{}\nwanted:\n{want}", save(&c, 0));
@@ -226,7 +229,7 @@ fn foreign_services_are_kept_beside_the_rules_when_asked() {
     std::fs::write(&file, RULES).unwrap();
     let o = c.ctl(0, &format!("apply -f {}", file.display()));
     assert_eq!(o.code, 0, "apply: {}{}", o.stdout, o.stderr);
-    let applied = wait_for(Duration::from_secs(20), || (0..3).all(|i| save(&c, i).lines().count() == 12));
+    let applied = wait_for(Duration::from_secs(20), || (0..3).all(|i| save(&c, i).lines().count() == 15));
     assert!(applied.is_some(), "rules not applied beside the foreign service:\n{}", save(&c, 0));
     std::thread::sleep(Duration::from_secs(3)); // several drift checks
     let table = save(&c, 0);
@@ -236,7 +239,7 @@ fn foreign_services_are_kept_beside_the_rules_when_asked() {
         assert_eq!(t, table, "d{}", i + 1);
     }
     let rules_only = without_foreign(&table);
-    assert_eq!(rules_only.lines().count(), 10, "{rules_only}");
+    assert_eq!(rules_only.lines().count(), 13, "{rules_only}");
 
     // d3 down while a service leaves the rules; back, it removes it and keeps the foreign one.
     c.kill(2);
