@@ -29,6 +29,10 @@ pub struct Config {
     /// moves the priority of the instances that track it (maintenance by `echo`).
     #[serde(default)]
     pub track_file: Vec<TrackFileConfig>,
+    /// Tracked processes (`[[track_process]]`), keepalived's `vrrp_track_process`: how many
+    /// copies of a program run moves the priority (a director whose haproxy died steps down).
+    #[serde(default)]
+    pub track_process: Vec<TrackProcessConfig>,
     /// `[cluster]`: present = this node is a cluster member (gossip + Raft); absent = standalone.
     #[serde(default)]
     pub cluster: Option<ClusterSection>,
@@ -303,6 +307,9 @@ pub struct VrrpInstanceConfig {
     /// `"maint"` (the file's own weight) or `{ name = "maint", weight = -10, reverse = true }`.
     #[serde(default)]
     pub track_files: Vec<TrackFileRef>,
+    /// `"haproxy"` (the process's own weight) or `{ name = "haproxy", weight = -60 }`.
+    #[serde(default)]
+    pub track_processes: Vec<TrackFileRef>,
     /// keepalived's `use_vmac`: a macvlan with MAC 00:00:5e:00:01:VRID (IPv6 00:00:5e:00:02:VRID)
     /// carries the VIPs and sends the adverts, so a failover changes no host's ARP cache.
     #[serde(default)]
@@ -569,6 +576,37 @@ pub struct TrackFileConfig {
     pub init_overwrite: bool,
 }
 
+/// `[[track_process]]`: keepalived's `vrrp_track_process`. Running processes are counted
+/// every `interval` by their command (`/proc/PID/comm`, the first word of their command line,
+/// or its file name); with `params`, their other words must be exactly these. Up while
+/// `quorum <= count <= quorum_max`, with keepalived's weights (0: down means FAULT; > 0 added
+/// while up; < 0 added while down; `reverse` swaps up and down). A drop below the quorum
+/// counts only after `delay` (a restart in progress).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackProcessConfig {
+    pub name: String,
+    pub process: String,
+    #[serde(default)]
+    pub params: Option<Vec<String>>,
+    #[serde(default = "one")]
+    pub quorum: u32,
+    #[serde(default)]
+    pub quorum_max: Option<u32>,
+    #[serde(default = "one_i32")]
+    pub weight: i32,
+    #[serde(default)]
+    pub reverse: bool,
+    #[serde(default = "default_process_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+    #[serde(default = "default_garp_delay", with = "humantime_serde_compat")]
+    pub delay: Duration,
+}
+
+fn default_process_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
 /// A tracked file reference: `"maint"` (the file's own weight) or `{ name, weight, reverse }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
@@ -829,6 +867,17 @@ impl Config {
                     return Err((here, format!("no [[track_script]] named {:?}", t.name())));
                 }
             }
+            for (j, t) in v.track_processes.iter().enumerate() {
+                let here = vec![Key("vrrp".into()), Index(i), Key("track_processes".into()), Index(j)];
+                if !self.track_process.iter().any(|f| f.name == t.name()) {
+                    return Err((here, format!("no [[track_process]] named {:?}", t.name())));
+                }
+                if let TrackFileRef::Weighted { weight, .. } = t {
+                    if !(-254..=254).contains(weight) {
+                        return Err((here, "weight must be within -254..=254".into()));
+                    }
+                }
+            }
             for (j, t) in v.track_files.iter().enumerate() {
                 let here = vec![Key("vrrp".into()), Index(i), Key("track_files".into()), Index(j)];
                 if !self.track_file.iter().any(|f| f.name == t.name()) {
@@ -962,6 +1011,25 @@ impl Config {
             }
             if f.init_overwrite && f.init_file.is_none() {
                 return Err((at("init_overwrite"), "needs init_file = VALUE".into()));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.track_process.iter().enumerate() {
+            let at = |k: &str| vec![Key("track_process".into()), Index(i), Key(k.into())];
+            if !names.insert(p.name.as_str()) {
+                return Err((at("name"), format!("a second [[track_process]] named {:?}", p.name)));
+            }
+            if p.process.is_empty() {
+                return Err((at("process"), "the command to look for".into()));
+            }
+            if !(-254..=254).contains(&p.weight) {
+                return Err((at("weight"), "weight must be within -254..=254".into()));
+            }
+            if p.quorum_max.is_some_and(|m| m < p.quorum) {
+                return Err((at("quorum_max"), "below quorum".into()));
+            }
+            if p.interval < Duration::from_millis(100) {
+                return Err((at("interval"), "at least 100ms".into()));
             }
         }
         Ok(())

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::config::{Config, TrackFileConfig, TrackFileRef, TrackInterface, TrackScriptConfig, TrackScriptRef};
+use crate::config::{Config, TrackFileConfig, TrackFileRef, TrackInterface, TrackProcessConfig, TrackScriptConfig, TrackScriptRef};
 
 /// How often scripts are considered for a run (their own `interval` decides), and how often
 /// interfaces are polled when link events are unavailable.
@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub scripts: BTreeMap<String, bool>,
     /// Each tracked file's value (0 when missing or not a number).
     pub files: BTreeMap<String, i64>,
+    /// Each tracked process: within its quorum (after `delay` for a drop).
+    pub processes: BTreeMap<String, bool>,
     /// Quorum fencing: this node cannot see a majority of the Raft voters.
     pub quorum_lost: bool,
 }
@@ -63,6 +65,8 @@ pub struct Tracked<'a> {
     pub script_defs: &'a [TrackScriptConfig],
     pub files: &'a [TrackFileRef],
     pub file_defs: &'a [TrackFileConfig],
+    pub processes: &'a [TrackFileRef],
+    pub process_defs: &'a [TrackProcessConfig],
 }
 
 /// (fault, adjustment) of one instance under `snap`.
@@ -86,6 +90,14 @@ pub fn effect(t: &Tracked<'_>, snap: &Snapshot) -> (bool, i32) {
             TrackScriptRef::Weighted { weight, .. } => *weight,
         };
         apply(snap.scripts.get(s.name()).copied().unwrap_or(true), weight);
+    }
+    for p in t.processes {
+        let def = t.process_defs.iter().find(|d| d.name == p.name());
+        let (weight, reverse) = match p {
+            TrackFileRef::Name(_) => def.map_or((1, false), |d| (d.weight, d.reverse)),
+            TrackFileRef::Weighted { weight, reverse, .. } => (*weight, *reverse),
+        };
+        apply(snap.processes.get(p.name()).copied().unwrap_or(false) != reverse, weight);
     }
     for f in t.files {
         let def = t.file_defs.iter().find(|d| d.name == f.name());
@@ -124,7 +136,54 @@ pub fn initial(cfg: &Config) -> Snapshot {
     for f in &cfg.track_file {
         snap.files.insert(f.name.clone(), read_track_file(f).0);
     }
+    if !cfg.track_process.is_empty() {
+        let procs = scan_processes();
+        for p in &cfg.track_process {
+            snap.processes.insert(p.name.clone(), within_quorum(p, &procs));
+        }
+    }
     snap
+}
+
+/// A running process as `track_process` matches it: its `comm` and its command line.
+pub struct Proc {
+    pub comm: String,
+    pub argv: Vec<String>,
+}
+
+/// Every process now (one pass over /proc; kernel threads have no command line and are
+/// matched by `comm` only). Processes that exit during the pass are skipped.
+pub fn scan_processes() -> Vec<Proc> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let p = e.path();
+        let Ok(comm) = std::fs::read_to_string(p.join("comm")) else { continue };
+        let argv = std::fs::read(p.join("cmdline"))
+            .map(|b| b.split(|c| *c == 0).filter(|w| !w.is_empty()).map(|w| String::from_utf8_lossy(w).into_owned()).collect())
+            .unwrap_or_default();
+        out.push(Proc { comm: comm.trim_end_matches('\n').to_string(), argv });
+    }
+    out
+}
+
+/// Whether `p` names this process: its `comm` (what `ps -o comm` shows, 15 bytes at most),
+/// its first command-line word or that word's file name; with `params`, the other words too.
+pub fn matches(def: &TrackProcessConfig, p: &Proc) -> bool {
+    let first = p.argv.first().map(String::as_str);
+    let base = first.map(|f| f.rsplit('/').next().unwrap_or(f));
+    let named = p.comm == def.process || first == Some(def.process.as_str()) || base == Some(def.process.as_str());
+    named && def.params.as_ref().is_none_or(|want| p.argv.get(1..).is_some_and(|rest| rest == want.as_slice()))
+}
+
+/// Whether the count of matching processes is within the quorum.
+pub fn within_quorum(def: &TrackProcessConfig, procs: &[Proc]) -> bool {
+    let n = procs.iter().filter(|p| matches(def, p)).count() as u64;
+    n >= u64::from(def.quorum) && def.quorum_max.is_none_or(|m| n <= u64::from(m))
 }
 
 /// A tracked file's value, and the text when it is not a number (to be logged): 0 when the
@@ -175,6 +234,9 @@ pub async fn run(cfg: Config, mut snap: Snapshot, tx: mpsc::Sender<Snapshot>) {
     let (done_tx, mut done_rx) = mpsc::channel::<(usize, bool)>(64);
     // Track files whose text was not a number, with that text: logged once per new text.
     let mut bad_files: BTreeMap<String, String> = BTreeMap::new();
+    // Tracked processes: (next scan, since when out of quorum while still counted up).
+    let mut proc_due: Vec<(tokio::time::Instant, Option<tokio::time::Instant>)> =
+        cfg.track_process.iter().map(|_| (tokio::time::Instant::now(), None)).collect();
     let mut events = match vrrp::sys::link::LinkEvents::subscribe() {
         Ok(e) => Some(e),
         Err(e) => {
@@ -234,13 +296,39 @@ pub async fn run(cfg: Config, mut snap: Snapshot, tx: mpsc::Sender<Snapshot>) {
                         changed = true;
                     }
                 }
+                let now = tokio::time::Instant::now();
+                if proc_due.iter().any(|(at, _)| *at <= now) {
+                    // One pass over /proc for every process due now.
+                    let procs = scan_processes();
+                    for (p, (at, below)) in cfg.track_process.iter().zip(proc_due.iter_mut()) {
+                        if *at > now {
+                            continue;
+                        }
+                        *at = now + p.interval;
+                        let inside = within_quorum(p, &procs);
+                        let was = snap.processes.get(&p.name).copied().unwrap_or(false);
+                        let up = match (inside, was) {
+                            (true, _) => {
+                                *below = None;
+                                true
+                            }
+                            (false, false) => false,
+                            // Up until it has been out of quorum for `delay`.
+                            (false, true) => now.duration_since(*below.get_or_insert(now)) < p.delay,
+                        };
+                        if up != was {
+                            tracing::info!(track_process = %p.name, process = %p.process, "tracked process is now {}", if up { "up" } else { "down" });
+                            snap.processes.insert(p.name.clone(), up);
+                            changed = true;
+                        }
+                    }
+                }
                 let ql = quorum_lost();
                 if ql != snap.quorum_lost {
                     snap.quorum_lost = ql;
                     changed = true;
                     tracing::warn!("quorum fencing: this node {} a majority of the Raft voters", if ql { "lost sight of" } else { "sees again" });
                 }
-                let now = tokio::time::Instant::now();
                 for (i, s) in scripts.iter_mut().enumerate() {
                     if !s.running && s.due <= now {
                         s.running = true;
@@ -303,7 +391,7 @@ mod tests {
     }
 
     fn eff(ifaces: &[TrackInterface], scripts: &[TrackScriptRef], defs: &[TrackScriptConfig], snap: &Snapshot) -> (bool, i32) {
-        effect(&Tracked { ifaces, scripts, script_defs: defs, files: &[], file_defs: &[] }, snap)
+        effect(&Tracked { ifaces, scripts, script_defs: defs, files: &[], file_defs: &[], processes: &[], process_defs: &[] }, snap)
     }
 
     #[test]
@@ -342,7 +430,7 @@ mod tests {
             for (n, v) in values {
                 snap.files.insert((*n).into(), *v);
             }
-            effect(&Tracked { ifaces: &[], scripts: &[], script_defs: &[], files: &refs, file_defs: &defs }, &snap)
+            effect(&Tracked { ifaces: &[], scripts: &[], script_defs: &[], files: &refs, file_defs: &defs, processes: &[], process_defs: &[] }, &snap)
         };
         let name = |n: &str| TrackFileRef::Name(n.into());
         assert_eq!(with(vec![name("maint")], &[("maint", -20)]), (false, -20));
@@ -387,6 +475,65 @@ mod tests {
         init_files(&cfg);
         assert_eq!(std::fs::read_to_string(&f.file).unwrap(), "-5\n", "overwritten");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn process(name: &str, process: &str) -> TrackProcessConfig {
+        TrackProcessConfig {
+            name: name.into(),
+            process: process.into(),
+            params: None,
+            quorum: 1,
+            quorum_max: None,
+            weight: 1,
+            reverse: false,
+            interval: Duration::from_secs(1),
+            delay: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn track_process_matches_like_keepalived() {
+        let p = |comm: &str, argv: &[&str]| Proc { comm: comm.into(), argv: argv.iter().map(|s| s.to_string()).collect() };
+        let running = [
+            p("haproxy", &["/usr/sbin/haproxy", "-f", "/etc/haproxy/haproxy.cfg"]),
+            p("haproxy", &["/usr/sbin/haproxy", "-f", "/etc/haproxy/other.cfg"]),
+            p("kworker/0:1", &[]),
+            p("a-very-long-pr", &["/opt/bin/a-very-long-program-name"]),
+        ];
+        assert!(within_quorum(&process("h", "haproxy"), &running), "by comm");
+        assert!(within_quorum(&process("h", "/usr/sbin/haproxy"), &running), "by path");
+        assert!(within_quorum(&process("l", "a-very-long-program-name"), &running), "by file name past comm's 15 bytes");
+        assert!(within_quorum(&process("k", "kworker/0:1"), &running), "a kernel thread by comm");
+        let mut two = process("h", "haproxy");
+        two.quorum = 2;
+        assert!(within_quorum(&two, &running));
+        two.quorum = 3;
+        assert!(!within_quorum(&two, &running), "two running, three needed");
+        let mut at_most_one = process("h", "haproxy");
+        at_most_one.quorum_max = Some(1);
+        assert!(!within_quorum(&at_most_one, &running), "quorum_max");
+        let mut params = process("h", "haproxy");
+        params.params = Some(vec!["-f".into(), "/etc/haproxy/other.cfg".into()]);
+        params.quorum_max = Some(1);
+        assert!(within_quorum(&params, &running), "exactly one with these parameters");
+        assert!(!within_quorum(&process("n", "nginx"), &running));
+
+        let defs = vec![process("h", "haproxy"), TrackProcessConfig { weight: 0, ..process("z", "nginx") }];
+        let mut snap = Snapshot::default();
+        snap.processes.insert("h".into(), false);
+        snap.processes.insert("z".into(), true);
+        let with = |refs: Vec<TrackFileRef>, snap: &Snapshot| {
+            effect(&Tracked { ifaces: &[], scripts: &[], script_defs: &[], files: &[], file_defs: &[], processes: &refs, process_defs: &defs }, snap)
+        };
+        let minus = TrackFileRef::Weighted { name: "h".into(), weight: -60, reverse: false };
+        assert_eq!(with(vec![minus.clone()], &snap), (false, -60), "down: the negative weight");
+        let rev = TrackFileRef::Weighted { name: "h".into(), weight: -60, reverse: true };
+        assert_eq!(with(vec![rev], &snap), (false, 0), "reverse: down counts as up");
+        snap.processes.insert("z".into(), false);
+        assert_eq!(with(vec![TrackFileRef::Name("z".into())], &snap), (true, 0), "weight 0: down means FAULT");
+        // The scan itself finds this test's own process.
+        let me = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert!(within_quorum(&process("me", me.trim()), &scan_processes()));
     }
 
     #[test]

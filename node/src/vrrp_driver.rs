@@ -396,6 +396,8 @@ fn apply_tracking(r: &mut Running, cfg: &Config, snap: &crate::tracking::Snapsho
         script_defs: &cfg.track_script,
         files: &r.conf.track_files,
         file_defs: &cfg.track_file,
+        processes: &r.conf.track_processes,
+        process_defs: &cfg.track_process,
     };
     let (fault, adjust) = crate::tracking::effect(&tracked, snap);
     let adjust = adjust - if snap.quorum_lost { fence_drop(cfg) } else { 0 };

@@ -899,3 +899,40 @@ fn virtual_routes_follow_mastership() {
     assert!(wait_for(Duration::from_secs(3), || has_addr(h2, VIP) && has_all(h2)).is_some(), "new master h2: {:?}", routes(h2));
     assert!(wait_for(Duration::from_secs(3), || has_none(h1)).is_some(), "the old master's are gone: {:?}", routes(h1));
 }
+
+/// keepalived's `vrrp_track_process`: the director whose tracked program is not running
+/// steps down (weight -60: 150 → 90, below keepalived's 100) and takes the VIP back once it
+/// runs again. The program is a copy of `sleep` under a name unique to this test (processes
+/// are seen across network namespaces).
+#[test]
+fn track_process_moves_mastership_like_keepalived() {
+    let Some(bin) = prerequisites("track_process_moves_mastership_like_keepalived") else { return };
+    let lan = Lan::new(2);
+    let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = tempdir::Dir::new("trackproc");
+    let prog = format!("ctrk{}", std::process::id() % 1_000_000);
+    let path = dir.path.join(&prog);
+    std::fs::copy("/bin/sleep", &path).unwrap();
+    let cfg = format!(
+        "[node]\nadmin_socket = \"{d}/admin.sock\"\n\n[[track_process]]\nname = \"svc\"\nprocess = \"{prog}\"\nweight = -60\ninterval = \"200ms\"\n\n\
+         [[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n\
+         track_processes = [\"svc\"]\n",
+        d = dir.path.display()
+    );
+    let (_c, _) = start_corrald(&bin, h1, &dir, &cfg);
+    let _k = keepalived(h2, &dir, 3, 100, "0.1", None);
+    // Not running: 90, keepalived (100) is master.
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h2, VIP)).is_some(), "keepalived is master while the program is not running");
+    let at = |prio: u64, state: &str| {
+        let st = vrrp_status(&bin, &dir);
+        st["state"] == state && st["effective_priority"] == prio
+    };
+    assert!(wait_for(Duration::from_secs(2), || at(90, "BACKUP")).is_some(), "{}", vrrp_status(&bin, &dir));
+    // Started: 150, corral preempts.
+    let mut child = std::process::Command::new(&path).arg("600").spawn().unwrap();
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP) && at(150, "MASTER")).is_some(), "{}", vrrp_status(&bin, &dir));
+    // Killed: back to 90.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h2, VIP) && !has_addr(h1, VIP)).is_some(), "keepalived takes over when it dies");
+}
