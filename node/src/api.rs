@@ -59,12 +59,11 @@ pub enum Request {
     Apply { rules: crate::rules::RuleSet, #[serde(default)] dry_run: bool },
     /// The rule set as replicated (valid `apply` input).
     GetServices,
-    /// One edit of the rule set (`corralctl vs …` / `rs …`); `dry_run` validates and diffs only.
-    Edit {
-        edit: crate::rules::Edit,
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        dry_run: bool,
-    },
+    /// One edit of the rule set (`corralctl vs …` / `rs …`).
+    Edit { edit: crate::rules::Edit },
+    /// The same, validated and diffed only (`--dry-run`). A request of its own, not a flag on
+    /// `Edit`: a node that does not know it refuses it rather than commit the edit.
+    PreviewEdit { edit: crate::rules::Edit },
     /// Per node: applied revision, drift, last error, VRRP and sync-daemon state.
     Status,
     /// This node's own report, as of now: `status` asks every member for it (a gossiped copy
@@ -95,6 +94,7 @@ impl Request {
                 | Request::KvPut { .. }
                 | Request::Apply { .. }
                 | Request::Edit { .. }
+                | Request::PreviewEdit { .. }
         )
     }
 }

@@ -412,6 +412,9 @@ pub fn parse_vip(s: &str) -> Result<VipSpec, String> {
     if v.label.is_some() && addr.is_ipv6() {
         return Err("label: IPv6 addresses have no labels".into());
     }
+    if v.scope.is_some() && addr.is_ipv6() {
+        return Err("scope: an IPv6 address's scope follows from the address (the kernel ignores it)".into());
+    }
     Ok(v)
 }
 
@@ -494,6 +497,9 @@ pub fn parse_route(s: &str) -> Result<RouteSpec, String> {
                     (None, 0)
                 } else {
                     let (a, p) = parse_cidr(d).map_err(|e| format!("destination: {e}"))?;
+                    if masked(a, p) != a {
+                        return Err(format!("destination {d}: host bits set (the network is {}/{p})", masked(a, p)));
+                    }
                     (Some(a), p)
                 });
             }
@@ -516,6 +522,20 @@ pub fn parse_route(s: &str) -> Result<RouteSpec, String> {
         return Err("a blackhole/unreachable/prohibit route takes no via or dev".into());
     }
     Ok(r)
+}
+
+/// `a` with the bits past `prefix` cleared.
+fn masked(a: std::net::IpAddr, prefix: u8) -> std::net::IpAddr {
+    match a {
+        std::net::IpAddr::V4(v) => {
+            let m = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            std::net::Ipv4Addr::from(u32::from(v) & m).into()
+        }
+        std::net::IpAddr::V6(v) => {
+            let m = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+            std::net::Ipv6Addr::from(u128::from(v) & m).into()
+        }
+    }
 }
 
 fn valid_ifname(n: &str) -> bool {
@@ -826,7 +846,12 @@ impl Config {
                         return Err((here(), format!("{} is listed twice in this instance", spec.addr)));
                     }
                     if let Some(l) = &spec.label {
-                        let dev = spec.dev.clone().unwrap_or_else(|| v.vip_home());
+                        // Its interface: `dev`, but the instance's own interface means the
+                        // vmac under use_vmac (the VIP goes there).
+                        let dev = match &spec.dev {
+                            Some(d) if *d != v.interface => d.clone(),
+                            _ => v.vip_home(),
+                        };
                         if !l.starts_with(&dev) {
                             return Err((here(), format!("label {l:?} must begin with its interface's name {dev:?} (e.g. \"{dev}:vip\")")));
                         }
@@ -1216,7 +1241,7 @@ virtual_ips = ["2001:db8::100/64"]
     fn virtual_ips_take_keepalived_dev_label_and_scope() {
         let v = parse_vip("192.0.2.100/24 dev eth1 label eth1:web scope host").unwrap();
         assert_eq!(v, VipSpec { addr: "192.0.2.100".parse().unwrap(), prefix: 24, dev: Some("eth1".into()), label: Some("eth1:web".into()), scope: Some(254) });
-        assert_eq!(parse_vip("2001:db8::1 scope link").unwrap().scope, Some(253));
+        assert!(parse_vip("2001:db8::1 scope link").unwrap_err().contains("IPv6"));
         assert_eq!(parse_vip("192.0.2.1 scope 7").unwrap().prefix, 32);
         for (bad, says) in [
             ("192.0.2.100/24 brd 192.0.2.255", "\"brd\""),
@@ -1316,6 +1341,7 @@ virtual_ips = ["2001:db8::100/64"]
             ("192.0.2.0/33 dev eth0", "destination"),
             ("dev eth0", "needs a destination"),
             ("192.0.2.0/24 dev eth0 table 0", "table"),
+            ("10.1.2.3/8 dev eth0", "host bits set (the network is 10.0.0.0/8)"),
         ] {
             let e = parse_route(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");

@@ -268,9 +268,15 @@ struct Managed {
 }
 
 impl Managed {
+    /// Reads the record. One that cannot be read is not fatal (the daemon must start, VRRP
+    /// and all): it starts empty, with a warning, and only services the rules dropped while
+    /// this node was down can then be left behind.
     fn load(path: PathBuf) -> Result<Managed, String> {
         let keys = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e} (delete it to start afresh)", path.display()))?,
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(file = %path.display(), error = %e, "the record of corral's IPVS services is unreadable: starting without it (services the rules dropped while this node was down stay)");
+                BTreeSet::new()
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
@@ -296,10 +302,23 @@ impl Managed {
         Ok(())
     }
 
+    /// Written whole and durably: a temporary file, synced, renamed over the old one, and
+    /// the directory synced, so a crash leaves the old record or the new one.
     fn save(&self) -> Result<(), String> {
+        use std::io::Write;
         let tmp = self.path.with_extension("json.tmp");
         let body = serde_json::to_vec(&self.keys).map_err(|e| e.to_string())?;
-        std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &self.path)).map_err(|e| format!("{}: {e}", self.path.display()))
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| format!("{}: {e}", self.path.display()))
     }
 }
 
@@ -349,8 +368,10 @@ impl Reconciler {
             Some(_) => ipvs::diff(&self.ours(&table, &desired), &desired),
         };
         if let Some(m) = &mut self.managed {
+            // Not a reason to leave the kernel as it is (a dead real server must still go):
+            // the record only decides what a later restart may remove.
             if let Err(e) = m.extend(desired.services.keys().copied()) {
-                return self.set_err(format!("record the services corral manages: {e}"));
+                tracing::warn!(error = %e, "record the services corral manages");
             }
         }
         let t_diff = t0.elapsed();
@@ -382,6 +403,7 @@ impl Reconciler {
             self.known = Some(table);
         }
         let t_apply = t0.elapsed();
+        let mut timeouts_err = None;
         if let Some(want) = rules.timeouts {
             if check == Check::Kernel || self.timeouts_set != Some(want) {
                 match self.ipvs.ensure_timeouts(&want) {
@@ -394,7 +416,9 @@ impl Reconciler {
                             tracing::info!(timeouts = %rules::timeouts_text(Some(want)), "IPVS timeouts set");
                         }
                     }
-                    Err(e) => return self.set_err(e),
+                    // The table is applied: the revision's bookkeeping goes on, the error is shown
+                    // (and the next drift check tries again).
+                    Err(e) => timeouts_err = Some(e),
                 }
             }
         }
@@ -425,7 +449,10 @@ impl Reconciler {
             st.last_ops = ops.len();
         }
         st.applied_revision = state.revision;
-        st.last_error = None;
+        st.last_error = timeouts_err.clone();
+        if let Some(e) = timeouts_err {
+            tracing::warn!(error = %e, "reconcile");
+        }
         st.kernel_objects = desired.object_count();
         self.applied_rev = Some(state.revision);
     }

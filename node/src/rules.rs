@@ -554,9 +554,11 @@ impl VirtualServer {
     fn group_member(&self, m: &str) -> Result<Vec<ServiceKey>, String> {
         if let Some(n) = m.strip_prefix("fwmark:") {
             let mark: u32 = n.parse().ok().filter(|m| *m > 0).ok_or_else(|| format!("{m:?}: fwmark:N with N > 0"))?;
-            let family = match self.family {
-                MarkFamily::Inet => Family::Inet,
-                MarkFamily::Inet6 => Family::Inet6,
+            // The group's family: its address's, or `family` for a firewall-mark group.
+            let family = match (self.address, self.family) {
+                (Some(a), _) => Family::of(&a.ip()),
+                (None, MarkFamily::Inet) => Family::Inet,
+                (None, MarkFamily::Inet6) => Family::Inet6,
             };
             return Ok(vec![ServiceKey::Fwmark { family, mark }]);
         }
@@ -584,6 +586,10 @@ impl VirtualServer {
         self.key().into_iter().chain(self.group_keys().unwrap_or_default()).collect()
     }
 }
+
+/// The kernel takes a real server of the other address family than its service only with
+/// tunnel forwarding (IPv6-in-IPv4 or the reverse), and not while a connection-sync daemon runs.
+const MIXED_FAMILY: &str = "of the other address family than the virtual server: only tunnel forwarding can reach it (and no director may run a sync daemon)";
 
 /// The most virtual services one group may expand to.
 const MAX_GROUP: usize = 1024;
@@ -648,8 +654,8 @@ impl RuleSet {
                 if !keys.insert(m) {
                     return Err((vs_at(i, "group"), format!("{m} is defined twice")));
                 }
-                if m.family() != key.family() && vs.forwarding == Forwarding::Nat {
-                    return Err((vs_at(i, "group"), format!("{m}: NAT serves one address family; {key} is the group's")));
+                if m.family() != key.family() {
+                    return Err((vs_at(i, "group"), format!("{m}: a group is of one address family, {key}'s (use a second virtual server)")));
                 }
                 if matches!(m, ServiceKey::Addr { addr, .. } if addr.port() == 0) && vs.persistence_timeout.is_none() {
                     return Err((vs_at(i, "group"), format!("{m}: port 0 (all ports) needs persistence_timeout, as in ipvsadm")));
@@ -695,8 +701,8 @@ impl RuleSet {
                 }
             }
             if let Some(s) = vs.sorry_server {
-                if Family::of(&s.ip()) != key.family() && vs.sorry_server_forwarding.unwrap_or(vs.forwarding) == Forwarding::Nat {
-                    return Err((vs_at(i, "sorry_server"), "NAT needs a sorry server of the virtual server's address family".into()));
+                if Family::of(&s.ip()) != key.family() && vs.sorry_server_forwarding.unwrap_or(vs.forwarding) != Forwarding::Tunnel {
+                    return Err((vs_at(i, "sorry_server"), MIXED_FAMILY.into()));
                 }
             }
             let mut rs_seen = BTreeSet::new();
@@ -718,8 +724,8 @@ impl RuleSet {
                         return Err((rs_at("tunnel"), "applies to forwarding = \"tunnel\" only".into()));
                     }
                 }
-                if fwd == Forwarding::Nat && Family::of(&rs.address.ip()) != key.family() {
-                    return Err((rs_at("address"), "NAT needs a real server of the virtual server's address family".into()));
+                if fwd != Forwarding::Tunnel && Family::of(&rs.address.ip()) != key.family() {
+                    return Err((rs_at("address"), MIXED_FAMILY.into()));
                 }
                 if rs.lower_threshold > 0 && rs.upper_threshold > 0 && rs.lower_threshold > rs.upper_threshold {
                     return Err((rs_at("lower_threshold"), "lower_threshold above upper_threshold".into()));
@@ -1288,10 +1294,10 @@ address = "[2001:db8::11]:0"
             let e = parse(&format!("[[virtual_server]]\naddress = \"192.0.2.1:80\"\n{extra}")).unwrap_err();
             assert_eq!(e.key, key, "{e}");
         }
-        // NAT to a sorry server of the other family is refused; DR to it is not.
+        // A sorry server of the other family only by tunnel, as the kernel allows.
         let base = "[[virtual_server]]\naddress = \"192.0.2.1:80\"\nforwarding = \"dr\"\nsorry_server = \"[2001:db8::99]:80\"\n";
-        assert!(parse(base).is_ok());
-        assert_eq!(parse(&format!("{base}sorry_server_forwarding = \"nat\"\n")).unwrap_err().key, "virtual_server[0].sorry_server");
+        assert_eq!(parse(base).unwrap_err().key, "virtual_server[0].sorry_server");
+        assert!(parse(&format!("{base}sorry_server_forwarding = \"tunnel\"\n")).is_ok());
     }
 
     #[test]
@@ -1521,7 +1527,7 @@ forwarding = "dr"
             r#"
 [[virtual_server]]
 address = "192.0.2.100:80"
-group = ["192.0.2.110-112:80", "[2001:db8::100]:80", "fwmark:7"]
+group = ["192.0.2.110-112:80", "192.0.2.120:80", "fwmark:7"]
 forwarding = "dr"
 scheduler = "rr"
 check = { type = "tcp" }
@@ -1539,7 +1545,7 @@ weight = 3
         for line in [
             "-A -t 192.0.2.100:80 -s rr",
             "-A -t 192.0.2.111:80 -s rr",
-            "-A -t [2001:db8::100]:80 -s rr",
+            "-A -t 192.0.2.120:80 -s rr",
             "-A -f 7 -s rr",
             "-a -t 192.0.2.112:80 -r 198.51.100.1:80 -g -w 3",
             "-a -f 7 -r 198.51.100.1:80 -g -w 3",
@@ -1564,7 +1570,7 @@ weight = 3
             ("group = [\"192.0.2.100:80\"]\n", "virtual_server[0].group", "defined twice"),
             ("group = [\"192.0.2.1:80\", \"bogus\"]\n", "virtual_server[0].group[1]", "not VIP:PORT"),
             ("group = [\"192.0.2.9-3:80\"]\n", "virtual_server[0].group[0]", "ends below"),
-            ("group = [\"[2001:db8::1]:80\"]\n", "virtual_server[0].group", "NAT serves one address family"),
+            ("group = [\"[2001:db8::1]:80\"]\nforwarding = \"dr\"\n", "virtual_server[0].group", "of one address family"),
             ("group = [\"192.0.2.7:0\"]\nforwarding = \"dr\"\n", "virtual_server[0].group", "port 0"),
             ("group = [\"fwmark:0\"]\n", "virtual_server[0].group[0]", "N > 0"),
         ] {

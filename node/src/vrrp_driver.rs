@@ -146,6 +146,13 @@ struct PlacedVip {
     extras: vrrp::sys::vip::AddrExtras,
 }
 
+/// Whether a VIP's `dev` is where the instance's own VIPs go: its home (the vmac with
+/// `use_vmac`), or its interface, which under `use_vmac` also means the vmac (the VIP must
+/// answer with the virtual MAC, as keepalived moves it there).
+fn is_home(v: &VrrpInstanceConfig, dev: &str) -> bool {
+    dev == v.vip_home() || dev == v.interface
+}
+
 fn instance_config(v: &VrrpInstanceConfig, primary: IpAddr) -> Result<InstanceConfig> {
     // Only the advertised VIPs are the protocol's; the excluded ones are the driver's alone.
     let vips = v.virtual_ips.iter().map(|s| config::parse_vip(s).map(|p| p.addr)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
@@ -168,6 +175,28 @@ fn instance_config(v: &VrrpInstanceConfig, primary: IpAddr) -> Result<InstanceCo
     };
     c.validate().with_context(|| format!("vrrp instance {:?}", v.name))?;
     Ok(c)
+}
+
+/// The host-side checks of [`build`] that need no change to the host: the interface, every
+/// `dev` a VIP or route names, and `unicast_src_ip` being an address of this host.
+async fn precheck(v: &VrrpInstanceConfig, vips: &Vips) -> Result<()> {
+    vrrp::sys::ifindex(&v.interface).with_context(|| format!("vrrp instance {:?}: interface {}", v.name, v.interface))?;
+    for s in v.all_vips().map_err(anyhow::Error::msg)? {
+        if let Some(d) = s.dev.as_ref().filter(|d| !is_home(v, d)) {
+            vrrp::sys::ifindex(d).with_context(|| format!("vrrp instance {:?}: virtual IP {}: dev {d}", v.name, s.addr))?;
+        }
+    }
+    for s in &v.virtual_routes {
+        if let Some(d) = config::parse_route(s).map_err(anyhow::Error::msg)?.dev {
+            vrrp::sys::ifindex(&d).with_context(|| format!("vrrp instance {:?}: virtual route {s:?}: dev {d}", v.name))?;
+        }
+    }
+    if let Some(src) = v.unicast_src_ip {
+        if !vips.is_local(src).await {
+            anyhow::bail!("vrrp instance {:?}: unicast_src_ip {src} is not an address of this host", v.name);
+        }
+    }
+    Ok(())
 }
 
 /// Sets up one instance: its vmac if configured, its (shared) socket, ARP/NA sender and
@@ -224,7 +253,7 @@ async fn build(
     // The other interfaces VIPs name, checked before anything is made.
     let mut other_devs: Vec<String> = Vec::new();
     for s in &specs {
-        if let Some(d) = s.dev.as_ref().filter(|d| **d != v.vip_home() && !other_devs.contains(d)) {
+        if let Some(d) = s.dev.as_ref().filter(|d| !is_home(v, d) && !other_devs.contains(d)) {
             vrrp::sys::ifindex(d).with_context(|| format!("vrrp instance {:?}: virtual IP {}: dev {d}", v.name, s.addr))?;
             other_devs.push(d.clone());
         }
@@ -283,13 +312,12 @@ async fn build(
             return Err(e);
         }
     };
-    let home = v.vip_home();
     let placed = specs
         .into_iter()
         .map(|s| PlacedVip {
             addr: s.addr,
             prefix: s.prefix,
-            link: s.dev.as_ref().filter(|d| **d != home).and_then(|d| other_devs.iter().position(|o| o == d)).map_or(0, |k| k + 1),
+            link: s.dev.as_ref().filter(|d| !is_home(v, d)).and_then(|d| other_devs.iter().position(|o| o == d)).map_or(0, |k| k + 1),
             extras: vrrp::sys::vip::AddrExtras { label: s.label, scope: s.scope },
         })
         .collect();
@@ -499,6 +527,12 @@ pub async fn run(
                             rescan = false;
                         }
                     }
+                    // An instance of this link on a sibling socket (its own unicast_src_ip) owns
+                    // the VRID: that socket got the packet too, nothing to count here.
+                    None if vrid.is_some_and(|v| {
+                        let ifname = &sockets[sock].0 .0;
+                        running.iter().any(|r| r.conf.vrid == v && r.sock_index != sock && sockets[r.sock_index].0 .0 == *ifname)
+                    }) => {}
                     None => {
                         // Not ours (another router's VRID, or too short to say): count it on
                         // the interface's first instance so it is visible somewhere.
@@ -517,6 +551,20 @@ pub async fn run(
             }
             Some(new) = reload.recv() => {
                 if let Err(e) = check_supported(&new) {
+                    tracing::error!("reload refused, nothing changed: {e:#}");
+                    continue;
+                }
+                // What this host must have for the new or changed instances (interfaces,
+                // `dev`s, unicast_src_ip) is checked before any instance is released: a typo
+                // must not leave the node without an instance it was running.
+                let mut missing = None;
+                for v in new.vrrp.iter().filter(|v| !running.iter().any(|r| r.conf == **v)) {
+                    if let Err(e) = precheck(v, &vips).await {
+                        missing = Some(e);
+                        break;
+                    }
+                }
+                if let Some(e) = missing {
                     tracing::error!("reload refused, nothing changed: {e:#}");
                     continue;
                 }
@@ -913,18 +961,17 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
                     let epoch = r.mastership.clone();
                     let mine = epoch.load(std::sync::atomic::Ordering::Relaxed);
                     tokio::spawn(async move {
-                        let mut arps = Vec::new();
-                        for i in ifindexes {
-                            let Ok(arp) = ArpSender::open(i) else { return };
-                            arps.push(arp);
-                        }
+                        // A link whose sender cannot be opened misses its repeats; the others do not.
+                        let arps: Vec<Option<ArpSender>> = ifindexes.into_iter().map(|i| ArpSender::open(i).ok()).collect();
                         for _ in 0..repeat {
                             tokio::time::sleep(delay).await;
                             if epoch.load(std::sync::atomic::Ordering::Relaxed) != mine {
                                 return; // no longer the master that scheduled these
                             }
                             for (link, f) in &frames {
-                                let _ = arps[*link].send(f);
+                                if let Some(Some(a)) = arps.get(*link) {
+                                    let _ = a.send(f);
+                                }
                             }
                         }
                     });

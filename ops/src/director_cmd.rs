@@ -220,7 +220,8 @@ pub fn get(socket: &Path, cmd: GetCmd) -> Result<()> {
 }
 
 fn edit(socket: &Path, edit: Edit, dry_run: bool, output: Output) -> Result<()> {
-    let body = call(socket, &Request::Edit { edit, dry_run }, TIMEOUT)?;
+    let req = if dry_run { Request::PreviewEdit { edit } } else { Request::Edit { edit } };
+    let body = call(socket, &req, TIMEOUT)?;
     print_applied(&body, output)
 }
 

@@ -742,7 +742,7 @@ fn vip_options_excluded_vips_and_unicast_src_ip_like_keepalived() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("unicast_src_ip 192.0.2.99 is not an address of this host"), "{err}");
 
-    let (c, _) = start_corrald(&bin, h1, &dir, &cfg("192.0.2.11"));
+    let (c, file) = start_corrald(&bin, h1, &dir, &cfg("192.0.2.11"));
     let addrs = || h1.sh("ip -o addr show");
     assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral (150) becomes master:\n{}", addrs());
     assert!(wait_for(Duration::from_secs(2), || has_addr_on(h1, "dum0", "203.0.113.5") && has_addr_on(h1, "eth0", "2001:db8::5")).is_some(), "{}", addrs());
@@ -769,6 +769,15 @@ fn vip_options_excluded_vips_and_unicast_src_ip_like_keepalived() {
     let dum = std::fs::read_to_string(dir.path.join("dum0.txt")).unwrap();
     assert!(garp(&dum, "203.0.113.5"), "the dev VIP's gratuitous ARP leaves on its own link:\n{dum}");
     assert!(!dum.contains("who-has 192.0.2.100"), "and the others do not:\n{dum}");
+
+    // A reload naming an interface this host does not have is refused whole: the running
+    // instance keeps its mastership and every address.
+    std::fs::write(&file, cfg("192.0.2.11").replace("dev dum0 label dum0:web", "dev nosuch0")).unwrap();
+    c.signal("HUP");
+    std::thread::sleep(Duration::from_millis(800));
+    let st = vrrp_status(&bin, &dir);
+    assert_eq!(st["state"], "MASTER", "{st}");
+    assert!(has_addr_on(h1, "dum0", "203.0.113.5") && has_addr(h1, VIP) && !has_addr(h2, VIP), "{}", addrs());
 
     // Stopping releases every address, on every link, and keepalived takes over.
     c.signal("TERM");

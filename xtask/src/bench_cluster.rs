@@ -397,7 +397,7 @@ pub fn propagation_scale(corrald: &Path, n: usize, changes: usize, stages: bool)
             weight: 2 + (k % 50) as i32,
         };
         let t = now_us();
-        match call(&b.socket(0), &Request::Edit { edit, dry_run: false }, Duration::from_secs(10))? {
+        match call(&b.socket(0), &Request::Edit { edit }, Duration::from_secs(10))? {
             ResponseBody::Applied { revision: Some(r), .. } => sent.push((r, t)),
             other => bail!("change {k}: {other:?}"),
         }

@@ -667,14 +667,15 @@ impl Cluster {
                 let _g = self.rules_lock.lock().await;
                 self.write_rules(rules.clone(), *dry_run).await
             }
-            Request::Edit { edit, dry_run } => {
+            Request::Edit { edit } | Request::PreviewEdit { edit } => {
+                let dry_run = matches!(req, Request::PreviewEdit { .. });
                 // Stage marks for `cargo xtask bench propagation --stages` (off by default).
                 tracing::debug!(target: "corral_stage", stage = "request", first = 0u64, last = 0u64, took_us = 0u64);
                 let _g = self.rules_lock.lock().await;
                 let old = self.current_rules().map_err(LeaderError::Bad)?;
                 let mut rules = old.clone();
                 edit.apply(&mut rules).map_err(LeaderError::Bad)?;
-                self.replace_rules(old, rules, *dry_run).await
+                self.replace_rules(old, rules, dry_run).await
             }
             other => Err(LeaderError::Bad(format!("{other:?} is not a replicated request"))),
         }

@@ -450,7 +450,11 @@ impl Health {
                     let (mut lasts, mut latency, mut rounds) = (Vec::new(), None::<u64>, None::<u64>);
                     for n in 0..c.defs.len() {
                         let id = c.check_id(n);
-                        let st = self.sched.status(&id)?;
+                        // A check without a status yet leaves the row undecided, not missing.
+                        let Some(st) = self.sched.status(&id) else {
+                            rounds = Some(0);
+                            continue;
+                        };
                         comb.add(c, &id, &st);
                         if let Some(r) = &st.last {
                             lasts.push(format!("{}: {r}", c.defs[n].kind_name()));

@@ -84,7 +84,7 @@ fn main() {
         let weight = 2 + (k % 50) as i32;
         let edit = Edit::RsWeight { service: "192.0.2.100:80".into(), address: "198.51.100.11:80".parse().unwrap(), weight };
         let t = now_us();
-        let r = match call(&sock, &Request::Edit { edit, dry_run: false }, Duration::from_secs(10)) {
+        let r = match call(&sock, &Request::Edit { edit }, Duration::from_secs(10)) {
             Ok(ResponseBody::Applied { revision: Some(rev), .. }) => (rev, t),
             other => panic!("change {k}: {other:?}"),
         };

@@ -113,11 +113,13 @@ impl Routes {
         }
     }
 
-    /// Adds the route (one already there is success).
+    /// Adds the route. A route with the same destination, table and metric already there is
+    /// an error (the kernel's "File exists"), not success: it may be another one (a DHCP
+    /// default route) that would silently stay in place of ours; a different `metric` lets
+    /// both exist. Ours left by a crash are removed at start, before any is added.
     pub async fn add(&self, r: &VirtualRoute) -> Result<(), RouteError> {
         match self.handle.route().add(Self::message(r)).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if Self::errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(source) => Err(RouteError { op: "add", dest: r.dest, prefix: r.prefix, source }),
         }
     }
