@@ -252,7 +252,13 @@ impl LabCluster {
             let caught_up = r["lag"].as_object().is_some_and(|lag| lag.len() == n - 1 && lag.values().all(|v| v.as_u64() == Some(0)));
             count("voters") == n && count("learners") == 0 && caught_up
         });
-        assert!(settled.is_some(), "Raft membership not settled within {within:?}: {:?}", self.leader().and_then(|l| self.raft(l)));
+        if settled.is_none() {
+            // What the leader's gossip says of everyone (promotion follows it) and its log.
+            let l = self.leader();
+            let members = l.map(|l| self.ctl(l, "members -o json").stdout).unwrap_or_default();
+            let tail = l.map(|l| self.log_tail(l)).unwrap_or_default();
+            panic!("Raft membership not settled within {within:?}: {:?}\nmembers (leader's view): {members}\nleader's log:\n{tail}", l.and_then(|l| self.raft(l)));
+        }
     }
 
     /// A token from node `i`, retrying while the CA is being published.
