@@ -892,25 +892,18 @@ impl Config {
                     return Err((here, format!("no [[track_script]] named {:?}", t.name())));
                 }
             }
-            for (j, t) in v.track_processes.iter().enumerate() {
-                let here = vec![Key("vrrp".into()), Index(i), Key("track_processes".into()), Index(j)];
-                if !self.track_process.iter().any(|f| f.name == t.name()) {
-                    return Err((here, format!("no [[track_process]] named {:?}", t.name())));
-                }
-                if let TrackFileRef::Weighted { weight, .. } = t {
-                    if !(-254..=254).contains(weight) {
-                        return Err((here, "weight must be within -254..=254".into()));
+            let procs: Vec<&str> = self.track_process.iter().map(|p| p.name.as_str()).collect();
+            let files: Vec<&str> = self.track_file.iter().map(|f| f.name.as_str()).collect();
+            for (key, section, refs, names) in [("track_processes", "track_process", &v.track_processes, procs), ("track_files", "track_file", &v.track_files, files)] {
+                for (j, t) in refs.iter().enumerate() {
+                    let here = vec![Key("vrrp".into()), Index(i), Key(key.into()), Index(j)];
+                    if !names.contains(&t.name()) {
+                        return Err((here, format!("no [[{section}]] named {:?}", t.name())));
                     }
-                }
-            }
-            for (j, t) in v.track_files.iter().enumerate() {
-                let here = vec![Key("vrrp".into()), Index(i), Key("track_files".into()), Index(j)];
-                if !self.track_file.iter().any(|f| f.name == t.name()) {
-                    return Err((here, format!("no [[track_file]] named {:?}", t.name())));
-                }
-                if let TrackFileRef::Weighted { weight, .. } = t {
-                    if !(-254..=254).contains(weight) {
-                        return Err((here, "weight must be within -254..=254".into()));
+                    if let TrackFileRef::Weighted { weight, .. } = t {
+                        if !(-254..=254).contains(weight) {
+                            return Err((here, "weight must be within -254..=254".into()));
+                        }
                     }
                 }
             }
@@ -1317,6 +1310,11 @@ virtual_ips = ["2001:db8::100/64"]
         assert_eq!(parse(&with("garp_master_refresh = \"60s\"")).unwrap().vrrp[0].garp_master_refresh, Duration::from_secs(60));
         assert_eq!(parse(&with("garp_master_refresh = \"10ms\"")).unwrap_err().key, "vrrp[0].garp_master_refresh");
         assert_eq!(parse(&with("garp_master_refresh_repeat = 0")).unwrap_err().key, "vrrp[0].garp_master_refresh_repeat");
+        let e = parse(&with("track_processes = [\"haproxy\"]")).unwrap_err();
+        assert_eq!(e.key, "vrrp[0].track_processes[0]", "{e}");
+        assert!(e.message.contains("no [[track_process]] named \"haproxy\""), "{e}");
+        let ok = format!("[[track_process]]\nname = \"haproxy\"\nprocess = \"haproxy\"\n{}", with("track_processes = [{ name = \"haproxy\", weight = -60 }]"));
+        assert!(parse(&ok).is_ok());
     }
 
     #[test]
