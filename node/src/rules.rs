@@ -933,9 +933,11 @@ pub fn to_toml(rules: &RuleSet) -> String {
 }
 
 /// One edit of the rule set (`corralctl vs …`, `corralctl rs …`), applied on the leader to the
-/// current rules and written as one Raft entry.
+/// current rules and written as one Raft entry. Unknown fields are refused, not dropped: an
+/// edit from a newer `corralctl` that this node cannot carry out whole is an error, never a
+/// different edit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "edit", rename_all = "snake_case")]
+#[serde(tag = "edit", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Edit {
     /// Adds a virtual server with its real servers. One that exists already is refused, as
     /// `ipvsadm -A` refuses it: replacing it would drop its real servers ([`Edit::VsEdit`]
@@ -1452,6 +1454,17 @@ forwarding = "dr"
         }
         let e = parse(&format!("{base}forwarding = \"tunnel\"\ntunnel = {{ type = \"vxlan\" }}\n")).unwrap_err();
         assert!(e.key.starts_with("virtual_server[0].tunnel"), "{e}");
+    }
+
+    #[test]
+    fn an_edit_with_a_field_this_node_does_not_know_is_refused() {
+        let ok = r#"{"edit":"vs_edit","service":"192.0.2.100:80","scheduler":"wrr"}"#;
+        assert!(serde_json::from_str::<Edit>(ok).is_ok());
+        let newer = r#"{"edit":"vs_edit","service":"192.0.2.100:80","scheduler":"wrr","weight_ramp":"30s"}"#;
+        let e = serde_json::from_str::<Edit>(newer).unwrap_err().to_string();
+        assert!(e.contains("weight_ramp"), "{e}");
+        let e = serde_json::from_str::<Edit>(r#"{"edit":"rs_drain","service":"192.0.2.100:80","address":"198.51.100.1:80","soon":true}"#).unwrap_err();
+        assert!(e.to_string().contains("soon"), "{e}");
     }
 
     #[test]
