@@ -396,15 +396,7 @@ pub fn parse_vip(s: &str) -> Result<VipSpec, String> {
                 v.label = Some(l.to_owned());
             }
             "scope" => {
-                let sc = value()?;
-                v.scope = Some(match sc {
-                    "global" | "universe" => 0,
-                    "site" => 200,
-                    "link" => 253,
-                    "host" => 254,
-                    "nowhere" => 255,
-                    n => n.parse::<u8>().map_err(|_| format!("scope {n:?}: expected host, link, site, global, nowhere or 0..=255"))?,
-                });
+                v.scope = Some(parse_scope(value()?)?);
             }
             other => return Err(format!("{other:?}: a virtual IP takes only dev, label and scope after the address")),
         }
@@ -480,15 +472,7 @@ pub fn parse_route(s: &str) -> Result<RouteSpec, String> {
                 r.table = Some(t);
             }
             "scope" => {
-                let v = value()?;
-                r.scope = Some(match v {
-                    "global" | "universe" => 0,
-                    "site" => 200,
-                    "link" => 253,
-                    "host" => 254,
-                    "nowhere" => 255,
-                    n => n.parse::<u8>().map_err(|_| format!("scope {n:?}: host, link, site, global or 0..=255"))?,
-                });
+                r.scope = Some(parse_scope(value()?)?);
             }
             "onlink" => r.onlink = true,
             d if dest.is_none() => {
@@ -522,6 +506,19 @@ pub fn parse_route(s: &str) -> Result<RouteSpec, String> {
         return Err("a blackhole/unreachable/prohibit route takes no via or dev".into());
     }
     Ok(r)
+}
+
+/// `ip`'s scope words (`host`, `link`, `site`, `global`, `nowhere`) or a number, for addresses
+/// and routes alike.
+fn parse_scope(s: &str) -> Result<u8, String> {
+    Ok(match s {
+        "global" | "universe" => 0,
+        "site" => 200,
+        "link" => 253,
+        "host" => 254,
+        "nowhere" => 255,
+        n => n.parse::<u8>().map_err(|_| format!("scope {n:?}: expected host, link, site, global, nowhere or 0..=255"))?,
+    })
 }
 
 /// `a` with the bits past `prefix` cleared.

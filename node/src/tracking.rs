@@ -92,19 +92,11 @@ pub fn effect(t: &Tracked<'_>, snap: &Snapshot) -> (bool, i32) {
         apply(snap.scripts.get(s.name()).copied().unwrap_or(true), weight);
     }
     for p in t.processes {
-        let def = t.process_defs.iter().find(|d| d.name == p.name());
-        let (weight, reverse) = match p {
-            TrackFileRef::Name(_) => def.map_or((1, false), |d| (d.weight, d.reverse)),
-            TrackFileRef::Weighted { weight, reverse, .. } => (*weight, *reverse),
-        };
+        let (weight, reverse) = weight_of(p, t.process_defs.iter().find(|d| d.name == p.name()).map(|d| (d.weight, d.reverse)));
         apply(snap.processes.get(p.name()).copied().unwrap_or(false) != reverse, weight);
     }
     for f in t.files {
-        let def = t.file_defs.iter().find(|d| d.name == f.name());
-        let (weight, reverse) = match f {
-            TrackFileRef::Name(_) => def.map_or((1, false), |d| (d.weight, d.reverse)),
-            TrackFileRef::Weighted { weight, reverse, .. } => (*weight, *reverse),
-        };
+        let (weight, reverse) = weight_of(f, t.file_defs.iter().find(|d| d.name == f.name()).map(|d| (d.weight, d.reverse)));
         let value = snap.files.get(f.name()).copied().unwrap_or(0);
         if weight == 0 {
             fault |= value != 0;
@@ -118,6 +110,15 @@ pub fn effect(t: &Tracked<'_>, snap: &Snapshot) -> (bool, i32) {
         }
     }
     (fault, adjust)
+}
+
+/// (weight, reverse) of a tracked file or process: the instance's own, else its definition's
+/// (`def`), else keepalived's default weight 1.
+fn weight_of(r: &TrackFileRef, def: Option<(i32, bool)>) -> (i32, bool) {
+    match r {
+        TrackFileRef::Name(_) => def.unwrap_or((1, false)),
+        TrackFileRef::Weighted { weight, reverse, .. } => (*weight, *reverse),
+    }
 }
 
 /// The first snapshot, read synchronously so an instance whose interface is down starts in FAULT.

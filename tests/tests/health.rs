@@ -102,6 +102,17 @@ fn lab_binaries(test: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> 
     binaries(test)
 }
 
+/// [`lab_binaries`] for tests whose backends are Python's http.server: python3 is required too.
+fn python_lab_binaries(test: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let bins = lab_binaries(test)?;
+    if std::process::Command::new("python3").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: python3 missing");
+        eprintln!("SKIP: {test}: python3 missing");
+        return None;
+    }
+    Some(bins)
+}
+
 fn committed_lines(c: &LabCluster) -> usize {
     (0..c.nodes.len())
         .map(|i| std::fs::read_to_string(c.nodes[i].log()).unwrap_or_default().matches("health verdict committed").count())
@@ -111,12 +122,7 @@ fn committed_lines(c: &LabCluster) -> usize {
 #[test]
 fn verdicts_need_a_majority_of_observers() {
     let test = "health_verdicts";
-    let Some((d, ctl)) = lab_binaries(test) else { return };
-    if std::process::Command::new("python3").arg("--version").output().is_err() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: python3 missing");
-        eprintln!("SKIP: {test}: python3 missing");
-        return;
-    }
+    let Some((d, ctl)) = python_lab_binaries(test) else { return };
     // d1-d3 are directors on hosts 1-3; the backends live on hosts 4 and 5.
     let mut c = LabCluster::with_hosts(test, 3, 5, d, ctl);
     c.cluster_extra = "dead_grace = \"3s\"\nprobe_period = \"300ms\"\nsuspect_timeout = \"1s\"\n".into();
@@ -421,12 +427,7 @@ check = {{ type = "script", misc_path = "test -e {d}/up2", interval = "200ms", f
 #[test]
 fn several_checks_on_one_real_server_must_all_pass() {
     let test = "health_several";
-    let Some((d, ctl)) = lab_binaries(test) else { return };
-    if std::process::Command::new("python3").arg("--version").output().is_err() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: python3 missing");
-        eprintln!("SKIP: {test}: python3 missing");
-        return;
-    }
+    let Some((d, ctl)) = python_lab_binaries(test) else { return };
     // d1-d3 are directors; the backend is host 4 (192.0.2.4) with a web server on 8080 and a
     // second service on 8443.
     let mut c = LabCluster::with_hosts(test, 3, 4, d, ctl);
