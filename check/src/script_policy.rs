@@ -108,6 +108,11 @@ impl ScriptPolicy {
     pub fn command(&self, program: &str) -> Result<tokio::process::Command, Refused> {
         self.vet(program)?;
         let mut cmd = tokio::process::Command::new(program);
+        // systemd's service protocol is the daemon's alone: a script that inherited it could
+        // report the daemon ready, stopping or alive (`systemd-notify`).
+        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            cmd.env_remove(var);
+        }
         if let Some(r) = &self.run_as {
             cmd.uid(r.uid).gid(r.gid);
         }
@@ -299,6 +304,16 @@ mod tests {
         assert_eq!(unsafe_because(0, 0, 0o1777, true), None, "sticky /tmp");
         assert_eq!(unsafe_because(0, 0, 0o1777, false).as_deref(), Some("is writable by everyone"));
         assert_eq!(unsafe_because(0, 0, 0o777, true).as_deref(), Some("is writable by everyone"));
+    }
+
+    #[test]
+    fn scripts_do_not_inherit_the_service_managers_socket() {
+        for cmd in [ScriptPolicy::default().command("/bin/true").unwrap(), ScriptPolicy::default().shell("true").unwrap()] {
+            let removed: Vec<_> = cmd.as_std().get_envs().filter(|(_, v)| v.is_none()).map(|(k, _)| k.to_owned()).collect();
+            for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+                assert!(removed.iter().any(|k| k == var), "{var} is removed from the script's environment: {removed:?}");
+            }
+        }
     }
 
     fn secure_root() -> ScriptPolicy {

@@ -14,6 +14,7 @@ pub mod health;
 pub mod realtime;
 pub mod rules;
 pub mod scripts;
+pub mod service_manager;
 pub mod ticks;
 pub mod tracking;
 pub mod vrrp_driver;

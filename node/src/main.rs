@@ -8,7 +8,8 @@ use clap::Parser;
 use node::config::Config;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// The corral director daemon. Today it runs VRRP (standalone, keepalived-compatible).
+/// The corral director daemon: VRRP (keepalived-compatible), cluster membership and Raft,
+/// health checks, and the cluster's rules in the kernel's IPVS.
 #[derive(Parser, Debug)]
 #[command(name = "corrald", version)]
 struct Args {
@@ -115,16 +116,14 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         _ => None,
     };
     let health = cluster.as_ref().map(|c| node::health::Health::start(c.clone()));
-    let admin = node::admin::Admin {
-        board: board.clone(),
-        cluster: cluster.clone(),
-        director: director.as_ref().map(|d| d.status.clone()),
-        health,
-    };
+    let director_status = director.as_ref().map(|d| d.status.clone());
+    let admin = node::admin::Admin { board: board.clone(), cluster: cluster.clone(), director: director_status.clone(), health };
     admin.serve_quic()?;
     tokio::spawn(admin.clone().publish_reports());
     let listener = node::admin::bind(&config.node.admin_socket)?;
     tokio::spawn(node::admin::serve(listener, admin));
+    let sources = node::service_manager::Sources { board: board.clone(), cluster: cluster.clone(), director: director_status };
+    let signal_sources = sources.clone();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -134,33 +133,55 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => match Config::load(&path) {
-                    // Only VRRP instances are reloaded; [node] settings need a restart.
-                    Ok(new) => {
-                        tracing::info!("SIGHUP: reloading {}", path.display());
-                        let _ = reload_tx.send(new).await;
-                    }
-                    Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),
-                },
+                _ = hup.recv() => {
+                    node::service_manager::reloading();
+                    let outcome = reload(&path, &reload_tx).await;
+                    node::service_manager::reloaded(&outcome, &signal_sources);
+                }
             }
         }
         tracing::info!("stopping: releasing mastership");
+        node::service_manager::stopping();
         let _ = stop_tx.send(()).await;
     });
     let socket = config.node.admin_socket.clone();
     let config_flush = config.director.as_ref().is_some_and(|d| d.flush_on_stop);
     // VRRP runs on its own thread and runtime: its timers (adverts every few ms, the
     // master-down timer) must not wait behind Raft, QUIC, health checks or the admin API.
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let heartbeat = node::service_manager::Heartbeat::default();
+    let epoch = std::time::Instant::now();
+    let lifecycle = node::vrrp_driver::Lifecycle {
+        started: Some(started_tx),
+        heartbeat: node::service_manager::watchdog().map(|w| (heartbeat.clone(), epoch, node::service_manager::beat_interval(w))),
+    };
+    let vrrp_board = board.clone();
     std::thread::Builder::new().name("vrrp".into()).spawn(move || {
         node::realtime::enter("vrrp");
         let r = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt.block_on(node::vrrp_driver::run(config, board, stop_rx, reload_rx)),
+            Ok(rt) => rt.block_on(node::vrrp_driver::run(config, vrrp_board, stop_rx, reload_rx, lifecycle)),
             Err(e) => Err(anyhow::anyhow!("VRRP runtime: {e}")),
         };
         let _ = done_tx.send(r);
     })?;
-    let result = done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the VRRP thread ended without a result")));
+    // Ready for systemd once the admin socket answers (bound above) and the VRRP instances
+    // have started; a VRRP start that fails ends the daemon below instead.
+    let ended_early = tokio::select! {
+        started = started_rx => {
+            if started.is_ok() {
+                node::service_manager::ready(&sources.line());
+                tokio::spawn(node::service_manager::run(sources, heartbeat, epoch));
+            }
+            None
+        }
+        r = &mut done_rx => Some(r),
+    };
+    let result = match ended_early {
+        Some(r) => r,
+        None => done_rx.await,
+    }
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("the VRRP thread ended without a result")));
     if let Some(d) = director {
         let flush = config_flush;
         tokio::task::spawn_blocking(move || d.stop(flush)).await.ok();
@@ -170,4 +191,18 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(socket);
     result
+}
+
+/// Reads the file again for a SIGHUP and hands it to the VRRP thread; the outcome is what
+/// systemd's reload reports. Only VRRP instances are reloaded; [node], [cluster] and
+/// [director] settings need a restart.
+async fn reload(path: &std::path::Path, tx: &tokio::sync::mpsc::Sender<node::vrrp_driver::Reload>) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| {
+        tracing::error!("SIGHUP: keeping the running configuration: {e}");
+        e.to_string()
+    })?;
+    tracing::info!("SIGHUP: reloading {}", path.display());
+    let (done, outcome) = tokio::sync::oneshot::channel();
+    tx.send(node::vrrp_driver::Reload { config, done: Some(done) }).await.map_err(|_| "VRRP has stopped".to_string())?;
+    outcome.await.unwrap_or_else(|_| Err("VRRP stopped during the reload".into()))
 }

@@ -432,6 +432,24 @@ fn apply_tracking(r: &mut Running, cfg: &Config, snap: &crate::tracking::Snapsho
     r.inst.set_tracking(Instant::now().into_std(), fault, adjust);
 }
 
+/// A configuration read on SIGHUP, and who waits for its outcome (systemd's reload).
+pub struct Reload {
+    pub config: Config,
+    /// Told `Ok` once the new instances run, or why the file was refused (nothing changed) or
+    /// which instances could not start.
+    pub done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+}
+
+/// How the daemon around the VRRP thread follows it (systemd's readiness and watchdog).
+#[derive(Default)]
+pub struct Lifecycle {
+    /// Told once the configured instances have started.
+    pub started: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Beaten every `interval` from the thread's loop (its time from `epoch`), so the watchdog
+    /// sees this runtime alive even when no instance has anything to do.
+    pub heartbeat: Option<(crate::service_manager::Heartbeat, std::time::Instant, Duration)>,
+}
+
 /// Runs until `shutdown` resolves, then releases mastership (priority 0) and removes VIPs.
 /// A new configuration on `reload` replaces only the instances whose settings changed: the
 /// others keep their state and their VIPs.
@@ -439,7 +457,8 @@ pub async fn run(
     mut cfg: Config,
     board: StatusBoard,
     mut shutdown: mpsc::Receiver<()>,
-    mut reload: mpsc::Receiver<Config>,
+    mut reload: mpsc::Receiver<Reload>,
+    lifecycle: Lifecycle,
 ) -> Result<()> {
     check_supported(&cfg)?;
     crate::tracking::init_files(&cfg);
@@ -487,6 +506,16 @@ pub async fn run(
     }
     out.flush();
     publish(&running, &board);
+    if let Some(tx) = lifecycle.started {
+        let _ = tx.send(());
+    }
+    let (heartbeat, mut beat) = match lifecycle.heartbeat {
+        Some((hb, epoch, every)) => {
+            hb.beat(epoch);
+            (Some((hb, epoch)), Some(tokio::time::interval(every)))
+        }
+        None => (None, None),
+    };
     // The status board is refreshed on a tick, not per packet: with hundreds of instances
     // at 10 ms adverts, rebuilding it per event would cost more than the protocol itself.
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -549,9 +578,15 @@ pub async fn run(
                     step(i, &mut running, &mut groups, &vips, &mut out).await;
                 }
             }
-            Some(new) = reload.recv() => {
-                if let Err(e) = check_supported(&new) {
+            Some(Reload { config: new, done }) = reload.recv() => {
+                let refuse = |e: anyhow::Error, done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>| {
                     tracing::error!("reload refused, nothing changed: {e:#}");
+                    if let Some(tx) = done {
+                        let _ = tx.send(Err(format!("{e:#}")));
+                    }
+                };
+                if let Err(e) = check_supported(&new) {
+                    refuse(e, done);
                     continue;
                 }
                 // What this host must have for the new or changed instances (interfaces,
@@ -565,7 +600,7 @@ pub async fn run(
                     }
                 }
                 if let Some(e) = missing {
-                    tracing::error!("reload refused, nothing changed: {e:#}");
+                    refuse(e, done);
                     continue;
                 }
                 // Release and drop the instances that are gone or changed.
@@ -579,13 +614,17 @@ pub async fn run(
                     }
                 }
                 running = kept;
+                let mut failed = Vec::new();
                 for v in &new.vrrp {
                     if running.iter().any(|r| r.conf == *v) {
                         continue;
                     }
                     match build(v, &vips, &mut vmacs, &mut sockets, &tx).await {
                         Ok(r) => running.push(r),
-                        Err(e) => tracing::error!(instance = %v.name, "reload: {e:#}"),
+                        Err(e) => {
+                            tracing::error!(instance = %v.name, "reload: {e:#}");
+                            failed.push(format!("instance {}: {e:#}", v.name));
+                        }
                     }
                 }
                 // Keep the configured order (status listings, group indices).
@@ -606,6 +645,15 @@ pub async fn run(
                 }
                 publish(&running, &board);
                 tracing::info!("reload: {} instance(s) running", running.len());
+                if let Some(tx) = done {
+                    let _ = tx.send(if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) });
+                }
+            }
+            _ = async { beat.as_mut().expect("guarded").tick().await }, if beat.is_some() => {
+                if let Some((hb, epoch)) = &heartbeat {
+                    hb.beat(*epoch);
+                }
+                rescan = false;
             }
             // With no instance (a director-only node) there is nothing to refresh: the board
             // was published empty, and a reload that adds instances publishes it again.
