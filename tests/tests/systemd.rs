@@ -151,3 +151,54 @@ fn corrald_speaks_systemds_notify_protocol_ready_reload_watchdog_stop() {
     let status = daemon.wait_exit(Duration::from_secs(10)).expect("corrald exits after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+/// The unit shipped in node/dist: `systemd-analyze verify` finds nothing to say about it (with
+/// the built binary and a test configuration in its paths), and its config check refuses a
+/// broken file before start and reload, naming the line.
+#[test]
+fn the_shipped_unit_verifies_and_checks_the_file_before_start_and_reload() {
+    let test = "the_shipped_unit_verifies_and_checks_the_file_before_start_and_reload";
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    if Command::new("systemd-analyze").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        assert!(!ci, "{test}: systemd-analyze is missing (package systemd) and CI=true forbids skipping");
+        eprintln!("SKIP: {test}: systemd-analyze is not installed");
+        return;
+    }
+    let Some(bin) = tests::workspace_bin("corrald", "CORRALD") else {
+        assert!(!ci, "{test}: corrald not built (cargo xtask test builds it first)");
+        eprintln!("SKIP: {test}: corrald not built (run cargo build --bins)");
+        return;
+    };
+    let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/dist/corrald.service")).unwrap();
+    let dir = Dir::new("unit");
+    let config = dir.0.join("corrald.toml");
+    let local = unit.replace("/usr/sbin/corrald", bin.to_str().unwrap()).replace("/etc/corral/corrald.toml", config.to_str().unwrap());
+    assert_ne!(local, unit, "the unit names /usr/sbin/corrald and /etc/corral/corrald.toml");
+    let path = dir.0.join("corrald.service");
+    std::fs::write(&path, &local).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    for key in ["Type=notify", "WatchdogSec=", "ExecReload=/bin/kill -HUP $MAINPID"] {
+        assert!(unit.lines().any(|l| l.starts_with(key)), "the unit sets {key}");
+    }
+
+    // ExecStartPre and the first ExecReload: the configuration check, run as systemd would.
+    let checks: Vec<&str> = local.lines().filter_map(|l| l.strip_prefix("ExecStartPre=").or_else(|| l.strip_prefix("ExecReload="))).filter(|c| c.contains("--config-test")).collect();
+    assert_eq!(checks.len(), 2, "start and reload both check the file first: {local}");
+    let run = |line: &str| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        Command::new(words[0]).args(&words[1..]).output().unwrap()
+    };
+    std::fs::write(&config, "[node]\nadmin_socket = \"/run/corral-test/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"lo\"\nvrid = 51\nvirtual_ips = [\"192.0.2.100/24\"]\n").unwrap();
+    for c in &checks {
+        let out = run(c);
+        assert!(out.status.success(), "{c}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::write(&config, "[node]\nadmin_socket = \"/run/corral-test/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\nvrid = 300\n").unwrap();
+    for c in &checks {
+        let out = run(c);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("corrald.toml") && err.contains("vrid"), "{c} refuses the file, naming it and the key: {err}");
+    }
+}
