@@ -135,6 +135,7 @@ impl Admin {
             v: 1,
             director: self.director.as_ref().map(|d| d.lock().unwrap_or_else(|p| p.into_inner()).clone()),
             vrrp: self.board.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|i| (i.name.clone(), i.state.clone())).collect(),
+            raft_error: self.cluster.as_ref().and_then(|c| c.raft_stopped()),
         }
     }
 

@@ -163,6 +163,10 @@ pub struct NodeReport {
     pub director: Option<crate::director::DirectorStatus>,
     /// VRRP instance → state.
     pub vrrp: std::collections::BTreeMap<String, String>,
+    /// Why Raft stopped on this node, if it did ([`crate::cluster::Cluster::raft_stopped`]):
+    /// the node then follows no rule change or verdict until restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_error: Option<String>,
 }
 
 /// One member as `corralctl members` shows it.
@@ -197,6 +201,10 @@ pub struct RaftStatus {
     pub lag: std::collections::BTreeMap<String, u64>,
     /// Time since a quorum last acknowledged the leader (leader only).
     pub millis_since_quorum_ack: Option<u64>,
+    /// Why Raft stopped on this node (a storage error such as a full data_dir); the figures
+    /// above are then as they were when it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 /// A join token as listed (never its secret).

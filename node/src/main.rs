@@ -56,7 +56,9 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
             // openraft logs every failed heartbeat to a dead peer at ERROR; corrald reports
             // membership and leadership changes itself.
-            "info,openraft=error,openraft::replication=off,openraft::engine=off".into()
+            // After a storage error (a full disk) Raft has stopped here and openraft says so
+            // with every message from the leader (`raft_inner`); corrald says it once.
+            "info,openraft=error,openraft::replication=off,openraft::engine=off,openraft::raft::raft_inner=off".into()
         }))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -76,8 +76,10 @@ pub fn status_line(vrrp: &[VrrpInstanceStatus], raft: Option<&RaftStatus>, membe
         parts.push(format!("VRRP {}", states.join(", ")));
     }
     if let Some(r) = raft {
-        let leader = r.leader.as_deref().unwrap_or("none");
-        parts.push(format!("{} of {members} members, leader {leader}", r.role));
+        match &r.stopped {
+            Some(why) => parts.push(format!("{why}: restart corrald once fixed")),
+            None => parts.push(format!("{} of {members} members, leader {}", r.role, r.leader.as_deref().unwrap_or("none"))),
+        }
     }
     if let Some(d) = director {
         let mut s = format!("rules revision {} in IPVS", d.applied_revision);
@@ -206,12 +208,15 @@ mod tests {
             learners: vec![],
             lag: Default::default(),
             millis_since_quorum_ack: None,
+            stopped: None,
         };
         let dir = DirectorStatus { applied_revision: 7, last_error: Some("EPERM".into()), ..Default::default() };
         assert_eq!(
             status_line(&[inst("VI_1", "MASTER"), inst("VI_2", "BACKUP")], Some(&raft), 3, Some(&dir)),
             "VRRP VI_1 MASTER, VI_2 BACKUP; follower of 3 members, leader d2; rules revision 7 in IPVS (last error: EPERM)"
         );
+        let stopped = RaftStatus { stopped: Some("Raft stopped: disk full".into()), ..raft };
+        assert_eq!(status_line(&[], Some(&stopped), 3, None), "Raft stopped: disk full: restart corrald once fixed");
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub fn raft(socket: &Path, cmd: RaftCmd) -> Result<()> {
         Output::Json => json(&s),
         Output::Table => {
             println!("node:      {} ({})", s.node, s.role);
+            if let Some(why) = &s.stopped {
+                println!("STOPPED:   {why} (the figures below are from then; restart corrald once the cause is fixed)");
+            }
             println!("leader:    {}", s.leader.as_deref().unwrap_or("none"));
             println!("term:      {}", s.term);
             println!("last log:  {}", s.last_log_index);

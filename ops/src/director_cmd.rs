@@ -346,7 +346,10 @@ pub fn status(socket: &Path, output: Output) -> Result<()> {
                     "dead" | "left" => format!("(gossip says {}: its last gossiped report)", n.state),
                     _ => "(did not answer: its last gossiped report)".into(),
                 };
-                match (n.report.is_some() && !n.report_live, d.and_then(|d| d.last_error)) {
+                let raft = n.report.as_ref().and_then(|r| r.raft_error.clone());
+                let errors: Vec<String> = raft.into_iter().chain(d.and_then(|d| d.last_error)).collect();
+                let error = (!errors.is_empty()).then(|| errors.join("; "));
+                match (n.report.is_some() && !n.report_live, error) {
                     (false, e) => e.unwrap_or_default(),
                     (true, None) => stale,
                     (true, Some(e)) => format!("{e} {stale}"),

@@ -365,3 +365,86 @@ fn status_shows_every_members_live_report_and_marks_a_gossiped_copy() {
     assert!(text.stdout.contains("did not answer"), "{}", text.stdout);
     c.lan.hosts[2].sh("ip link set eth0 up");
 }
+
+/// Unmounts a tmpfs the test mounted, after the daemons using it are gone (declare it before
+/// the lab: locals drop in reverse order), even when the test fails.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full data_dir (the Raft log cannot grow) stops Raft on that node only: the node says so
+/// once in its log and in `raft status`, `corralctl status` and systemd's STATUS, quorum
+/// fencing lowers its VRRP priority (it follows no rule change), the other two keep
+/// committing, and after the space is freed a restart brings it back up to date.
+#[test]
+fn a_full_data_dir_stops_raft_on_that_node_only_and_says_so() {
+    let test = "a_full_data_dir_stops_raft_on_that_node_only_and_says_so";
+    if !require_root(test) {
+        return;
+    }
+    let Some((d, ctl)) = binaries(test) else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let data = std::env::temp_dir().join(format!("corral-{}-diskfull-d3", std::process::id()));
+    std::fs::create_dir_all(&data).unwrap();
+    tests::sh(&format!("mount -t tmpfs -o size=3m corral-test {}", data.display()));
+    let _mounted = Tmpfs(data.clone());
+    let mut c = LabCluster::new(test, 3, d, ctl);
+    // d3's data_dir is the small tmpfs (a symlink where the lab puts it).
+    std::os::unix::fs::symlink(&data, c.nodes[2].dir.join("data")).unwrap();
+    c.cluster_extra = "dead_grace = \"30s\"\nfence_priority_drop = 50\n".into();
+    c.extra_sections = "[[vrrp]]\nname = \"VI_{i}\"\ninterface = \"eth0\"\nvrid = 1{i}\npriority = 150\nadvert_interval = \"1s\"\nvirtual_ips = [\"192.0.2.20{i}/24\"]\ngarp_repeat = 1\n".into();
+    c.form(Duration::from_secs(30));
+    c.wait_settled(Duration::from_secs(60));
+    let vrrp3 = |c: &LabCluster| -> Option<serde_json::Value> {
+        let o = c.ctl(2, "vrrp status -o json");
+        serde_json::from_str::<serde_json::Value>(&o.stdout).ok()?.as_array()?.first().cloned()
+    };
+    assert!(wait_for(Duration::from_secs(10), || vrrp3(&c).is_some_and(|v| v["state"] == "MASTER" && v["effective_priority"] == 150)).is_some());
+
+    tests::sh(&format!("dd if=/dev/zero of={}/fill bs=64k 2>/dev/null || true", data.display()));
+    let big = "x".repeat(2000);
+    let mut k = 0;
+    let stopped = wait_for(Duration::from_secs(20), || {
+        k += 1;
+        assert_eq!(c.ctl(0, &format!("kv put k{k} {big}")).code, 0, "d1 and d2 keep committing: {}", c.log_tail(0));
+        c.raft(2).is_some_and(|r| r["stopped"].is_string())
+    });
+    assert!(stopped.is_some(), "Raft on d3 did not stop: {:?}\n{}", c.raft(2), c.log_tail(2));
+    let why = c.raft(2).unwrap()["stopped"].as_str().unwrap().to_string();
+    assert!(why.contains("No space left on device"), "{why}");
+    let shown = c.ctl(2, "raft status");
+    assert!(shown.stdout.contains("STOPPED:"), "{}", shown.stdout);
+    // The cluster view names it on d3's row, asked from another node.
+    let status = c.ctl(0, "status");
+    let row = status.stdout.lines().find(|l| l.starts_with("d3 ")).unwrap_or_default().to_string();
+    assert!(row.contains("Raft stopped") && row.contains("No space left"), "{}", status.stdout);
+    // Fenced: a node that follows no rule change should not keep the VIP against a peer that does.
+    assert!(
+        wait_for(Duration::from_secs(5), || vrrp3(&c).is_some_and(|v| v["effective_priority"] == 100)).is_some(),
+        "quorum fencing lowers the priority: {:?}",
+        vrrp3(&c)
+    );
+    assert!(c.nodes[2].daemon.as_mut().unwrap().child.try_wait().unwrap().is_none(), "d3's process lives on");
+    // The others keep committing; d3's log says it once, without openraft's per-message repeats.
+    for j in 0..20 {
+        assert_eq!(c.ctl(1, &format!("kv put after{j} 1")).code, 0);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let log = std::fs::read_to_string(c.nodes[2].log()).unwrap();
+    assert_eq!(log.matches("this node no longer follows rule changes").count(), 1, "{log}");
+    assert_eq!(log.matches("raft_inner").count(), 0, "openraft's repeats are not shown: {log}");
+
+    // Space back, restart: d3 catches up and serves again.
+    std::fs::remove_file(data.join("fill")).unwrap();
+    c.kill(2);
+    c.start(2);
+    assert!(c.wait_up(2, Duration::from_secs(20)), "{}", c.log_tail(2));
+    let caught_up = wait_for(Duration::from_secs(20), || c.kv(2).is_some_and(|kv| kv.contains_key("after19")));
+    assert!(caught_up.is_some(), "d3 caught up after the restart: {:?}\n{}", c.raft(2), c.log_tail(2));
+    assert!(c.raft(2).is_some_and(|r| r.get("stopped").is_none()));
+    assert!(wait_for(Duration::from_secs(5), || vrrp3(&c).is_some_and(|v| v["effective_priority"] == 150)).is_some(), "unfenced");
+}

@@ -84,6 +84,8 @@ pub struct Cluster {
     pub bad_messages: std::sync::atomic::AtomicU64,
     /// Gossip packets dropped as bad (`gossip::Swim::bad_packets`), for the metrics.
     pub gossip_bad_packets: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Where the Raft log and certificates live (named when Raft stops on a storage error).
+    data_dir: PathBuf,
 }
 
 /// The Raft RPC transport: requests over TCP with mutual TLS on the node's cluster port number
@@ -281,6 +283,7 @@ impl Cluster {
             rules_lock: tokio::sync::Mutex::new(()),
             bad_messages: Default::default(),
             gossip_bad_packets,
+            data_dir: dir.clone(),
         });
 
         let r = raft.clone();
@@ -315,6 +318,7 @@ impl Cluster {
         tokio::spawn(cluster.clone().gossip_events(events));
         tokio::spawn(cluster.clone().ca_keeper(dir.clone()));
         tokio::spawn(cluster.clone().membership_loop());
+        tokio::spawn(cluster.clone().raft_watch());
         if c.fence_priority_drop > 0 {
             tokio::spawn(cluster.clone().quorum_watch());
         }
@@ -322,9 +326,43 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Why Raft stopped on this node, if it stopped on its own (a storage error: the data_dir's
+    /// disk full, an I/O error). The process, its VRRP and its IPVS table live on, but the node
+    /// no longer follows rule changes or verdicts until corrald is restarted; `None` while Raft
+    /// runs and after an ordinary shutdown.
+    pub fn raft_stopped(&self) -> Option<String> {
+        match &self.raft.metrics().borrow().running_state {
+            Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+            Err(e) => Some(format!("Raft stopped: {e}")),
+        }
+    }
+
+    /// Says once, plainly, that Raft stopped on this node and what to do; openraft's own
+    /// messages for it repeat with every message from the leader and are not shown.
+    async fn raft_watch(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(why) = self.raft_stopped() {
+                tracing::error!(
+                    data_dir = %self.data_dir.display(),
+                    "{why}: this node no longer follows rule changes or health verdicts (its IPVS table stays as it is{}); free space in or repair the data_dir, then restart corrald",
+                    if self.cfg.fence_priority_drop > 0 { ", and quorum fencing lowers its VRRP priority" } else { "" }
+                );
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Whether gossip shows this node a majority of the Raft voters (itself included).
     pub fn sees_quorum(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
+        if m.running_state.is_err() {
+            // Raft stopped here: whatever gossip shows, this node follows no majority.
+            return false;
+        }
         let mem = m.membership_config.membership().clone();
         let voters: Vec<NodeId> = mem.voter_ids().collect();
         if voters.is_empty() {
@@ -576,6 +614,7 @@ impl Cluster {
             learners,
             lag,
             millis_since_quorum_ack: m.millis_since_quorum_ack,
+            stopped: self.raft_stopped(),
         }
     }
 
