@@ -19,6 +19,11 @@ struct Args {
     /// Validate the configuration, print the result and exit (0 valid, 1 invalid).
     #[arg(long)]
     config_test: bool,
+    /// Disaster recovery, with corrald stopped: make this node the only Raft voter, keeping
+    /// its rules, verdicts and CA, when a majority of the voters is gone for good. Prints what
+    /// it did and exits; start corrald normally afterwards.
+    #[arg(long, conflicts_with = "config_test")]
+    force_new_cluster: bool,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,18 @@ fn main() -> ExitCode {
             config.track_file.len()
         );
         return ExitCode::SUCCESS;
+    }
+    if args.force_new_cluster {
+        return match node::cluster::force_new_cluster(&config) {
+            Ok(said) => {
+                println!("{said}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("corrald: --force-new-cluster: {e:#}");
+                ExitCode::from(1)
+            }
+        };
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {

@@ -8,10 +8,12 @@
 //! - [`network`]: RPC messages, the client side over an [`network::RpcSender`] the node
 //!   implements, and [`network::serve`] for the receiving side.
 //! - [`codec`]: the versioned record format used for everything persisted or sent.
+//! - [`recovery`]: disaster recovery, a stopped node's store made the only voter.
 
 pub mod codec;
 mod depth;
 pub mod network;
+pub mod recovery;
 pub mod store;
 pub mod types;
 

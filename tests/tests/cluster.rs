@@ -448,3 +448,54 @@ fn a_full_data_dir_stops_raft_on_that_node_only_and_says_so() {
     assert!(c.raft(2).is_some_and(|r| r.get("stopped").is_none()));
     assert!(wait_for(Duration::from_secs(5), || vrrp3(&c).is_some_and(|v| v["effective_priority"] == 150)).is_some(), "unfenced");
 }
+
+/// Disaster recovery: two of three voters are gone for good, so nothing commits. With d1
+/// stopped, `corrald --force-new-cluster` makes it the only voter; started normally it leads,
+/// keeps what it had and commits again, and a replacement joins with an empty data_dir.
+#[test]
+fn force_new_cluster_recovers_a_survivor_of_a_lost_majority() {
+    let Some((_g, mut c)) = lab("force_new_cluster", 3) else { return };
+    c.form(Duration::from_secs(30));
+    c.wait_settled(Duration::from_secs(60));
+    assert_eq!(c.ctl(0, "kv put before 1").code, 0, "{}", c.log_tail(0));
+    c.kill(1);
+    c.kill(2);
+    let o = c.ctl(0, "kv put stuck 1");
+    assert_ne!(o.code, 0, "a lone voter of three commits nothing: {}", o.stdout);
+
+    // Refused while corrald runs (the store is locked), then done with it stopped.
+    let force = |c: &LabCluster| {
+        let out = c.lan.hosts[0].cmd(c.corrald.to_str().unwrap()).arg("--config").arg(c.nodes[0].dir.join("corrald.toml")).arg("--force-new-cluster").output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, _, err) = force(&c);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("still running"), "{err}");
+    c.kill(0);
+    let (code, out, err) = force(&c);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("d1 is now the only voter") && out.contains("d2") && out.contains("d3"), "{out}");
+
+    c.start(0);
+    assert!(c.wait_up(0, Duration::from_secs(20)), "{}", c.log_tail(0));
+    let leads = wait_for(Duration::from_secs(15), || {
+        c.raft(0).is_some_and(|r| r["role"] == "leader" && r["voters"].as_array().is_some_and(|v| v.len() == 1))
+    });
+    assert!(leads.is_some(), "d1 leads alone: {:?}\n{}", c.raft(0), c.log_tail(0));
+    assert_eq!(c.ctl(0, "kv put after 1").code, 0, "{}", c.log_tail(0));
+    let kv = c.kv(0).unwrap();
+    // "stuck" was in d1's log, uncommitted (its write timed out, outcome unknown): the new
+    // configuration commits it, as any new leader commits what its log holds.
+    assert!(kv.contains_key("before") && kv.contains_key("after") && kv.contains_key("stuck"), "{kv:?}");
+
+    // A replacement for d3: empty data_dir, a token from d1.
+    std::fs::remove_dir_all(c.nodes[2].dir.join("data")).unwrap();
+    let token = c.wait_token(0);
+    c.configure(2, &[0], Some(&token));
+    c.start(2);
+    let joined = wait_for(Duration::from_secs(30), || {
+        c.raft(0).is_some_and(|r| r["voters"].as_array().is_some_and(|v| v.len() == 2)) && c.kv(2).is_some_and(|kv| kv.contains_key("after"))
+    });
+    assert!(joined.is_some(), "d3 rejoined as a voter with the state: {:?}\n{}", c.raft(0), c.log_tail(2));
+    assert_eq!(c.ctl(2, "kv put two-voters 1").code, 0);
+}

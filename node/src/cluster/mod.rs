@@ -911,6 +911,29 @@ fn token_info(r: &TokenRecord) -> TokenInfo {
     }
 }
 
+/// `corrald --force-new-cluster`: disaster recovery when a majority of the voters is gone
+/// for good. Rewrites this (stopped) node's Raft store so that it alone is the voter
+/// ([`raft::recovery`]), keeping its rules, verdicts, CA and tokens; returns what to tell the
+/// operator. One-shot, so a unit file cannot leave it on for every start.
+pub fn force_new_cluster(config: &Config) -> Result<String> {
+    config.cluster.as_ref().ok_or_else(|| anyhow!("--force-new-cluster needs a [cluster] section"))?;
+    let addr = config.node.bind.ok_or_else(|| anyhow!("[node] bind is required with [cluster]"))?;
+    let name = node_name(config)?;
+    let path = config.node.data_dir.join("raft.redb");
+    let forced = raft::recovery::force_single_voter(&path, node_id_for(&name), Node { name: name.clone(), addr: addr.to_string() })?;
+    let dropped: Vec<&str> = forced.dropped.iter().map(|n| n.name.as_str()).collect();
+    Ok(format!(
+        "{name} is now the only voter (term {}, log index {}); dropped from the membership: {}.\n\
+         Start corrald normally: {name} elects itself and keeps everything it had (rules, verdicts, the CA, tokens);\n\
+         writes in its log that never committed (they timed out) now commit, and changes the lost majority\n\
+         committed after {name} last heard of them are lost.\n\
+         Before a dropped member runs again, empty its data_dir: it then joins like a new node (`join` + a token).",
+        forced.term,
+        forced.index,
+        if dropped.is_empty() { "none".into() } else { dropped.join(", ") }
+    ))
+}
+
 fn node_name(config: &Config) -> Result<String> {
     if let Some(n) = &config.node.name {
         return Ok(n.clone());
