@@ -32,7 +32,26 @@ pub type StatusBoard = Arc<Mutex<Vec<VrrpInstanceStatus>>>;
 /// The raw sockets by (interface, IPv6?, pinned source): an index into this list is half of a
 /// dispatch key. Instances with a `unicast_src_ip` get a socket per source (the source is the
 /// socket's), the others share one per interface and family.
-type Sockets = Vec<((String, bool, Option<IpAddr>), Arc<AsyncFd<VrrpSocket>>)>;
+type Sockets = Vec<SocketSlot>;
+
+/// One raw socket and its reader. A slot is never removed (its index is half of a dispatch
+/// key); once its device is gone (a vmac deleted, an interface deleted and re-created) it is
+/// closed: no key, no socket, no reader.
+struct SocketSlot {
+    key: (String, bool, Option<IpAddr>),
+    socket: Option<Arc<AsyncFd<VrrpSocket>>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SocketSlot {
+    fn close(&mut self) {
+        self.key.0.clear();
+        self.socket = None;
+        if let Some(r) = self.reader.take() {
+            r.abort();
+        }
+    }
+}
 
 /// What a sync group needs to hear about after an instance acted.
 #[derive(Debug, Clone, Copy)]
@@ -120,6 +139,11 @@ struct Running {
     garp_refresh_at: Option<std::time::Instant>,
     /// `virtual_routes`, interfaces resolved, with their rtnetlink connection (none: no routes).
     routes: Option<(vrrp::sys::route::Routes, Vec<vrrp::sys::route::VirtualRoute>)>,
+    /// Every interface the instance uses, with the index it had when resolved
+    /// ([`interfaces_changed`]).
+    names: Vec<(String, u32)>,
+    /// Why the instance could not be pointed at its re-created interface: held in FAULT.
+    detached: Option<String>,
 }
 
 /// Refuses the configuration keys the driver does not implement yet, naming them, so
@@ -177,38 +201,30 @@ fn instance_config(v: &VrrpInstanceConfig, primary: IpAddr) -> Result<InstanceCo
     Ok(c)
 }
 
-/// The host-side checks of [`build`] that need no change to the host: the interface, every
-/// `dev` a VIP or route names, and `unicast_src_ip` being an address of this host.
+/// The host-side checks of [`build`] that need no change to the host ([`resolve`]): the
+/// interface and its address to send from, every `dev` a VIP or route names, and
+/// `unicast_src_ip` being an address of this host.
 async fn precheck(v: &VrrpInstanceConfig, vips: &Vips) -> Result<()> {
-    vrrp::sys::ifindex(&v.interface).with_context(|| format!("vrrp instance {:?}: interface {}", v.name, v.interface))?;
-    for s in v.all_vips().map_err(anyhow::Error::msg)? {
-        if let Some(d) = s.dev.as_ref().filter(|d| !is_home(v, d)) {
-            vrrp::sys::ifindex(d).with_context(|| format!("vrrp instance {:?}: virtual IP {}: dev {d}", v.name, s.addr))?;
-        }
-    }
-    for s in &v.virtual_routes {
-        if let Some(d) = config::parse_route(s).map_err(anyhow::Error::msg)?.dev {
-            vrrp::sys::ifindex(&d).with_context(|| format!("vrrp instance {:?}: virtual route {s:?}: dev {d}", v.name))?;
-        }
-    }
-    if let Some(src) = v.unicast_src_ip {
-        if !vips.is_local(src).await {
-            anyhow::bail!("vrrp instance {:?}: unicast_src_ip {src} is not an address of this host", v.name);
-        }
-    }
-    Ok(())
+    resolve(v, vips).await.map(|_| ())
 }
 
-/// Sets up one instance: its vmac if configured, its (shared) socket, ARP/NA sender and
-/// sans-IO core.
-async fn build(
-    v: &VrrpInstanceConfig,
-    vips: &Vips,
-    vmacs: &mut Vmacs,
-    sockets: &mut Sockets,
-    tx: &mpsc::Sender<(usize, Vec<vrrp::sys::socket::Received>)>,
-) -> Result<Running> {
+/// What an instance needs from the host, looked up by name: checked before anything is made,
+/// and again when an interface it uses was re-created.
+struct Resolved {
+    ifindex: u32,
+    /// The adverts' source (and the tie-breaker).
+    primary: IpAddr,
+    /// The other interfaces VIPs name with `dev`.
+    other_devs: Vec<String>,
+    routes: Option<(vrrp::sys::route::Routes, Vec<vrrp::sys::route::VirtualRoute>)>,
+    /// Every interface name used, with the index it had: a different index later means the
+    /// interface was deleted and made again.
+    names: Vec<(String, u32)>,
+}
+
+async fn resolve(v: &VrrpInstanceConfig, vips: &Vips) -> Result<Resolved> {
     let ifindex = vrrp::sys::ifindex(&v.interface).with_context(|| format!("vrrp instance {:?}: interface {}", v.name, v.interface))?;
+    let mut names = vec![(v.interface.clone(), ifindex)];
     let specs = v.all_vips().map_err(anyhow::Error::msg)?;
     let exclude: Vec<IpAddr> = specs.iter().map(|p| p.addr).collect();
     let v6 = v.is_v6();
@@ -230,7 +246,11 @@ async fn build(
     for s in &v.virtual_routes {
         let rs = config::parse_route(s).map_err(anyhow::Error::msg)?;
         let ifindex = match &rs.dev {
-            Some(d) => Some(vrrp::sys::ifindex(d).with_context(|| format!("vrrp instance {:?}: virtual route {s:?}: dev {d}", v.name))?),
+            Some(d) => {
+                let i = vrrp::sys::ifindex(d).with_context(|| format!("vrrp instance {:?}: virtual route {s:?}: dev {d}", v.name))?;
+                names.push((d.clone(), i));
+                Some(i)
+            }
             None => None,
         };
         vroutes.push(vrrp::sys::route::VirtualRoute {
@@ -250,60 +270,83 @@ async fn build(
         true => None,
         false => Some((vrrp::sys::route::Routes::new().context("open rtnetlink")?, vroutes)),
     };
-    // The other interfaces VIPs name, checked before anything is made.
     let mut other_devs: Vec<String> = Vec::new();
     for s in &specs {
         if let Some(d) = s.dev.as_ref().filter(|d| !is_home(v, d) && !other_devs.contains(d)) {
-            vrrp::sys::ifindex(d).with_context(|| format!("vrrp instance {:?}: virtual IP {}: dev {d}", v.name, s.addr))?;
+            let i = vrrp::sys::ifindex(d).with_context(|| format!("vrrp instance {:?}: virtual IP {}: dev {d}", v.name, s.addr))?;
+            names.push((d.clone(), i));
             other_devs.push(d.clone());
         }
     }
-    let inst = Instance::new(instance_config(v, primary)?)?;
-    // With use_vmac everything but the primary address lives on the vmac: the socket (a frame
-    // carrying our own virtual MAC as source reaches only the vmac), the VIPs and the
-    // gratuitous ARP/NA, all with the virtual MAC as source.
-    let vmac = match v.vmac_ifname() {
-        Some(name) => {
-            let link_local = match primary {
-                IpAddr::V6(p6) => Some(p6),
-                IpAddr::V4(_) => None,
-            };
-            let m = vmacs.create(&v.interface, &name, v.vrid, link_local, vips).await.with_context(|| format!("vrrp instance {:?}", v.name))?;
-            tracing::info!(instance = %v.name, "vmac {} ({}) is up on {}", m.name, mac_string(m.mac), v.interface);
-            Some(m)
-        }
-        None => None,
+    Ok(Resolved { ifindex, primary, other_devs, routes, names })
+}
+
+/// The instance's vmac (`use_vmac`), made on its interface.
+async fn make_vmac(v: &VrrpInstanceConfig, primary: IpAddr, vmacs: &mut Vmacs, vips: &Vips) -> Result<Option<Vmac>> {
+    let Some(name) = v.vmac_ifname() else { return Ok(None) };
+    let link_local = match primary {
+        IpAddr::V6(p6) => Some(p6),
+        IpAddr::V4(_) => None,
     };
-    let attach = async {
-        let (ifname, ifindex, mac) = match &vmac {
-            Some(m) => (m.name.clone(), m.ifindex, m.mac),
-            None => (v.interface.clone(), ifindex, vrrp::sys::mac_of(&v.interface)?),
-        };
-        let key = (ifname.clone(), v6, v.unicast_src_ip);
-        let (sock_index, socket) = match sockets.iter().position(|(k, _)| *k == key) {
-            Some(i) => (i, sockets[i].1.clone()),
-            None => {
-                let pinned = vmac.is_some() || v.unicast_src_ip.is_some();
-                let raw = match (primary, pinned) {
-                    (IpAddr::V4(p4), false) => VrrpSocket::open_v4(&ifname, p4),
-                    (IpAddr::V4(p4), true) => VrrpSocket::open_v4_pinned(&ifname, p4),
-                    (IpAddr::V6(p6), _) => VrrpSocket::open_v6(&ifname, p6),
-                }
-                .with_context(|| format!("raw socket on {ifname}"))?;
-                let socket = Arc::new(async_fd(raw)?);
-                spawn_reader(sockets.len(), socket.clone(), tx.clone());
-                sockets.push((key, socket.clone()));
-                (sockets.len() - 1, socket)
+    let m = vmacs.create(&v.interface, &name, v.vrid, link_local, vips).await.with_context(|| format!("vrrp instance {:?}", v.name))?;
+    tracing::info!(instance = %v.name, "vmac {} ({}) is up on {}", m.name, mac_string(m.mac), v.interface);
+    Ok(Some(m))
+}
+
+/// The instance's socket (shared with the others of its interface, family and source) and the
+/// links its VIPs and gratuitous ARP/NA go on. With use_vmac everything but the primary address
+/// lives on the vmac: the socket (a frame carrying our own virtual MAC as source reaches only
+/// the vmac), the VIPs and the gratuitous ARP/NA, all with the virtual MAC as source.
+async fn attach(
+    v: &VrrpInstanceConfig,
+    res: &Resolved,
+    vmac: &Option<Vmac>,
+    sockets: &mut Sockets,
+    tx: &mpsc::Sender<(usize, Vec<vrrp::sys::socket::Received>)>,
+) -> Result<(usize, Arc<AsyncFd<VrrpSocket>>, Vec<VipLink>)> {
+    let (ifname, ifindex, mac) = match vmac {
+        Some(m) => (m.name.clone(), m.ifindex, m.mac),
+        None => (v.interface.clone(), res.ifindex, vrrp::sys::mac_of(&v.interface)?),
+    };
+    let key = (ifname.clone(), v.is_v6(), v.unicast_src_ip);
+    let open = sockets.iter().position(|s| s.key == key).and_then(|i| Some((i, sockets[i].socket.clone()?)));
+    let (sock_index, socket) = match open {
+        Some(found) => found,
+        None => {
+            let pinned = vmac.is_some() || v.unicast_src_ip.is_some();
+            let raw = match (res.primary, pinned) {
+                (IpAddr::V4(p4), false) => VrrpSocket::open_v4(&ifname, p4),
+                (IpAddr::V4(p4), true) => VrrpSocket::open_v4_pinned(&ifname, p4),
+                (IpAddr::V6(p6), _) => VrrpSocket::open_v6(&ifname, p6),
             }
-        };
-        let mut links = vec![VipLink { ifindex, arp: ArpSender::open(ifindex)?, mac }];
-        for d in &other_devs {
-            let ifindex = vrrp::sys::ifindex(d)?;
-            links.push(VipLink { ifindex, arp: ArpSender::open(ifindex)?, mac: vrrp::sys::mac_of(d)? });
+            .with_context(|| format!("raw socket on {ifname}"))?;
+            let socket = Arc::new(async_fd(raw)?);
+            let reader = spawn_reader(sockets.len(), socket.clone(), tx.clone());
+            sockets.push(SocketSlot { key, socket: Some(socket.clone()), reader: Some(reader) });
+            (sockets.len() - 1, socket)
         }
-        anyhow::Ok((sock_index, socket, links))
     };
-    let (sock_index, socket, links) = match attach.await {
+    let mut links = vec![VipLink { ifindex, arp: ArpSender::open(ifindex)?, mac }];
+    for d in &res.other_devs {
+        let ifindex = vrrp::sys::ifindex(d)?;
+        links.push(VipLink { ifindex, arp: ArpSender::open(ifindex)?, mac: vrrp::sys::mac_of(d)? });
+    }
+    Ok((sock_index, socket, links))
+}
+
+/// Sets up one instance: its vmac if configured, its (shared) socket, ARP/NA sender and
+/// sans-IO core.
+async fn build(
+    v: &VrrpInstanceConfig,
+    vips: &Vips,
+    vmacs: &mut Vmacs,
+    sockets: &mut Sockets,
+    tx: &mpsc::Sender<(usize, Vec<vrrp::sys::socket::Received>)>,
+) -> Result<Running> {
+    let mut res = resolve(v, vips).await?;
+    let inst = Instance::new(instance_config(v, res.primary)?)?;
+    let vmac = make_vmac(v, res.primary, vmacs, vips).await?;
+    let (sock_index, socket, links) = match attach(v, &res, &vmac, sockets, tx).await {
         Ok(parts) => parts,
         Err(e) => {
             if let Some(m) = &vmac {
@@ -312,12 +355,13 @@ async fn build(
             return Err(e);
         }
     };
+    let specs = v.all_vips().map_err(anyhow::Error::msg)?;
     let placed = specs
         .into_iter()
         .map(|s| PlacedVip {
             addr: s.addr,
             prefix: s.prefix,
-            link: s.dev.as_ref().filter(|d| !is_home(v, d)).and_then(|d| other_devs.iter().position(|o| o == d)).map_or(0, |k| k + 1),
+            link: s.dev.as_ref().filter(|d| !is_home(v, d)).and_then(|d| res.other_devs.iter().position(|o| o == d)).map_or(0, |k| k + 1),
             extras: vrrp::sys::vip::AddrExtras { label: s.label, scope: s.scope },
         })
         .collect();
@@ -339,8 +383,92 @@ async fn build(
         acted_state: State::Initialize,
         version_warned: Vec::new(),
         garp_refresh_at: None,
-        routes,
+        routes: res.routes.take(),
+        names: res.names,
+        detached: None,
     })
+}
+
+/// Re-attaches the instances whose interfaces were deleted and made again, and retries the
+/// detached ones; true when any instance's socket or links changed (the dispatch table follows).
+async fn follow_recreated(
+    running: &mut [Running],
+    vips: &Vips,
+    vmacs: &mut Vmacs,
+    sockets: &mut Sockets,
+    tx: &mpsc::Sender<(usize, Vec<vrrp::sys::socket::Received>)>,
+) -> bool {
+    let mut moved = false;
+    for r in running.iter_mut() {
+        if r.detached.is_none() && !interfaces_changed(r) {
+            continue;
+        }
+        moved = true;
+        match reattach(r, vips, vmacs, sockets, tx).await {
+            Ok(()) => {
+                tracing::info!(instance = %r.conf.name, interface = %r.conf.interface, "interface made again: the instance uses the new one");
+                // Deleted and made again between two link reports, a master's VIPs went with
+                // the old device: through FAULT, so the tracking applied next starts it afresh.
+                if r.inst.state() != State::Fault {
+                    r.inst.set_tracking(Instant::now().into_std(), true, 0);
+                }
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                if r.detached.as_ref() != Some(&e) {
+                    tracing::warn!(instance = %r.conf.name, "interface made again but not usable yet, held in FAULT: {e}");
+                }
+                r.detached = Some(e);
+            }
+        }
+    }
+    moved
+}
+
+/// Whether an interface the instance uses was deleted and made again since it was resolved
+/// (same name, another index): its socket, ARP sender and vmac point at a device that is gone.
+/// A deleted interface not yet back is not "changed": link tracking holds the instance in
+/// FAULT until it is.
+fn interfaces_changed(r: &Running) -> bool {
+    r.names.iter().any(|(name, index)| matches!(vrrp::sys::ifindex(name), Ok(i) if i != *index))
+}
+
+/// Points a running instance at its re-created interfaces: a new socket, links, vmac and
+/// routes, and the new primary address; its state, counters and timers stay (it is in FAULT
+/// while the link was gone, and link tracking lets it out). On failure (the interface is back
+/// without its address yet) it is detached: held in FAULT and tried again.
+async fn reattach(r: &mut Running, vips: &Vips, vmacs: &mut Vmacs, sockets: &mut Sockets, tx: &mpsc::Sender<(usize, Vec<vrrp::sys::socket::Received>)>) -> Result<()> {
+    let v = r.conf.clone();
+    let mut res = resolve(&v, vips).await?;
+    // The old socket's device is gone: close it, so the new one is opened by key.
+    if let Some(slot) = sockets.get_mut(r.sock_index) {
+        if slot.key.0 == v.interface || r.vmac.as_ref().is_some_and(|m| m.name == slot.key.0) {
+            slot.close();
+        }
+    }
+    // A vmac goes with the interface under it; forget the old one, make it again.
+    if let Some(old) = r.vmac.take() {
+        let _ = vmacs.delete(&old).await;
+    }
+    let vmac = make_vmac(&v, res.primary, vmacs, vips).await?;
+    let (sock_index, socket, links) = match attach(&v, &res, &vmac, sockets, tx).await {
+        Ok(parts) => parts,
+        Err(e) => {
+            if let Some(m) = &vmac {
+                let _ = vmacs.delete(m).await;
+            }
+            return Err(e);
+        }
+    };
+    r.inst.set_primary(res.primary)?;
+    r.socket = socket;
+    r.sock_index = sock_index;
+    r.links = links;
+    r.vmac = vmac;
+    r.routes = res.routes.take();
+    r.names = res.names;
+    r.detached = None;
+    Ok(())
 }
 
 fn mac_string(m: [u8; 6]) -> String {
@@ -360,7 +488,7 @@ async fn retire(mut r: Running, vips: &Vips, vmacs: &mut Vmacs, sockets: &mut So
         }
         // The slot stays (indices are dispatch keys) but no configuration can name it again.
         if let Some(slot) = sockets.get_mut(r.sock_index) {
-            slot.0 .0 = String::new();
+            slot.close();
         }
     }
 }
@@ -428,6 +556,8 @@ fn apply_tracking(r: &mut Running, cfg: &Config, snap: &crate::tracking::Snapsho
         process_defs: &cfg.track_process,
     };
     let (fault, adjust) = crate::tracking::effect(&tracked, snap);
+    // Not attached to its re-created interface yet: nothing to send from.
+    let fault = fault || r.detached.is_some();
     let adjust = adjust - if snap.quorum_lost { fence_drop(cfg) } else { 0 };
     r.inst.set_tracking(Instant::now().into_std(), fault, adjust);
 }
@@ -487,6 +617,9 @@ pub async fn run(
     // Tracked objects: read once now (an instance whose interface is down starts in FAULT),
     // then watched by their own task.
     let (mut track_rx, mut tracker) = start_tracker(&cfg, &mut running);
+    // The latest tracking snapshot, for instances re-attached between two of them.
+    let mut last_snap = crate::tracking::Snapshot::default();
+    let mut last_retry = std::time::Instant::now();
     let now = Instant::now().into_std();
     for r in &mut running {
         // Stale VIPs from a crash must not linger on a backup.
@@ -559,8 +692,8 @@ pub async fn run(
                     // An instance of this link on a sibling socket (its own unicast_src_ip) owns
                     // the VRID: that socket got the packet too, nothing to count here.
                     None if vrid.is_some_and(|v| {
-                        let ifname = &sockets[sock].0 .0;
-                        running.iter().any(|r| r.conf.vrid == v && r.sock_index != sock && sockets[r.sock_index].0 .0 == *ifname)
+                        let ifname = &sockets[sock].key.0;
+                        running.iter().any(|r| r.conf.vrid == v && r.sock_index != sock && sockets[r.sock_index].key.0 == *ifname)
                     }) => {}
                     None => {
                         // Not ours (another router's VRID, or too short to say): count it on
@@ -573,10 +706,15 @@ pub async fn run(
                 }
             }}
             Some(snap) = track_rx.recv() => {
+                // A link event may be an interface made again under the same name.
+                if follow_recreated(&mut running, &vips, &mut vmacs, &mut sockets, &tx).await {
+                    dispatch = dispatch_table(&running);
+                }
                 for i in 0..running.len() {
                     apply_tracking(&mut running[i], &cfg, &snap);
                     step(i, &mut running, &mut groups, &vips, &mut out).await;
                 }
+                last_snap = snap;
             }
             Some(Reload { config: new, done }) = reload.recv() => {
                 let refuse = |e: anyhow::Error, done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>| {
@@ -658,6 +796,18 @@ pub async fn run(
             // With no instance (a director-only node) there is nothing to refresh: the board
             // was published empty, and a reload that adds instances publishes it again.
             _ = tick.tick(), if !running.is_empty() => {
+                // An instance whose re-created interface was not usable yet (its address comes
+                // after the link): tried again each second.
+                if running.iter().any(|r| r.detached.is_some()) && last_retry.elapsed() >= Duration::from_secs(1) {
+                    last_retry = std::time::Instant::now();
+                    if follow_recreated(&mut running, &vips, &mut vmacs, &mut sockets, &tx).await {
+                        dispatch = dispatch_table(&running);
+                        for i in 0..running.len() {
+                            apply_tracking(&mut running[i], &cfg, &last_snap);
+                            step(i, &mut running, &mut groups, &vips, &mut out).await;
+                        }
+                    }
+                }
                 refresh_garps(&mut running, std::time::Instant::now());
                 publish(&running, &board);
                 rescan = false;
@@ -795,7 +945,7 @@ impl DeadlineTimer {
 /// Reads one socket: each time it is readable, what is queued (up to 64 datagrams) goes to the
 /// driver as one batch, so a backup of hundreds of instances pays one system call and one
 /// channel message per batch rather than per advert.
-fn spawn_reader(index: usize, socket: Arc<AsyncFd<VrrpSocket>>, tx: mpsc::Sender<(usize, Vec<vrrp::sys::socket::Received>)>) {
+fn spawn_reader(index: usize, socket: Arc<AsyncFd<VrrpSocket>>, tx: mpsc::Sender<(usize, Vec<vrrp::sys::socket::Received>)>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut batch = vrrp::sys::socket::RecvBatch::new(64);
         loop {
@@ -817,7 +967,7 @@ fn spawn_reader(index: usize, socket: Arc<AsyncFd<VrrpSocket>>, tx: mpsc::Sender
                 Err(_would_block) => continue,
             }
         }
-    });
+    })
 }
 
 fn receive(r: &mut Running, pkt: vrrp::sys::socket::Received, now: std::time::Instant) {

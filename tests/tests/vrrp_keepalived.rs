@@ -945,3 +945,73 @@ fn track_process_moves_mastership_like_keepalived() {
     child.wait().unwrap();
     assert!(wait_for(Duration::from_secs(3), || has_addr(h2, VIP) && !has_addr(h1, VIP)).is_some(), "keepalived takes over when it dies");
 }
+
+/// An interface deleted and made again under the same name (a VLAN or bond rebuilt by the
+/// network manager): the instance follows the new device, as keepalived does, over IPv4 and
+/// IPv6 (whose link-local source changes with the new MAC). While it is gone the instance is
+/// in FAULT and keepalived holds the VIP; when it is back without its address yet the instance
+/// stays in FAULT (nothing to send from) and says why; once the address is there it preempts
+/// keepalived again, keeping its counters.
+#[test]
+fn an_interface_deleted_and_made_again_is_followed() {
+    let Some(bin) = prerequisites("an_interface_deleted_and_made_again_is_followed") else { return };
+    for (vip, family) in [(format!("{VIP}/24"), "IPv4"), ("2001:db8::100/64".to_string(), "IPv6")] {
+        let addr = vip.split('/').next().unwrap().to_string();
+        let lan = Lan::new(2);
+        let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
+        let dir = tempdir::Dir::new(&format!("recreate{}", family.len()));
+        let (c, _) = start_corrald(
+            &bin,
+            h1,
+            &dir,
+            &format!(
+                "[node]\nadmin_socket = \"{}/admin.sock\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{vip}\"]\ngarp_repeat = 1\n",
+                dir.path.display()
+            ),
+        );
+        let _k = keepalived_vip(h2, &dir, 3, 100, "0.1", None, &vip);
+        assert!(wait_for(Duration::from_secs(4), || has_addr(h1, &addr) && !has_addr(h2, &addr)).is_some(), "{family}: corral is master");
+        let before = vrrp_status(&bin, &dir);
+
+        h1.sh("ip link del eth0");
+        assert!(wait_for(Duration::from_secs(3), || has_addr(h2, &addr)).is_some(), "{family}: keepalived took over");
+        assert!(wait_for(Duration::from_secs(1), || vrrp_status(&bin, &dir)["state"] == "FAULT").is_some(), "{family}: FAULT while gone");
+
+        // Back, up, but without its addresses yet (IPv6 link-local addresses come by
+        // themselves with the link: turned off until the addresses are given).
+        tests::sh(&format!("ip link add p1 netns {} type veth peer name eth0 netns {}", lan.bridge.name, h1.name));
+        lan.bridge.sh("ip link set p1 master br0 && ip link set p1 up");
+        h1.sh("sysctl -qw net.ipv6.conf.eth0.addr_gen_mode=1 && ip link set eth0 up");
+        std::thread::sleep(Duration::from_millis(1500));
+        let st = vrrp_status(&bin, &dir);
+        assert_eq!(st["state"], "FAULT", "{family}: no address to send from, so FAULT: {st}");
+        assert!(has_addr(h2, &addr) && !has_addr(h1, &addr), "{family}: keepalived keeps the VIP meanwhile");
+
+        let link_local = if family == "IPv6" {
+            h1.sh("sysctl -qw net.ipv6.conf.eth0.addr_gen_mode=0 && ip link set eth0 down && ip link set eth0 up");
+            h1.sh("ip addr add 2001:db8::1/64 dev eth0 nodad");
+            let ll = tests::wait_for(Duration::from_secs(3), || h1.sh("ip -6 -o addr show dev eth0 scope link").contains("fe80::"));
+            assert!(ll.is_some(), "a new link-local address");
+            let line = h1.sh("ip -6 -o addr show dev eth0 scope link");
+            Some(line.split_whitespace().nth(3).unwrap().split('/').next().unwrap().to_string())
+        } else {
+            h1.sh("ip addr add 192.0.2.1/24 dev eth0");
+            None
+        };
+        let back = wait_for(Duration::from_secs(4), || has_addr(h1, &addr) && !has_addr(h2, &addr));
+        assert!(back.is_some(), "{family}: corral follows the new interface and preempts keepalived: {}", vrrp_status(&bin, &dir));
+        // The status board is refreshed every 50 ms.
+        assert!(wait_for(Duration::from_secs(1), || vrrp_status(&bin, &dir)["state"] == "MASTER").is_some(), "{family}");
+        let after = vrrp_status(&bin, &dir);
+        if let Some(ll) = link_local {
+            assert_eq!(after["master"].as_str(), Some(ll.as_str()), "adverts come from the new link-local address: {after}");
+        }
+        let sent = |s: &serde_json::Value| s["counters"]["adverts_sent"].as_u64().unwrap_or(0);
+        assert!(sent(&after) > sent(&before), "{family}: the same instance, counters kept: {before} -> {after}");
+        assert_eq!(after["counters"]["became_master"], 2, "{family}: {after}");
+        // Stable: keepalived hears the new adverts.
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(has_addr(h1, &addr) && !has_addr(h2, &addr), "{family}: stable after the move");
+        drop(c);
+    }
+}

@@ -457,6 +457,20 @@ impl Instance {
         }
     }
 
+    /// The interface was re-created (a new link-local address with a new MAC, a new IPv4
+    /// address): adverts leave from `primary` from now on, and it breaks priority ties. Refused
+    /// across address families, which would make the instance another one.
+    pub fn set_primary(&mut self, primary: IpAddr) -> Result<(), ConfigError> {
+        if primary.is_ipv6() != self.cfg.primary.is_ipv6() {
+            return Err(ConfigError::Vips);
+        }
+        if self.master == Some(self.cfg.primary) {
+            self.master = Some(primary);
+        }
+        self.cfg.primary = primary;
+        Ok(())
+    }
+
     /// Sync-group members are gated: their Master_Down expiry asks the group ([`Action::WantMaster`]).
     pub fn set_gated(&mut self, gated: bool) {
         self.gate_open = !gated;
@@ -621,6 +635,19 @@ mod tests {
                 _ => None,
             })
         }
+    }
+
+    #[test]
+    fn a_new_primary_address_is_the_source_and_tie_breaker_from_then_on() {
+        let mut lan = Lan::new(vec![cfg(1, 100)]);
+        lan.start(0);
+        lan.run_for(Duration::from_secs(5));
+        assert_eq!(lan.state(0), State::Master);
+        let inst = &mut lan.nodes[0].0;
+        assert!(inst.set_primary("2001:db8::1".parse().unwrap()).is_err(), "not across families");
+        inst.set_primary(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))).unwrap();
+        assert_eq!(inst.config().primary, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9)));
+        assert_eq!(inst.master(), Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))), "the master we report is us, by our new address");
     }
 
     #[test]
