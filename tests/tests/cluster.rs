@@ -499,3 +499,26 @@ fn force_new_cluster_recovers_a_survivor_of_a_lost_majority() {
     assert!(joined.is_some(), "d3 rejoined as a voter with the state: {:?}\n{}", c.raft(0), c.log_tail(2));
     assert_eq!(c.ctl(2, "kv put two-voters 1").code, 0);
 }
+
+/// A member that comes back at another address (a re-addressed machine): gossip finds it there
+/// and the leader gives Raft the new address, so it hears about changes again.
+#[test]
+fn a_member_back_at_another_address_is_followed_by_raft() {
+    let Some((_g, mut c)) = lab("moved_member", 3) else { return };
+    c.form(Duration::from_secs(30));
+    c.wait_settled(Duration::from_secs(60));
+    c.kill(2);
+    c.lan.hosts[2].sh("ip addr del 192.0.2.3/24 dev eth0 && ip addr add 192.0.2.13/24 dev eth0");
+    let cfg = c.nodes[2].dir.join("corrald.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("\"192.0.2.3:7946\""), "{text}");
+    std::fs::write(&cfg, text.replace("\"192.0.2.3:7946\"", "\"192.0.2.13:7946\"")).unwrap();
+    c.start(2);
+    assert!(c.wait_up(2, Duration::from_secs(20)), "{}", c.log_tail(2));
+    assert_eq!(c.ctl(0, "kv put after-move 1").code, 0);
+    let heard = wait_for(Duration::from_secs(20), || c.kv(2).is_some_and(|kv| kv.contains_key("after-move")));
+    assert!(heard.is_some(), "d3 hears from the leader at its new address: {:?}\n{}", c.raft(0), c.log_tail(0));
+    let leader = c.leader().unwrap();
+    let log = std::fs::read_to_string(c.nodes[leader].log()).unwrap();
+    assert!(log.contains("member moved: updating its Raft address"), "{}", c.log_tail(leader));
+}

@@ -3,6 +3,7 @@
 //!
 //! 1. a member gossip reports alive that Raft does not know becomes a learner (unless an
 //!    operator removed that identity);
+//!    a member gossip finds at another address than Raft has is given the new one;
 //! 2. a member that announced a graceful leave is removed;
 //! 3. a voter gossip has reported dead for longer than `dead_grace` is demoted to learner;
 //! 4. while there are fewer voters than the target (configured, or 3 — 5 once 5+ members are
@@ -67,6 +68,20 @@ impl Cluster {
             tracing::info!(%name, "adding learner");
             self.raft.add_learner(id, node, false).await.map_err(|e| e.to_string())?;
             return Ok(());
+        }
+
+        // 1b. A member that came back at another address (a re-addressed machine, a
+        // replacement with the same name): Raft must send to where gossip, which authenticated
+        // it, now finds it, or it never hears from the leader again.
+        for (id, node) in mem.nodes() {
+            let Some(s) = seen.get(&node.name).filter(|s| s.state == Liveness::Alive && *id != self.id) else { continue };
+            let now = s.id.addr.to_string();
+            if now != node.addr {
+                tracing::info!(name = %node.name, from = %node.addr, to = %now, "member moved: updating its Raft address");
+                let moved = Node { name: node.name.clone(), addr: now };
+                self.raft.change_membership(ChangeMembers::SetNodes([(*id, moved)].into()), false).await.map_err(|e| e.to_string())?;
+                return Ok(());
+            }
         }
 
         // 2./3. Departed and long-dead members.
