@@ -79,6 +79,9 @@ impl Admin {
         if let Request::VrrpStatus = req {
             return Ok(ResponseBody::VrrpStatus { instances: self.board.lock().unwrap_or_else(|p| p.into_inner()).clone() });
         }
+        if let Request::Metrics = req {
+            return Ok(ResponseBody::Metrics { text: self.metrics() });
+        }
         let c = self
             .cluster
             .as_ref()
@@ -96,7 +99,7 @@ impl Admin {
             Request::Observe { .. } => Err("health reports are accepted only from cluster members over QUIC".into()),
             Request::LocalChecks => Ok(ResponseBody::LocalChecks { results: self.health()?.local_results() }),
             Request::RsList => Ok(ResponseBody::RsList { revision: c.sm.current().revision, rows: self.health()?.rs_list().await }),
-            Request::Metrics => Ok(ResponseBody::Metrics { text: self.metrics(c) }),
+            Request::Metrics => unreachable!("answered above"),
             Request::Leave => c.leave().await,
             Request::Forwarded { inner } => {
                 if matches!(*inner, Request::Forwarded { .. }) {
@@ -113,20 +116,33 @@ impl Admin {
         self.health.as_ref().ok_or_else(|| "health checking is not running on this node".to_string())
     }
 
-    fn metrics(&self, c: &Cluster) -> String {
-        let mut s = self.health.as_ref().map(|h| h.metrics()).unwrap_or_default();
-        let bad = c.bad_messages.load(std::sync::atomic::Ordering::Relaxed);
-        s.push_str(&format!("# HELP corral_cluster_bad_messages_total Raft/admin messages refused as undecodable.\n# TYPE corral_cluster_bad_messages_total counter\ncorral_cluster_bad_messages_total {bad}\n"));
-        let bad = c.gossip_bad_packets.load(std::sync::atomic::Ordering::Relaxed);
-        s.push_str(&format!("# HELP corral_gossip_bad_packets_total Gossip packets dropped as undecodable, malformed, refused or impersonating.\n# TYPE corral_gossip_bad_packets_total counter\ncorral_gossip_bad_packets_total {bad}\n"));
-        let st = c.sm.current();
-        s.push_str(&format!("# HELP corral_cluster_revision Revision of the replicated state applied here.\n# TYPE corral_cluster_revision gauge\ncorral_cluster_revision {}\n", st.revision));
+    /// Everything the node counts, in Prometheus's text format ([`crate::metrics`]).
+    pub fn metrics(&self) -> String {
+        let mut x = crate::metrics::Exposition::default();
+        let vrrp = self.board.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        crate::metrics::vrrp(&mut x, &vrrp);
+        if let Some(h) = &self.health {
+            x.raw(&h.metrics());
+        }
+        if let Some(c) = &self.cluster {
+            crate::metrics::cluster(&mut x, &c.raft_status(), &c.members());
+            x.single("corral_cluster_bad_messages_total", "Raft/admin messages refused as undecodable.", "counter", c.bad_messages.load(std::sync::atomic::Ordering::Relaxed));
+            x.single(
+                "corral_gossip_bad_packets_total",
+                "Gossip packets dropped as undecodable, malformed, refused or impersonating.",
+                "counter",
+                c.gossip_bad_packets.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            x.single("corral_cluster_revision", "Revision of the replicated state applied here.", "gauge", c.sm.current().revision);
+        }
         if let Some(d) = &self.director {
             let d = d.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            s.push_str(&format!("# HELP corral_director_applied_revision Revision whose rules are in IPVS.\n# TYPE corral_director_applied_revision gauge\ncorral_director_applied_revision {}\n", d.applied_revision));
-            s.push_str(&format!("# HELP corral_director_drift_repairs_total Reconciles that repaired a drifted IPVS table.\n# TYPE corral_director_drift_repairs_total counter\ncorral_director_drift_repairs_total {}\n", d.drift_repairs));
+            x.single("corral_director_applied_revision", "Revision whose rules are in IPVS.", "gauge", d.applied_revision);
+            x.single("corral_director_drift_repairs_total", "Reconciles that repaired a drifted IPVS table.", "counter", d.drift_repairs);
+            x.single("corral_director_kernel_objects", "Services and real servers in the kernel after the last reconcile.", "gauge", d.kernel_objects);
+            x.single("corral_director_error", "1 while the last reconcile failed.", "gauge", u8::from(d.last_error.is_some()));
         }
-        s
+        x.finish()
     }
 
     /// This node's own report (also gossiped).

@@ -176,6 +176,9 @@ pub struct NodeSection {
     /// but root (keepalived's `enable_script_security`).
     #[serde(default)]
     pub enable_script_security: bool,
+    /// TCP `ip:port` serving `GET /metrics` (Prometheus's text format) for scraping; absent =
+    /// no listener (`corralctl metrics` prints the same). Takes effect at start.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for NodeSection {
@@ -189,6 +192,7 @@ impl Default for NodeSection {
             script_user: None,
             script_group: None,
             enable_script_security: false,
+            metrics_listen: None,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod director;
 pub mod health;
+pub mod metrics;
 pub mod realtime;
 pub mod rules;
 pub mod scripts;

@@ -137,6 +137,9 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let health = cluster.as_ref().map(|c| node::health::Health::start(c.clone()));
     let director_status = director.as_ref().map(|d| d.status.clone());
     let admin = node::admin::Admin { board: board.clone(), cluster: cluster.clone(), director: director_status.clone(), health };
+    if let Some(addr) = config.node.metrics_listen {
+        node::metrics::serve(addr, admin.clone()).await?;
+    }
     admin.serve_quic()?;
     tokio::spawn(admin.clone().publish_reports());
     let listener = node::admin::bind(&config.node.admin_socket)?;

@@ -522,3 +522,59 @@ fn a_member_back_at_another_address_is_followed_by_raft() {
     let log = std::fs::read_to_string(c.nodes[leader].log()).unwrap();
     assert!(log.contains("member moved: updating its Raft address"), "{}", c.log_tail(leader));
 }
+
+/// `[node] metrics_listen`: every node serves `/metrics` over HTTP, which the Prometheus client's
+/// own parser reads: VRRP per instance (state, priorities, counters), Raft (leader, voters,
+/// followers' lag) and gossip (members by state), the same text `corralctl metrics` prints.
+#[test]
+fn metrics_are_served_for_prometheus() {
+    let test = "metrics_are_served_for_prometheus";
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    let parser = std::process::Command::new("/usr/bin/python3").args(["-c", "import prometheus_client.parser"]).output();
+    if parser.map(|o| !o.status.success()).unwrap_or(true) {
+        assert!(!ci, "{test}: python3-prometheus-client is missing and CI=true forbids skipping");
+        eprintln!("SKIP: {test}: python3-prometheus-client is not installed");
+        return;
+    }
+    let Some((_g, mut c)) = lab(test, 3) else { return };
+    c.node_extra = "metrics_listen = \"0.0.0.0:9650\"\n".into();
+    c.extra_sections = "[[vrrp]]\nname = \"VI_{i}\"\ninterface = \"eth0\"\nvrid = 1{i}\npriority = 15{i}\nadvert_interval = \"1s\"\nvirtual_ips = [\"192.0.2.20{i}/24\"]\ngarp_repeat = 1\n".into();
+    c.form(Duration::from_secs(30));
+    c.wait_settled(Duration::from_secs(60));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/scrape_metrics.py");
+    let scrape = |i: usize| -> serde_json::Value {
+        let out = c.lan.hosts[i].cmd("/usr/bin/python3").arg(&script).arg(format!("http://192.0.2.{}:9650", i + 1)).output().unwrap();
+        assert!(out.status.success(), "scrape d{}: {}", i + 1, String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let value = |m: &serde_json::Value, name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        m["samples"].as_array()?.iter().find_map(|s| {
+            (s[0] == name && labels.iter().all(|(k, v)| s[1][*k] == *v)).then(|| s[2].as_f64()).flatten()
+        })
+    };
+    let leader = c.leader().unwrap();
+    // Each VRRP instance is alone on its VRID: master once its Master_Down timer ran.
+    assert!(wait_for(Duration::from_secs(10), || (0..3).all(|i| value(&scrape(i), "corral_vrrp_state", &[("state", "MASTER")]) == Some(1.0))).is_some());
+    for i in 0..3 {
+        let m = scrape(i);
+        assert!(m["content_type"].as_str().unwrap().starts_with("text/plain; version=0.0.4"), "{}", m["content_type"]);
+        assert_eq!(m["other_path_404"], true);
+        let inst = format!("VI_{}", i + 1);
+        let vrid = format!("1{}", i + 1);
+        let l = [("instance", inst.as_str()), ("interface", "eth0"), ("vrid", vrid.as_str())];
+        assert_eq!(value(&m, "corral_vrrp_state", &[l[0], ("state", "BACKUP")]), Some(0.0));
+        assert_eq!(value(&m, "corral_vrrp_priority", &l), Some(150.0 + (i + 1) as f64));
+        assert!(value(&m, "corral_vrrp_adverts_sent_total", &l).is_some_and(|v| v >= 1.0), "{m}");
+        assert_eq!(value(&m, "corral_vrrp_became_master_total", &l), Some(1.0));
+        assert_eq!(value(&m, "corral_raft_leader", &[]), Some(if i == leader { 1.0 } else { 0.0 }), "d{}", i + 1);
+        assert_eq!(value(&m, "corral_raft_voters", &[]), Some(3.0));
+        assert_eq!(value(&m, "corral_raft_stopped", &[]), Some(0.0));
+        assert_eq!(value(&m, "corral_gossip_members", &[("state", "alive")]), Some(3.0));
+        if i == leader {
+            assert_eq!(m["samples"].as_array().unwrap().iter().filter(|s| s[0] == "corral_raft_follower_lag").count(), 2, "{m}");
+        }
+    }
+    // The same text through the admin socket.
+    let text = c.ctl(0, "metrics").stdout;
+    assert!(text.contains("corral_vrrp_state{instance=\"VI_1\",interface=\"eth0\",vrid=\"11\",state=\"MASTER\"} 1"), "{text}");
+}
