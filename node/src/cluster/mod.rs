@@ -338,9 +338,10 @@ impl Cluster {
     }
 
     /// Says once, plainly, that Raft stopped on this node and what to do; openraft's own
-    /// messages for it repeat with every message from the leader and are not shown.
+    /// messages for it repeat with every message from the leader and are not shown. Looks on
+    /// the housekeeping grid, not at every metrics update (several per rule change).
     async fn raft_watch(self: Arc<Self>) {
-        let mut metrics = self.raft.metrics();
+        let mut tick = crate::ticks::aligned(4 * crate::ticks::GRID);
         loop {
             if let Some(why) = self.raft_stopped() {
                 tracing::error!(
@@ -350,9 +351,7 @@ impl Cluster {
                 );
                 return;
             }
-            if metrics.changed().await.is_err() {
-                return;
-            }
+            tick.tick().await;
         }
     }
 
