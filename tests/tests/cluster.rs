@@ -579,3 +579,40 @@ fn metrics_are_served_for_prometheus() {
     let text = c.ctl(0, "metrics").stdout;
     assert!(text.contains("corral_vrrp_state{instance=\"VI_1\",interface=\"eth0\",vrid=\"11\",state=\"MASTER\"} 1"), "{text}");
 }
+
+/// A second process under a live member's name (a copied configuration) is refused at its
+/// join, naming the member, and the cluster stays as it was: otherwise two processes would be
+/// one Raft node.
+#[test]
+fn a_join_under_a_live_members_name_is_refused() {
+    let test = "a_join_under_a_live_members_name_is_refused";
+    if !require_root(test) {
+        return;
+    }
+    let Some((d, ctl)) = binaries(test) else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = LabCluster::with_hosts(test, 3, 4, d, ctl);
+    c.form(Duration::from_secs(30));
+    c.wait_settled(Duration::from_secs(60));
+    let token = c.wait_token(0);
+    let dir = c.root().join("imposter");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("corrald.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nname = \"d2\"\nbind = \"192.0.2.4:7946\"\ndata_dir = \"{}\"\nadmin_socket = \"{}\"\n\n[cluster]\njoin = [\"192.0.2.1:7946\"]\ntoken = \"{token}\"\n",
+            dir.join("data").display(),
+            dir.join("admin.sock").display()
+        ),
+    )
+    .unwrap();
+    let out = c.lan.hosts[3].cmd(c.corrald.to_str().unwrap()).arg("--config").arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the imposter must not start: {err}");
+    assert!(err.contains("a member named d2 is alive at 192.0.2.2:7946"), "{err}");
+    assert!(!dir.join("data/node.pem").exists(), "no certificate was issued");
+    let r = c.raft(0).unwrap();
+    assert_eq!(r["voters"].as_array().map(Vec::len), Some(3), "{r}");
+    assert_eq!(c.ctl(1, "kv put still-d2 1").code, 0, "the real d2 is unaffected");
+}

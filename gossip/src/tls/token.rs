@@ -134,6 +134,13 @@ impl fmt::Display for Why {
 pub trait TokenValidator: Send + Sync + 'static {
     /// `Ok(())` admits the joiner; `Err(why)` refuses it and `why` is reported to it.
     fn validate(&self, secret: &str) -> Result<(), Why>;
+
+    /// Whether a joiner from `remote` may take `name`: a cluster refuses the name of a member
+    /// that is alive elsewhere (a cloned configuration would otherwise make two processes one
+    /// node). Everything is admitted by default.
+    fn admits_name(&self, _name: &str, _remote: std::net::SocketAddr) -> Result<(), Why> {
+        Ok(())
+    }
 }
 
 /// An in-memory token set, for tests and for a single bootstrap node before Raft holds tokens.

@@ -91,6 +91,9 @@ fn decide(service: &super::JoinService, remote: SocketAddr, req: &[u8]) -> JoinR
     if let Err(why) = service.validator.validate(&secret) {
         return refuse(format!("token refused for {name:?}: {why}"));
     }
+    if let Err(why) = service.validator.admits_name(&name, remote) {
+        return refuse(format!("name {name:?} refused: {why}"));
+    }
     match service.ca.sign_csr(&name, &csr_der) {
         Ok(cert) => {
             info!(%remote, %name, "issued a node certificate to a joiner");

@@ -72,11 +72,15 @@ impl Cluster {
 
         // 1b. A member that came back at another address (a re-addressed machine, a
         // replacement with the same name): Raft must send to where gossip, which authenticated
-        // it, now finds it, or it never hears from the leader again.
+        // it, now finds it, or it never hears from the leader again. Only while Raft does not
+        // reach it (behind the leader's log): a second process under a live member's name (a
+        // copied data_dir) must not take its place.
+        let last = m.last_log_index.unwrap_or(0);
         for (id, node) in mem.nodes() {
             let Some(s) = seen.get(&node.name).filter(|s| s.state == Liveness::Alive && *id != self.id) else { continue };
+            let matched = m.replication.as_ref().and_then(|r| r.get(id)).map(|l| l.map_or(0, |l| l.index));
             let now = s.id.addr.to_string();
-            if now != node.addr {
+            if now != node.addr && matched.is_some_and(|i| i < last) {
                 tracing::info!(name = %node.name, from = %node.addr, to = %now, "member moved: updating its Raft address");
                 let moved = Node { name: node.name.clone(), addr: now };
                 self.raft.change_membership(ChangeMembers::SetNodes([(*id, moved)].into()), false).await.map_err(|e| e.to_string())?;

@@ -134,7 +134,7 @@ fn late_answer(addr: &str, timeout: Duration, connected: bool) -> RpcSendError {
 }
 
 /// Join secrets checked against the token records in the replicated state.
-struct RaftTokens(raft::StateMachine);
+struct RaftTokens(raft::StateMachine, std::sync::Weak<Cluster>);
 
 impl TokenValidator for RaftTokens {
     fn validate(&self, secret: &str) -> Result<(), Why> {
@@ -143,6 +143,20 @@ impl TokenValidator for RaftTokens {
             tracing::warn!(%why, "join refused");
             Why(why)
         })
+    }
+
+    fn admits_name(&self, name: &str, remote: SocketAddr) -> Result<(), Why> {
+        let Some(c) = self.1.upgrade() else { return Ok(()) };
+        if name == c.name {
+            return Err(Why(format!("{name} is this node, which is running")));
+        }
+        match c.seen().get(name) {
+            Some(s) if matches!(s.state, Liveness::Alive | Liveness::Suspect) && s.id.addr.ip() != remote.ip() => Err(Why(format!(
+                "a member named {name} is alive at {}: two processes cannot be one node (a copied configuration?); stop that one, or remove it with `corralctl remove {name}`, first",
+                s.id.addr
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -313,7 +327,7 @@ impl Cluster {
             );
         }
         if ClusterCa::exists_in(&dir) {
-            transport.serve_joins(ClusterCa::load(&dir)?, Arc::new(RaftTokens(sm.clone())));
+            transport.serve_joins(ClusterCa::load(&dir)?, Arc::new(RaftTokens(sm.clone(), Arc::downgrade(&cluster))));
         }
         tokio::spawn(cluster.clone().gossip_events(events));
         tokio::spawn(cluster.clone().ca_keeper(dir.clone()));
@@ -446,7 +460,7 @@ impl Cluster {
                 Some(bytes) if !serving => match raft::codec::decode::<CaRecord>("ca record", bytes) {
                     Ok(rec) => match ClusterCa::from_pem(Path::new("raft:cluster/ca"), rec.cert_pem, &rec.key_pem) {
                         Ok(ca) => {
-                            self.transport.serve_joins(ca, Arc::new(RaftTokens(self.sm.clone())));
+                            self.transport.serve_joins(ca, Arc::new(RaftTokens(self.sm.clone(), Arc::downgrade(&self))));
                             serving = true;
                             tracing::info!("cluster CA replicated here: this node now serves joins");
                         }
