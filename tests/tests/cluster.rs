@@ -607,9 +607,13 @@ fn a_join_under_a_live_members_name_is_refused() {
         ),
     )
     .unwrap();
-    let out = c.lan.hosts[3].cmd(c.corrald.to_str().unwrap()).arg("--config").arg(&cfg).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the imposter must not start: {err}");
+    let log = dir.join("corrald.log");
+    let mut cmd = c.lan.hosts[3].cmd(c.corrald.to_str().unwrap());
+    cmd.arg("--config").arg(&cfg).stdout(std::process::Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+    let mut imposter = tests::Daemon::spawn(cmd, "imposter");
+    let status = imposter.wait_exit(Duration::from_secs(20));
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.is_some_and(|s| !s.success()), "the imposter must not start: {status:?} {err}");
     assert!(err.contains("a member named d2 is alive at 192.0.2.2:7946"), "{err}");
     assert!(!dir.join("data/node.pem").exists(), "no certificate was issued");
     let r = c.raft(0).unwrap();
