@@ -620,3 +620,32 @@ fn a_join_under_a_live_members_name_is_refused() {
     assert_eq!(r["voters"].as_array().map(Vec::len), Some(3), "{r}");
     assert_eq!(c.ctl(1, "kv put still-d2 1").code, 0, "the real d2 is unaffected");
 }
+
+/// A director frozen for 8 s (SIGSTOP: a stalled VM, a stuck disk) while it is VRRP master:
+/// the next director takes the VIP within a second, the cluster keeps committing, and when
+/// the frozen one resumes it takes the VIP back (higher priority), catches up, and says
+/// nothing alarming about the connections that gave up on it meanwhile.
+#[test]
+fn a_frozen_master_gives_way_and_resumes_cleanly() {
+    let Some((_g, mut c)) = lab("frozen_master", 3) else { return };
+    c.extra_sections = "[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 7\npriority = 1{i}0\nadvert_interval = \"100ms\"\nvirtual_ips = [\"192.0.2.100/24\"]\ngarp_repeat = 1\n".into();
+    c.form(Duration::from_secs(30));
+    c.wait_settled(Duration::from_secs(60));
+    let vip_on = |c: &LabCluster, i: usize| String::from_utf8_lossy(&c.lan.hosts[i].try_sh("ip -o addr show dev eth0").stdout).contains(" 192.0.2.100/");
+    assert!(wait_for(Duration::from_secs(5), || vip_on(&c, 2) && !vip_on(&c, 1)).is_some(), "d3 (priority 130) is master");
+    let pid = c.nodes[2].daemon.as_ref().unwrap().child.id();
+    tests::sh(&format!("kill -STOP {pid}"));
+    let log_before = std::fs::read_to_string(c.nodes[2].log()).unwrap().len();
+    assert!(wait_for(Duration::from_secs(1), || vip_on(&c, 1)).is_some(), "d2 takes the VIP within a second");
+    std::thread::sleep(Duration::from_secs(8));
+    let writer = if c.leader() == Some(2) { 0 } else { c.leader().unwrap_or(0) };
+    assert_eq!(c.ctl(writer, "kv put while-frozen 1").code, 0, "the other two commit");
+    tests::sh(&format!("kill -CONT {pid}"));
+    assert!(wait_for(Duration::from_secs(3), || vip_on(&c, 2) && !vip_on(&c, 1)).is_some(), "d3 takes the VIP back");
+    assert!(wait_for(Duration::from_secs(10), || c.kv(2).is_some_and(|kv| kv.contains_key("while-frozen"))).is_some(), "d3 caught up");
+    assert!(c.leader().is_some(), "one leader all agree on");
+    assert_eq!(c.ctl(0, "kv put after-freeze 1").code, 0);
+    let log = std::fs::read_to_string(c.nodes[2].log()).unwrap();
+    let after: Vec<&str> = log[log_before..].lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    assert!(!after.iter().any(|l| l.contains("TLS handshake")), "connections that gave up during the freeze are not warnings: {after:#?}");
+}

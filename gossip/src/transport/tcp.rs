@@ -221,6 +221,12 @@ impl TcpRequests {
         let after = self.inner.config.connect_timeout;
         let mut conn = match tokio::time::timeout(after, self.inner.acceptor.accept(tcp)).await {
             Ok(Ok(c)) => c,
+            // The dialer gave up before we answered (we were stalled, or it timed out): its
+            // own side logs that; after a pause a backlog of these would fill the log.
+            Ok(Err(e)) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => {
+                debug!(%remote, error = %e, "peer closed during the TLS handshake on TCP");
+                return;
+            }
             Ok(Err(e)) => {
                 warn!(%remote, error = %e, "refused incoming TLS handshake on TCP");
                 return;
