@@ -9,6 +9,7 @@ use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::{EntryPayload, LogId};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -124,12 +125,15 @@ impl<S: RpcSender> RaftNetwork<TypeConfig> for Client<S> {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let (rpc, cut) = within_budget(rpc, APPEND_BUDGET);
         let (name, first, last) = rpc_marks(&rpc);
         let t0 = std::time::Instant::now();
         tracing::debug!(target: "corral_stage", stage = name.0, first, last, took_us = 0u64);
         let r = self.call(RpcRequest::AppendEntries(rpc), &option).await;
         tracing::debug!(target: "corral_stage", stage = name.1, first, last, took_us = t0.elapsed().as_micros() as u64);
         match r? {
+            // Only a prefix was sent: say how far the follower now matches.
+            RpcResponse::AppendEntries(Ok(AppendEntriesResponse::Success)) if cut.is_some() => Ok(AppendEntriesResponse::PartialSuccess(cut)),
             RpcResponse::AppendEntries(r) => r.map_err(|e| RemoteError::new(self.target, e).into()),
             other => Err(self.unexpected(&other)),
         }
@@ -206,6 +210,43 @@ fn check_snapshot_chunk(offset: u64, len: usize) -> Result<(), String> {
 
 /// Stage names and log indexes of an AppendEntries for `bench propagation --stages`: entries
 /// carried (`rpc_*`) or, without entries, the commit index told (`commit_*`).
+/// The entry bytes one AppendEntries carries at most (at least one entry): a follower catching
+/// up on large rule sets gets them a few at a time, each exchange well inside the transport's
+/// 16 MiB message bound and its timeout, instead of one batch that can never pass.
+pub const APPEND_BUDGET: usize = 1 << 20;
+
+/// Cuts `rpc` to the longest prefix of its entries within `budget` bytes (at least one entry);
+/// returns the request to send and, when cut, the log id the follower matches after it. The
+/// leader's commit index is clamped to what is sent.
+fn within_budget(mut rpc: AppendEntriesRequest<TypeConfig>, budget: usize) -> (AppendEntriesRequest<TypeConfig>, Option<LogId<NodeId>>) {
+    if rpc.entries.len() < 2 {
+        return (rpc, None);
+    }
+    let mut used = 0usize;
+    let mut keep = 0usize;
+    for e in &rpc.entries {
+        let size = match &e.payload {
+            EntryPayload::Normal(c) => c.approx_size() + 64,
+            EntryPayload::Membership(_) => 512,
+            EntryPayload::Blank => 32,
+        };
+        if keep > 0 && used + size > budget {
+            break;
+        }
+        used += size;
+        keep += 1;
+    }
+    if keep == rpc.entries.len() {
+        return (rpc, None);
+    }
+    rpc.entries.truncate(keep);
+    let last = rpc.entries.last().map(|e| e.log_id);
+    if rpc.leader_commit > last {
+        rpc.leader_commit = last;
+    }
+    (rpc, last)
+}
+
 fn rpc_marks(r: &AppendEntriesRequest<TypeConfig>) -> ((&'static str, &'static str), u64, u64) {
     match (r.entries.first(), r.entries.last()) {
         (Some(f), Some(l)) => (("rpc_send", "rpc_reply"), f.log_id.index, l.log_id.index),
@@ -219,6 +260,37 @@ fn rpc_marks(r: &AppendEntriesRequest<TypeConfig>) -> ((&'static str, &'static s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(index: u64, bytes: usize) -> openraft::Entry<TypeConfig> {
+        openraft::Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(crate::Command::Put { ns: "r".into(), key: "k".into(), value: vec![0; bytes] }),
+        }
+    }
+
+    fn request(sizes: &[usize], commit: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), 9)),
+            leader_commit: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), commit)),
+            entries: sizes.iter().enumerate().map(|(i, b)| entry(10 + i as u64, *b)).collect(),
+        }
+    }
+
+    #[test]
+    fn appends_are_cut_to_the_budget_keeping_at_least_one_entry() {
+        let (r, cut) = within_budget(request(&[100, 100, 100], 12), 1 << 20);
+        assert_eq!((r.entries.len(), cut), (3, None), "small batches go whole");
+        let (r, cut) = within_budget(request(&[600 << 10, 600 << 10, 10], 12), 1 << 20);
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(cut.map(|l| l.index), Some(10));
+        assert_eq!(r.leader_commit.map(|l| l.index), Some(10), "commit clamped to what is sent");
+        let (r, cut) = within_budget(request(&[3 << 20, 10], 9), 1 << 20);
+        assert_eq!((r.entries.len(), cut.map(|l| l.index)), (1, Some(10)), "one entry over the budget still goes");
+        assert_eq!(r.leader_commit.map(|l| l.index), Some(9), "a lower commit index is kept");
+        let (r, cut) = within_budget(request(&[3 << 20], 10), 1 << 20);
+        assert_eq!((r.entries.len(), cut), (1, None));
+    }
 
     #[test]
     fn snapshot_chunks_past_the_bound_are_refused() {

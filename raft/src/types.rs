@@ -57,6 +57,23 @@ pub enum Command {
     Batch(Vec<Command>),
 }
 
+/// The largest command one log entry may carry (its keys and values). Raft replicates in log
+/// order, so an entry the transport could never carry (16 MiB per message) would stop every
+/// later one on every follower; a write over this is refused before it reaches the log.
+pub const MAX_ENTRY_BYTES: usize = 8 << 20;
+
+impl Command {
+    /// Its keys' and values' bytes: close to its encoded size, without encoding it.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Command::Put { ns, key, value } => ns.len() + key.len() + value.len() + 8,
+            Command::Delete { ns, key } => ns.len() + key.len() + 8,
+            Command::Replace { ns, entries } => ns.len() + entries.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>() + 8,
+            Command::Batch(cs) => cs.iter().map(Command::approx_size).sum::<usize>() + 8,
+        }
+    }
+}
+
 /// What a committed command reports back to its writer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {

@@ -489,6 +489,10 @@ impl Cluster {
 
     /// Proposes `cmd` on this node (must be the leader) and waits for its commit.
     pub async fn write(&self, cmd: Command) -> Result<u64, WriteError> {
+        let size = cmd.approx_size();
+        if size > raft::types::MAX_ENTRY_BYTES {
+            return Err(WriteError::TooLarge { size, limit: raft::types::MAX_ENTRY_BYTES });
+        }
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
             Err(_) => Err(WriteError::Timeout),
             Ok(Ok(r)) => Ok(r.data.revision),
@@ -715,9 +719,16 @@ impl Cluster {
             }
             Request::Remove { node } => self.remove(node).await,
             Request::Apply { rules, dry_run } => {
-                rules.validate().map_err(|(segs, m)| LeaderError::Bad(format!("{}: {m}", crate::config::key_path(&segs))))?;
+                // A large table costs real CPU to check, encode and diff: off the runtime, whose
+                // heartbeats would otherwise wait and cost this node its leadership.
+                let rules = rules.clone();
+                let rules = off_runtime(rules.virtual_servers.len(), move || {
+                    rules.validate().map_err(|(segs, m)| LeaderError::Bad(format!("{}: {m}", crate::config::key_path(&segs))))?;
+                    Ok(rules)
+                })
+                .await?;
                 let _g = self.rules_lock.lock().await;
-                self.write_rules(rules.clone(), *dry_run).await
+                self.write_rules(rules, *dry_run).await
             }
             Request::Edit { edit } | Request::PreviewEdit { edit } => {
                 let dry_run = matches!(req, Request::PreviewEdit { .. });
@@ -752,31 +763,33 @@ impl Cluster {
         dry_run: bool,
     ) -> Result<ResponseBody, LeaderError> {
         let current = self.sm.current();
-        let verdicts = crate::health::verdicts::verdicts_of(&current);
+        let verdicts = Arc::new(crate::health::verdicts::verdicts_of(&current));
+        let (old, rules) = (Arc::new(old), Arc::new(rules));
         let changes = || {
-            let mut c = crate::rules::describe_diff(&old.desired_table(&verdicts), &rules.desired_table(&verdicts));
-            if old.timeouts != rules.timeouts {
-                c.push(format!("set connection timeouts: {}", crate::rules::timeouts_text(rules.timeouts)));
-            }
-            c
+            let (old, rules, verdicts) = (old.clone(), rules.clone(), verdicts.clone());
+            off_runtime(rules.virtual_servers.len().max(old.virtual_servers.len()), move || {
+                let mut c = crate::rules::describe_diff(&old.desired_table(&verdicts), &rules.desired_table(&verdicts));
+                if old.timeouts != rules.timeouts {
+                    c.push(format!("set connection timeouts: {}", crate::rules::timeouts_text(rules.timeouts)));
+                }
+                Ok(c)
+            })
         };
         if dry_run {
-            return Ok(ResponseBody::Applied { revision: None, dry_run: true, changes: changes() });
+            return Ok(ResponseBody::Applied { revision: None, dry_run: true, changes: changes().await? });
         }
         let stored = current.get(crate::director::NS_RULES, crate::director::KEY_RULES).is_some();
         if old == rules && stored {
-            return Ok(ResponseBody::Applied { revision: Some(current.revision), dry_run: false, changes: changes() });
+            return Ok(ResponseBody::Applied { revision: Some(current.revision), dry_run: false, changes: changes().await? });
         }
         let t0 = Instant::now();
-        let rev = self
-            .write(Command::Put {
-                ns: crate::director::NS_RULES.into(),
-                key: crate::director::KEY_RULES.into(),
-                value: crate::rules::encode(&rules),
-            })
-            .await?;
+        let value = {
+            let r = rules.clone();
+            off_runtime(r.virtual_servers.len(), move || Ok(crate::rules::encode(&r))).await?
+        };
+        let rev = self.write(Command::Put { ns: crate::director::NS_RULES.into(), key: crate::director::KEY_RULES.into(), value }).await?;
         tracing::debug!(target: "corral_stage", stage = "client_write", first = rev, last = rev, took_us = t0.elapsed().as_micros() as u64);
-        let changes = changes();
+        let changes = changes().await?;
         tracing::info!(revision = rev, changes = changes.len(), "rules changed");
         // keepalived's omega: a removed virtual server runs its quorum_down (once, here on the
         // leader that committed the removal).
@@ -957,6 +970,19 @@ fn node_name(config: &Config) -> Result<String> {
     Ok(h)
 }
 
+/// Rule sets with more virtual servers than this are checked, encoded and diffed on the
+/// blocking pool; smaller ones (an edit's usual table) inline, without the hand-off.
+const BULK_RULES: usize = 64;
+
+/// Runs `f` on the blocking pool when it works on a large rule set (`bulk` virtual servers),
+/// else inline, so the runtime's timers and Raft messages do not wait behind it.
+async fn off_runtime<T: Send + 'static>(bulk: usize, f: impl FnOnce() -> Result<T, LeaderError> + Send + 'static) -> Result<T, LeaderError> {
+    if bulk <= BULK_RULES {
+        return f();
+    }
+    tokio::task::spawn_blocking(f).await.map_err(|e| LeaderError::Bad(format!("rules task: {e}")))?
+}
+
 /// Why a write did not commit.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -964,6 +990,9 @@ pub enum WriteError {
     Timeout,
     #[error("this node is not the leader")]
     NotLeader(Option<String>),
+    /// Refused before the log: an entry no follower could ever receive would stop the log.
+    #[error("the change is {} KiB as one replicated entry, over the {} KiB an entry may be; nothing was changed", size / 1024, limit / 1024)]
+    TooLarge { size: usize, limit: usize },
     #[error("{0}")]
     Other(String),
 }

@@ -458,7 +458,15 @@ where
             self.config.heartbeat_interval
         );
 
-        let the_timeout = Duration::from_millis(self.config.heartbeat_interval);
+        // corral patch: entries are a data transfer. A follower's durable append of a large
+        // entry (a big rule set) takes longer than a heartbeat interval; timed out at the
+        // heartbeat interval, the same append was retried forever and the follower never caught
+        // up. Heartbeats keep the heartbeat-long timeout.
+        let the_timeout = if payload.entries.is_empty() {
+            Duration::from_millis(self.config.heartbeat_interval)
+        } else {
+            Duration::from_millis(self.config.heartbeat_interval).max(self.config.install_snapshot_timeout())
+        };
         let option = RPCOption::new(the_timeout);
         let res = C::timeout(the_timeout, self.network.append_entries(payload, option)).await;
 
