@@ -13,12 +13,17 @@ use tests::{require_root, wait_for};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn lab(test: &str, n: usize) -> Option<(std::sync::MutexGuard<'static, ()>, LabCluster)> {
+    lab_hosts(test, n, n)
+}
+
+/// [`lab`] with `hosts` hosts on the LAN, the last `hosts - n` free for other processes.
+fn lab_hosts(test: &str, n: usize, hosts: usize) -> Option<(std::sync::MutexGuard<'static, ()>, LabCluster)> {
     if !require_root(test) {
         return None;
     }
     let (d, c) = binaries(test)?;
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    Some((guard, LabCluster::new(test, n, d, c)))
+    Some((guard, LabCluster::with_hosts(test, n, hosts, d, c)))
 }
 
 /// SWIM bound with the defaults (probe 500 ms, suspicion 3 s), see gossip/README.md:
@@ -366,8 +371,8 @@ fn status_shows_every_members_live_report_and_marks_a_gossiped_copy() {
     c.lan.hosts[2].sh("ip link set eth0 up");
 }
 
-/// Unmounts a tmpfs the test mounted, after the daemons using it are gone (declare it before
-/// the lab: locals drop in reverse order), even when the test fails.
+/// Unmounts (lazily: a daemon may still hold it) a tmpfs the test mounted and removes its mount
+/// point, even when the test fails.
 struct Tmpfs(std::path::PathBuf);
 
 impl Drop for Tmpfs {
@@ -383,17 +388,11 @@ impl Drop for Tmpfs {
 /// committing, and after the space is freed a restart brings it back up to date.
 #[test]
 fn a_full_data_dir_stops_raft_on_that_node_only_and_says_so() {
-    let test = "a_full_data_dir_stops_raft_on_that_node_only_and_says_so";
-    if !require_root(test) {
-        return;
-    }
-    let Some((d, ctl)) = binaries(test) else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some((_g, mut c)) = lab("a_full_data_dir_stops_raft_on_that_node_only_and_says_so", 3) else { return };
     let data = std::env::temp_dir().join(format!("corral-{}-diskfull-d3", std::process::id()));
     std::fs::create_dir_all(&data).unwrap();
     tests::sh(&format!("mount -t tmpfs -o size=3m corral-test {}", data.display()));
     let _mounted = Tmpfs(data.clone());
-    let mut c = LabCluster::new(test, 3, d, ctl);
     // d3's data_dir is the small tmpfs (a symlink where the lab puts it).
     std::os::unix::fs::symlink(&data, c.nodes[2].dir.join("data")).unwrap();
     c.cluster_extra = "dead_grace = \"30s\"\nfence_priority_drop = 50\n".into();
@@ -585,13 +584,7 @@ fn metrics_are_served_for_prometheus() {
 /// one Raft node.
 #[test]
 fn a_join_under_a_live_members_name_is_refused() {
-    let test = "a_join_under_a_live_members_name_is_refused";
-    if !require_root(test) {
-        return;
-    }
-    let Some((d, ctl)) = binaries(test) else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut c = LabCluster::with_hosts(test, 3, 4, d, ctl);
+    let Some((_g, mut c)) = lab_hosts("a_join_under_a_live_members_name_is_refused", 3, 4) else { return };
     c.form(Duration::from_secs(30));
     c.wait_settled(Duration::from_secs(60));
     let token = c.wait_token(0);
