@@ -253,7 +253,8 @@ pub struct VirtualServer {
     pub fwmark: Option<u32>,
     /// keepalived's `virtual_server_group`: more virtual services served exactly as this one
     /// (same settings, real servers, checks and verdicts): `"192.0.2.101:80"`,
-    /// `"[2001:db8::1]:80"`, an IPv4 range `"192.0.2.110-119:80"`, `"fwmark:7"`. This one's
+    /// `"[2001:db8::1]:80"`, an IPv4 range `"192.0.2.110-119:80"`, an IPv6 one (last group, hex)
+    /// `"[2001:db8::10-1f]:80"`, `"fwmark:7"`. This one's
     /// `address`/`fwmark` names the group (verdicts, `rs list`, edits by any member).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub group: Vec<String>,
@@ -565,8 +566,28 @@ impl VirtualServer {
         if let Ok(addr) = m.parse::<SocketAddr>() {
             return Ok(vec![ServiceKey::Addr { protocol: self.protocol, addr }]);
         }
+        let bad = || format!("{m:?} is not VIP:PORT, A.B.C.D-E:PORT or [A::B-E]:PORT (a range) or fwmark:N");
+        // keepalived's IPv6 range: the last 16-bit group, in hex, [2001:db8::10-1f]:PORT.
+        if let Some((range, port)) = m.strip_prefix('[').and_then(|r| r.split_once("]:")) {
+            let port: u16 = port.parse().map_err(|_| bad())?;
+            let (first, last) = range.split_once('-').ok_or_else(bad)?;
+            let first: std::net::Ipv6Addr = first.parse().map_err(|_| bad())?;
+            let last = u16::from_str_radix(last, 16).map_err(|_| bad())?;
+            let g = first.segments();
+            if last < g[7] {
+                return Err(format!("{m:?}: the range ends below its start"));
+            }
+            if usize::from(last - g[7]) >= MAX_GROUP {
+                return Err(format!("{m:?}: a range of more than {MAX_GROUP} addresses"));
+            }
+            return Ok((g[7]..=last)
+                .map(|x| {
+                    let ip = std::net::Ipv6Addr::new(g[0], g[1], g[2], g[3], g[4], g[5], g[6], x);
+                    ServiceKey::Addr { protocol: self.protocol, addr: SocketAddr::new(ip.into(), port) }
+                })
+                .collect());
+        }
         // keepalived's range: the last IPv4 octet, A.B.C.D-E.
-        let bad = || format!("{m:?} is not VIP:PORT, A.B.C.D-E:PORT (a range) or fwmark:N");
         let (range, port) = m.rsplit_once(':').ok_or_else(bad)?;
         let port: u16 = port.parse().map_err(|_| bad())?;
         let (first, last) = range.split_once('-').ok_or_else(bad)?;
@@ -1535,6 +1556,26 @@ forwarding = "dr"
     }
 
     #[test]
+    fn an_ipv6_group_range_counts_the_last_group_in_hex() {
+        let r = parse(
+            r#"
+[[virtual_server]]
+address = "[2001:db8::1]:80"
+group = ["[2001:db8::a-c]:80", "[2001:db8::ff]:80"]
+scheduler = "rr"
+[[virtual_server.real_server]]
+address = "[2001:db8:1::1]:80"
+"#,
+        )
+        .unwrap();
+        let saved = ipvs::text::save(&r.desired_table(&Verdicts::new()));
+        for line in ["-A -t [2001:db8::1]:80 -s rr", "-A -t [2001:db8::a]:80 -s rr", "-A -t [2001:db8::b]:80 -s rr", "-A -t [2001:db8::c]:80 -s rr", "-A -t [2001:db8::ff]:80 -s rr"] {
+            assert!(saved.contains(line), "{line}:\n{saved}");
+        }
+        assert_eq!(r.virtual_servers[0].keys().len(), 5);
+    }
+
+    #[test]
     fn a_group_serves_more_virtual_services_like_the_first() {
         let r = parse(
             r#"
@@ -1583,6 +1624,8 @@ weight = 3
             ("group = [\"192.0.2.100:80\"]\n", "virtual_server[0].group", "defined twice"),
             ("group = [\"192.0.2.1:80\", \"bogus\"]\n", "virtual_server[0].group[1]", "not VIP:PORT"),
             ("group = [\"192.0.2.9-3:80\"]\n", "virtual_server[0].group[0]", "ends below"),
+            ("group = [\"[2001:db8::1f-10]:80\"]\n", "virtual_server[0].group[0]", "ends below"),
+            ("group = [\"[2001:db8::1-zz]:80\"]\n", "virtual_server[0].group[0]", "[A::B-E]:PORT"),
             ("group = [\"[2001:db8::1]:80\"]\nforwarding = \"dr\"\n", "virtual_server[0].group", "of one address family"),
             ("group = [\"192.0.2.7:0\"]\nforwarding = \"dr\"\n", "virtual_server[0].group", "port 0"),
             ("group = [\"fwmark:0\"]\n", "virtual_server[0].group[0]", "N > 0"),
