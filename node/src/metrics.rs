@@ -59,14 +59,17 @@ const STATES: [&str; 4] = ["INIT", "BACKUP", "MASTER", "FAULT"];
 /// Per instance: its state (one sample per state, the current one 1), priorities, counters,
 /// and drops by reason.
 pub fn vrrp(x: &mut Exposition, instances: &[VrrpInstanceStatus]) {
-    let labels = |i: &VrrpInstanceStatus| [("instance", i.name.clone()), ("interface", i.interface.clone()), ("vrid", i.vrid.to_string())];
+    // Every sample names its instance by these, then any labels of its own.
+    let sample = |x: &mut Exposition, name: &str, i: &VrrpInstanceStatus, extra: &[(&str, &str)], value: u64| {
+        let vrid = i.vrid.to_string();
+        let mut l = vec![("instance", i.name.as_str()), ("interface", i.interface.as_str()), ("vrid", vrid.as_str())];
+        l.extend_from_slice(extra);
+        x.sample(name, &l, value);
+    };
     x.family("corral_vrrp_state", "VRRP instance state: 1 for the current one.", "gauge");
     for i in instances {
-        let l = labels(i);
         for s in STATES {
-            let mut all: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            all.push(("state", s));
-            x.sample("corral_vrrp_state", &all, u8::from(i.state == s));
+            sample(x, "corral_vrrp_state", i, &[("state", s)], u64::from(i.state == s));
         }
     }
     let gauges: [(&str, &str, fn(&VrrpInstanceStatus) -> u64); 2] = [
@@ -76,9 +79,7 @@ pub fn vrrp(x: &mut Exposition, instances: &[VrrpInstanceStatus]) {
     for (name, help, get) in gauges {
         x.family(name, help, "gauge");
         for i in instances {
-            let l = labels(i);
-            let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            x.sample(name, &l, get(i));
+            sample(x, name, i, &[], get(i));
         }
     }
     let counters = [
@@ -94,18 +95,13 @@ pub fn vrrp(x: &mut Exposition, instances: &[VrrpInstanceStatus]) {
         let name = format!("corral_vrrp_{key}_total");
         x.family(&name, help, "counter");
         for i in instances {
-            let l = labels(i);
-            let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            x.sample(&name, &l, i.counters.get(key).copied().unwrap_or(0));
+            sample(x, &name, i, &[], i.counters.get(key).copied().unwrap_or(0));
         }
     }
     x.family("corral_vrrp_dropped_total", "Packets dropped, by reason (bad checksum, TTL, authentication, version, ...).", "counter");
     for i in instances {
         for (reason, n) in i.counters.iter().filter(|(k, _)| !counters.iter().any(|(c, _)| c == k)) {
-            let l = labels(i);
-            let mut all: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            all.push(("reason", reason.strip_prefix("drop_").unwrap_or(reason)));
-            x.sample("corral_vrrp_dropped_total", &all, n);
+            sample(x, "corral_vrrp_dropped_total", i, &[("reason", reason.strip_prefix("drop_").unwrap_or(reason))], *n);
         }
     }
 }
