@@ -196,11 +196,24 @@ fn target_dir() -> PathBuf {
 }
 
 /// Fetches the kernel (once), packs `payload` into an initramfs and boots it.
+///
+/// A boot whose guest kernel locked up (`vm::GuestLockup`: its CPUs stopped, so nothing in it
+/// ran to an outcome) is booted once more, saying so; a second lockup fails. Any other
+/// failure, a failed test among them, is never retried.
 fn boot_vm(payload: &vm::Payload, timeout: Duration, quiet: bool) -> Result<vm::Outcome> {
     let cache = vm_cache()?;
     let kernel = vm::kernel(&cache)?;
     let initrd = vm::initramfs(&cache, &kernel, payload)?;
-    vm::boot(&kernel, &initrd, timeout, quiet)
+    match vm::boot(&kernel, &initrd, timeout, quiet) {
+        Err(e) if e.downcast_ref::<vm::GuestLockup>().is_some() => {
+            eprintln!(
+                "xtask: {e:#}: the guest's CPUs stopped making progress (backtraces above), so that boot has no \
+                 result; booting it once more (a second lockup fails)"
+            );
+            vm::boot(&kernel, &initrd, timeout, quiet).context("the second boot, after a guest kernel lockup")
+        }
+        other => other,
+    }
 }
 
 fn vm_cache() -> Result<PathBuf> {

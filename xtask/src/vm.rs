@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -248,6 +248,50 @@ fn shared_libs(bin: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The guest kernel reported a soft lockup or an RCU stall: its CPUs stopped making progress,
+/// so nothing that runs in that boot (tests, demo, benchmark) can finish, and waiting for the
+/// boot's whole timeout only delays the failure. Seen twice in hundreds of boots (both vCPUs
+/// stuck in the kernel for minutes; docs/BENCHMARKS.md, propagation Round 16, and a CI run of
+/// the demo), cause unknown: the emulator, the guest kernel or what a process asked of it.
+/// [`boot`] asks the guest for every CPU's backtrace (magic SysRq over the serial line) before
+/// it stops the VM, so the next one says where the CPUs were.
+#[derive(Debug)]
+pub struct GuestLockup {
+    /// The console line that reported it.
+    pub line: String,
+}
+
+impl std::fmt::Display for GuestLockup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the guest kernel locked up ({})", self.line.trim())
+    }
+}
+
+impl std::error::Error for GuestLockup {}
+
+/// A console line in which the guest kernel says its CPUs stopped making progress.
+fn reports_lockup(line: &str) -> bool {
+    line.contains("BUG: soft lockup") || line.contains("hard LOCKUP") || (line.contains("rcu: INFO:") && line.contains("stall"))
+}
+
+/// Seconds the guest gets to print its backtraces once a lockup was reported.
+const LOCKUP_GRACE: Duration = Duration::from_secs(20);
+
+/// Magic SysRq through qemu's serial multiplexer: `Ctrl-A b` sends a break on the serial line,
+/// and the key after a break is a SysRq command to the guest kernel (`sysrq_always_enabled` on
+/// its command line). `8` raises the console log level so what follows reaches the console past
+/// `quiet`; `l` prints every CPU's backtrace (by NMI), `w` the tasks blocked in the kernel.
+fn ask_for_backtraces(stdin: &mut impl Write) {
+    for key in [b"8", b"l", b"w"] {
+        // The break and its key in separate writes, apart: sent together, the guest's UART
+        // can take the key as the break's own character.
+        let _ = stdin.write_all(b"\x01b").and_then(|_| stdin.flush());
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = stdin.write_all(key).and_then(|_| stdin.flush());
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+}
+
 /// Result of one VM boot: every `CORRAL-EXIT name code` marker seen, in order.
 pub struct Outcome {
     pub exits: Vec<(String, i32)>,
@@ -279,16 +323,26 @@ pub fn boot(k: &Kernel, initrd: &Path, timeout: Duration, quiet: bool) -> Result
         // clock for all vCPUs).
         // XTASK_VM_APPEND adds kernel parameters, for lab experiments (e.g. `norandmaps`:
         // docs/BENCHMARKS.md, propagation Round 9, on how the address layout moves TCG's cost).
-        .args(["-append", &format!("console=ttyS0 quiet panic=-1 clocksource=tsc tsc=reliable {}", std::env::var("XTASK_VM_APPEND").unwrap_or_default())])
+        // `sysrq_always_enabled`: the host asks for backtraces when the guest locks up (see
+        // `GuestLockup`).
+        .args([
+            "-append",
+            &format!(
+                "console=ttyS0 quiet panic=-1 clocksource=tsc tsc=reliable sysrq_always_enabled {}",
+                std::env::var("XTASK_VM_APPEND").unwrap_or_default()
+            ),
+        ])
         // XTASK_VM_QEMU adds qemu arguments (split at whitespace), for lab experiments, e.g.
         // `-monitor unix:/tmp/qmp.sock,server,nowait` to read `info jit` during a run.
         .args(std::env::var("XTASK_VM_QEMU").unwrap_or_default().split_whitespace())
-        .stdin(Stdio::null())
+        // The console's input: only ever written to ask for backtraces (`ask_for_backtraces`).
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .context("start qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
     let stdout = child.stdout.take().unwrap();
+    let mut console_in = child.stdin.take();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -300,14 +354,29 @@ pub fn boot(k: &Kernel, initrd: &Path, timeout: Duration, quiet: bool) -> Result
     });
     let mut exits = Vec::new();
     let mut log = String::new();
-    let deadline = started + timeout;
+    let mut deadline = started + timeout;
+    let mut lockup: Option<GuestLockup> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_owned();
-                if !quiet || line.starts_with("CORRAL-") {
+                if !quiet || line.starts_with("CORRAL-") || lockup.is_some() {
                     println!("{line}");
+                }
+                if lockup.is_none() && reports_lockup(&line) {
+                    if quiet {
+                        // What led up to it, which a quiet boot did not show.
+                        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                        tail.iter().rev().for_each(|l| println!("{l}"));
+                        println!("{line}");
+                    }
+                    eprintln!("xtask: the guest kernel reports a lockup; asking it for backtraces, then stopping the VM");
+                    lockup = Some(GuestLockup { line: line.clone() });
+                    deadline = Instant::now() + LOCKUP_GRACE;
+                    if let Some(stdin) = console_in.as_mut() {
+                        ask_for_backtraces(stdin);
+                    }
                 }
                 if let Some(rest) = line.strip_prefix("CORRAL-EXIT ") {
                     let mut it = rest.split_whitespace();
@@ -322,11 +391,19 @@ pub fn boot(k: &Kernel, initrd: &Path, timeout: Duration, quiet: bool) -> Result
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                if let Some(lockup) = lockup {
+                    return Err(lockup.into());
+                }
                 bail!("VM did not finish within {}s; markers so far: {exits:?}", timeout.as_secs());
             }
         }
     }
     let _ = child.wait();
+    drop(console_in);
+    if let Some(lockup) = lockup {
+        // It powered off within the grace period; what ran in it still did not run normally.
+        return Err(lockup.into());
+    }
     Ok(Outcome { exits, elapsed: started.elapsed(), log })
 }
 
@@ -341,4 +418,21 @@ fn run(cmd: &mut Command) -> Result<()> {
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lockup_reports_are_told_from_ordinary_console_lines() {
+        // Lines from the CI run whose demo stalled.
+        assert!(reports_lockup("[   31.100785] rcu: INFO: rcu_preempt self-detected stall on CPU"));
+        assert!(reports_lockup("[   56.636825] watchdog: BUG: soft lockup - CPU#0 stuck for 44s! [corrald:210]"));
+        assert!(reports_lockup("[   10.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:"));
+        assert!(reports_lockup("[    9.1] watchdog: Watchdog detected hard LOCKUP on cpu 1"));
+        assert!(!reports_lockup("[   31.102664] rcu: \trcu_preempt kthread starved for 5244 jiffies!"));
+        assert!(!reports_lockup("CORRAL-EXIT demo 0"));
+        assert!(!reports_lockup("=== Killing the VRRP master director d1 (SIGKILL): the next in priority takes the VIP"));
+    }
 }
