@@ -333,6 +333,15 @@ pub struct VrrpInstanceConfig {
     /// keepalived's `garp_master_refresh_repeat`: messages per VIP at each refresh.
     #[serde(default = "one")]
     pub garp_master_refresh_repeat: u32,
+    /// keepalived's `garp_interval`: the least time between two of this instance's gratuitous
+    /// ARPs (at takeover, its repeats and refreshes), for switches that police ARP (Cisco's
+    /// dynamic ARP inspection shuts a port above 15 a second by default); `"0s"` (default) =
+    /// back to back.
+    #[serde(default = "default_garp_delay", with = "humantime_serde_compat")]
+    pub garp_interval: Duration,
+    /// keepalived's `gna_interval`: the same for IPv6 unsolicited neighbour advertisements.
+    #[serde(default = "default_garp_delay", with = "humantime_serde_compat")]
+    pub gna_interval: Duration,
     pub notify_master: Option<String>,
     pub notify_backup: Option<String>,
     pub notify_fault: Option<String>,
@@ -917,6 +926,11 @@ impl Config {
             if v.garp_master_refresh_repeat == 0 || v.garp_master_refresh_repeat > 100 {
                 return Err((at(i, "garp_master_refresh_repeat"), "1..=100".into()));
             }
+            for (key, d) in [("garp_interval", v.garp_interval), ("gna_interval", v.gna_interval)] {
+                if d > Duration::from_secs(1) {
+                    return Err((at(i, key), "at most 1s (a burst for many VIPs would last minutes)".into()));
+                }
+            }
             if v.vmac_name.is_some() && !v.use_vmac {
                 return Err((at(i, "vmac_name"), "vmac_name needs use_vmac = true".into()));
             }
@@ -1311,6 +1325,13 @@ virtual_ips = ["2001:db8::100/64"]
         assert_eq!(parse(&with("garp_master_refresh = \"60s\"")).unwrap().vrrp[0].garp_master_refresh, Duration::from_secs(60));
         assert_eq!(parse(&with("garp_master_refresh = \"10ms\"")).unwrap_err().key, "vrrp[0].garp_master_refresh");
         assert_eq!(parse(&with("garp_master_refresh_repeat = 0")).unwrap_err().key, "vrrp[0].garp_master_refresh_repeat");
+        assert!(c.vrrp[0].garp_interval.is_zero() && c.vrrp[0].gna_interval.is_zero(), "back to back by default");
+        let paced = parse(&with("garp_interval = \"100ms\"\ngna_interval = \"5ms\"")).unwrap();
+        assert_eq!((paced.vrrp[0].garp_interval, paced.vrrp[0].gna_interval), (Duration::from_millis(100), Duration::from_millis(5)));
+        let e = parse(&with("garp_interval = \"2s\"")).unwrap_err();
+        assert_eq!(e.key, "vrrp[0].garp_interval", "{e}");
+        assert!(e.message.contains("at most 1s"), "{e}");
+        assert_eq!(parse(&with("gna_interval = \"5s\"")).unwrap_err().key, "vrrp[0].gna_interval");
         let e = parse(&with("track_processes = [\"haproxy\"]")).unwrap_err();
         assert_eq!(e.key, "vrrp[0].track_processes[0]", "{e}");
         assert!(e.message.contains("no [[track_process]] named \"haproxy\""), "{e}");

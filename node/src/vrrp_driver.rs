@@ -1038,29 +1038,116 @@ impl Outbox {
     }
 }
 
+/// One gratuitous ARP (IPv4 VIP) or unsolicited NA (IPv6 VIP), for the link it leaves on.
+struct GarpFrame {
+    /// Index into `Running::links`.
+    link: usize,
+    bytes: Vec<u8>,
+    /// An IPv6 neighbour advertisement (paced by `gna_interval`, not `garp_interval`).
+    na: bool,
+}
+
 /// Gratuitous ARP / unsolicited NA for every VIP the instance moves (the core knows only the
-/// advertised ones), each for its own link with that link's MAC: (link index, frame).
-fn garp_frames(r: &Running) -> Vec<(usize, Vec<u8>)> {
+/// advertised ones), each for its own link with that link's MAC.
+fn garp_frames(r: &Running) -> Vec<GarpFrame> {
     r.vips
         .iter()
         .filter(|v| r.links[v.link].mac != [0; 6])
         .map(|v| {
             let mac = r.links[v.link].mac;
-            let f = match v.addr {
-                IpAddr::V4(v4) => garp::frame(mac, v4).to_vec(),
-                IpAddr::V6(v6) => garp::na_frame(mac, v6).to_vec(),
+            let (bytes, na) = match v.addr {
+                IpAddr::V4(v4) => (garp::frame(mac, v4).to_vec(), false),
+                IpAddr::V6(v6) => (garp::na_frame(mac, v6).to_vec(), true),
             };
-            (v.link, f)
+            GarpFrame { link: v.link, bytes, na }
         })
         .collect()
 }
 
-fn send_garps(r: &Running, frames: &[(usize, Vec<u8>)]) {
-    for (link, f) in frames {
-        if let Err(e) = r.links[*link].arp.send(f) {
+fn send_garps(r: &Running, frames: &[GarpFrame]) {
+    for f in frames {
+        if let Err(e) = r.links[f.link].arp.send(&f.bytes) {
             tracing::warn!(instance = %r.conf.name, "gratuitous ARP / NA: {e}");
         }
     }
+}
+
+/// keepalived's `garp_interval` / `gna_interval`: the least time after one gratuitous ARP
+/// (resp. NA) before the instance's next one. Switches police ARP: Cisco's dynamic ARP
+/// inspection, for one, shuts a port that sends more than 15 a second by default, which a
+/// burst for many VIPs, sent back to back, exceeds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Pacing {
+    garp: Duration,
+    gna: Duration,
+}
+
+impl Pacing {
+    fn of(conf: &VrrpInstanceConfig) -> Pacing {
+        Pacing { garp: conf.garp_interval, gna: conf.gna_interval }
+    }
+    fn after(&self, na: bool) -> Duration {
+        if na {
+            self.gna
+        } else {
+            self.garp
+        }
+    }
+    fn is_none(&self) -> bool {
+        self.garp.is_zero() && self.gna.is_zero()
+    }
+}
+
+/// When each message of `rounds` rounds of `frames` goes out, as (offset from the first, frame
+/// index): one message after another `pacing` apart, and each round at least `round_gap` after
+/// the previous round began. `skip_first` leaves out the first round's first message (already
+/// sent by the caller).
+fn garp_schedule(na: &[bool], rounds: u32, round_gap: Duration, pacing: Pacing, skip_first: bool) -> Vec<(Duration, usize)> {
+    let mut out = Vec::new();
+    let (mut next, mut round_start) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..rounds {
+        if round > 0 {
+            round_start = next.max(round_start + round_gap);
+            next = round_start;
+        }
+        for (i, &is_na) in na.iter().enumerate() {
+            if !(skip_first && round == 0 && i == 0) {
+                out.push((next, i));
+            }
+            next += pacing.after(is_na);
+        }
+    }
+    out
+}
+
+/// Sends `schedule` (from [`garp_schedule`]) from a task of its own, starting now, with
+/// senders opened for it: the protocol never waits on a paced burst. It stops when the
+/// instance leaves MASTER (its mastership epoch moves).
+fn spawn_garps(r: &Running, frames: Vec<GarpFrame>, schedule: Vec<(Duration, usize)>) {
+    if schedule.is_empty() {
+        return;
+    }
+    let ifindexes: Vec<u32> = r.links.iter().map(|l| l.ifindex).collect();
+    let epoch = r.mastership.clone();
+    let mine = epoch.load(std::sync::atomic::Ordering::Relaxed);
+    let name = r.conf.name.clone();
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        // A link whose sender cannot be opened misses its messages; the others do not.
+        let arps: Vec<Option<ArpSender>> = ifindexes.into_iter().map(|i| ArpSender::open(i).ok()).collect();
+        for (at, i) in schedule {
+            tokio::time::sleep_until(start + at).await;
+            if epoch.load(std::sync::atomic::Ordering::Relaxed) != mine {
+                return; // no longer the master that scheduled these
+            }
+            let f = &frames[i];
+            if let Some(Some(a)) = arps.get(f.link) {
+                if let Err(e) = a.send(&f.bytes) {
+                    tracing::warn!(instance = %name, "gratuitous ARP / NA: {e}");
+                }
+            }
+        }
+    });
 }
 
 /// `garp_master_refresh`: the masters whose refresh is due send their gratuitous ARP/NA
@@ -1073,8 +1160,15 @@ fn refresh_garps(running: &mut [Running], now: std::time::Instant) {
             continue;
         }
         let frames = garp_frames(r);
-        for _ in 0..r.conf.garp_master_refresh_repeat {
-            send_garps(r, &frames);
+        let pacing = Pacing::of(&r.conf);
+        if pacing.is_none() {
+            for _ in 0..r.conf.garp_master_refresh_repeat {
+                send_garps(r, &frames);
+            }
+        } else {
+            let na: Vec<bool> = frames.iter().map(|f| f.na).collect();
+            let schedule = garp_schedule(&na, r.conf.garp_master_refresh_repeat, Duration::ZERO, pacing, false);
+            spawn_garps(r, frames, schedule);
         }
         // From the due time, not from now: no drift over a long mastership (but no burst to
         // catch up after a stall).
@@ -1146,34 +1240,25 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
             }
             Action::SendGratuitous(_) => {
                 let frames = garp_frames(r);
-                send_garps(r, &frames);
+                let pacing = Pacing::of(&r.conf);
+                // Unpaced, the whole first round goes now; paced, only its first message (the
+                // rest follow from the task, `pacing` apart).
+                let first = if pacing.is_none() { frames.len() } else { frames.len().min(1) };
+                send_garps(r, &frames[..first]);
                 t_garp.get_or_insert_with(std::time::Instant::now);
                 for repr in held.drain(..) {
                     send_advert(r, &repr, out);
                     t_advert.get_or_insert_with(std::time::Instant::now);
                 }
-                // The repeats go out later without holding up the protocol.
-                let (repeat, delay) = (r.conf.garp_repeat.saturating_sub(1), r.conf.garp_delay.max(Duration::from_millis(10)));
-                if repeat > 0 {
-                    let ifindexes: Vec<u32> = r.links.iter().map(|l| l.ifindex).collect();
-                    let epoch = r.mastership.clone();
-                    let mine = epoch.load(std::sync::atomic::Ordering::Relaxed);
-                    tokio::spawn(async move {
-                        // A link whose sender cannot be opened misses its repeats; the others do not.
-                        let arps: Vec<Option<ArpSender>> = ifindexes.into_iter().map(|i| ArpSender::open(i).ok()).collect();
-                        for _ in 0..repeat {
-                            tokio::time::sleep(delay).await;
-                            if epoch.load(std::sync::atomic::Ordering::Relaxed) != mine {
-                                return; // no longer the master that scheduled these
-                            }
-                            for (link, f) in &frames {
-                                if let Some(Some(a)) = arps.get(*link) {
-                                    let _ = a.send(f);
-                                }
-                            }
-                        }
-                    });
+                // The rest go out later without holding up the protocol: repeats `garp_delay`
+                // apart (at least 10 ms).
+                let na: Vec<bool> = frames.iter().map(|f| f.na).collect();
+                let round_gap = r.conf.garp_delay.max(Duration::from_millis(10));
+                let mut schedule = garp_schedule(&na, r.conf.garp_repeat.max(1), round_gap, pacing, true);
+                if pacing.is_none() {
+                    schedule.retain(|(at, _)| !at.is_zero()); // the first round went above
                 }
+                spawn_garps(r, frames, schedule);
             }
             Action::StateChanged { from, to, priority } => {
                 if from == State::Master {
@@ -1384,6 +1469,26 @@ fn async_fd(s: VrrpSocket) -> std::io::Result<AsyncFd<VrrpSocket>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn garp_schedule_spaces_every_message_and_keeps_rounds_apart() {
+        let pacing = Pacing { garp: ms(100), gna: ms(5) };
+        // Two ARPs and an NA, two rounds 1 s apart; the first message was sent by the caller.
+        let s = garp_schedule(&[false, true, false], 2, ms(1000), pacing, true);
+        assert_eq!(s, vec![(ms(100), 1), (ms(105), 2), (ms(1000), 0), (ms(1100), 1), (ms(1105), 2)]);
+        // Rounds longer than their gap: the next round waits for the last message's interval.
+        let s = garp_schedule(&[false, false, false], 2, ms(10), pacing, false);
+        assert_eq!(s, vec![(ms(0), 0), (ms(100), 1), (ms(200), 2), (ms(300), 0), (ms(400), 1), (ms(500), 2)]);
+        // Unpaced (keepalived's default): rounds back to back at the round gap, each round at once.
+        let s = garp_schedule(&[false, true], 3, ms(10), Pacing::default(), true);
+        assert_eq!(s, vec![(ms(0), 1), (ms(10), 0), (ms(10), 1), (ms(20), 0), (ms(20), 1)]);
+        assert!(Pacing::default().is_none() && !pacing.is_none());
+        assert!(garp_schedule(&[], 3, ms(10), pacing, true).is_empty());
+    }
 
     #[test]
     fn advert_deadlines_round_up_to_one_grid_step_at_most() {
