@@ -9,7 +9,7 @@ use crate::connect::Connector;
 use crate::halfopen::{self, Prober};
 use crate::def::{CheckDef, Timing};
 use crate::result::CheckResult;
-use crate::{dns, http, icmp, script, tcp, udp};
+use crate::{dns, http, icmp, script, smtp, tcp, udp};
 
 /// A definition that cannot run, found when it is registered rather than at the first attempt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +61,7 @@ pub(crate) enum Probe {
     Udp(udp::UdpProbe),
     Icmp(icmp::IcmpProbe),
     Dns(dns::DnsProbe),
+    Smtp(smtp::SmtpProbe),
     Script(script::ScriptProbe),
     #[cfg(test)]
     Fake(FakeProbe),
@@ -110,6 +111,7 @@ impl CheckDef {
             CheckDef::Udp(c) => Probe::Udp(udp::UdpProbe::new(c)?),
             CheckDef::Icmp(c) => Probe::Icmp(icmp::IcmpProbe::new(c)?),
             CheckDef::Dns(c) => Probe::Dns(dns::DnsProbe::new(c)?),
+            CheckDef::Smtp(c) => Probe::Smtp(smtp::SmtpProbe::new(c)?),
             CheckDef::Script(c) => Probe::Script(script::ScriptProbe::new(c)?),
         };
         Ok(Checker { probe, timing })
@@ -158,6 +160,7 @@ impl Checker {
             Probe::Udp(p) => p.attempt(t).await.map(|()| None),
             Probe::Icmp(p) => p.attempt(t).await.map(|()| None),
             Probe::Dns(p) => p.attempt(t).await.map(|()| None),
+            Probe::Smtp(p) => p.attempt(t).await.map(|()| None),
             Probe::Script(p) => p.attempt(t, &io.scripts).await,
             #[cfg(test)]
             Probe::Fake(f) => {

@@ -39,6 +39,8 @@ pub enum CheckDef {
     Icmp(IcmpCheck),
     /// keepalived DNS_CHECK: one query over UDP.
     Dns(DnsCheck),
+    /// keepalived SMTP_CHECK: greeting, HELO, QUIT.
+    Smtp(SmtpCheck),
     /// keepalived MISC_CHECK: run an external program.
     Script(ScriptCheck),
 }
@@ -54,6 +56,7 @@ impl CheckDef {
             CheckDef::Udp(c) => &c.timing,
             CheckDef::Icmp(c) => &c.timing,
             CheckDef::Dns(c) => &c.timing,
+            CheckDef::Smtp(c) => &c.timing,
             CheckDef::Script(c) => &c.timing,
         }
     }
@@ -68,6 +71,7 @@ impl CheckDef {
             CheckDef::Udp(c) => &mut c.timing,
             CheckDef::Icmp(c) => &mut c.timing,
             CheckDef::Dns(c) => &mut c.timing,
+            CheckDef::Smtp(c) => &mut c.timing,
             CheckDef::Script(c) => &mut c.timing,
         }
     }
@@ -82,6 +86,7 @@ impl CheckDef {
             CheckDef::Udp(_) => "udp",
             CheckDef::Icmp(_) => "icmp",
             CheckDef::Dns(_) => "dns",
+            CheckDef::Smtp(_) => "smtp",
             CheckDef::Script(_) => "script",
         }
     }
@@ -358,6 +363,25 @@ pub struct DnsCheck {
 
 fn root_name() -> String {
     ".".into()
+}
+
+/// keepalived SMTP_CHECK: the greeting must be 220, the answer to `HELO helo_name` 250 and the
+/// answer to `QUIT` 221 (RFC 5321), all within `read_timeout` after the connect.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SmtpCheck {
+    /// Mail server address and port (keepalived `connect_ip` / `connect_port`).
+    pub target: SocketAddr,
+    /// The name the check gives in `HELO` (keepalived `helo_name`); default `localhost`, which
+    /// every server takes. A relay that checks HELO names against DNS wants a real one.
+    #[serde(default = "localhost")]
+    pub helo_name: String,
+    /// Timing knobs.
+    #[serde(flatten)]
+    pub timing: Timing,
+}
+
+fn localhost() -> String {
+    "localhost".into()
 }
 
 /// How to start the program of a script check.

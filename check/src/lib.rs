@@ -1,12 +1,12 @@
 //! Health checkers for corral: keepalived's TCP_CHECK, HTTP_GET, SSL_GET, UDP_CHECK, PING_CHECK,
-//! DNS_CHECK and MISC_CHECK, on tokio, with no thread per check (thousands per core).
+//! DNS_CHECK, SMTP_CHECK and MISC_CHECK, on tokio, with no thread per check (thousands per core).
 //!
 //! # Layout
 //! - [`def`]: the configuration side. [`CheckDef`] is serde-tagged (`type = "http"`) and
 //!   `Eq + Hash`, so identical checks are found and run once. [`Timing`] holds keepalived's knobs.
 //! - [`result`]: what an attempt says: [`CheckResult`] with latency and a typed [`FailReason`].
 //! - One module per probe: `tcp`, [`halfopen`] (`tcp_half_open`), `http` (+ `tls`), `udp`,
-//!   `icmp`, `dns`, `script`. Each
+//!   `icmp`, `dns`, `smtp`, `script`. Each
 //!   does a single attempt; [`Checker`] wraps them with retries into a round.
 //! - [`scheduler`]: [`Scheduler`] runs rounds on intervals with spread start times, applies
 //!   rise/fall, deduplicates definitions, and sends [`Event`]s on state changes.
@@ -36,6 +36,7 @@ pub mod result;
 mod rounds;
 pub mod scheduler;
 mod script;
+mod smtp;
 pub mod script_policy;
 pub mod stats;
 mod tcp;

@@ -5,7 +5,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use check::def::{self, Command, DnsCheck, HttpsCheck, IcmpCheck, RecordType, ScriptCheck, TcpCheck, UdpCheck};
+use check::def::{self, Command, DnsCheck, HttpsCheck, IcmpCheck, RecordType, ScriptCheck, SmtpCheck, TcpCheck, UdpCheck};
 use check::{check_once, CheckDef, CheckResult, DnsFailure, FailReason, Phase};
 use common::*;
 use tokio::net::TcpListener;
@@ -494,4 +494,110 @@ async fn script_timeout_kills_the_process_group() {
     let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
     let state = state.rsplit(')').next().unwrap_or("").trim_start().chars().next();
     assert!(matches!(state, None | Some('Z') | Some('X')), "grandchild still alive: {state:?}");
+}
+
+// ---------------------------------------------------------------- SMTP
+
+fn smtp(target: SocketAddr) -> CheckDef {
+    CheckDef::Smtp(SmtpCheck { target, helo_name: "director1.example.test".into(), timing: fast() })
+}
+
+/// A scripted SMTP server on 127.0.0.1: `greeting` on connect, then for each command line it
+/// reads, the next of `answers`; what it was sent comes back through the handle.
+async fn smtp_server(greeting: &'static str, answers: &'static [&'static str]) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        let mut heard = String::new();
+        w.write_all(greeting.as_bytes()).await.unwrap();
+        for answer in answers {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                break;
+            }
+            heard.push_str(&line);
+            if w.write_all(answer.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        heard
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn smtp_greeting_helo_quit_is_up() {
+    // A multi-line greeting and EHLO-style continuation lines, as real servers send.
+    let (addr, heard) = smtp_server("220-mx.example.test ESMTP\r\n220 ready\r\n", &["250-mx.example.test\r\n250 HELP\r\n", "221 2.0.0 Bye\r\n"]).await;
+    let r = run(smtp(addr)).await;
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(heard.await.unwrap(), "HELO director1.example.test\r\nQUIT\r\n");
+}
+
+#[tokio::test]
+async fn smtp_refusing_relay_and_bad_answers_are_down_with_the_servers_words() {
+    let cases: [(&'static str, &'static [&'static str], &str); 4] = [
+        ("421 4.3.2 Service not available\r\n", &[], "SMTP greeting: expected 220, got \"421 4.3.2 Service not available\""),
+        ("220 ok\r\n", &["501 5.5.4 Syntax error\r\n"], "SMTP HELO: expected 250, got \"501 5.5.4 Syntax error\""),
+        ("220 ok\r\n", &["250 ok\r\n", "500 what\r\n"], "SMTP QUIT: expected 221"),
+        ("SSH-2.0-OpenSSH_9.2\r\n", &[], "SMTP greeting: not an SMTP reply"),
+    ];
+    for (greeting, answers, want) in cases {
+        let (addr, _) = smtp_server(greeting, answers).await;
+        let r = run(smtp(addr)).await;
+        match err(&r) {
+            FailReason::BadResponse(m) => assert!(m.contains(want), "{m:?} lacks {want:?}"),
+            other => panic!("{greeting:?}: {other}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn smtp_silent_or_closing_server_fails() {
+    // Accepts and never greets: the read timeout.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let _keep = tokio::spawn(async move {
+        let _s = l.accept().await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    assert_eq!(err(&run(smtp(addr)).await), FailReason::Timeout(Phase::Read));
+    // Greets, then hangs up on HELO.
+    let (addr, _) = smtp_server("220 ok\r\n", &[]).await;
+    let e = err(&run(smtp(addr)).await);
+    assert!(matches!(&e, FailReason::BadResponse(m) if m.contains("closed")) || e == FailReason::Reset, "{e}");
+}
+
+/// Against a real SMTP implementation: Python's `smtpd` (Debian 12's python3.11 standard
+/// library), on a free port of 127.0.0.1.
+#[tokio::test]
+async fn smtp_against_pythons_smtpd() {
+    let python = "/usr/bin/python3";
+    let has_smtpd = std::process::Command::new(python).args(["-c", "import smtpd"]).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success());
+    if !has_smtpd {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "python3 with smtpd (Debian 12's python3.11) is missing and CI=true forbids skipping");
+        eprintln!("SKIP: smtp_against_pythons_smtpd: {python} has no smtpd module");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = tokio::process::Command::new(python)
+        .args(["-W", "ignore", "-m", "smtpd", "-n", "-c", "DebuggingServer", &format!("127.0.0.1:{port}")])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut r = run(smtp(addr)).await;
+    while !r.is_ok() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r = run(smtp(addr)).await;
+    }
+    assert!(r.is_ok(), "{r}");
+    server.kill().await.unwrap();
+    let _ = server.wait().await;
+    assert_eq!(err(&run(smtp(addr)).await), FailReason::Refused, "down once the server is gone");
 }

@@ -431,6 +431,15 @@ fn validate_check(raw: &serde_json::Value, rs: SocketAddr) -> Result<(), (Vec<Ke
 
 fn validate_one_check(raw: &serde_json::Value, rs: SocketAddr) -> Result<(), (Option<String>, String)> {
     let def = check_def(raw, rs).map_err(|e| (None, e))?;
+    // What the checker itself refuses (a payload_len out of range, a HELO name with a space, a
+    // bad hex payload), refused here too: stored, the check would never run, on any node. CA
+    // files are the exception: they are read on each observer, and the node that takes the
+    // apply (a witness, say) need not have them.
+    match def.prepare() {
+        Ok(_) | Err(check::DefError::Ca(_)) => {}
+        Err(check::DefError::Invalid { field, why }) => return Err((Some(field.to_owned()), why)),
+        Err(e) => return Err((None, e.to_string())),
+    }
     let echoed = serde_json::to_value(&def).map_err(|e| (None, e.to_string()))?;
     let echoed = echoed.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
     let kind = raw.get("type").and_then(|t| t.as_str()).unwrap_or_default();
@@ -497,7 +506,7 @@ fn check_defs(raw: &serde_json::Value, rs: SocketAddr) -> Result<Vec<check::Chec
 /// address (`port`, or keepalived's `connect_port`), then lets the `check` crate validate it.
 fn check_def(raw: &serde_json::Value, rs: SocketAddr) -> Result<check::CheckDef, String> {
     let mut map = raw.as_object().cloned().ok_or("a check is a table, e.g. { type = \"tcp\" }")?;
-    let kind = map.get("type").and_then(|t| t.as_str()).ok_or("a check needs type = \"tcp\" | \"tcp_half_open\" | \"http\" | \"https\" | \"udp\" | \"icmp\" | \"dns\" | \"script\"")?.to_string();
+    let kind = map.get("type").and_then(|t| t.as_str()).ok_or("a check needs type = \"tcp\" | \"tcp_half_open\" | \"http\" | \"https\" | \"udp\" | \"icmp\" | \"dns\" | \"smtp\" | \"script\"")?.to_string();
     let port = match (map.remove("port"), map.remove("connect_port")) {
         (Some(_), Some(_)) => return Err("port and connect_port are the same setting: give one".into()),
         (None, None) => rs.port(),
@@ -1659,6 +1668,7 @@ weight = 3
             r#"{ type = "script", misc_path = "true", misc_timeout = "1s", misc_dynamic = false }"#,
             r#"{ type = "icmp", payload_len = 56 }"#,
             r#"{ type = "udp", payload = "ping", require_reply = false }"#,
+            r#"{ type = "smtp", connect_port = 25, helo_name = "lb1.example.org" }"#,
         ] {
             if let Err(e) = parse(&rules(ok)) {
                 panic!("{ok}: {e}");
@@ -1667,6 +1677,24 @@ weight = 3
         let r = parse(&rules(r#"{ type = "tcp", connect_port = 8080 }"#)).unwrap();
         assert_eq!(r.checks()[0].defs[0], check::CheckDef::tcp("198.51.100.1:8080".parse().unwrap()));
         assert!(parse(&rules(r#"{ type = "tcp", connect_port = 8080, port = 8081 }"#)).unwrap_err().message.contains("give one"));
+        // SMTP_CHECK: the real server's address by default, keepalived's helo_name.
+        let r = parse(&rules(r#"{ type = "smtp", helo_name = "lb1.example.org" }"#)).unwrap();
+        match &r.checks()[0].defs[0] {
+            check::CheckDef::Smtp(c) => assert_eq!((c.target, c.helo_name.as_str()), ("198.51.100.1:80".parse().unwrap(), "lb1.example.org")),
+            other => panic!("{other:?}"),
+        }
+        // What the checker refuses is refused at apply, with its key.
+        let e = parse(&rules(r#"{ type = "smtp", helo_name = "a b" }"#)).unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].real_server[0].check.helo_name", "{e}");
+        assert!(e.message.contains("no spaces"), "{e}");
+        let e = parse(&rules(r#"{ type = "icmp", payload_len = 4 }"#)).unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].real_server[0].check.payload_len", "{e}");
+        let e = parse(&rules(r#"{ type = "udp", payload_hex = "zz" }"#)).unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].real_server[0].check.payload_hex", "{e}");
+        let e = parse(&rules(r#"[{ type = "tcp" }, { type = "http", digest = "xyz" }]"#)).unwrap_err();
+        assert!(e.key.starts_with("virtual_server[0].real_server[0].check[1]"), "{e}");
+        // A CA file is read on each observer, not where the apply lands.
+        assert!(parse(&rules(r#"{ type = "https", ca_file = "/nonexistent/ca.pem" }"#)).is_ok());
         // Rules stored before this check keep their checks (derivation is not strict).
         let mut stored = parse(&rules(r#"{ type = "tcp" }"#)).unwrap();
         stored.virtual_servers[0].real_servers[0].check = Some(serde_json::json!({ "type": "tcp", "connect_ip": "198.51.100.9" }));
