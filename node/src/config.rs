@@ -345,7 +345,15 @@ pub struct VrrpInstanceConfig {
     pub notify_master: Option<String>,
     pub notify_backup: Option<String>,
     pub notify_fault: Option<String>,
-    /// Called as `notify INSTANCE NAME STATE PRIORITY`.
+    /// keepalived's `notify_stop`: run when corrald stops the instance (shutdown), after it
+    /// released the VIPs; `notify` gets `STOP`. corrald waits for it (at most 10 s) before it
+    /// exits, so systemd does not kill it with the service.
+    pub notify_stop: Option<String>,
+    /// keepalived's `notify_deleted`: run when a reload removes the instance; `notify` gets
+    /// `DELETED`.
+    pub notify_deleted: Option<String>,
+    /// Called as `notify INSTANCE NAME STATE PRIORITY`, STATE one of MASTER, BACKUP, FAULT,
+    /// STOP, DELETED (keepalived's words).
     pub notify: Option<String>,
 }
 
@@ -562,6 +570,8 @@ pub struct SyncGroupConfig {
     pub notify_master: Option<String>,
     pub notify_backup: Option<String>,
     pub notify_fault: Option<String>,
+    /// As an instance's `notify_stop`, once for the group on shutdown (`notify GROUP NAME STOP 0`).
+    pub notify_stop: Option<String>,
     pub notify: Option<String>,
 }
 

@@ -748,7 +748,11 @@ pub async fn run(
                         kept.push(r);
                     } else {
                         tracing::info!(instance = %r.conf.name, "reload: instance removed or changed, releasing it");
+                        // Removed, not changed (a changed one comes back under its name).
+                        let deleted = !new.vrrp.iter().any(|v| v.name == r.conf.name);
+                        let scripts = deleted.then(|| end_commands(&Hooks::instance(&r.conf), &r.conf.name, End::Deleted, r.inst.priority()));
                         retire(r, &vips, &mut vmacs, &mut sockets).await;
+                        spawn_scripts(scripts.unwrap_or_default());
                     }
                 }
                 running = kept;
@@ -820,6 +824,14 @@ pub async fn run(
             next = earliest(&running);
         }
     }
+    // keepalived's STOP notifications, with the priority each instance had.
+    let mut stop_scripts = Vec::new();
+    for r in &running {
+        stop_scripts.extend(end_commands(&Hooks::instance(&r.conf), &r.conf.name, End::Stop, r.inst.priority()));
+    }
+    for g in groups.iter() {
+        stop_scripts.extend(end_commands(&Hooks::group(&g.conf), &g.conf.name, End::Stop, 0));
+    }
     for r in &mut running {
         r.inst.shutdown(Instant::now().into_std());
         perform(r, &vips, &mut out).await;
@@ -829,6 +841,8 @@ pub async fn run(
     for r in running {
         retire(r, &vips, &mut vmacs, &mut sockets).await;
     }
+    // After the VIPs are gone, as keepalived runs them.
+    run_scripts_waiting(stop_scripts, STOP_SCRIPTS_WAIT).await;
     Ok(())
 }
 
@@ -1312,13 +1326,16 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
     events
 }
 
-/// The notify hooks of an instance or a sync group (the same four keys in both sections).
+/// The notify hooks of an instance or a sync group (the same keys in both sections, but for
+/// `notify_deleted`, which only instances have).
 struct Hooks<'a> {
     /// `INSTANCE` or `GROUP`: the first argument of `notify`.
     kind: &'static str,
     master: Option<&'a str>,
     backup: Option<&'a str>,
     fault: Option<&'a str>,
+    stop: Option<&'a str>,
+    deleted: Option<&'a str>,
     notify: Option<&'a str>,
 }
 
@@ -1329,6 +1346,8 @@ impl<'a> Hooks<'a> {
             master: v.notify_master.as_deref(),
             backup: v.notify_backup.as_deref(),
             fault: v.notify_fault.as_deref(),
+            stop: v.notify_stop.as_deref(),
+            deleted: v.notify_deleted.as_deref(),
             notify: v.notify.as_deref(),
         }
     }
@@ -1338,6 +1357,8 @@ impl<'a> Hooks<'a> {
             master: g.notify_master.as_deref(),
             backup: g.notify_backup.as_deref(),
             fault: g.notify_fault.as_deref(),
+            stop: g.notify_stop.as_deref(),
+            deleted: None,
             notify: g.notify.as_deref(),
         }
     }
@@ -1359,6 +1380,52 @@ fn notify_commands(h: &Hooks, name: &str, to: State, priority: u8) -> Vec<String
         }
     }
     cmds
+}
+
+/// How an instance or group ends, for its last notify (keepalived's STOP and DELETED states).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum End {
+    /// corrald stops (SIGTERM, SIGINT).
+    Stop,
+    /// A reload removed it from the configuration.
+    Deleted,
+}
+
+/// [`notify_commands`] for an [`End`]: `notify_stop` / `notify_deleted` as written, then
+/// `notify KIND NAME STOP|DELETED PRIORITY`.
+fn end_commands(h: &Hooks, name: &str, end: End, priority: u8) -> Vec<String> {
+    let (specific, word) = match end {
+        End::Stop => (h.stop, "STOP"),
+        End::Deleted => (h.deleted, "DELETED"),
+    };
+    let mut cmds: Vec<String> = specific.map(|s| vec![s.to_owned()]).unwrap_or_default();
+    if let Some(n) = h.notify {
+        cmds.push(format!("{n} {} {} {word} {priority}", h.kind, shell_quote(name)));
+    }
+    cmds
+}
+
+/// How long a stopping corrald waits for its STOP scripts: under systemd (the default
+/// `KillMode=control-group`) whatever still runs when the main process exits is killed with it.
+/// Below the unit's `TimeoutStopSec` (30 s) with room for the rest of the shutdown.
+const STOP_SCRIPTS_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs the commands as [`spawn_scripts`] does, then waits for all of them, at most `limit`.
+async fn run_scripts_waiting(cmds: Vec<String>, limit: Duration) {
+    let mut children = Vec::new();
+    for cmd in cmds {
+        let Some(mut c) = crate::scripts::shell(&cmd, "notify") else { continue };
+        match c.spawn() {
+            Ok(child) => children.push((cmd, child)),
+            Err(e) => tracing::warn!("notify {cmd:?}: {e}"),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + limit;
+    for (cmd, mut child) in children {
+        if tokio::time::timeout_at(deadline, child.wait()).await.is_err() {
+            tracing::warn!("notify {cmd:?} still runs after {}; not waiting for it", humantime::format_duration(limit));
+        }
+    }
 }
 
 /// Runs the commands through `/bin/sh -c` without waiting for them: a slow script must never
@@ -1511,6 +1578,7 @@ mod tests {
             notify_master: Some("/bin/m".into()),
             notify_backup: None,
             notify_fault: Some("/bin/f x".into()),
+            notify_stop: Some("/bin/s".into()),
             notify: Some("/bin/n".into()),
         }
     }
@@ -1523,6 +1591,8 @@ mod tests {
         assert_eq!(notify_commands(&h, &g.name, State::Backup, 0), vec!["/bin/n GROUP 'G 1' BACKUP 0".to_owned()]);
         assert_eq!(notify_commands(&h, &g.name, State::Fault, 0), vec!["/bin/f x".to_owned(), "/bin/n GROUP 'G 1' FAULT 0".into()]);
         assert!(notify_commands(&h, &g.name, State::Initialize, 0).is_empty());
+        assert_eq!(end_commands(&h, &g.name, End::Stop, 0), vec!["/bin/s".to_owned(), "/bin/n GROUP 'G 1' STOP 0".into()]);
+        assert_eq!(end_commands(&h, &g.name, End::Deleted, 0), vec!["/bin/n GROUP 'G 1' DELETED 0".to_owned()], "groups have no notify_deleted");
     }
 
     #[tokio::test]

@@ -905,6 +905,49 @@ fn garp_interval_paces_a_takeovers_gratuitous_arps() {
     assert!((0.95..1.5).contains(&(garps[3].0 - garps[0].0)), "rounds {:.3} s apart:\n{dump}", garps[3].0 - garps[0].0);
 }
 
+/// keepalived's STOP and DELETED notifications: a reload that removes an instance runs its
+/// `notify_deleted` and `notify INSTANCE NAME DELETED PRIO`; stopping corrald runs each
+/// instance's and group's `notify_stop` and `notify … STOP …`, after the VIPs are gone, and
+/// waits for them (a script that takes a second still finishes before corrald exits).
+#[test]
+fn notify_stop_and_deleted_run_as_keepalived_runs_them() {
+    let Some(bin) = prerequisites("notify_stop_and_deleted") else { return };
+    let lan = Lan::new(1);
+    let h1 = &lan.hosts[0];
+    let dir = tempdir::Dir::new("notifystop");
+    let log = dir.path.join("notify.log");
+    let l = log.display();
+    let instance = |name: &str, vrid: u8, vip: &str| {
+        format!(
+            "[[vrrp]]\nname = \"{name}\"\ninterface = \"eth0\"\nvrid = {vrid}\npriority = 150\nadvert_interval = \"100ms\"\n\
+             virtual_ips = [\"{vip}/24\"]\ngarp_repeat = 1\nnotify = \"echo >> {l}\"\n\
+             notify_stop = \"sleep 1; echo stop {name} vip=$(ip -o addr show dev eth0 | grep -c ' {vip}/') >> {l}\"\n\
+             notify_deleted = \"echo deleted {name} >> {l}\"\n"
+        )
+    };
+    let head = format!("[node]\nadmin_socket = \"{}/admin.sock\"\n\n", dir.path.display());
+    let group = format!("[[vrrp_sync_group]]\nname = \"G\"\nmembers = [\"VI_1\"]\nnotify_stop = \"echo stop G >> {l}\"\nnotify = \"echo >> {l}\"\n");
+    let both = format!("{head}{}{}{group}", instance("VI_1", 51, VIP), instance("VI_2", 52, "192.0.2.101"));
+    let (mut d, file) = start_corrald(&bin, h1, &dir, &both);
+    assert!(wait_for(Duration::from_secs(5), || has_addr(h1, VIP) && has_addr(h1, "192.0.2.101")).is_some(), "both instances master");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    // A reload without VI_2: DELETED for it, nothing for VI_1.
+    std::fs::write(&file, format!("{head}{}{group}", instance("VI_1", 51, VIP))).unwrap();
+    d.signal("HUP");
+    assert!(wait_for(Duration::from_secs(5), || read().contains("INSTANCE VI_2 DELETED 150") && read().contains("deleted VI_2")).is_some(), "{}", read());
+    assert!(!has_addr(h1, "192.0.2.101"), "VI_2's VIP released");
+    assert!(!read().contains("VI_1 DELETED") && !read().contains("STOP"), "{}", read());
+    // Stopping: STOP for VI_1 and the group, its notify_stop after the VIP is gone, and the
+    // slow script finished before corrald exited.
+    d.signal("TERM");
+    assert!(d.wait_exit(Duration::from_secs(15)).is_some(), "corrald stopped");
+    let text = read();
+    for want in ["INSTANCE VI_1 STOP 150", "GROUP G STOP 0", "stop G", "stop VI_1 vip=0"] {
+        assert!(text.lines().any(|l| l.trim() == want), "{want:?} missing:\n{text}");
+    }
+    assert!(!text.contains("stop VI_2"), "a deleted instance does not stop again:\n{text}");
+}
+
 /// keepalived's `virtual_routes`: routes that exist only on the master (a default route out
 /// of a NAT director's uplink, a blackhole for unused space, a route with the VIP as its
 /// source), added after the VIPs and removed with them, moving with a failover.
