@@ -10,7 +10,8 @@
 //!   does a single attempt; [`Checker`] wraps them with retries into a round.
 //! - [`scheduler`]: [`Scheduler`] runs rounds on intervals with spread start times, applies
 //!   rise/fall, deduplicates definitions, and sends [`Event`]s on state changes.
-//! - [`stats`]: atomic counters and their Prometheus text rendering.
+//! - [`stats`]: atomic counters; `StatsSnapshot` is what a metrics exporter reads (corrald's
+//!   encodes them with `prometheus-client`).
 //!
 //! # Use
 //! ```no_run

@@ -1,7 +1,6 @@
 //! Counters as plain atomics: cheap enough to bump on every attempt from thousands of tasks, and
-//! rendered in the Prometheus text format by whoever serves metrics (no prometheus crate here).
+//! read as a [`StatsSnapshot`] by whoever exports metrics (corrald, through `prometheus-client`).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::result::{CheckResult, ReasonKind};
@@ -138,27 +137,4 @@ impl StatsSnapshot {
         self.failures.iter().find(|(k, _)| *k == kind).map_or(0, |(_, n)| *n)
     }
 
-    /// Prometheus text exposition format, metric names prefixed `corral_check_`.
-    pub fn to_prometheus(&self) -> String {
-        let mut s = String::new();
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(s, "# HELP corral_check_{name} {help}\n# TYPE corral_check_{name} counter\ncorral_check_{name} {v}");
-        };
-        counter("attempts_total", "Check attempts made, retries included.", self.attempts);
-        counter("rounds_total", "Check rounds completed.", self.rounds);
-        counter("rounds_failed_total", "Check rounds that failed after all retries.", self.rounds_failed);
-        counter("state_changes_total", "State transitions of checks.", self.state_changes);
-        counter("half_open_unmatched_total", "Segments to the half-open prober that answered no probe in flight (ignored).", self.half_open_unmatched);
-        counter("half_open_malformed_total", "Datagrams to the half-open prober that were not a TCP header (ignored).", self.half_open_malformed);
-        let _ = writeln!(s, "# HELP corral_check_failures_total Failed attempts by reason.");
-        let _ = writeln!(s, "# TYPE corral_check_failures_total counter");
-        for (k, v) in &self.failures {
-            let _ = writeln!(s, "corral_check_failures_total{{reason=\"{}\"}} {v}", k.as_str());
-        }
-        let _ = writeln!(s, "# HELP corral_check_running Distinct checks running.\n# TYPE corral_check_running gauge");
-        let _ = writeln!(s, "corral_check_running {}", self.running);
-        let _ = writeln!(s, "# HELP corral_check_registered Check registrations.\n# TYPE corral_check_registered gauge");
-        let _ = writeln!(s, "corral_check_registered {}", self.registered);
-        s
-    }
 }

@@ -116,13 +116,13 @@ impl Admin {
         self.health.as_ref().ok_or_else(|| "health checking is not running on this node".to_string())
     }
 
-    /// Everything the node counts, in Prometheus's text format ([`crate::metrics`]).
+    /// Everything the node counts, as OpenMetrics text ([`crate::metrics`]).
     pub fn metrics(&self) -> String {
         let mut x = crate::metrics::Exposition::default();
         let vrrp = self.board.lock().unwrap_or_else(|p| p.into_inner()).clone();
         crate::metrics::vrrp(&mut x, &vrrp);
         if let Some(h) = &self.health {
-            x.raw(&h.metrics());
+            h.metrics(&mut x);
         }
         if let Some(c) = &self.cluster {
             crate::metrics::cluster(&mut x, &c.raft_status(), &c.members());

@@ -1,56 +1,153 @@
-//! What the node counts, in Prometheus's text format (0.0.4): `corralctl metrics` prints it,
-//! and with `[node] metrics_listen` corrald serves it over HTTP at `/metrics` for Prometheus
-//! to scrape, as the keepalived exporter does for keepalived. VRRP is there on every node
-//! (state, priorities, adverts, drops by reason, transitions); Raft, gossip, health checks and
-//! the director on cluster members.
+//! What the node counts, as an OpenMetrics text exposition (the format Prometheus scrapes),
+//! encoded by `prometheus-client`: `corralctl metrics` prints it, and with `[node]
+//! metrics_listen` corrald serves it over HTTP at `/metrics` for Prometheus to scrape, as the
+//! keepalived exporter does for keepalived. VRRP is there on every node (state, priorities,
+//! adverts, drops by reason, transitions); Raft, gossip, health checks and the director on
+//! cluster members.
+//!
+//! The figures live in the daemon's own structures (the VRRP status board, Raft's metrics, the
+//! checker's atomics), so each scrape reads them into an [`Exposition`], which hands them to a
+//! `prometheus-client` registry as a collector of constant metrics.
 
-use std::fmt::Display;
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::api::{MemberStatus, RaftStatus, VrrpInstanceStatus};
 
-/// A text exposition being written: one `HELP`/`TYPE` header per family, then its samples.
+/// The content type of [`Exposition::finish`]'s text, for the HTTP answer.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One scrape's figures, family by family, until [`Exposition::finish`] encodes them.
 #[derive(Default)]
-pub struct Exposition(String);
+pub struct Exposition(Vec<Family>);
+
+#[derive(Debug)]
+struct Family {
+    /// Without a counter's `_total`, which the encoder adds to its samples.
+    name: String,
+    help: String,
+    counter: bool,
+    samples: Vec<(Vec<(String, Escaped)>, u64)>,
+}
 
 impl Exposition {
-    /// Starts a family (`kind`: `counter` or `gauge`).
+    /// Starts a family (`kind`: `counter` or `gauge`). A counter's name may end in `_total`
+    /// (its samples' name): the family is named without it, as OpenMetrics wants.
     pub fn family(&mut self, name: &str, help: &str, kind: &str) {
-        self.0.push_str(&format!("# HELP {name} {}\n# TYPE {name} {kind}\n", help.replace('\\', "\\\\").replace('\n', "\\n")));
+        let counter = kind == "counter";
+        let name = if counter { name.strip_suffix("_total").unwrap_or(name) } else { name };
+        self.0.push(Family { name: name.to_owned(), help: help.replace('\\', "\\\\").replace('\n', "\\n"), counter, samples: Vec::new() });
     }
 
-    /// One sample of the family started last, label values escaped as the format requires.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
-            self.0.push('{');
-            self.0.push_str(&l.join(","));
-            self.0.push('}');
-        }
-        self.0.push_str(&format!(" {value}\n"));
+    /// One sample of the family started last.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl SampleValue) {
+        let value = value.to_u64();
+        let family = self.0.last_mut().expect("a sample follows its family");
+        debug_assert!(name.starts_with(&family.name), "{name} sampled in family {}", family.name);
+        family.samples.push((labels.iter().map(|(k, v)| ((*k).to_owned(), Escaped((*v).to_owned()))).collect(), value));
     }
 
     /// A family with a single unlabelled sample.
-    pub fn single(&mut self, name: &str, help: &str, kind: &str, value: impl Display) {
+    pub fn single(&mut self, name: &str, help: &str, kind: &str, value: impl SampleValue) {
         self.family(name, help, kind);
         self.sample(name, &[], value);
     }
 
-    /// Text written elsewhere in the same format (the health checker's families).
-    pub fn raw(&mut self, text: &str) {
-        self.0.push_str(text);
-    }
-
+    /// The OpenMetrics text (ending in `# EOF`).
     pub fn finish(self) -> String {
-        self.0
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Snapshot(self.0)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encoding into a String");
+        out
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// What the daemon's figures come as (counts, indexes, flags).
+pub trait SampleValue {
+    fn to_u64(self) -> u64;
+}
+
+macro_rules! sample_value {
+    ($($t:ty),*) => {$(
+        impl SampleValue for $t {
+            fn to_u64(self) -> u64 {
+                u64::try_from(self).unwrap_or(u64::MAX)
+            }
+        }
+    )*};
+}
+sample_value!(u8, u16, u32, u64, usize);
+
+impl SampleValue for &u64 {
+    fn to_u64(self) -> u64 {
+        *self
+    }
+}
+
+impl SampleValue for bool {
+    fn to_u64(self) -> u64 {
+        u64::from(self)
+    }
+}
+
+/// The families of one scrape, as `prometheus-client` asks a collector for them.
+#[derive(Debug)]
+struct Snapshot(Vec<Family>);
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in &self.0 {
+            let kind = if f.counter { MetricType::Counter } else { MetricType::Gauge };
+            let mut metric = encoder.encode_descriptor(&f.name, &f.help, None, kind)?;
+            match f.samples.as_slice() {
+                // `name value`, not `name{} value`.
+                [(labels, v)] if labels.is_empty() => encode_value(metric, f.counter, *v)?,
+                samples => {
+                    for (labels, v) in samples {
+                        encode_value(metric.encode_family(labels)?, f.counter, *v)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_value(m: MetricEncoder<'_>, counter: bool, v: u64) -> Result<(), std::fmt::Error> {
+    if counter {
+        ConstCounter::new(v).encode(m)
+    } else {
+        ConstGauge::new(v).encode(m)
+    }
+}
+
+/// A label value as the text format needs it (`\`, `"` and newlines escaped): instance and
+/// node names come from configuration files and peers. `prometheus-client` writes label values
+/// as given.
+#[derive(Debug, Clone)]
+struct Escaped(String);
+
+impl EncodeLabelValue for Escaped {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The VRRP states a `corral_vrrp_state` sample can name (one is 1, the others 0 per instance).
@@ -141,7 +238,7 @@ pub async fn serve(addr: SocketAddr, admin: crate::admin::Admin) -> anyhow::Resu
                     async move {
                         let resp = if req.uri().path() == "/metrics" && req.method() == hyper::Method::GET {
                             Response::builder()
-                                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                                .header("content-type", CONTENT_TYPE)
                                 .body(http_body_util::Full::new(hyper::body::Bytes::from(admin.metrics())))
                         } else {
                             Response::builder().status(StatusCode::NOT_FOUND).body(http_body_util::Full::new(hyper::body::Bytes::from("not found: try /metrics\n")))
@@ -165,8 +262,15 @@ mod tests {
     fn label_values_are_escaped_and_each_family_has_its_header() {
         let mut x = Exposition::default();
         x.family("corral_x", "What\nit is.", "gauge");
-        x.sample("corral_x", &[("instance", "a\"b\\c\nd")], 1);
-        assert_eq!(x.finish(), "# HELP corral_x What\\nit is.\n# TYPE corral_x gauge\ncorral_x{instance=\"a\\\"b\\\\c\\nd\"} 1\n");
+        x.sample("corral_x", &[("instance", "a\"b\\c\nd")], 1u64);
+        x.single("corral_y_total", "Counted.", "counter", 7u64);
+        x.family("corral_z", "None yet.", "gauge");
+        assert_eq!(
+            x.finish(),
+            "# HELP corral_x What\\nit is.\n# TYPE corral_x gauge\ncorral_x{instance=\"a\\\"b\\\\c\\nd\"} 1\n\
+             # HELP corral_y Counted.\n# TYPE corral_y counter\ncorral_y_total 7\n\
+             # HELP corral_z None yet.\n# TYPE corral_z gauge\n# EOF\n"
+        );
     }
 
     #[test]

@@ -75,7 +75,7 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: ipvs_cmd::Output,
     },
-    /// This node's counters in Prometheus text format (checks, verdicts, cluster, director).
+    /// This node's counters as OpenMetrics text, what Prometheus scrapes (VRRP, checks, verdicts, cluster, director).
     Metrics,
     /// Cluster members as the node sees them (gossip state and Raft role).
     Members {

@@ -1,12 +1,13 @@
 """Scrapes corrald's /metrics as Prometheus would and parses it with the Prometheus client's own
-text parser (which refuses malformed expositions). Prints JSON: the content type, every sample
+OpenMetrics parser (which refuses malformed expositions: a missing `# EOF`, a counter sample
+without `_total`, bad escaping). Prints JSON: the content type, every sample
 as [name, labels, value], and whether another path answers 404. Usage: scrape_metrics.py URL"""
 import json
 import sys
 import urllib.error
 import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 base = sys.argv[1]
 with urllib.request.urlopen(base + "/metrics", timeout=5) as r:

@@ -530,7 +530,7 @@ fn a_member_back_at_another_address_is_followed_by_raft() {
 fn metrics_are_served_for_prometheus() {
     let test = "metrics_are_served_for_prometheus";
     let ci = std::env::var("CI").as_deref() == Ok("true");
-    let parser = std::process::Command::new("/usr/bin/python3").args(["-c", "import prometheus_client.parser"]).output();
+    let parser = std::process::Command::new("/usr/bin/python3").args(["-c", "import prometheus_client.openmetrics.parser"]).output();
     if parser.map(|o| !o.status.success()).unwrap_or(true) {
         assert!(!ci, "{test}: python3-prometheus-client is missing and CI=true forbids skipping");
         eprintln!("SKIP: {test}: python3-prometheus-client is not installed");
@@ -557,7 +557,7 @@ fn metrics_are_served_for_prometheus() {
     assert!(wait_for(Duration::from_secs(10), || (0..3).all(|i| value(&scrape(i), "corral_vrrp_state", &[("state", "MASTER")]) == Some(1.0))).is_some());
     for i in 0..3 {
         let m = scrape(i);
-        assert!(m["content_type"].as_str().unwrap().starts_with("text/plain; version=0.0.4"), "{}", m["content_type"]);
+        assert!(m["content_type"].as_str().unwrap().starts_with("application/openmetrics-text; version=1.0.0"), "{}", m["content_type"]);
         assert_eq!(m["other_path_404"], true);
         let inst = format!("VI_{}", i + 1);
         let vrid = format!("1{}", i + 1);

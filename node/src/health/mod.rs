@@ -558,24 +558,34 @@ impl Health {
         rows
     }
 
-    /// Prometheus text: the checker's counters plus the consensus ones.
-    pub fn metrics(&self) -> String {
-        let mut s = self.sched.stats().to_prometheus();
-        let mut counter = |name: &str, help: &str, v: u64| {
-            s.push_str(&format!("# HELP corral_health_{name} {help}\n# TYPE corral_health_{name} counter\ncorral_health_{name} {v}\n"));
-        };
-        counter("verdict_changes_total", "Verdict changes this node committed as Raft leader.", self.verdict_changes.load(Ordering::Relaxed));
-        counter("reports_received_total", "Observer reports received (as leader).", self.reports_received.load(Ordering::Relaxed));
-        counter("reports_refused_total", "Observer reports refused (sender mismatch).", self.reports_refused.load(Ordering::Relaxed));
-        counter("reports_failed_total", "Reports this node could not deliver to the leader.", self.reports_failed.load(Ordering::Relaxed));
-        counter("hooks_run_total", "notify_up/notify_down/quorum hooks started.", self.hooks_run.load(Ordering::Relaxed));
-        s.push_str(&format!(
-            "# HELP corral_scripts_refused_total Hooks, notify and track scripts refused by enable_script_security.\n# TYPE corral_scripts_refused_total counter\ncorral_scripts_refused_total {}\n",
-            crate::scripts::refused_total()
-        ));
+    /// The checker's counters plus the consensus ones.
+    pub fn metrics(&self, x: &mut crate::metrics::Exposition) {
+        let st = self.sched.stats();
+        let counters = [
+            ("corral_check_attempts_total", "Check attempts made, retries included.", st.attempts),
+            ("corral_check_rounds_total", "Check rounds completed.", st.rounds),
+            ("corral_check_rounds_failed_total", "Check rounds that failed after all retries.", st.rounds_failed),
+            ("corral_check_state_changes_total", "State transitions of checks.", st.state_changes),
+            ("corral_check_half_open_unmatched_total", "Segments to the half-open prober that answered no probe in flight (ignored).", st.half_open_unmatched),
+            ("corral_check_half_open_malformed_total", "Datagrams to the half-open prober that were not a TCP header (ignored).", st.half_open_malformed),
+            ("corral_health_verdict_changes_total", "Verdict changes this node committed as Raft leader.", self.verdict_changes.load(Ordering::Relaxed)),
+            ("corral_health_reports_received_total", "Observer reports received (as leader).", self.reports_received.load(Ordering::Relaxed)),
+            ("corral_health_reports_refused_total", "Observer reports refused (sender mismatch).", self.reports_refused.load(Ordering::Relaxed)),
+            ("corral_health_reports_failed_total", "Reports this node could not deliver to the leader.", self.reports_failed.load(Ordering::Relaxed)),
+            ("corral_health_hooks_run_total", "notify_up/notify_down/quorum hooks started.", self.hooks_run.load(Ordering::Relaxed)),
+            ("corral_scripts_refused_total", "Hooks, notify and track scripts refused by enable_script_security.", crate::scripts::refused_total()),
+        ];
+        for (name, help, v) in counters {
+            x.single(name, help, "counter", v);
+        }
+        x.family("corral_check_failures_total", "Failed attempts by reason.", "counter");
+        for (k, v) in &st.failures {
+            x.sample("corral_check_failures_total", &[("reason", k.as_str())], *v);
+        }
+        x.single("corral_check_running", "Distinct checks running.", "gauge", st.running);
+        x.single("corral_check_registered", "Check registrations.", "gauge", st.registered);
         let n = self.assigned.lock().unwrap_or_else(|p| p.into_inner()).len();
-        s.push_str(&format!("# HELP corral_health_observing Real servers this node observes.\n# TYPE corral_health_observing gauge\ncorral_health_observing {n}\n"));
-        s
+        x.single("corral_health_observing", "Real servers this node observes.", "gauge", n);
     }
 }
 
