@@ -220,6 +220,8 @@ struct Resolved {
     /// Every interface name used, with the index it had: a different index later means the
     /// interface was deleted and made again.
     names: Vec<(String, u32)>,
+    /// The instance's addresses (`virtual_ips` and `virtual_ips_excluded`), parsed once.
+    specs: Vec<crate::config::VipSpec>,
 }
 
 async fn resolve(v: &VrrpInstanceConfig, vips: &Vips) -> Result<Resolved> {
@@ -278,7 +280,7 @@ async fn resolve(v: &VrrpInstanceConfig, vips: &Vips) -> Result<Resolved> {
             other_devs.push(d.clone());
         }
     }
-    Ok(Resolved { ifindex, primary, other_devs, routes, names })
+    Ok(Resolved { ifindex, primary, other_devs, routes, names, specs })
 }
 
 /// The instance's vmac (`use_vmac`), made on its interface.
@@ -355,8 +357,7 @@ async fn build(
             return Err(e);
         }
     };
-    let specs = v.all_vips().map_err(anyhow::Error::msg)?;
-    let placed = specs
+    let placed = std::mem::take(&mut res.specs)
         .into_iter()
         .map(|s| PlacedVip {
             addr: s.addr,
