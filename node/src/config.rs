@@ -941,6 +941,22 @@ impl Config {
                     return Err((at(i, key), "at most 1s (a burst for many VIPs would last minutes)".into()));
                 }
             }
+            // A paced refresh must be over before the next one starts, or two would run at once,
+            // at twice the rate the pacing promises.
+            let per_message = v.garp_interval.max(v.gna_interval);
+            if !v.garp_master_refresh.is_zero() && !per_message.is_zero() {
+                let messages = v.all_vips().map(|a| a.len()).unwrap_or(0) as u32 * v.garp_master_refresh_repeat;
+                let burst = per_message * messages;
+                if burst >= v.garp_master_refresh {
+                    return Err((
+                        at(i, "garp_master_refresh"),
+                        format!(
+                            "{messages} paced messages take {} at garp_interval/gna_interval, longer than the refresh period: make it longer",
+                            humantime::format_duration(burst)
+                        ),
+                    ));
+                }
+            }
             if v.vmac_name.is_some() && !v.use_vmac {
                 return Err((at(i, "vmac_name"), "vmac_name needs use_vmac = true".into()));
             }
@@ -1342,6 +1358,11 @@ virtual_ips = ["2001:db8::100/64"]
         assert_eq!(e.key, "vrrp[0].garp_interval", "{e}");
         assert!(e.message.contains("at most 1s"), "{e}");
         assert_eq!(parse(&with("gna_interval = \"5s\"")).unwrap_err().key, "vrrp[0].gna_interval");
+        // A paced refresh that would not be over before the next one.
+        let e = parse(&with("garp_interval = \"500ms\"\ngarp_master_refresh = \"1s\"\ngarp_master_refresh_repeat = 2")).unwrap_err();
+        assert_eq!(e.key, "vrrp[0].garp_master_refresh", "{e}");
+        assert!(e.message.contains("longer than the refresh period"), "{e}");
+        assert!(parse(&with("garp_interval = \"100ms\"\ngarp_master_refresh = \"10s\"\ngarp_master_refresh_repeat = 2")).is_ok());
         let e = parse(&with("track_processes = [\"haproxy\"]")).unwrap_err();
         assert_eq!(e.key, "vrrp[0].track_processes[0]", "{e}");
         assert!(e.message.contains("no [[track_process]] named \"haproxy\""), "{e}");
