@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "corralctl", version, about = "Operate corral directors and the local IPVS table")]
@@ -119,6 +119,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: vrrp_cmd::VrrpCmd,
     },
+    /// Print a shell completion script: `source <(corralctl completion bash)`, or install it as
+    /// /usr/share/bash-completion/completions/corralctl (zsh, fish, elvish, powershell too).
+    Completion { shell: clap_complete::Shell },
 }
 
 fn main() -> ExitCode {
@@ -142,12 +145,60 @@ fn main() -> ExitCode {
         Cmd::Raft { cmd } => cluster_cmd::raft(&cli.socket, cmd),
         Cmd::Token { cmd } => cluster_cmd::token(&cli.socket, cmd),
         Cmd::Kv { cmd } => cluster_cmd::kv(&cli.socket, cmd),
+        Cmd::Completion { shell } => {
+            // Into memory first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "corralctl", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script).map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("corralctl: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks (conflicting flags, bad defaults), at test time.
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The bash script `corralctl completion bash` prints, sourced by bash and asked as bash
+    /// asks it at a TAB.
+    #[test]
+    fn bash_completion_offers_the_subcommands() {
+        let mut script = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "corralctl", &mut script);
+        let file = std::env::temp_dir().join(format!("corralctl-completion-{}.bash", std::process::id()));
+        std::fs::write(&file, &script).unwrap();
+        let complete = |words: &str, cword: usize, cur: &str, prev: &str| {
+            let out = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(format!(
+                    "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; _corralctl corralctl '{cur}' '{prev}'; echo \"${{COMPREPLY[@]}}\"",
+                    file.display()
+                ))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>()
+        };
+        let top = complete("corralctl r", 1, "r", "corralctl");
+        let rs = complete("corralctl rs ''", 2, "", "rs");
+        let _ = std::fs::remove_file(&file);
+        for want in ["rs", "raft", "remove"] {
+            assert!(top.contains(&want.to_owned()), "{top:?}");
+        }
+        for want in ["add", "del", "weight", "drain"] {
+            assert!(rs.contains(&want.to_owned()), "{rs:?}");
         }
     }
 }
