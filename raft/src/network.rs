@@ -167,9 +167,45 @@ impl<S: RpcSender> RaftNetwork<TypeConfig> for Client<S> {
 
 /// The receiving side: decodes one request, hands it to `raft`, encodes the answer. A request
 /// that does not decode is refused with a message naming the problem (the node logs and counts
-/// it); it never reaches Raft.
+/// it); it never reaches Raft. Nothing checks who sent it: for in-process networks (tests);
+/// a node serving peers uses [`serve_from`].
 pub async fn serve(raft: &Raft, request: &[u8]) -> Result<Vec<u8>, String> {
     let req: RpcRequest = decode("raft rpc request", request).map_err(|e| e.to_string())?;
+    serve_decoded(raft, req).await
+}
+
+/// [`serve`] for a request that came over a connection authenticated as node `from` (its
+/// certificate's name): a request that speaks for another node is refused. A vote request
+/// names its candidate and an append or snapshot its leader; openraft trusts those ids, so a
+/// member could otherwise append entries as the current leader, in the current term, and
+/// followers would overwrite their logs with them without a word.
+pub async fn serve_from(raft: &Raft, from: NodeId, request: &[u8]) -> Result<Vec<u8>, String> {
+    let req: RpcRequest = decode("raft rpc request", request).map_err(|e| e.to_string())?;
+    check_sender(&req, from)?;
+    serve_decoded(raft, req).await
+}
+
+/// The node a request speaks for: a vote's candidate, an append's or snapshot's leader.
+fn claimed_sender(req: &RpcRequest) -> Option<NodeId> {
+    let vote = match req {
+        RpcRequest::AppendEntries(r) => &r.vote,
+        RpcRequest::Vote(r) => &r.vote,
+        RpcRequest::InstallSnapshot(r) => &r.vote,
+    };
+    vote.leader_id().voted_for()
+}
+
+fn check_sender(req: &RpcRequest, from: NodeId) -> Result<(), String> {
+    match claimed_sender(req) {
+        Some(id) if id == from => Ok(()),
+        claimed => Err(format!(
+            "a raft request that speaks for node id {} over a connection authenticated as node id {from}",
+            claimed.map_or("(none)".into(), |c| c.to_string())
+        )),
+    }
+}
+
+async fn serve_decoded(raft: &Raft, req: RpcRequest) -> Result<Vec<u8>, String> {
     let resp = match req {
         RpcRequest::AppendEntries(r) => {
             let (name, first, last) = rpc_marks(&r);
@@ -290,6 +326,27 @@ mod tests {
         assert_eq!(r.leader_commit.map(|l| l.index), Some(9), "a lower commit index is kept");
         let (r, cut) = within_budget(request(&[3 << 20], 10), 1 << 20);
         assert_eq!((r.entries.len(), cut), (1, None));
+    }
+
+    #[test]
+    fn requests_must_speak_for_the_authenticated_sender() {
+        let append = |leader| {
+            let mut r = request(&[10], 9);
+            r.vote = openraft::Vote::new_committed(4, leader);
+            RpcRequest::AppendEntries(r)
+        };
+        assert!(check_sender(&append(7), 7).is_ok());
+        let e = check_sender(&append(7), 8).unwrap_err();
+        assert!(e.contains("speaks for node id 7") && e.contains("authenticated as node id 8"), "{e}");
+        let vote = |candidate| RpcRequest::Vote(VoteRequest { vote: openraft::Vote::new(5, candidate), last_log_id: None });
+        assert!(check_sender(&vote(3), 3).is_ok());
+        assert!(check_sender(&vote(3), 1).is_err());
+        let snap = |leader| {
+            let meta = openraft::SnapshotMeta { last_log_id: None, last_membership: openraft::StoredMembership::default(), snapshot_id: "s".into() };
+            RpcRequest::InstallSnapshot(InstallSnapshotRequest { vote: openraft::Vote::new_committed(4, leader), meta, offset: 0, data: vec![], done: false })
+        };
+        assert!(check_sender(&snap(2), 2).is_ok());
+        assert!(check_sender(&snap(2), 9).is_err());
     }
 
     #[test]

@@ -306,7 +306,7 @@ impl Cluster {
             let r = r.clone();
             let me = me.clone();
             Box::pin(async move {
-                let res = raft::network::serve(&r, &body).await;
+                let res = raft::network::serve_from(&r, raft::node_id_for(&peer.name), &body).await;
                 if let Err(e) = &res {
                     me.bad_messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(peer = %peer.name, error = %e, "bad raft message refused");
