@@ -579,6 +579,53 @@ fn metrics_are_served_for_prometheus() {
     assert!(text.contains("corral_vrrp_state{instance=\"VI_1\",interface=\"eth0\",vrid=\"11\",state=\"MASTER\"} 1"), "{text}");
 }
 
+/// In Raft a member's certificate speaks only for that member: a heartbeat sent over a
+/// follower's connection that claims to come from the leader, in the leader's term (openraft
+/// would take it, and could be fed entries the same way), is refused by the member it reaches,
+/// logged and counted; one that speaks for its own sender goes to openraft, whose rules answer
+/// it. The cluster goes on with the same leader and term.
+#[test]
+fn raft_requests_speak_only_for_their_certificates_node() {
+    let test = "raft_requests_speak_only_for_their_certificates_node";
+    let Some((_g, mut c)) = lab(test, 3) else { return };
+    let Some(forge) = tests::workspace_bin("corral-forge-raft", "CORRAL_FORGE_RAFT") else {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{test}: corral-forge-raft not built (cargo build --workspace --bins)");
+        eprintln!("SKIP: {test}: corral-forge-raft not built (cargo build --workspace --bins)");
+        return;
+    };
+    c.form(Duration::from_secs(30));
+    c.wait_settled(Duration::from_secs(60));
+    let leader = c.leader().expect("a leader");
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (forger, target) = (others[0], others[1]);
+    let term = c.raft(leader).unwrap()["term"].as_u64().unwrap();
+    let bad = |i: usize| -> u64 {
+        let m = c.ctl(i, "metrics").stdout;
+        m.lines().find_map(|l| l.strip_prefix("corral_cluster_bad_messages_total ")).and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("{m}"))
+    };
+    let send = |claim: &str| -> String {
+        let out = c.lan.hosts[forger]
+            .cmd(forge.to_str().unwrap())
+            .arg(c.nodes[forger].dir.join("data"))
+            .arg(c.nodes[target].addr())
+            .arg(claim)
+            .arg(term.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = bad(target);
+    let forged = send(&c.nodes[leader].name);
+    assert!(forged.starts_with("refused:") && forged.contains("speaks for node id"), "{forged}");
+    let own = send(&c.nodes[forger].name);
+    assert!(own.starts_with("accepted:"), "a request for its own sender reaches openraft: {own}");
+    assert_eq!(bad(target), before + 1, "the forged one is counted");
+    assert!(std::fs::read_to_string(c.nodes[target].log()).unwrap().contains("bad raft message refused"));
+    let r = c.raft(target).unwrap();
+    assert_eq!((r["leader"].as_str(), r["term"].as_u64()), (Some(c.nodes[leader].name.as_str()), Some(term)), "{r}");
+}
+
 /// A second process under a live member's name (a copied configuration) is refused at its
 /// join, naming the member, and the cluster stays as it was: otherwise two processes would be
 /// one Raft node.
