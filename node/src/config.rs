@@ -179,6 +179,10 @@ pub struct NodeSection {
     /// TCP `ip:port` serving `GET /metrics` (Prometheus's text format) for scraping; absent =
     /// no listener (`corralctl metrics` prints the same). Takes effect at start.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// keepalived's `notify_fifo`: a FIFO (made, mode 0600, if missing) that gets a line per
+    /// VRRP state change, `INSTANCE "VI_1" MASTER 150` / `GROUP "G" BACKUP 0` (STOP and DELETED
+    /// too), for a local program that reads it instead of being started per change.
+    pub notify_fifo: Option<PathBuf>,
 }
 
 impl Default for NodeSection {
@@ -193,6 +197,7 @@ impl Default for NodeSection {
             script_group: None,
             enable_script_security: false,
             metrics_listen: None,
+            notify_fifo: None,
         }
     }
 }
@@ -985,6 +990,11 @@ impl Config {
                 }
             }
         }
+        if let Some(f) = &self.node.notify_fifo {
+            if !f.is_absolute() {
+                return Err((vec![Key("node".into()), Key("notify_fifo".into())], format!("{}: an absolute path", f.display())));
+            }
+        }
         if let Some(p) = self.node.realtime_priority {
             if !(1..=99).contains(&p) {
                 return Err((vec![Key("node".into()), Key("realtime_priority".into())], format!("{p}: a SCHED_RR priority is 1..=99")));
@@ -1181,6 +1191,13 @@ virtual_ips = ["2001:db8::100/64"]
         assert_eq!(c.vrrp[1].priority, 100);
         assert_eq!(c.vrrp[1].advert_interval, Duration::from_secs(1));
         assert_eq!(c.node.admin_socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    }
+
+    #[test]
+    fn notify_fifo_is_an_absolute_path() {
+        let c = parse("[node]\nnotify_fifo = \"/run/corral/notify\"\n").unwrap();
+        assert_eq!(c.node.notify_fifo, Some(PathBuf::from("/run/corral/notify")));
+        assert_eq!(parse("[node]\nnotify_fifo = \"notify\"\n").unwrap_err().key, "node.notify_fifo");
     }
 
     #[test]

@@ -195,6 +195,12 @@ pub fn vrrp(x: &mut Exposition, instances: &[VrrpInstanceStatus]) {
             sample(x, &name, i, &[], i.counters.get(key).copied().unwrap_or(0));
         }
     }
+    x.single(
+        "corral_vrrp_notify_fifo_dropped_total",
+        "Lines notify_fifo could not take (its reader stopped reading), dropped instead of waited for.",
+        "counter",
+        crate::notify_fifo::dropped_total(),
+    );
     x.family("corral_vrrp_dropped_total", "Packets dropped, by reason (bad checksum, TTL, authentication, version, ...).", "counter");
     for i in instances {
         for (reason, n) in i.counters.iter().filter(|(k, _)| !counters.iter().any(|(c, _)| c == k)) {

@@ -105,6 +105,7 @@ async fn step(i: usize, running: &mut [Running], groups: &mut [Group], vips: &Vi
             if let Some(to) = state {
                 tracing::info!(group = %g.conf.name, "sync group is now {}", to.as_str());
                 spawn_scripts(notify_commands(&Hooks::group(&g.conf), &g.conf.name, to, 0));
+                crate::notify_fifo::write("GROUP", &g.conf.name, to.as_str(), 0);
             }
         }
     }
@@ -592,6 +593,7 @@ pub async fn run(
     lifecycle: Lifecycle,
 ) -> Result<()> {
     check_supported(&cfg)?;
+    crate::notify_fifo::open(cfg.node.notify_fifo.as_deref()).map_err(anyhow::Error::msg)?;
     crate::tracking::init_files(&cfg);
     let vips = Vips::new().context("open rtnetlink")?;
     let mut vmacs = Vmacs::new().context("open rtnetlink")?;
@@ -728,6 +730,10 @@ pub async fn run(
                     refuse(e, done);
                     continue;
                 }
+                if let Err(e) = crate::notify_fifo::open(new.node.notify_fifo.as_deref()) {
+                    refuse(anyhow::Error::msg(e), done);
+                    continue;
+                }
                 // What this host must have for the new or changed instances (interfaces,
                 // `dev`s, unicast_src_ip) is checked before any instance is released: a typo
                 // must not leave the node without an instance it was running.
@@ -752,6 +758,9 @@ pub async fn run(
                         // Removed, not changed (a changed one comes back under its name).
                         let deleted = !new.vrrp.iter().any(|v| v.name == r.conf.name);
                         let scripts = deleted.then(|| end_commands(&Hooks::instance(&r.conf), &r.conf.name, End::Deleted, r.inst.priority()));
+                        if deleted {
+                            crate::notify_fifo::write("INSTANCE", &r.conf.name, "DELETED", r.inst.priority());
+                        }
                         retire(r, &vips, &mut vmacs, &mut sockets).await;
                         spawn_scripts(scripts.unwrap_or_default());
                     }
@@ -827,11 +836,14 @@ pub async fn run(
     }
     // keepalived's STOP notifications, with the priority each instance had.
     let mut stop_scripts = Vec::new();
+    let mut stop_lines = Vec::new();
     for r in &running {
         stop_scripts.extend(end_commands(&Hooks::instance(&r.conf), &r.conf.name, End::Stop, r.inst.priority()));
+        stop_lines.push(("INSTANCE", r.conf.name.clone(), r.inst.priority()));
     }
     for g in groups.iter() {
         stop_scripts.extend(end_commands(&Hooks::group(&g.conf), &g.conf.name, End::Stop, 0));
+        stop_lines.push(("GROUP", g.conf.name.clone(), 0));
     }
     for r in &mut running {
         r.inst.shutdown(Instant::now().into_std());
@@ -843,6 +855,9 @@ pub async fn run(
         retire(r, &vips, &mut vmacs, &mut sockets).await;
     }
     // After the VIPs are gone, as keepalived runs them.
+    for (kind, name, priority) in stop_lines {
+        crate::notify_fifo::write(kind, &name, "STOP", priority);
+    }
     run_scripts_waiting(stop_scripts, STOP_SCRIPTS_WAIT).await;
     Ok(())
 }
@@ -1285,6 +1300,9 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
                 r.acted_state = to;
                 tracing::info!(instance = %r.conf.name, "{} -> {} (priority {priority})", from.as_str(), to.as_str());
                 spawn_scripts(notify_commands(&Hooks::instance(&r.conf), &r.conf.name, to, priority));
+                if to != State::Initialize {
+                    crate::notify_fifo::write("INSTANCE", &r.conf.name, to.as_str(), priority);
+                }
                 events.push(GroupEvent::Changed(from, to));
             }
             Action::WantMaster => events.push(GroupEvent::WantMaster),

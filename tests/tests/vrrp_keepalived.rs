@@ -908,7 +908,8 @@ fn garp_interval_paces_a_takeovers_gratuitous_arps() {
 /// keepalived's STOP and DELETED notifications: a reload that removes an instance runs its
 /// `notify_deleted` and `notify INSTANCE NAME DELETED PRIO`; stopping corrald runs each
 /// instance's and group's `notify_stop` and `notify … STOP …`, after the VIPs are gone, and
-/// waits for them (a script that takes a second still finishes before corrald exits).
+/// waits for them (a script that takes a second still finishes before corrald exits). The
+/// same changes reach keepalived's `notify_fifo` as its lines.
 #[test]
 fn notify_stop_and_deleted_run_as_keepalived_runs_them() {
     let Some(bin) = prerequisites("notify_stop_and_deleted") else { return };
@@ -925,10 +926,17 @@ fn notify_stop_and_deleted_run_as_keepalived_runs_them() {
              notify_deleted = \"echo deleted {name} >> {l}\"\n"
         )
     };
-    let head = format!("[node]\nadmin_socket = \"{}/admin.sock\"\n\n", dir.path.display());
+    let fifo = dir.path.join("notify.fifo");
+    let head = format!("[node]\nadmin_socket = \"{}/admin.sock\"\nnotify_fifo = \"{}\"\n\n", dir.path.display(), fifo.display());
     let group = format!("[[vrrp_sync_group]]\nname = \"G\"\nmembers = [\"VI_1\"]\nnotify_stop = \"echo stop G >> {l}\"\nnotify = \"echo >> {l}\"\n");
     let both = format!("{head}{}{}{group}", instance("VI_1", 51, VIP), instance("VI_2", 52, "192.0.2.101"));
     let (mut d, file) = start_corrald(&bin, h1, &dir, &both);
+    assert!(wait_for(Duration::from_secs(5), || fifo.exists()).is_some(), "corrald makes the FIFO");
+    // Held open to the end: lines written before and after are kept in the pipe.
+    let mut reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap()
+    };
     assert!(wait_for(Duration::from_secs(5), || has_addr(h1, VIP) && has_addr(h1, "192.0.2.101")).is_some(), "both instances master");
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     // A reload without VI_2: DELETED for it, nothing for VI_1.
@@ -946,6 +954,22 @@ fn notify_stop_and_deleted_run_as_keepalived_runs_them() {
         assert!(text.lines().any(|l| l.trim() == want), "{want:?} missing:\n{text}");
     }
     assert!(!text.contains("stop VI_2"), "a deleted instance does not stop again:\n{text}");
+    let mut lines = String::new();
+    let _ = std::io::Read::read_to_string(&mut reader, &mut lines);
+    let lines: Vec<&str> = lines.lines().collect();
+    for want in [
+        "INSTANCE \"VI_1\" BACKUP 150",
+        "INSTANCE \"VI_1\" MASTER 150",
+        "GROUP \"G\" MASTER 0",
+        "INSTANCE \"VI_2\" MASTER 150",
+        "INSTANCE \"VI_2\" DELETED 150",
+        "INSTANCE \"VI_1\" STOP 150",
+        "GROUP \"G\" STOP 0",
+    ] {
+        assert!(lines.contains(&want), "{want:?} not in the FIFO: {lines:?}");
+    }
+    let pos = |l: &str| lines.iter().position(|x| *x == l).unwrap();
+    assert!(pos("INSTANCE \"VI_2\" DELETED 150") < pos("INSTANCE \"VI_1\" STOP 150"), "{lines:?}");
 }
 
 /// keepalived's `virtual_routes`: routes that exist only on the master (a default route out

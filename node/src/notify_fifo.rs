@@ -1,0 +1,126 @@
+//! keepalived's `notify_fifo`: a line per VRRP state change, written to a FIFO that a local
+//! program reads instead of being started for every change (`INSTANCE "VI_1" MASTER 150`,
+//! `GROUP "G1" BACKUP 0`; STOP and DELETED as `notify` gets them). The form is keepalived's, so
+//! a reader written for keepalived's FIFO works unchanged.
+//!
+//! The FIFO is opened read-write and non-blocking: opening never waits for a reader, a line
+//! written before the reader opens waits in the pipe, and a write never blocks the VRRP
+//! thread. A line that does not fit (the reader stopped reading and 64 KiB are queued) is
+//! dropped and counted (`corral_vrrp_notify_fifo_dropped_total`), never waited for.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// The open FIFO, if `[node] notify_fifo` is set.
+static FIFO: Mutex<Option<Fifo>> = Mutex::new(None);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+struct Fifo {
+    path: PathBuf,
+    fd: libc::c_int,
+}
+
+impl Drop for Fifo {
+    fn drop(&mut self) {
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// Opens `path` (made, mode 0600, if missing) for the lines to come; `None` closes it. Called
+/// at start and on reload (the same path keeps its open FIFO). A path that exists and is not a
+/// FIFO is refused, naming it.
+pub fn open(path: Option<&Path>) -> Result<(), String> {
+    let mut slot = FIFO.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(path) = path else {
+        *slot = None;
+        return Ok(());
+    };
+    if slot.as_ref().is_some_and(|f| f.path == path) {
+        return Ok(());
+    }
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("notify_fifo {}: a NUL in the path", path.display()))?;
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(format!("notify_fifo {}: cannot make the FIFO: {e}", path.display()));
+        }
+    }
+    let is_fifo = std::fs::metadata(path).map(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type())).unwrap_or(false);
+    if !is_fifo {
+        return Err(format!("notify_fifo {}: exists and is not a FIFO", path.display()));
+    }
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("notify_fifo {}: {}", path.display(), std::io::Error::last_os_error()));
+    }
+    *slot = Some(Fifo { path: path.to_owned(), fd });
+    Ok(())
+}
+
+/// keepalived's line for a state change: `KIND "NAME" STATE PRIORITY`.
+pub fn format_line(kind: &str, name: &str, state: &str, priority: u8) -> String {
+    format!("{kind} \"{name}\" {state} {priority}\n")
+}
+
+/// Writes one line, whole or not at all (a line is far below PIPE_BUF, so a write is atomic),
+/// if a FIFO is open.
+pub fn write(kind: &str, name: &str, state: &str, priority: u8) {
+    let slot = FIFO.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(f) = slot.as_ref() else { return };
+    let line = format_line(kind, name, state, priority);
+    let n = unsafe { libc::write(f.fd, line.as_ptr().cast(), line.len()) };
+    if n != line.len() as isize {
+        let total = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+        if total == 1 || total.is_power_of_two() {
+            tracing::warn!(
+                fifo = %f.path.display(),
+                error = %std::io::Error::last_os_error(),
+                "notify_fifo: a line dropped (is its reader running?); {total} so far"
+            );
+        }
+    }
+}
+
+/// Lines that could not be written.
+pub fn dropped_total() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    #[test]
+    fn lines_are_keepalived_s_and_reach_a_reader_that_opens_later() {
+        assert_eq!(format_line("INSTANCE", "VI_1", "MASTER", 150), "INSTANCE \"VI_1\" MASTER 150\n");
+        let dir = std::env::temp_dir().join(format!("corral-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        open(Some(&path)).unwrap();
+        write("INSTANCE", "VI_1", "BACKUP", 100);
+        write("GROUP", "G", "MASTER", 0);
+        // The reader opens after the writes: the lines waited in the pipe.
+        let mut r = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path).unwrap();
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut r, &mut text);
+        assert_eq!(text, "INSTANCE \"VI_1\" BACKUP 100\nGROUP \"G\" MASTER 0\n");
+        // A full pipe drops lines instead of blocking.
+        drop(r);
+        let before = dropped_total();
+        for _ in 0..5000 {
+            write("INSTANCE", "VI_1", "MASTER", 150);
+        }
+        assert!(dropped_total() > before, "64 KiB hold fewer than 5000 lines: some must drop");
+        // Not a FIFO: refused, named.
+        let file = dir.join("plain");
+        std::fs::write(&file, "").unwrap();
+        let e = open(Some(&file)).unwrap_err();
+        assert!(e.contains("is not a FIFO") && e.contains("plain"), "{e}");
+        open(None).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
