@@ -14,6 +14,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// keepalived's `include`: more files whose `[[vrrp]]`, `[[vrrp_sync_group]]` and
+    /// `[[track_*]]` tables are added after this file's, in file-name order. Glob patterns,
+    /// absolute or relative to this file's directory (`include = ["conf.d/*.toml"]`); a pattern
+    /// that matches nothing adds nothing, a plain path that does not exist is an error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
     #[serde(default)]
     pub node: NodeSection,
     /// VRRP instances (`[[vrrp]]`), keepalived's `vrrp_instance`.
@@ -811,9 +817,67 @@ impl Config {
         Config::parse(path, &text)
     }
 
-    /// Parses and validates config text; `path` only labels errors.
+    /// Parses and validates config text; `path` labels errors and anchors relative `include`
+    /// patterns (the included files are read from disk).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        parse_toml(path, text, Config::validate)
+        let mut cfg: Config = parse_toml(path, text, |_| Ok(()))?;
+        let err = |file: &Path, line, key: &str, message: String| ConfigError { file: file.to_owned(), line, key: key.to_owned(), message };
+        // Where each list entry came from: (file, its text, its index there), for error lines.
+        let mut origins: std::collections::HashMap<&'static str, Vec<(PathBuf, std::sync::Arc<str>, usize)>> = Default::default();
+        let main_text: std::sync::Arc<str> = text.into();
+        let lists = |c: &Config| -> [(&'static str, usize); 5] {
+            [
+                ("vrrp", c.vrrp.len()),
+                ("vrrp_sync_group", c.vrrp_sync_group.len()),
+                ("track_script", c.track_script.len()),
+                ("track_file", c.track_file.len()),
+                ("track_process", c.track_process.len()),
+            ]
+        };
+        for (name, n) in lists(&cfg) {
+            origins.entry(name).or_default().extend((0..n).map(|i| (path.to_owned(), main_text.clone(), i)));
+        }
+        for (i, pattern) in cfg.include.clone().iter().enumerate() {
+            let line = line_of_path(text, &[KeySeg::Key("include".into()), KeySeg::Index(i)]);
+            let key = format!("include[{i}]");
+            for file in include_files(path, pattern).map_err(|m| err(path, line, &key, m))? {
+                let itext = std::fs::read_to_string(&file).map_err(|e| err(&file, None, "", format!("cannot read (included by {}): {e}", path.display())))?;
+                let table: toml::Table = toml::from_str(&itext).map_err(|e| err(&file, e.span().map(|s| line_of(&itext, s.start)), "", e.message().to_owned()))?;
+                if let Some(k) = table.keys().find(|k| !INCLUDABLE.contains(&k.as_str())) {
+                    return Err(err(
+                        &file,
+                        line_of_path(&itext, &[KeySeg::Key(k.clone())]),
+                        k,
+                        format!("an included file holds only {}; `{k}` belongs in {}", INCLUDABLE.join(", "), path.display()),
+                    ));
+                }
+                let part: Config = parse_toml(&file, &itext, |_| Ok(()))?;
+                let itext: std::sync::Arc<str> = itext.into();
+                for (name, n) in lists(&part) {
+                    origins.entry(name).or_default().extend((0..n).map(|i| (file.clone(), itext.clone(), i)));
+                }
+                cfg.vrrp.extend(part.vrrp);
+                cfg.vrrp_sync_group.extend(part.vrrp_sync_group);
+                cfg.track_script.extend(part.track_script);
+                cfg.track_file.extend(part.track_file);
+                cfg.track_process.extend(part.track_process);
+            }
+        }
+        cfg.validate().map_err(|(mut segs, message)| {
+            // An entry's error points into the file it came from, with its index there.
+            let from = match segs.as_slice() {
+                [KeySeg::Key(list), KeySeg::Index(i), ..] => origins.get(list.as_str()).and_then(|o| o.get(*i)).cloned(),
+                _ => None,
+            };
+            match from {
+                Some((file, ftext, local)) => {
+                    segs[1] = KeySeg::Index(local);
+                    err(&file, line_of_path(&ftext, &segs), &key_path(&segs), message)
+                }
+                None => err(path, line_of_path(text, &segs), &key_path(&segs), message),
+            }
+        })?;
+        Ok(cfg)
     }
 
     /// Semantic checks that serde cannot express; returns the offending key path.
@@ -1105,6 +1169,31 @@ impl Config {
     }
 }
 
+/// The sections an included file may hold: lists, which add up.
+const INCLUDABLE: [&str; 5] = ["vrrp", "vrrp_sync_group", "track_script", "track_file", "track_process"];
+
+/// The files an `include` pattern names, sorted: relative patterns are taken from the
+/// including file's directory; a glob may match nothing, a plain path must exist.
+fn include_files(including: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
+    let full = if Path::new(pattern).is_absolute() {
+        PathBuf::from(pattern)
+    } else {
+        including.parent().unwrap_or(Path::new(".")).join(pattern)
+    };
+    let text = full.to_str().ok_or_else(|| format!("{pattern:?}: not UTF-8"))?;
+    let wild = pattern.contains(['*', '?', '[']);
+    let mut files: Vec<PathBuf> = glob::glob(text)
+        .map_err(|e| format!("{pattern:?}: {e}"))?
+        .filter_map(Result::ok)
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() && !wild {
+        return Err(format!("{}: no such file", full.display()));
+    }
+    Ok(files)
+}
+
 /// Parses TOML into `T` and runs `validate`; every error names the file, line and key path.
 /// Shared by the node config and the rules file of `corralctl apply`.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(
@@ -1191,6 +1280,49 @@ virtual_ips = ["2001:db8::100/64"]
         assert_eq!(c.vrrp[1].priority, 100);
         assert_eq!(c.vrrp[1].advert_interval, Duration::from_secs(1));
         assert_eq!(c.node.admin_socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    }
+
+    #[test]
+    fn includes_add_instances_in_file_order_and_errors_name_the_included_file() {
+        let dir = std::env::temp_dir().join(format!("corral-include-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        let inst = |name: &str, vrid: u32| {
+            format!("[[vrrp]]\nname = \"{name}\"\ninterface = \"eth0\"\nvrid = {vrid}\npriority = 100\nvirtual_ips = [\"192.0.2.{vrid}/24\"]\n")
+        };
+        let main = dir.join("corrald.toml");
+        let main_text = format!("include = [\"conf.d/*.toml\", \"{}/extra.toml\"]\n\n{}", dir.display(), inst("VI_main", 1));
+        std::fs::write(dir.join("conf.d/b.toml"), inst("VI_b", 3)).unwrap();
+        std::fs::write(dir.join("conf.d/a.toml"), format!("{}\n{}", inst("VI_a1", 2), inst("VI_a2", 4))).unwrap();
+        std::fs::write(dir.join("extra.toml"), "[[track_file]]\nname = \"maint\"\nfile = \"/run/maint\"\n").unwrap();
+        std::fs::write(&main, &main_text).unwrap();
+        let c = Config::load(&main).unwrap();
+        let names: Vec<&str> = c.vrrp.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["VI_main", "VI_a1", "VI_a2", "VI_b"], "this file's first, then by file name");
+        assert_eq!(c.track_file.len(), 1);
+        // A bad value in an included file: that file, its line, its own index.
+        std::fs::write(dir.join("conf.d/b.toml"), inst("VI_b", 0)).unwrap();
+        let e = Config::load(&main).unwrap_err();
+        assert_eq!((e.file.clone(), e.line, e.key.as_str()), (dir.join("conf.d/b.toml"), Some(4), "vrrp[0].vrid"), "{e}");
+        // A duplicate across files is found in the merged set, named where the second is.
+        std::fs::write(dir.join("conf.d/b.toml"), inst("VI_a2", 5)).unwrap();
+        let e = Config::load(&main).unwrap_err();
+        assert!(e.file.ends_with("conf.d/b.toml") && e.message.contains("duplicate instance name \"VI_a2\""), "{e}");
+        // Only lists may be included; a type error names the file and line.
+        std::fs::write(dir.join("conf.d/b.toml"), "[node]\nname = \"x\"\n").unwrap();
+        let e = Config::load(&main).unwrap_err();
+        assert!(e.file.ends_with("conf.d/b.toml") && e.key == "node" && e.message.contains("belongs in"), "{e}");
+        std::fs::write(dir.join("conf.d/b.toml"), "[[vrrp]]\nname = \"VI_b\"\nvrid = \"three\"\n").unwrap();
+        let e = Config::load(&main).unwrap_err();
+        assert!(e.file.ends_with("conf.d/b.toml") && e.line == Some(3), "{e}");
+        // An empty conf.d is fine; a plain path that is not there is not.
+        std::fs::remove_file(dir.join("conf.d/b.toml")).unwrap();
+        std::fs::remove_file(dir.join("conf.d/a.toml")).unwrap();
+        assert_eq!(Config::load(&main).unwrap().vrrp.len(), 1);
+        std::fs::remove_file(dir.join("extra.toml")).unwrap();
+        let e = Config::load(&main).unwrap_err();
+        assert!(e.file == main && e.key == "include[1]" && e.line == Some(1) && e.message.contains("no such file"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
