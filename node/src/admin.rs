@@ -126,7 +126,7 @@ impl Admin {
         }
         if let Some(c) = &self.cluster {
             crate::metrics::cluster(&mut x, &c.raft_status(), &c.members());
-            x.single("corral_cluster_bad_messages_total", "Raft/admin messages refused as undecodable.", "counter", c.bad_messages.load(std::sync::atomic::Ordering::Relaxed));
+            x.single("corral_cluster_bad_messages_total", "Raft/admin messages refused: undecodable, or a Raft request speaking for another node than its certificate's.", "counter", c.bad_messages.load(std::sync::atomic::Ordering::Relaxed));
             x.single(
                 "corral_gossip_bad_packets_total",
                 "Gossip packets dropped as undecodable, malformed, refused or impersonating.",

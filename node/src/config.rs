@@ -360,8 +360,9 @@ pub struct VrrpInstanceConfig {
     /// released the VIPs; `notify` gets `STOP`. corrald waits for it (at most 10 s) before it
     /// exits, so systemd does not kill it with the service.
     pub notify_stop: Option<String>,
-    /// keepalived's `notify_deleted`: run when a reload removes the instance; `notify` gets
-    /// `DELETED`.
+    /// keepalived's `notify_deleted`: run when a reload removes the instance, and `notify`
+    /// gets `DELETED` (`""`: only that). Without it a removed instance is reported as going
+    /// to FAULT (`notify_fault`, `notify … FAULT …`), as keepalived reports it.
     pub notify_deleted: Option<String>,
     /// Called as `notify INSTANCE NAME STATE PRIORITY`, STATE one of MASTER, BACKUP, FAULT,
     /// STOP, DELETED (keepalived's words).
@@ -1175,11 +1176,11 @@ const INCLUDABLE: [&str; 5] = ["vrrp", "vrrp_sync_group", "track_script", "track
 /// The files an `include` pattern names, sorted: relative patterns are taken from the
 /// including file's directory; a glob may match nothing, a plain path must exist.
 fn include_files(including: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
-    let full = if Path::new(pattern).is_absolute() {
-        PathBuf::from(pattern)
-    } else {
-        including.parent().unwrap_or(Path::new(".")).join(pattern)
-    };
+    // The including file's directory is a path, not a pattern: its `[`, `*` or `?` match
+    // themselves.
+    let base = including.parent().unwrap_or(Path::new("."));
+    let base = glob::Pattern::escape(base.to_str().ok_or_else(|| format!("{}: not UTF-8", base.display()))?);
+    let full = if Path::new(pattern).is_absolute() { PathBuf::from(pattern) } else { Path::new(&base).join(pattern) };
     let text = full.to_str().ok_or_else(|| format!("{pattern:?}: not UTF-8"))?;
     let wild = pattern.contains(['*', '?', '[']);
     let mut files: Vec<PathBuf> = glob::glob(text)

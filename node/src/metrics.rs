@@ -43,7 +43,7 @@ impl Exposition {
     pub fn family(&mut self, name: &str, help: &str, kind: &str) {
         let counter = kind == "counter";
         let name = if counter { name.strip_suffix("_total").unwrap_or(name) } else { name };
-        self.0.push(Family { name: name.to_owned(), help: help.replace('\\', "\\\\").replace('\n', "\\n"), counter, samples: Vec::new() });
+        self.0.push(Family { name: name.to_owned(), help: help.replace('\\', "\\\\").replace('\n', "\\n").replace('"', "\\\""), counter, samples: Vec::new() });
     }
 
     /// One sample of the family started last.

@@ -21,6 +21,9 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 struct Fifo {
     path: PathBuf,
     fd: libc::c_int,
+    /// (device, inode) of what was opened: a FIFO removed and made again under the same path
+    /// is another one.
+    id: (u64, u64),
 }
 
 impl Drop for Fifo {
@@ -38,7 +41,8 @@ pub fn open(path: Option<&Path>) -> Result<(), String> {
         *slot = None;
         return Ok(());
     };
-    if slot.as_ref().is_some_and(|f| f.path == path) {
+    let on_disk = std::fs::metadata(path).ok().map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)));
+    if slot.as_ref().is_some_and(|f| f.path == path && Some(f.id) == on_disk) {
         return Ok(());
     }
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("notify_fifo {}: a NUL in the path", path.display()))?;
@@ -48,15 +52,16 @@ pub fn open(path: Option<&Path>) -> Result<(), String> {
             return Err(format!("notify_fifo {}: cannot make the FIFO: {e}", path.display()));
         }
     }
-    let is_fifo = std::fs::metadata(path).map(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type())).unwrap_or(false);
-    if !is_fifo {
+    let meta = std::fs::metadata(path).map_err(|e| format!("notify_fifo {}: {e}", path.display()))?;
+    if !std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()) {
         return Err(format!("notify_fifo {}: exists and is not a FIFO", path.display()));
     }
+    let id = (std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta));
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(format!("notify_fifo {}: {}", path.display(), std::io::Error::last_os_error()));
     }
-    *slot = Some(Fifo { path: path.to_owned(), fd });
+    *slot = Some(Fifo { path: path.to_owned(), fd, id });
     Ok(())
 }
 

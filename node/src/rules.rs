@@ -432,11 +432,12 @@ fn validate_check(raw: &serde_json::Value, rs: SocketAddr) -> Result<(), (Vec<Ke
 fn validate_one_check(raw: &serde_json::Value, rs: SocketAddr) -> Result<(), (Option<String>, String)> {
     let def = check_def(raw, rs).map_err(|e| (None, e))?;
     // What the checker itself refuses (a payload_len out of range, a HELO name with a space, a
-    // bad hex payload), refused here too: stored, the check would never run, on any node. CA
-    // files are the exception: they are read on each observer, and the node that takes the
-    // apply (a witness, say) need not have them.
-    match def.prepare() {
-        Ok(_) | Err(check::DefError::Ca(_)) => {}
+    // bad hex payload, an SNI that is no host name), refused here too: stored, the check would
+    // never run, on any node. Without the TLS setup (`validate`, not `prepare`): CA files are
+    // read on each observer, which the node taking the apply (a witness, say) need not be,
+    // and this runs for every real server on every edit.
+    match def.validate() {
+        Ok(()) => {}
         Err(check::DefError::Invalid { field, why }) => return Err((Some(field.to_owned()), why)),
         Err(e) => return Err((None, e.to_string())),
     }
@@ -1693,8 +1694,10 @@ weight = 3
         assert_eq!(e.key, "virtual_server[0].real_server[0].check.payload_hex", "{e}");
         let e = parse(&rules(r#"[{ type = "tcp" }, { type = "http", digest = "xyz" }]"#)).unwrap_err();
         assert!(e.key.starts_with("virtual_server[0].real_server[0].check[1]"), "{e}");
-        // A CA file is read on each observer, not where the apply lands.
+        // A CA file is read on each observer, not where the apply lands; the SNI is checked here.
         assert!(parse(&rules(r#"{ type = "https", ca_file = "/nonexistent/ca.pem" }"#)).is_ok());
+        let e = parse(&rules(r#"{ type = "https", ca_file = "/nonexistent/ca.pem", sni = "bad name!" }"#)).unwrap_err();
+        assert_eq!(e.key, "virtual_server[0].real_server[0].check.sni", "{e}");
         // Rules stored before this check keep their checks (derivation is not strict).
         let mut stored = parse(&rules(r#"{ type = "tcp" }"#)).unwrap();
         stored.virtual_servers[0].real_servers[0].check = Some(serde_json::json!({ "type": "tcp", "connect_ip": "198.51.100.9" }));

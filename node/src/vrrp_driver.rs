@@ -730,10 +730,6 @@ pub async fn run(
                     refuse(e, done);
                     continue;
                 }
-                if let Err(e) = crate::notify_fifo::open(new.node.notify_fifo.as_deref()) {
-                    refuse(anyhow::Error::msg(e), done);
-                    continue;
-                }
                 // What this host must have for the new or changed instances (interfaces,
                 // `dev`s, unicast_src_ip) is checked before any instance is released: a typo
                 // must not leave the node without an instance it was running.
@@ -748,6 +744,11 @@ pub async fn run(
                     refuse(e, done);
                     continue;
                 }
+                // Last of the checks: a refused reload leaves the FIFO as it was too.
+                if let Err(e) = crate::notify_fifo::open(new.node.notify_fifo.as_deref()) {
+                    refuse(anyhow::Error::msg(e), done);
+                    continue;
+                }
                 // Release and drop the instances that are gone or changed.
                 let mut kept = Vec::new();
                 for r in std::mem::take(&mut running) {
@@ -757,12 +758,13 @@ pub async fn run(
                         tracing::info!(instance = %r.conf.name, "reload: instance removed or changed, releasing it");
                         // Removed, not changed (a changed one comes back under its name).
                         let deleted = !new.vrrp.iter().any(|v| v.name == r.conf.name);
-                        let scripts = deleted.then(|| end_commands(&Hooks::instance(&r.conf), &r.conf.name, End::Deleted, r.inst.priority()));
-                        if deleted {
-                            crate::notify_fifo::write("INSTANCE", &r.conf.name, "DELETED", r.inst.priority());
-                        }
+                        let notice = deleted.then(|| deletion_notice(&r)).flatten();
                         retire(r, &vips, &mut vmacs, &mut sockets).await;
-                        spawn_scripts(scripts.unwrap_or_default());
+                        // After the VIPs are gone, as keepalived sends them.
+                        if let Some((name, word, priority, scripts)) = notice {
+                            crate::notify_fifo::write("INSTANCE", &name, word, priority);
+                            spawn_scripts(scripts);
+                        }
                     }
                 }
                 running = kept;
@@ -1410,18 +1412,31 @@ enum End {
     Deleted,
 }
 
-/// [`notify_commands`] for an [`End`]: `notify_stop` / `notify_deleted` as written, then
+/// [`notify_commands`] for an [`End`]: `notify_stop` / `notify_deleted` as written (an empty
+/// one only asks for the state, as keepalived's bare `notify_deleted`), then
 /// `notify KIND NAME STOP|DELETED PRIORITY`.
 fn end_commands(h: &Hooks, name: &str, end: End, priority: u8) -> Vec<String> {
     let (specific, word) = match end {
         End::Stop => (h.stop, "STOP"),
         End::Deleted => (h.deleted, "DELETED"),
     };
-    let mut cmds: Vec<String> = specific.map(|s| vec![s.to_owned()]).unwrap_or_default();
+    let mut cmds: Vec<String> = specific.filter(|s| !s.trim().is_empty()).map(|s| vec![s.to_owned()]).unwrap_or_default();
     if let Some(n) = h.notify {
         cmds.push(format!("{n} {} {} {word} {priority}", h.kind, shell_quote(name)));
     }
     cmds
+}
+
+/// What a reload that removes instance `r` announces, as keepalived does: DELETED when the
+/// instance has `notify_deleted` (its script, `notify … DELETED …`), otherwise FAULT (its
+/// `notify_fault`, `notify … FAULT …`: scripts written for MASTER/BACKUP/FAULT see it go), and
+/// nothing when it already was in FAULT. (name, FIFO word, priority, scripts).
+fn deletion_notice(r: &Running) -> Option<(String, &'static str, u8, Vec<String>)> {
+    let (name, priority, h) = (&r.conf.name, r.inst.priority(), Hooks::instance(&r.conf));
+    if r.conf.notify_deleted.is_some() {
+        return Some((name.clone(), "DELETED", priority, end_commands(&h, name, End::Deleted, priority)));
+    }
+    (r.acted_state != State::Fault).then(|| (name.clone(), "FAULT", priority, notify_commands(&h, name, State::Fault, priority)))
 }
 
 /// How long a stopping corrald waits for its STOP scripts: under systemd (the default

@@ -906,7 +906,8 @@ fn garp_interval_paces_a_takeovers_gratuitous_arps() {
 }
 
 /// keepalived's STOP and DELETED notifications: a reload that removes an instance runs its
-/// `notify_deleted` and `notify INSTANCE NAME DELETED PRIO`; stopping corrald runs each
+/// `notify_deleted` and `notify INSTANCE NAME DELETED PRIO` (one without `notify_deleted` is
+/// reported as going to FAULT, as keepalived reports it); stopping corrald runs each
 /// instance's and group's `notify_stop` and `notify … STOP …`, after the VIPs are gone, and
 /// waits for them (a script that takes a second still finishes before corrald exits). The
 /// same changes reach keepalived's `notify_fifo` as its lines.
@@ -919,17 +920,17 @@ fn notify_stop_and_deleted_run_as_keepalived_runs_them() {
     let log = dir.path.join("notify.log");
     let l = log.display();
     let instance = |name: &str, vrid: u8, vip: &str| {
+        let deleted = if name == "VI_3" { String::new() } else { format!("notify_deleted = \"echo deleted {name} >> {l}\"\n") };
         format!(
             "[[vrrp]]\nname = \"{name}\"\ninterface = \"eth0\"\nvrid = {vrid}\npriority = 150\nadvert_interval = \"100ms\"\n\
              virtual_ips = [\"{vip}/24\"]\ngarp_repeat = 1\nnotify = \"echo >> {l}\"\n\
-             notify_stop = \"sleep 1; echo stop {name} vip=$(ip -o addr show dev eth0 | grep -c ' {vip}/') >> {l}\"\n\
-             notify_deleted = \"echo deleted {name} >> {l}\"\n"
+             notify_stop = \"sleep 1; echo stop {name} vip=$(ip -o addr show dev eth0 | grep -c ' {vip}/') >> {l}\"\n{deleted}"
         )
     };
     let fifo = dir.path.join("notify.fifo");
     let head = format!("[node]\nadmin_socket = \"{}/admin.sock\"\nnotify_fifo = \"{}\"\n\n", dir.path.display(), fifo.display());
     let group = format!("[[vrrp_sync_group]]\nname = \"G\"\nmembers = [\"VI_1\"]\nnotify_stop = \"echo stop G >> {l}\"\nnotify = \"echo >> {l}\"\n");
-    let both = format!("{head}{}{}{group}", instance("VI_1", 51, VIP), instance("VI_2", 52, "192.0.2.101"));
+    let both = format!("{head}{}{}{}{group}", instance("VI_1", 51, VIP), instance("VI_2", 52, "192.0.2.101"), instance("VI_3", 53, "192.0.2.102"));
     let (mut d, file) = start_corrald(&bin, h1, &dir, &both);
     assert!(wait_for(Duration::from_secs(5), || fifo.exists()).is_some(), "corrald makes the FIFO");
     // Held open to the end: lines written before and after are kept in the pipe.
@@ -937,12 +938,15 @@ fn notify_stop_and_deleted_run_as_keepalived_runs_them() {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap()
     };
-    assert!(wait_for(Duration::from_secs(5), || has_addr(h1, VIP) && has_addr(h1, "192.0.2.101")).is_some(), "both instances master");
+    assert!(wait_for(Duration::from_secs(5), || has_addr(h1, VIP) && has_addr(h1, "192.0.2.101") && has_addr(h1, "192.0.2.102")).is_some(), "all master");
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    // A reload without VI_2: DELETED for it, nothing for VI_1.
+    // A reload without VI_2 and VI_3: DELETED for VI_2 (it has notify_deleted), FAULT for VI_3
+    // (it has not), nothing for VI_1.
     std::fs::write(&file, format!("{head}{}{group}", instance("VI_1", 51, VIP))).unwrap();
     d.signal("HUP");
     assert!(wait_for(Duration::from_secs(5), || read().contains("INSTANCE VI_2 DELETED 150") && read().contains("deleted VI_2")).is_some(), "{}", read());
+    assert!(wait_for(Duration::from_secs(5), || read().contains("INSTANCE VI_3 FAULT 150")).is_some(), "{}", read());
+    assert!(!read().contains("VI_3 DELETED"), "{}", read());
     assert!(!has_addr(h1, "192.0.2.101"), "VI_2's VIP released");
     assert!(!read().contains("VI_1 DELETED") && !read().contains("STOP"), "{}", read());
     // Stopping: STOP for VI_1 and the group, its notify_stop after the VIP is gone, and the
@@ -963,6 +967,7 @@ fn notify_stop_and_deleted_run_as_keepalived_runs_them() {
         "GROUP \"G\" MASTER 0",
         "INSTANCE \"VI_2\" MASTER 150",
         "INSTANCE \"VI_2\" DELETED 150",
+        "INSTANCE \"VI_3\" FAULT 150",
         "INSTANCE \"VI_1\" STOP 150",
         "GROUP \"G\" STOP 0",
     ] {

@@ -373,10 +373,10 @@ pub fn boot(k: &Kernel, initrd: &Path, timeout: Duration, quiet: bool) -> Result
                     }
                     eprintln!("xtask: the guest kernel reports a lockup; asking it for backtraces, then stopping the VM");
                     lockup = Some(GuestLockup { line: line.clone() });
-                    deadline = Instant::now() + LOCKUP_GRACE;
                     if let Some(stdin) = console_in.as_mut() {
                         ask_for_backtraces(stdin);
                     }
+                    deadline = Instant::now() + LOCKUP_GRACE;
                 }
                 if let Some(rest) = line.strip_prefix("CORRAL-EXIT ") {
                     let mut it = rest.split_whitespace();
