@@ -189,6 +189,15 @@ pub struct NodeSection {
     /// VRRP state change, `INSTANCE "VI_1" MASTER 150` / `GROUP "G" BACKUP 0` (STOP and DELETED
     /// too), for a local program that reads it instead of being started per change.
     pub notify_fifo: Option<PathBuf>,
+    /// keepalived's `vrrp_garp_interval`: the least time between two gratuitous ARPs on one
+    /// interface, whichever instances send them (takeovers, repeats, refreshes), for switches
+    /// that police ARP (Cisco's dynamic ARP inspection shuts a port above 15 a second by
+    /// default); `"0s"` (default) = back to back.
+    #[serde(default = "default_garp_delay", with = "humantime_serde_compat")]
+    pub garp_interval: Duration,
+    /// keepalived's `vrrp_gna_interval`: the same for IPv6 unsolicited neighbour advertisements.
+    #[serde(default = "default_garp_delay", with = "humantime_serde_compat")]
+    pub gna_interval: Duration,
 }
 
 impl Default for NodeSection {
@@ -204,6 +213,8 @@ impl Default for NodeSection {
             enable_script_security: false,
             metrics_listen: None,
             notify_fifo: None,
+            garp_interval: Duration::ZERO,
+            gna_interval: Duration::ZERO,
         }
     }
 }
@@ -344,15 +355,6 @@ pub struct VrrpInstanceConfig {
     /// keepalived's `garp_master_refresh_repeat`: messages per VIP at each refresh.
     #[serde(default = "one")]
     pub garp_master_refresh_repeat: u32,
-    /// keepalived's `garp_interval`: the least time between two of this instance's gratuitous
-    /// ARPs (at takeover, its repeats and refreshes), for switches that police ARP (Cisco's
-    /// dynamic ARP inspection shuts a port above 15 a second by default); `"0s"` (default) =
-    /// back to back.
-    #[serde(default = "default_garp_delay", with = "humantime_serde_compat")]
-    pub garp_interval: Duration,
-    /// keepalived's `gna_interval`: the same for IPv6 unsolicited neighbour advertisements.
-    #[serde(default = "default_garp_delay", with = "humantime_serde_compat")]
-    pub gna_interval: Duration,
     pub notify_master: Option<String>,
     pub notify_backup: Option<String>,
     pub notify_fault: Option<String>,
@@ -1006,14 +1008,9 @@ impl Config {
             if v.garp_master_refresh_repeat == 0 || v.garp_master_refresh_repeat > 100 {
                 return Err((at(i, "garp_master_refresh_repeat"), "1..=100".into()));
             }
-            for (key, d) in [("garp_interval", v.garp_interval), ("gna_interval", v.gna_interval)] {
-                if d > Duration::from_secs(1) {
-                    return Err((at(i, key), "at most 1s (a burst for many VIPs would last minutes)".into()));
-                }
-            }
             // A paced refresh must be over before the next one starts, or two would run at once,
             // at twice the rate the pacing promises.
-            let per_message = v.garp_interval.max(v.gna_interval);
+            let per_message = self.node.garp_interval.max(self.node.gna_interval);
             if !v.garp_master_refresh.is_zero() && !per_message.is_zero() {
                 let messages = v.all_vips().map(|a| a.len()).unwrap_or(0) as u32 * v.garp_master_refresh_repeat;
                 let burst = per_message * messages;
@@ -1021,7 +1018,7 @@ impl Config {
                     return Err((
                         at(i, "garp_master_refresh"),
                         format!(
-                            "{messages} paced messages take {} at garp_interval/gna_interval, longer than the refresh period: make it longer",
+                            "{messages} paced messages take {} at [node] garp_interval/gna_interval, longer than the refresh period: make it longer",
                             humantime::format_duration(burst)
                         ),
                     ));
@@ -1053,6 +1050,11 @@ impl Config {
                     let here = vec![Key("vrrp_sync_group".into()), Index(g), Key("members".into()), Index(j)];
                     return Err((here, format!("no [[vrrp]] instance named {m:?}")));
                 }
+            }
+        }
+        for (key, d) in [("garp_interval", self.node.garp_interval), ("gna_interval", self.node.gna_interval)] {
+            if d > Duration::from_secs(1) {
+                return Err((vec![Key("node".into()), Key(key.into())], "at most 1s (a burst for many VIPs would last minutes)".into()));
             }
         }
         if let Some(f) = &self.node.notify_fifo {
@@ -1501,18 +1503,22 @@ virtual_ips = ["2001:db8::100/64"]
         assert_eq!(parse(&with("garp_master_refresh = \"60s\"")).unwrap().vrrp[0].garp_master_refresh, Duration::from_secs(60));
         assert_eq!(parse(&with("garp_master_refresh = \"10ms\"")).unwrap_err().key, "vrrp[0].garp_master_refresh");
         assert_eq!(parse(&with("garp_master_refresh_repeat = 0")).unwrap_err().key, "vrrp[0].garp_master_refresh_repeat");
-        assert!(c.vrrp[0].garp_interval.is_zero() && c.vrrp[0].gna_interval.is_zero(), "back to back by default");
-        let paced = parse(&with("garp_interval = \"100ms\"\ngna_interval = \"5ms\"")).unwrap();
-        assert_eq!((paced.vrrp[0].garp_interval, paced.vrrp[0].gna_interval), (Duration::from_millis(100), Duration::from_millis(5)));
-        let e = parse(&with("garp_interval = \"2s\"")).unwrap_err();
-        assert_eq!(e.key, "vrrp[0].garp_interval", "{e}");
+        assert!(c.node.garp_interval.is_zero() && c.node.gna_interval.is_zero(), "back to back by default");
+        let node = |extra: &str| GOOD.replacen("name = \"d1\"\n", &format!("name = \"d1\"\n{extra}\n"), 1);
+        let paced = parse(&node("garp_interval = \"100ms\"\ngna_interval = \"5ms\"")).unwrap();
+        assert_eq!((paced.node.garp_interval, paced.node.gna_interval), (Duration::from_millis(100), Duration::from_millis(5)));
+        let e = parse(&node("garp_interval = \"2s\"")).unwrap_err();
+        assert_eq!(e.key, "node.garp_interval", "{e}");
         assert!(e.message.contains("at most 1s"), "{e}");
-        assert_eq!(parse(&with("gna_interval = \"5s\"")).unwrap_err().key, "vrrp[0].gna_interval");
+        assert_eq!(parse(&node("gna_interval = \"5s\"")).unwrap_err().key, "node.gna_interval");
         // A paced refresh that would not be over before the next one.
-        let e = parse(&with("garp_interval = \"500ms\"\ngarp_master_refresh = \"1s\"\ngarp_master_refresh_repeat = 2")).unwrap_err();
+        let refresh = |r: &str| {
+            with(&format!("garp_master_refresh = \"{r}\"\ngarp_master_refresh_repeat = 2")).replacen("name = \"d1\"\n", "name = \"d1\"\ngarp_interval = \"500ms\"\n", 1)
+        };
+        let e = parse(&refresh("1s")).unwrap_err();
         assert_eq!(e.key, "vrrp[0].garp_master_refresh", "{e}");
         assert!(e.message.contains("longer than the refresh period"), "{e}");
-        assert!(parse(&with("garp_interval = \"100ms\"\ngarp_master_refresh = \"10s\"\ngarp_master_refresh_repeat = 2")).is_ok());
+        assert!(parse(&refresh("10s")).is_ok());
         let e = parse(&with("track_processes = [\"haproxy\"]")).unwrap_err();
         assert_eq!(e.key, "vrrp[0].track_processes[0]", "{e}");
         assert!(e.message.contains("no [[track_process]] named \"haproxy\""), "{e}");

@@ -6,7 +6,7 @@
 //! tracked interfaces (link events) and scripts with keepalived's weights, FAULT while the
 //! instance's own interface is down, sync groups, priority-0 release on SIGTERM.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -593,6 +593,7 @@ pub async fn run(
     lifecycle: Lifecycle,
 ) -> Result<()> {
     check_supported(&cfg)?;
+    set_pacing(&cfg.node);
     crate::notify_fifo::open(cfg.node.notify_fifo.as_deref()).map_err(anyhow::Error::msg)?;
     crate::tracking::init_files(&cfg);
     let vips = Vips::new().context("open rtnetlink")?;
@@ -749,6 +750,7 @@ pub async fn run(
                     refuse(anyhow::Error::msg(e), done);
                     continue;
                 }
+                set_pacing(&new.node);
                 // Release and drop the instances that are gone or changed.
                 let mut kept = Vec::new();
                 for r in std::mem::take(&mut running) {
@@ -1104,59 +1106,75 @@ fn send_garps(r: &Running, frames: &[GarpFrame]) {
     }
 }
 
-/// keepalived's `garp_interval` / `gna_interval`: the least time after one gratuitous ARP
-/// (resp. NA) before the instance's next one. Switches police ARP: Cisco's dynamic ARP
-/// inspection, for one, shuts a port that sends more than 15 a second by default, which a
-/// burst for many VIPs, sent back to back, exceeds.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-struct Pacing {
+/// keepalived's `vrrp_garp_interval` / `vrrp_gna_interval` (`[node] garp_interval`,
+/// `gna_interval`): the least time between two gratuitous ARPs (resp. NAs) on one interface,
+/// whichever instances send them. Switches police ARP: Cisco's dynamic ARP inspection, for
+/// one, shuts a port that sends more than 15 a second by default, which the bursts of a sync
+/// group's instances taking over together, back to back, exceed. One pacer for the driver:
+/// every instance's messages on an interface queue behind each other.
+#[derive(Debug, Default)]
+struct Pacer {
     garp: Duration,
     gna: Duration,
+    /// (ifindex, NA?) → when the next message of that kind may leave that interface.
+    next: HashMap<(u32, bool), std::time::Instant>,
 }
 
-impl Pacing {
-    fn of(conf: &VrrpInstanceConfig) -> Pacing {
-        Pacing { garp: conf.garp_interval, gna: conf.gna_interval }
-    }
-    fn after(&self, na: bool) -> Duration {
+impl Pacer {
+    fn gap(&self, na: bool) -> Duration {
         if na {
             self.gna
         } else {
             self.garp
         }
     }
-    fn is_none(&self) -> bool {
-        self.garp.is_zero() && self.gna.is_zero()
+
+    fn paced(&self) -> bool {
+        !self.garp.is_zero() || !self.gna.is_zero()
+    }
+
+    /// Whether a message of kind `na` may leave `ifindex` at `now`.
+    fn free(&self, ifindex: u32, na: bool, now: std::time::Instant) -> bool {
+        self.next.get(&(ifindex, na)).is_none_or(|n| *n <= now)
+    }
+
+    /// Takes the first slot at or after `earliest` for a message of kind `na` on `ifindex`.
+    fn reserve(&mut self, ifindex: u32, na: bool, earliest: std::time::Instant) -> std::time::Instant {
+        let gap = self.gap(na);
+        if gap.is_zero() {
+            return earliest;
+        }
+        let slot = self.next.get(&(ifindex, na)).map_or(earliest, |n| (*n).max(earliest));
+        self.next.insert((ifindex, na), slot + gap);
+        slot
     }
 }
 
-/// When each message of `rounds` rounds of `frames` goes out, as (offset from the first, frame
-/// index): one message after another `pacing` apart, and each round at least `round_gap` after
-/// the previous round began. `skip_first` leaves out the first round's first message (already
-/// sent by the caller).
-fn garp_schedule(na: &[bool], rounds: u32, round_gap: Duration, pacing: Pacing, skip_first: bool) -> Vec<(Duration, usize)> {
-    let mut out = Vec::new();
-    let (mut next, mut round_start) = (Duration::ZERO, Duration::ZERO);
-    for round in 0..rounds {
-        if round > 0 {
-            round_start = next.max(round_start + round_gap);
-            next = round_start;
-        }
-        for (i, &is_na) in na.iter().enumerate() {
-            if !(skip_first && round == 0 && i == 0) {
-                out.push((next, i));
-            }
-            next += pacing.after(is_na);
-        }
-    }
-    out
+static PACER: std::sync::LazyLock<std::sync::Mutex<Pacer>> = std::sync::LazyLock::new(Default::default);
+
+fn pacer() -> std::sync::MutexGuard<'static, Pacer> {
+    PACER.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Sends `schedule` (from [`garp_schedule`]) from a task of its own, starting now, with
-/// senders opened for it: the protocol never waits on a paced burst. It stops when the
-/// instance leaves MASTER (its mastership epoch moves).
-fn spawn_garps(r: &Running, frames: Vec<GarpFrame>, schedule: Vec<(Duration, usize)>) {
-    if schedule.is_empty() {
+/// Sets the pacing from the node's configuration (at start and on reload).
+fn set_pacing(node: &crate::config::NodeSection) {
+    let mut p = pacer();
+    (p.garp, p.gna) = (node.garp_interval, node.gna_interval);
+}
+
+/// The messages of `rounds` rounds of `frames` frames, as (round, frame index). `skip` leaves
+/// out the first round's first `skip` messages (sent by the caller).
+fn garp_rounds(frames: usize, rounds: u32, skip: usize) -> Vec<(u32, usize)> {
+    (0..rounds).flat_map(|k| (0..frames).filter(move |i| k > 0 || *i >= skip).map(move |i| (k, i))).collect()
+}
+
+/// Sends `plan` (from [`garp_rounds`]) from a task of its own, each message in the pacer's
+/// next free slot of its interface, each round at least `round_gap` after the previous round
+/// began, with senders opened for it: the protocol never waits on a paced burst. It stops
+/// when the instance leaves MASTER (its mastership epoch moves). `began`: when the caller
+/// sent the first round's first message, if it did.
+fn spawn_garps(r: &Running, frames: Vec<GarpFrame>, plan: Vec<(u32, usize)>, round_gap: Duration, began: Option<std::time::Instant>) {
+    if plan.is_empty() {
         return;
     }
     let ifindexes: Vec<u32> = r.links.iter().map(|l| l.ifindex).collect();
@@ -1164,15 +1182,25 @@ fn spawn_garps(r: &Running, frames: Vec<GarpFrame>, schedule: Vec<(Duration, usi
     let mine = epoch.load(std::sync::atomic::Ordering::Relaxed);
     let name = r.conf.name.clone();
     tokio::spawn(async move {
-        let start = tokio::time::Instant::now();
         // A link whose sender cannot be opened misses its messages; the others do not.
-        let arps: Vec<Option<ArpSender>> = ifindexes.into_iter().map(|i| ArpSender::open(i).ok()).collect();
-        for (at, i) in schedule {
-            tokio::time::sleep_until(start + at).await;
+        let arps: Vec<Option<ArpSender>> = ifindexes.iter().map(|i| ArpSender::open(*i).ok()).collect();
+        let (mut round, mut round_began, mut not_before) = (0, began, std::time::Instant::now());
+        for (k, i) in plan {
+            if k != round {
+                round = k;
+                not_before = round_began.unwrap_or_else(std::time::Instant::now) + round_gap;
+                round_began = None;
+            }
+            let f = &frames[i];
+            // Reserved only once due: a slot taken ahead of time (the next round's, a second
+            // away) would hold back every message due before it.
+            tokio::time::sleep_until(not_before.into()).await;
+            let at = pacer().reserve(ifindexes[f.link], f.na, std::time::Instant::now());
+            round_began.get_or_insert(at);
+            tokio::time::sleep_until(at.into()).await;
             if epoch.load(std::sync::atomic::Ordering::Relaxed) != mine {
                 return; // no longer the master that scheduled these
             }
-            let f = &frames[i];
             if let Some(Some(a)) = arps.get(f.link) {
                 if let Err(e) = a.send(&f.bytes) {
                     tracing::warn!(instance = %name, "gratuitous ARP / NA: {e}");
@@ -1192,15 +1220,13 @@ fn refresh_garps(running: &mut [Running], now: std::time::Instant) {
             continue;
         }
         let frames = garp_frames(r);
-        let pacing = Pacing::of(&r.conf);
-        if pacing.is_none() {
+        if !pacer().paced() {
             for _ in 0..r.conf.garp_master_refresh_repeat {
                 send_garps(r, &frames);
             }
         } else {
-            let na: Vec<bool> = frames.iter().map(|f| f.na).collect();
-            let schedule = garp_schedule(&na, r.conf.garp_master_refresh_repeat, Duration::ZERO, pacing, false);
-            spawn_garps(r, frames, schedule);
+            let plan = garp_rounds(frames.len(), r.conf.garp_master_refresh_repeat, 0);
+            spawn_garps(r, frames, plan, Duration::ZERO, None);
         }
         // From the due time, not from now: no drift over a long mastership (but no burst to
         // catch up after a stall).
@@ -1272,10 +1298,22 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
             }
             Action::SendGratuitous(_) => {
                 let frames = garp_frames(r);
-                let pacing = Pacing::of(&r.conf);
-                // Unpaced, the whole first round goes now; paced, only its first message (the
-                // rest follow from the task, `pacing` apart).
-                let first = if pacing.is_none() { frames.len() } else { frames.len().min(1) };
+                // What of the first round may leave now leaves now, in order (all of it,
+                // unpaced); the rest follow from the task, in the pacer's slots.
+                let now = std::time::Instant::now();
+                let first = {
+                    let mut p = pacer();
+                    let mut n = 0;
+                    for f in &frames {
+                        let ifindex = r.links[f.link].ifindex;
+                        if !p.free(ifindex, f.na, now) {
+                            break;
+                        }
+                        p.reserve(ifindex, f.na, now);
+                        n += 1;
+                    }
+                    n
+                };
                 send_garps(r, &frames[..first]);
                 t_garp.get_or_insert_with(std::time::Instant::now);
                 for repr in held.drain(..) {
@@ -1284,13 +1322,9 @@ async fn perform(r: &mut Running, vips: &Vips, out: &mut Outbox) -> Vec<GroupEve
                 }
                 // The rest go out later without holding up the protocol: repeats `garp_delay`
                 // apart (at least 10 ms).
-                let na: Vec<bool> = frames.iter().map(|f| f.na).collect();
                 let round_gap = r.conf.garp_delay.max(Duration::from_millis(10));
-                let mut schedule = garp_schedule(&na, r.conf.garp_repeat.max(1), round_gap, pacing, true);
-                if pacing.is_none() {
-                    schedule.retain(|(at, _)| !at.is_zero()); // the first round went above
-                }
-                spawn_garps(r, frames, schedule);
+                let plan = garp_rounds(frames.len(), r.conf.garp_repeat.max(1), first);
+                spawn_garps(r, frames, plan, round_gap, (first > 0).then_some(now));
             }
             Action::StateChanged { from, to, priority } => {
                 if from == State::Master {
@@ -1576,19 +1610,33 @@ mod tests {
     }
 
     #[test]
-    fn garp_schedule_spaces_every_message_and_keeps_rounds_apart() {
-        let pacing = Pacing { garp: ms(100), gna: ms(5) };
-        // Two ARPs and an NA, two rounds 1 s apart; the first message was sent by the caller.
-        let s = garp_schedule(&[false, true, false], 2, ms(1000), pacing, true);
-        assert_eq!(s, vec![(ms(100), 1), (ms(105), 2), (ms(1000), 0), (ms(1100), 1), (ms(1105), 2)]);
-        // Rounds longer than their gap: the next round waits for the last message's interval.
-        let s = garp_schedule(&[false, false, false], 2, ms(10), pacing, false);
-        assert_eq!(s, vec![(ms(0), 0), (ms(100), 1), (ms(200), 2), (ms(300), 0), (ms(400), 1), (ms(500), 2)]);
-        // Unpaced (keepalived's default): rounds back to back at the round gap, each round at once.
-        let s = garp_schedule(&[false, true], 3, ms(10), Pacing::default(), true);
-        assert_eq!(s, vec![(ms(0), 1), (ms(10), 0), (ms(10), 1), (ms(20), 0), (ms(20), 1)]);
-        assert!(Pacing::default().is_none() && !pacing.is_none());
-        assert!(garp_schedule(&[], 3, ms(10), pacing, true).is_empty());
+    fn the_pacer_spaces_each_interfaces_messages_whichever_instance_sends_them() {
+        let t0 = std::time::Instant::now();
+        let mut p = Pacer { garp: ms(100), gna: ms(5), ..Default::default() };
+        assert!(p.paced() && !Pacer::default().paced());
+        // Two instances' ARPs on interface 2 queue behind each other; interface 3 and NAs are
+        // paced apart from them.
+        assert_eq!(p.reserve(2, false, t0), t0);
+        assert!(!p.free(2, false, t0) && p.free(3, false, t0) && p.free(2, true, t0));
+        assert_eq!(p.reserve(2, false, t0), t0 + ms(100), "the other instance's first ARP waits");
+        assert_eq!(p.reserve(2, false, t0 + ms(50)), t0 + ms(200));
+        assert_eq!(p.reserve(3, false, t0), t0);
+        assert_eq!(p.reserve(2, true, t0), t0);
+        assert_eq!(p.reserve(2, true, t0), t0 + ms(5));
+        // Later than the queue: at its own time.
+        assert_eq!(p.reserve(2, false, t0 + ms(900)), t0 + ms(900));
+        assert!(p.free(2, false, t0 + ms(1000)));
+        // Unpaced: always at once.
+        let mut free = Pacer::default();
+        assert_eq!((free.reserve(2, false, t0), free.reserve(2, false, t0)), (t0, t0));
+    }
+
+    #[test]
+    fn garp_rounds_leave_out_what_was_sent_and_space_the_rounds() {
+        assert_eq!(garp_rounds(3, 2, 1), vec![(0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+        assert_eq!(garp_rounds(2, 1, 2), vec![]);
+        assert_eq!(garp_rounds(2, 2, 0), vec![(0, 0), (0, 1), (1, 0), (1, 1)]);
+        assert!(garp_rounds(0, 3, 0).is_empty());
     }
 
     #[test]
