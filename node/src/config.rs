@@ -189,6 +189,9 @@ pub struct NodeSection {
     /// VRRP state change, `INSTANCE "VI_1" MASTER 150` / `GROUP "G" BACKUP 0` (STOP and DELETED
     /// too), for a local program that reads it instead of being started per change.
     pub notify_fifo: Option<PathBuf>,
+    /// The group that may read `notify_fifo` (keepalived's `notify_fifo FIFO [user [group]]`):
+    /// the FIFO gets this group and mode 0660, for a reader that does not run as root.
+    pub notify_fifo_group: Option<String>,
     /// keepalived's `vrrp_garp_interval`: the least time between two gratuitous ARPs on one
     /// interface, whichever instances send them (takeovers, repeats, refreshes), for switches
     /// that police ARP (Cisco's dynamic ARP inspection shuts a port above 15 a second by
@@ -213,6 +216,7 @@ impl Default for NodeSection {
             enable_script_security: false,
             metrics_listen: None,
             notify_fifo: None,
+            notify_fifo_group: None,
             garp_interval: Duration::ZERO,
             gna_interval: Duration::ZERO,
         }

@@ -34,8 +34,8 @@ impl Drop for Fifo {
 
 /// Opens `path` (made, mode 0600, if missing) for the lines to come; `None` closes it. Called
 /// at start and on reload (the same path keeps its open FIFO). A path that exists and is not a
-/// FIFO is refused, naming it.
-pub fn open(path: Option<&Path>) -> Result<(), String> {
+/// FIFO is refused, naming it. With `group`, the FIFO gets that group and mode 0660.
+pub fn open(path: Option<&Path>, group: Option<&str>) -> Result<(), String> {
     let mut slot = FIFO.lock().unwrap_or_else(|p| p.into_inner());
     let Some(path) = path else {
         *slot = None;
@@ -43,7 +43,7 @@ pub fn open(path: Option<&Path>) -> Result<(), String> {
     };
     let on_disk = std::fs::metadata(path).ok().map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)));
     if slot.as_ref().is_some_and(|f| f.path == path && Some(f.id) == on_disk) {
-        return Ok(());
+        return give_group(path, group);
     }
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("notify_fifo {}: a NUL in the path", path.display()))?;
     if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
@@ -57,11 +57,29 @@ pub fn open(path: Option<&Path>) -> Result<(), String> {
         return Err(format!("notify_fifo {}: exists and is not a FIFO", path.display()));
     }
     let id = (std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta));
+    give_group(path, group)?;
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(format!("notify_fifo {}: {}", path.display(), std::io::Error::last_os_error()));
     }
     *slot = Some(Fifo { path: path.to_owned(), fd, id });
+    Ok(())
+}
+
+/// With a group: the FIFO gets it, and mode 0660 (a reader in that group may open it).
+fn give_group(path: &Path, group: Option<&str>) -> Result<(), String> {
+    if let Some(g) = group {
+        let gid = match g.parse::<u32>() {
+            Ok(n) => nix::unistd::Gid::from_raw(n),
+            Err(_) => nix::unistd::Group::from_name(g)
+                .map_err(|e| format!("notify_fifo_group {g:?}: {e}"))?
+                .ok_or_else(|| format!("notify_fifo_group {g:?}: no such group"))?
+                .gid,
+        };
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| format!("notify_fifo {}: chown to group {g:?}: {e}", path.display()))?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+            .map_err(|e| format!("notify_fifo {}: chmod 0660: {e}", path.display()))?;
+    }
     Ok(())
 }
 
@@ -105,7 +123,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("corral-fifo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("notify");
-        open(Some(&path)).unwrap();
+        open(Some(&path), None).unwrap();
         write("INSTANCE", "VI_1", "BACKUP", 100);
         write("GROUP", "G", "MASTER", 0);
         // The reader opens after the writes: the lines waited in the pipe.
@@ -123,9 +141,22 @@ mod tests {
         // Not a FIFO: refused, named.
         let file = dir.join("plain");
         std::fs::write(&file, "").unwrap();
-        let e = open(Some(&file)).unwrap_err();
+        let e = open(Some(&file), None).unwrap_err();
         assert!(e.contains("is not a FIFO") && e.contains("plain"), "{e}");
-        open(None).unwrap();
+        // A group may read it: the FIFO gets the group and 0660 (giving a file to a group one is
+        // not in takes root); an unknown group is named.
+        if nix::unistd::geteuid().is_root() {
+            open(Some(&path), Some("nogroup")).unwrap();
+            let meta = std::fs::metadata(&path).unwrap();
+            let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap().gid.as_raw();
+            assert_eq!((std::os::unix::fs::MetadataExt::gid(&meta), std::os::unix::fs::MetadataExt::mode(&meta) & 0o777), (nogroup, 0o660));
+        } else {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "the notify_fifo_group check needs root under CI");
+            eprintln!("SKIP: notify_fifo_group ownership (needs root)");
+        }
+        let e = open(Some(&path), Some("no-such-group-here")).unwrap_err();
+        assert!(e.contains("no-such-group-here") && e.contains("no such group"), "{e}");
+        open(None, None).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
