@@ -173,7 +173,7 @@ fn is_assignment(word: &str) -> bool {
 /// Looks a `script_user` (and optional `script_group`) up. Numeric ids are taken as they are,
 /// as `chown` does, except -1 (4294967295), which `setuid`/`setgid` read as "no change".
 pub fn lookup(user: &str, group: Option<&str>) -> Result<RunAs, PolicyError> {
-    use nix::unistd::{Group, Uid, User};
+    use nix::unistd::{Uid, User};
     let lookup_err = |key: &'static str, name: &str, e: nix::Error| PolicyError::Lookup { key, name: name.to_string(), error: e.to_string() };
     let (uid, primary) = match user.parse::<u32>() {
         Ok(u32::MAX) => return Err(PolicyError::UnknownUser(user.to_string())),
@@ -184,15 +184,24 @@ pub fn lookup(user: &str, group: Option<&str>) -> Result<RunAs, PolicyError> {
         }
     };
     let gid = match group {
-        Some(g) => match g.parse::<u32>() {
-            Ok(u32::MAX) => return Err(PolicyError::UnknownGroup(g.to_string())),
-            Ok(n) => n,
-            Err(_) => Group::from_name(g).map_err(|e| lookup_err("group", g, e))?.ok_or_else(|| PolicyError::UnknownGroup(g.to_string()))?.gid.as_raw(),
-        },
+        Some(g) => lookup_group(g)?,
         // A numeric uid with no passwd entry: its group is the same number (as `chown 1234`).
         None => primary.unwrap_or(uid),
     };
     Ok(RunAs { user: user.to_string(), uid, gid })
+}
+
+/// Looks a group up by name or number (a number is taken as it is, as `chown` does, except -1,
+/// which `setgid` and `chown` read as "no change").
+pub fn lookup_group(group: &str) -> Result<u32, PolicyError> {
+    match group.parse::<u32>() {
+        Ok(u32::MAX) => Err(PolicyError::UnknownGroup(group.to_string())),
+        Ok(n) => Ok(n),
+        Err(_) => nix::unistd::Group::from_name(group)
+            .map_err(|e| PolicyError::Lookup { key: "group", name: group.to_string(), error: e.to_string() })?
+            .map(|g| g.gid.as_raw())
+            .ok_or_else(|| PolicyError::UnknownGroup(group.to_string())),
+    }
 }
 
 /// The file `script` names: itself when it has a slash, else the first executable file of that

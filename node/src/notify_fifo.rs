@@ -69,14 +69,9 @@ pub fn open(path: Option<&Path>, group: Option<&str>) -> Result<(), String> {
 /// With a group: the FIFO gets it, and mode 0660 (a reader in that group may open it).
 fn give_group(path: &Path, group: Option<&str>) -> Result<(), String> {
     if let Some(g) = group {
-        let gid = match g.parse::<u32>() {
-            Ok(n) => nix::unistd::Gid::from_raw(n),
-            Err(_) => nix::unistd::Group::from_name(g)
-                .map_err(|e| format!("notify_fifo_group {g:?}: {e}"))?
-                .ok_or_else(|| format!("notify_fifo_group {g:?}: no such group"))?
-                .gid,
-        };
-        nix::unistd::chown(path, None, Some(gid)).map_err(|e| format!("notify_fifo {}: chown to group {g:?}: {e}", path.display()))?;
+        // Resolved as script_group is: a name or a number, never -1 ("no change" to chown).
+        let gid = check::script_policy::lookup_group(g).map_err(|e| format!("notify_fifo_group: {e}"))?;
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| format!("notify_fifo {}: chown to group {g:?}: {e}", path.display()))?;
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o660))
             .map_err(|e| format!("notify_fifo {}: chmod 0660: {e}", path.display()))?;
     }
@@ -155,7 +150,8 @@ mod tests {
             eprintln!("SKIP: notify_fifo_group ownership (needs root)");
         }
         let e = open(Some(&path), Some("no-such-group-here")).unwrap_err();
-        assert!(e.contains("no-such-group-here") && e.contains("no such group"), "{e}");
+        assert!(e.contains("no-such-group-here") && e.contains("no group named"), "{e}");
+        assert!(open(Some(&path), Some("4294967295")).unwrap_err().contains("no group named"), "-1 is no group");
         open(None, None).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
