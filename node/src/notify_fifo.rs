@@ -8,8 +8,8 @@
 //! thread. A line that does not fit (the reader stopped reading and 64 KiB are queued) is
 //! dropped and counted (`corral_vrrp_notify_fifo_dropped_total`), never waited for.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -20,16 +20,10 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 struct Fifo {
     path: PathBuf,
-    fd: libc::c_int,
+    file: std::fs::File,
     /// (device, inode) of what was opened: a FIFO removed and made again under the same path
     /// is another one.
     id: (u64, u64),
-}
-
-impl Drop for Fifo {
-    fn drop(&mut self) {
-        unsafe { libc::close(self.fd) };
-    }
 }
 
 /// Opens `path` (made, mode 0600, if missing) for the lines to come; `None` closes it. Called
@@ -41,28 +35,27 @@ pub fn open(path: Option<&Path>, group: Option<&str>) -> Result<(), String> {
         *slot = None;
         return Ok(());
     };
-    let on_disk = std::fs::metadata(path).ok().map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)));
+    let on_disk = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
     if slot.as_ref().is_some_and(|f| f.path == path && Some(f.id) == on_disk) {
         return give_group(path, group);
     }
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("notify_fifo {}: a NUL in the path", path.display()))?;
-    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EEXIST) {
-            return Err(format!("notify_fifo {}: cannot make the FIFO: {e}", path.display()));
-        }
+    match nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(format!("notify_fifo {}: cannot make the FIFO: {e}", path.display())),
     }
     let meta = std::fs::metadata(path).map_err(|e| format!("notify_fifo {}: {e}", path.display()))?;
-    if !std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()) {
+    if !meta.file_type().is_fifo() {
         return Err(format!("notify_fifo {}: exists and is not a FIFO", path.display()));
     }
-    let id = (std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta));
     give_group(path, group)?;
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(format!("notify_fifo {}: {}", path.display(), std::io::Error::last_os_error()));
-    }
-    *slot = Some(Fifo { path: path.to_owned(), fd, id });
+    // Read-write: opening does not wait for a reader, and the pipe outlives readers that go.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("notify_fifo {}: {e}", path.display()))?;
+    *slot = Some(Fifo { path: path.to_owned(), file, id: (meta.dev(), meta.ino()) });
     Ok(())
 }
 
@@ -89,15 +82,12 @@ pub fn write(kind: &str, name: &str, state: &str, priority: u8) {
     let slot = FIFO.lock().unwrap_or_else(|p| p.into_inner());
     let Some(f) = slot.as_ref() else { return };
     let line = format_line(kind, name, state, priority);
-    let n = unsafe { libc::write(f.fd, line.as_ptr().cast(), line.len()) };
-    if n != line.len() as isize {
+    let written = (&f.file).write(line.as_bytes());
+    if !matches!(written, Ok(n) if n == line.len()) {
         let total = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
         if total == 1 || total.is_power_of_two() {
-            tracing::warn!(
-                fifo = %f.path.display(),
-                error = %std::io::Error::last_os_error(),
-                "notify_fifo: a line dropped (is its reader running?); {total} so far"
-            );
+            let error = written.err().map_or_else(|| "a short write".to_owned(), |e| e.to_string());
+            tracing::warn!(fifo = %f.path.display(), %error, "notify_fifo: a line dropped (is its reader running?); {total} so far");
         }
     }
 }
@@ -110,7 +100,6 @@ pub fn dropped_total() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::OpenOptionsExt;
 
     #[test]
     fn lines_are_keepalived_s_and_reach_a_reader_that_opens_later() {
