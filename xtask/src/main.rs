@@ -474,7 +474,7 @@ fn bench_propagation(changes: usize, directors: &[usize], realtime: &[u8], scale
     eprintln!("bench propagation: VM part (kernel IPVS, TCG)");
     let payload = vm::Payload { files, script, env: vec![] };
     let outcome = boot_vm(&payload, Duration::from_secs(3000), true)?;
-    println!("## propagation: change sent to the leader → applied in every director's kernel");
+    println!("## propagation: change sent to the leader → applied in every director's kernel ({}, TCG)", vm::emulator_version());
     println!("| directors | scheduling | changes measured | p50 | p99 | max |");
     println!("|---|---|---|---|---|---|");
     for l in outcome.log.lines().filter(|l| l.starts_with("PROPAGATION ")) {

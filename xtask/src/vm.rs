@@ -300,17 +300,31 @@ pub struct Outcome {
     pub log: String,
 }
 
+/// The emulator's first `--version` line (`QEMU emulator version 10.0.2 (…)`), said at every
+/// boot and printed with benchmark figures: TCG's cost depends on it (docs/BENCHMARKS.md,
+/// propagation Round 18), so a figure without it cannot be compared.
+pub fn emulator_version() -> String {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string))
+        .unwrap_or_else(|| "qemu-system-x86_64: version unknown".into())
+}
+
 /// Boots the VM, streams its console to stdout (unless `quiet`), and collects exit markers.
 pub fn boot(k: &Kernel, initrd: &Path, timeout: Duration, quiet: bool) -> Result<Outcome> {
+    eprintln!("vm: {} (TCG)", emulator_version());
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         // A 2 GiB translation cache, the most qemu allows on an x86-64 host (its default is
-        // 1 GiB): setting up one benchmark lab translates 0.6–1 GB of code (every daemon's own
-        // copy, at its randomised addresses), so with the default the cache filled and was
-        // flushed about every run and a half of `bench propagation`, and every daemon then
-        // stalled while its code was translated again, into the measured changes
-        // (docs/BENCHMARKS.md, propagation Rounds 10 and 13). Real CPUs have no such cache.
-        // qemu takes the memory only as the cache fills.
+        // 1 GiB): with qemu 7.2 setting up one benchmark lab translated 0.6–1 GB of code (every
+        // daemon's own copy, at its randomised addresses), so with the default the cache
+        // filled and was flushed about every run and a half of `bench propagation`, and every
+        // daemon then stalled while its code was translated again, into the measured changes
+        // (docs/BENCHMARKS.md, propagation Rounds 10 and 13). qemu 8 and later share one
+        // translation between processes (Round 18); the bound stays for the labs' set-ups.
+        // Real CPUs have no such cache. qemu takes the memory only as the cache fills.
         .args(["-accel", "tcg,tb-size=2048", "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(&k.vmlinuz)
