@@ -187,10 +187,16 @@ pub struct NodeSection {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// keepalived's `notify_fifo`: a FIFO (made, mode 0600, if missing) that gets a line per
     /// VRRP state change, `INSTANCE "VI_1" MASTER 150` / `GROUP "G" BACKUP 0` (STOP and DELETED
-    /// too), for a local program that reads it instead of being started per change.
+    /// too), and per change of this director's real servers and quorums, `RS
+    /// [198.51.100.11]:tcp:80 [192.0.2.100]:tcp:80 DOWN` / `VS [192.0.2.100]:tcp:80 UP`, for a
+    /// local program that reads it instead of being started per change.
     pub notify_fifo: Option<PathBuf>,
-    /// The group that may read `notify_fifo` (keepalived's `notify_fifo FIFO [user [group]]`):
-    /// the FIFO gets this group and mode 0660, for a reader that does not run as root.
+    /// keepalived's `vrrp_notify_fifo`: the VRRP lines only.
+    pub vrrp_notify_fifo: Option<PathBuf>,
+    /// keepalived's `lvs_notify_fifo`: the RS and VS lines only.
+    pub lvs_notify_fifo: Option<PathBuf>,
+    /// The group that may read the notify FIFOs (keepalived's `notify_fifo FIFO [user
+    /// [group]]`): each gets this group and mode 0660, for a reader that does not run as root.
     pub notify_fifo_group: Option<String>,
     /// keepalived's `vrrp_garp_interval`: the least time between two gratuitous ARPs on one
     /// interface, whichever instances send them (takeovers, repeats, refreshes), for switches
@@ -216,6 +222,8 @@ impl Default for NodeSection {
             enable_script_security: false,
             metrics_listen: None,
             notify_fifo: None,
+            vrrp_notify_fifo: None,
+            lvs_notify_fifo: None,
             notify_fifo_group: None,
             garp_interval: Duration::ZERO,
             gna_interval: Duration::ZERO,
@@ -1061,9 +1069,14 @@ impl Config {
                 return Err((vec![Key("node".into()), Key(key.into())], "at most 1s (a burst for many VIPs would last minutes)".into()));
             }
         }
-        if let Some(f) = &self.node.notify_fifo {
+        let fifos = [("notify_fifo", &self.node.notify_fifo), ("vrrp_notify_fifo", &self.node.vrrp_notify_fifo), ("lvs_notify_fifo", &self.node.lvs_notify_fifo)];
+        for (i, (key, f)) in fifos.iter().enumerate() {
+            let Some(f) = f else { continue };
             if !f.is_absolute() {
-                return Err((vec![Key("node".into()), Key("notify_fifo".into())], format!("{}: an absolute path", f.display())));
+                return Err((vec![Key("node".into()), Key((*key).into())], format!("{}: an absolute path", f.display())));
+            }
+            if let Some((other, _)) = fifos[..i].iter().find(|(_, o)| o.as_ref() == Some(f)) {
+                return Err((vec![Key("node".into()), Key((*key).into())], format!("{}: already {other} (its lines would be written twice)", f.display())));
             }
         }
         if let Some(p) = self.node.realtime_priority {
@@ -1337,6 +1350,12 @@ virtual_ips = ["2001:db8::100/64"]
         let c = parse("[node]\nnotify_fifo = \"/run/corral/notify\"\n").unwrap();
         assert_eq!(c.node.notify_fifo, Some(PathBuf::from("/run/corral/notify")));
         assert_eq!(parse("[node]\nnotify_fifo = \"notify\"\n").unwrap_err().key, "node.notify_fifo");
+        assert_eq!(parse("[node]\nlvs_notify_fifo = \"lvs\"\n").unwrap_err().key, "node.lvs_notify_fifo");
+        let e = parse("[node]\nnotify_fifo = \"/run/n\"\nvrrp_notify_fifo = \"/run/v\"\nlvs_notify_fifo = \"/run/n\"\n").unwrap_err();
+        assert_eq!(e.key, "node.lvs_notify_fifo");
+        assert!(e.message.contains("already notify_fifo"), "{}", e.message);
+        let c = parse("[node]\nvrrp_notify_fifo = \"/run/v\"\nlvs_notify_fifo = \"/run/l\"\n").unwrap();
+        assert_eq!((c.node.vrrp_notify_fifo, c.node.lvs_notify_fifo), (Some(PathBuf::from("/run/v")), Some(PathBuf::from("/run/l"))));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod director;
 pub mod health;
 pub mod metrics;
+pub mod lvs_events;
 pub mod notify_fifo;
 pub mod realtime;
 pub mod rules;

@@ -125,6 +125,8 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         (Some(d), Some(c)) => {
             let dir = node::director::Director::start(d, &config.node.data_dir).map_err(|e| anyhow::anyhow!("[director]: {e}"))?;
             node::director::follow_state(dir.tx.clone(), &c.sm);
+            // keepalived's RS/VS lines, for notify_fifo and lvs_notify_fifo readers.
+            tokio::spawn(node::lvs_events::follow(c.sm.subscribe()));
             // The VRRP role only drives the connection-sync daemon: no sync interface, no
             // polling of the status board (10 wake-ups a second for nothing).
             if d.sync_interface.is_some() {

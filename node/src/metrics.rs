@@ -197,9 +197,15 @@ pub fn vrrp(x: &mut Exposition, instances: &[VrrpInstanceStatus]) {
     }
     x.single(
         "corral_vrrp_notify_fifo_dropped_total",
-        "Lines notify_fifo could not take (its reader stopped reading), dropped instead of waited for.",
+        "VRRP lines notify_fifo or vrrp_notify_fifo could not take (the reader stopped reading), dropped instead of waited for.",
         "counter",
         crate::notify_fifo::dropped_total(),
+    );
+    x.single(
+        "corral_lvs_notify_fifo_dropped_total",
+        "RS and VS lines notify_fifo or lvs_notify_fifo could not take (the reader stopped reading), dropped instead of waited for.",
+        "counter",
+        crate::notify_fifo::dropped_lvs_total(),
     );
     x.family("corral_vrrp_dropped_total", "Packets dropped, by reason (bad checksum, TTL, authentication, version, ...).", "counter");
     for i in instances {

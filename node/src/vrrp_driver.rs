@@ -594,7 +594,7 @@ pub async fn run(
 ) -> Result<()> {
     check_supported(&cfg)?;
     set_pacing(&cfg.node);
-    crate::notify_fifo::open(cfg.node.notify_fifo.as_deref(), cfg.node.notify_fifo_group.as_deref()).map_err(anyhow::Error::msg)?;
+    crate::notify_fifo::open(crate::notify_fifo::Paths::of(&cfg.node)).map_err(anyhow::Error::msg)?;
     crate::tracking::init_files(&cfg);
     let vips = Vips::new().context("open rtnetlink")?;
     let mut vmacs = Vmacs::new().context("open rtnetlink")?;
@@ -746,7 +746,7 @@ pub async fn run(
                     continue;
                 }
                 // Last of the checks: a refused reload leaves the FIFO as it was too.
-                if let Err(e) = crate::notify_fifo::open(new.node.notify_fifo.as_deref(), new.node.notify_fifo_group.as_deref()) {
+                if let Err(e) = crate::notify_fifo::open(crate::notify_fifo::Paths::of(&new.node)) {
                     refuse(anyhow::Error::msg(e), done);
                     continue;
                 }

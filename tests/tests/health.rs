@@ -369,6 +369,9 @@ fn quorum_hysteresis_is_a_band_and_each_move_runs_its_hook_once() {
     c.extra_sections = "[director]\nipvs = \"memory\"\n".into();
     let dir = c.root().to_path_buf();
     let hooks = dir.join("quorum.log");
+    // keepalived's RS/VS lines: in notify_fifo (every line) and lvs_notify_fifo (LVS lines).
+    let (all_fifo, lvs_fifo) = (dir.join("notify.fifo"), dir.join("lvs.fifo"));
+    c.node_extra = format!("notify_fifo = \"{}\"\nlvs_notify_fifo = \"{}\"\n", all_fifo.display(), lvs_fifo.display());
     let rules = format!(
         r#"[[virtual_server]]
 address = "192.0.2.100:80"
@@ -419,6 +422,36 @@ check = {{ type = "script", misc_path = "test -e {d}/up2", interval = "200ms", f
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(events(), ["QUORUM_DOWN", "QUORUM_UP"], "each move runs its hook once");
     assert!(std::fs::read_to_string(&hooks).unwrap().starts_with("TCP 192.0.2.100:80 QUORUM_DOWN"), "{}", std::fs::read_to_string(&hooks).unwrap());
+    // Every flip and quorum move as keepalived writes it, in order, in both FIFOs.
+    let want = [
+        "RS [198.51.100.2]:tcp:80 [192.0.2.100]:tcp:80 DOWN",
+        "RS [198.51.100.1]:tcp:80 [192.0.2.100]:tcp:80 DOWN",
+        "VS [192.0.2.100]:tcp:80 DOWN",
+        "RS [198.51.100.1]:tcp:80 [192.0.2.100]:tcp:80 UP",
+        "RS [198.51.100.2]:tcp:80 [192.0.2.100]:tcp:80 UP",
+        "VS [192.0.2.100]:tcp:80 UP",
+    ];
+    for fifo in [&all_fifo, &lvs_fifo] {
+        let text = drain_fifo(fifo);
+        assert_eq!(text.lines().collect::<Vec<_>>(), want, "{}", fifo.display());
+    }
+}
+
+/// What waits in a FIFO that corrald holds open (read without blocking until it is empty).
+fn drain_fifo(path: &std::path::Path) -> String {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (mut out, mut buf) = (Vec::new(), [0u8; 4096]);
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{}: {e}", path.display()),
+        }
+    }
+    String::from_utf8(out).unwrap()
 }
 
 /// keepalived's several checkers in one `real_server`: `check = [ … ]`. The real server is up

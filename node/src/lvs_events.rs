@@ -1,0 +1,170 @@
+//! keepalived's LVS lines for the notify FIFOs: `RS [198.51.100.11]:tcp:80 [192.0.2.100]:tcp:80
+//! DOWN` when a real server's verdict flips, `VS [192.0.2.100]:tcp:80 DOWN` when a virtual
+//! server loses its quorum (`UP` when either comes back; `FWM 7` names a firewall-mark
+//! service). keepalived writes them on the director whose checker saw the change; here
+//! verdicts are the cluster's, so every director writes them when it applies the state that
+//! changed them: the lines say what this director's kernel table follows.
+//!
+//! Lines compare each applied state with the one before it on this node: a flip and its
+//! undoing inside one applied batch (which never reached the kernel either) writes nothing,
+//! and nothing is written for the state a node starts with, nor for real servers and virtual
+//! servers added or removed by a rule change (keepalived writes none for those either).
+
+use std::sync::Arc;
+
+use ipvs::{Protocol, ServiceKey};
+use raft::ClusterState;
+
+use crate::health::verdicts::{self, NS_QUORUM, NS_VERDICTS};
+use crate::rules::{self, VirtualServer};
+
+/// Writes the LVS lines of every state change this node applies, while a FIFO takes them.
+pub async fn follow(mut states: tokio::sync::watch::Receiver<Arc<ClusterState>>) {
+    let mut before = states.borrow_and_update().clone();
+    while states.changed().await.is_ok() {
+        let now = states.borrow_and_update().clone();
+        if crate::notify_fifo::takes_lvs() {
+            crate::notify_fifo::write_lvs(&lines(&before, &now));
+        }
+        before = now;
+    }
+}
+
+/// The lines for going from `before` to `now`: real servers first, then virtual servers (the
+/// order keepalived writes a flip and the quorum move it causes).
+pub fn lines(before: &ClusterState, now: &ClusterState) -> Vec<String> {
+    if before.data.get(NS_VERDICTS) == now.data.get(NS_VERDICTS) && before.data.get(NS_QUORUM) == now.data.get(NS_QUORUM) {
+        return Vec::new(); // the common case, a rule change: nothing decoded
+    }
+    let Ok(Some(rules)) = crate::director::rules_of(now) else { return Vec::new() };
+    let (old, new) = (verdicts::verdicts_of(before), verdicts::verdicts_of(now));
+    let mut out = Vec::new();
+    for vs in &rules.virtual_servers {
+        let Some(key) = vs.key() else { continue };
+        let default_up = !vs.alpha;
+        for rs in vs.real_servers.iter().filter(|rs| rs.check.is_some() || vs.check.is_some()) {
+            let k = rules::rs_key(&key, rs.address);
+            let up = |v: &rules::Verdicts| v.get(&k).map_or(default_up, |v| v.up);
+            if up(&old) != up(&new) {
+                out.push(format!("RS {} {} {}\n", trio(rs.address, vs.protocol), vs_name(vs, &key), word(up(&new))));
+            }
+        }
+    }
+    for vs in rules.virtual_servers.iter().filter(|vs| vs.sorry_server.is_some()) {
+        let Some(key) = vs.key() else { continue };
+        let q = rules::quorum_key(&key.to_string());
+        let up = |v: &rules::Verdicts| v.get(&q).is_none_or(|v| v.up);
+        if up(&old) != up(&new) {
+            out.push(format!("VS {} {}\n", vs_name(vs, &key), word(up(&new))));
+        }
+    }
+    out
+}
+
+fn word(up: bool) -> &'static str {
+    if up {
+        "UP"
+    } else {
+        "DOWN"
+    }
+}
+
+/// keepalived's name of a virtual server: `[192.0.2.100]:tcp:80`, `[2001:db8::1]:udp:53`,
+/// `FWM 7`.
+fn vs_name(vs: &VirtualServer, key: &ServiceKey) -> String {
+    match key {
+        ServiceKey::Addr { addr, .. } => trio(*addr, vs.protocol),
+        ServiceKey::Fwmark { mark, .. } => format!("FWM {mark}"),
+    }
+}
+
+/// keepalived's `[address]:protocol:port`.
+fn trio(addr: std::net::SocketAddr, protocol: Protocol) -> String {
+    let p = match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    };
+    format!("[{}]:{p}:{}", addr.ip(), addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::RuleSet;
+
+    /// A state holding `rules`, real servers' verdict records and quorum states.
+    fn state(revision: u64, rules: &RuleSet, verdicts: &[(&str, bool)], quorum: &[(&str, bool)]) -> ClusterState {
+        let mut s = ClusterState { revision, ..Default::default() };
+        s.data.entry(crate::director::NS_RULES.into()).or_default().insert(crate::director::KEY_RULES.into(), rules::encode(rules));
+        for (k, up) in verdicts {
+            let rec = verdicts::VerdictRecord { up: *up, since_unix: 0, agreed: Vec::new(), observers: 1, reason: String::new(), weight: None };
+            s.data.entry(NS_VERDICTS.into()).or_default().insert(k.to_string(), raft::codec::encode("verdict", &rec).unwrap());
+        }
+        for (k, up) in quorum {
+            s.data.entry(NS_QUORUM.into()).or_default().insert(k.to_string(), if *up { b"up".to_vec() } else { b"lost".to_vec() });
+        }
+        s
+    }
+
+    fn rules() -> RuleSet {
+        RuleSet::parse(
+            std::path::Path::new("t.toml"),
+            r#"
+[[virtual_server]]
+address = "192.0.2.100:80"
+sorry_server = "198.51.100.99:80"
+check = { type = "tcp" }
+[[virtual_server.real_server]]
+address = "198.51.100.11:80"
+[[virtual_server.real_server]]
+address = "198.51.100.12:80"
+[[virtual_server]]
+address = "[2001:db8::1]:53"
+protocol = "udp"
+alpha = true
+check = { type = "tcp", connect_port = 53 }
+[[virtual_server.real_server]]
+address = "[2001:db8::11]:53"
+[[virtual_server]]
+fwmark = 7
+check = { type = "tcp", connect_port = 80 }
+[[virtual_server.real_server]]
+address = "198.51.100.21:80"
+[[virtual_server.real_server]]
+address = "198.51.100.22:80"
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn flips_and_quorum_moves_are_keepalived_s_lines() {
+        let r = rules();
+        let rs11 = "TCP 192.0.2.100:80 -> 198.51.100.11:80";
+        let v6 = "UDP [2001:db8::1]:53 -> [2001:db8::11]:53";
+        let fwm = "FWM 7 -> 198.51.100.21:80";
+        let q = "quorum TCP 192.0.2.100:80";
+        let s0 = state(1, &r, &[], &[]);
+        // A rule change alone: nothing (and nothing decoded).
+        assert!(lines(&s0, &state(2, &r, &[], &[])).is_empty());
+        // rs11 down (its default was up), the quorum lost with it; the alpha server's first
+        // committed `up` is a change from its default (down); the fwmark service's real server.
+        let s1 = state(3, &r, &[(rs11, false), (v6, true), (fwm, false)], &[(q, false)]);
+        assert_eq!(
+            lines(&s0, &s1),
+            [
+                "RS [198.51.100.11]:tcp:80 [192.0.2.100]:tcp:80 DOWN\n",
+                "RS [2001:db8::11]:udp:53 [2001:db8::1]:udp:53 UP\n",
+                "RS [198.51.100.21]:tcp:80 FWM 7 DOWN\n",
+                "VS [192.0.2.100]:tcp:80 DOWN\n",
+            ]
+        );
+        // Back up; an `up` record where the default was up already is no change.
+        let s2 = state(4, &r, &[(rs11, true), (v6, true), (fwm, true)], &[(q, true)]);
+        assert_eq!(lines(&s1, &s2), ["RS [198.51.100.11]:tcp:80 [192.0.2.100]:tcp:80 UP\n", "RS [198.51.100.21]:tcp:80 FWM 7 UP\n", "VS [192.0.2.100]:tcp:80 UP\n"]);
+        assert!(lines(&s0, &state(5, &r, &[(rs11, true)], &[(q, true)])).is_empty());
+        // Records deleted (their checks removed): back to the defaults.
+        assert_eq!(lines(&s1, &s0), ["RS [198.51.100.11]:tcp:80 [192.0.2.100]:tcp:80 UP\n", "RS [2001:db8::11]:udp:53 [2001:db8::1]:udp:53 DOWN\n", "RS [198.51.100.21]:tcp:80 FWM 7 UP\n", "VS [192.0.2.100]:tcp:80 UP\n"]);
+    }
+}
