@@ -18,15 +18,32 @@ use raft::ClusterState;
 use crate::health::verdicts::{self, NS_QUORUM, NS_VERDICTS};
 use crate::rules::{self, VirtualServer};
 
-/// Writes the LVS lines of every state change this node applies, while a FIFO takes them.
+/// Writes the LVS lines of every state change this node applies while a FIFO takes them.
+/// Without one it waits for one, not for states (no wake-up per change for nobody).
 pub async fn follow(mut states: tokio::sync::watch::Receiver<Arc<ClusterState>>) {
-    let mut before = states.borrow_and_update().clone();
-    while states.changed().await.is_ok() {
-        let now = states.borrow_and_update().clone();
-        if crate::notify_fifo::takes_lvs() {
-            crate::notify_fifo::write_lvs(&lines(&before, &now));
+    let mut wanted = crate::notify_fifo::lvs_wanted();
+    loop {
+        if wanted.wait_for(|w| *w).await.is_err() {
+            return;
         }
-        before = now;
+        let mut before = states.borrow_and_update().clone();
+        loop {
+            tokio::select! {
+                r = states.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let now = states.borrow_and_update().clone();
+                    crate::notify_fifo::write_lvs(&lines(&before, &now));
+                    before = now;
+                }
+                r = wanted.changed() => {
+                    if r.is_err() || !*wanted.borrow_and_update() {
+                        break;
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -23,6 +23,9 @@ static FIFOS: Mutex<[Option<Fifo>; 3]> = Mutex::new([None, None, None]);
 const ALL: usize = 0;
 const VRRP: usize = 1;
 const LVS: usize = 2;
+/// Whether a FIFO takes LVS lines: [`crate::lvs_events::follow`] waits on it, so a node without
+/// one is not woken for every applied state.
+static LVS_WANTED: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> = std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(false));
 static DROPPED_VRRP: AtomicU64 = AtomicU64::new(0);
 static DROPPED_LVS: AtomicU64 = AtomicU64::new(0);
 
@@ -81,6 +84,7 @@ pub fn open(paths: Paths<'_>) -> Result<(), String> {
             *slot = new;
         }
     }
+    LVS_WANTED.send_if_modified(|w| std::mem::replace(w, slots[ALL].is_some() || slots[LVS].is_some()) != *w);
     Ok(())
 }
 
@@ -136,8 +140,12 @@ pub fn write_lvs(lines: &[String]) {
 
 /// Whether a FIFO that takes LVS lines is open (they cost a look at every applied state).
 pub fn takes_lvs() -> bool {
-    let slots = FIFOS.lock().unwrap_or_else(|p| p.into_inner());
-    slots[ALL].is_some() || slots[LVS].is_some()
+    *LVS_WANTED.borrow()
+}
+
+/// Follows [`takes_lvs`].
+pub fn lvs_wanted() -> tokio::sync::watch::Receiver<bool> {
+    LVS_WANTED.subscribe()
 }
 
 /// One line to the FIFO that takes every line and to the one for its kind, each whole or not
