@@ -308,8 +308,11 @@ pub struct VrrpInstanceConfig {
     pub preempt: bool,
     #[serde(default, with = "humantime_serde_compat")]
     pub preempt_delay: Duration,
-    /// RFC 5798 Accept_Mode: answer packets addressed to the VIPs when not the owner.
-    #[serde(default)]
+    /// RFC 5798 Accept_Mode: a master that is not the address owner accepts packets addressed
+    /// to the VIPs. Always on, keepalived's default (`accept`): an LVS director must accept
+    /// them, since IPVS sees only packets delivered locally; `false` (keepalived's `no_accept`,
+    /// which drops them with a firewall rule) is refused rather than ignored.
+    #[serde(default = "yes")]
     pub accept: bool,
     /// `"192.0.2.100/24"`, `"2001:db8::100/64"`; one family per instance, like keepalived.
     /// keepalived's `virtual_ipaddress` words follow the address: `dev IF` (another interface
@@ -910,6 +913,12 @@ impl Config {
             if v.priority == 0 {
                 return Err((at(i, "priority"), "priority must be 1..=255 (0 is reserved for release)".into()));
             }
+            if !v.accept {
+                return Err((
+                    at(i, "accept"),
+                    "false (no Accept_Mode) is not supported: a director accepts packets addressed to its VIPs (keepalived's default `accept`), as IPVS needs them delivered locally".into(),
+                ));
+            }
             match v.version {
                 2 => {
                     let ms = v.advert_interval.as_millis();
@@ -1300,6 +1309,15 @@ virtual_ips = ["2001:db8::100/64"]
         assert_eq!(c.vrrp[1].priority, 100);
         assert_eq!(c.vrrp[1].advert_interval, Duration::from_secs(1));
         assert_eq!(c.node.admin_socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+        assert!(c.vrrp[1].accept, "Accept_Mode is on by default, as keepalived's");
+    }
+
+    #[test]
+    fn no_accept_mode_is_refused_not_ignored() {
+        assert!(parse(&GOOD.replace("preempt = true", "preempt = true\naccept = true")).unwrap().vrrp[0].accept);
+        let e = parse(&GOOD.replace("preempt = true", "preempt = true\naccept = false")).unwrap_err();
+        assert_eq!(e.key, "vrrp[0].accept");
+        assert!(e.message.contains("not supported") && e.message.contains("IPVS"), "{}", e.message);
     }
 
     #[test]
