@@ -195,6 +195,12 @@ pub struct NodeSection {
     pub vrrp_notify_fifo: Option<PathBuf>,
     /// keepalived's `lvs_notify_fifo`: the RS and VS lines only.
     pub lvs_notify_fifo: Option<PathBuf>,
+    /// keepalived's `vrrp_notify_priority_changes`: a line in the FIFOs that take VRRP lines
+    /// when tracking moves an instance's priority, `INSTANCE "VI_1" MASTER_PRIORITY 90` (or
+    /// BACKUP_PRIORITY), so a monitor sees a director drifting towards a failover before it
+    /// happens.
+    #[serde(default)]
+    pub notify_priority_changes: bool,
     /// The group that may read the notify FIFOs (keepalived's `notify_fifo FIFO [user
     /// [group]]`): each gets this group and mode 0660, for a reader that does not run as root.
     pub notify_fifo_group: Option<String>,
@@ -224,6 +230,7 @@ impl Default for NodeSection {
             notify_fifo: None,
             vrrp_notify_fifo: None,
             lvs_notify_fifo: None,
+            notify_priority_changes: false,
             notify_fifo_group: None,
             garp_interval: Duration::ZERO,
             gna_interval: Duration::ZERO,

@@ -561,7 +561,20 @@ fn apply_tracking(r: &mut Running, cfg: &Config, snap: &crate::tracking::Snapsho
     // Not attached to its re-created interface yet: nothing to send from.
     let fault = fault || r.detached.is_some();
     let adjust = adjust - if snap.quorum_lost { fence_drop(cfg) } else { 0 };
+    let before = r.inst.priority();
     r.inst.set_tracking(Instant::now().into_std(), fault, adjust);
+    let now = r.inst.priority();
+    if cfg.node.notify_priority_changes && now != before {
+        // keepalived's words; a state change (FAULT above all) has lines of its own.
+        let word = match r.inst.state() {
+            State::Master => Some("MASTER_PRIORITY"),
+            State::Backup => Some("BACKUP_PRIORITY"),
+            _ => None,
+        };
+        if let Some(word) = word {
+            crate::notify_fifo::write("INSTANCE", &r.conf.name, word, now);
+        }
+    }
 }
 
 /// A configuration read on SIGHUP, and who waits for its outcome (systemd's reload).

@@ -800,16 +800,24 @@ fn track_file_moves_the_priority_like_keepalived() {
     let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
     let dir = tempdir::Dir::new("trackfile");
     let (maint, stop) = (dir.path.join("maint"), dir.path.join("stop"));
+    // keepalived's vrrp_notify_priority_changes: each move of the priority in vrrp_notify_fifo.
+    let fifo = dir.path.join("vrrp.fifo");
     let cfg = format!(
-        "[node]\nadmin_socket = \"{d}/admin.sock\"\n\n[[track_file]]\nname = \"maint\"\nfile = \"{m}\"\ninit_file = 0\n\n\
+        "[node]\nadmin_socket = \"{d}/admin.sock\"\nvrrp_notify_fifo = \"{f}\"\nnotify_priority_changes = true\n\n[[track_file]]\nname = \"maint\"\nfile = \"{m}\"\ninit_file = 0\n\n\
          [[track_file]]\nname = \"stop\"\nfile = \"{s}\"\nweight = 0\n\n\
          [[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n\
          track_files = [{{ name = \"maint\", weight = 2 }}, \"stop\"]\n",
         d = dir.path.display(),
         m = maint.display(),
-        s = stop.display()
+        s = stop.display(),
+        f = fifo.display()
     );
     let (_c, _) = start_corrald(&bin, h1, &dir, &cfg);
+    assert!(wait_for(Duration::from_secs(5), || fifo.exists()).is_some(), "corrald makes the FIFO");
+    let mut reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap()
+    };
     assert!(wait_for(Duration::from_secs(2), || std::fs::read_to_string(&maint).ok().as_deref() == Some("0\n")).is_some(), "init_file wrote 0");
     let _k = keepalived(h2, &dir, 3, 100, "0.1", None);
     assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral (150) is master");
@@ -830,6 +838,16 @@ fn track_file_moves_the_priority_like_keepalived() {
     assert!(wait_for(Duration::from_secs(2), || has_addr(h2, VIP) && !has_addr(h1, VIP)).is_some(), "keepalived holds the VIP");
     std::fs::remove_file(&stop).unwrap();
     assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral recovers and preempts");
+    // The priority's moves, each in the state it happened in, before the state changes they
+    // caused; FAULT and back have their own lines, not priority lines.
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut reader, &mut text);
+    let lines: Vec<&str> = text.lines().collect();
+    let at = |want: &str| lines.iter().position(|l| *l == want).unwrap_or_else(|| panic!("{want:?} not in the FIFO: {lines:?}"));
+    assert!(at("INSTANCE \"VI_1\" MASTER_PRIORITY 90") < at("INSTANCE \"VI_1\" BACKUP 90"), "{lines:?}");
+    assert!(at("INSTANCE \"VI_1\" BACKUP_PRIORITY 150") > at("INSTANCE \"VI_1\" BACKUP 90"), "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l.contains("_PRIORITY")).count(), 2, "{lines:?}");
+    assert!(lines.contains(&"INSTANCE \"VI_1\" FAULT 150"), "{lines:?}");
 }
 
 /// keepalived's `garp_master_refresh` / `garp_master_refresh_repeat`: while master, the
