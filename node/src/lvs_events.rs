@@ -5,11 +5,19 @@
 //! verdicts are the cluster's, so every director writes them when it applies the state that
 //! changed them: the lines say what this director's kernel table follows.
 //!
-//! Lines compare each applied state with the one before it on this node: a flip and its
-//! undoing inside one applied batch (which never reached the kernel either) writes nothing,
-//! and nothing is written for the state a node starts with, nor for real servers and virtual
-//! servers added or removed by a rule change (keepalived writes none for those either).
+//! Each applied state is compared with the one applied before it on this node (every one, in
+//! order: the states come from the applying task, not from a `watch` that keeps only the
+//! newest). Where this differs from keepalived:
+//! - VS lines exist for virtual servers with a `sorry_server` only: quorum states (and their
+//!   `quorum_up`/`quorum_down` hooks) are kept for those alone;
+//! - no lines for real servers added or removed by a rule change (keepalived writes `RS … DOWN`
+//!   for a live one removed on reload), nor for a down real server whose check a rule change
+//!   removes (it goes back into the table);
+//! - none for an `alpha` real server's first failed check (it was down already; keepalived
+//!   writes DOWN);
+//! - none for the state a node starts with.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ipvs::{Protocol, ServiceKey};
@@ -18,33 +26,30 @@ use raft::ClusterState;
 use crate::health::verdicts::{self, NS_QUORUM, NS_VERDICTS};
 use crate::rules::{self, VirtualServer};
 
-/// Writes the LVS lines of every state change this node applies while a FIFO takes them.
-/// Without one it waits for one, not for states (no wake-up per change for nobody).
-pub async fn follow(mut states: tokio::sync::watch::Receiver<Arc<ClusterState>>) {
-    let mut wanted = crate::notify_fifo::lvs_wanted();
-    loop {
-        if wanted.wait_for(|w| *w).await.is_err() {
-            return;
+/// Writes the LVS lines of every state this node applies while a FIFO takes them. The state
+/// machine hands each applied state over (a channel send); without a FIFO for these lines it
+/// hands nothing (one flag read per applied batch).
+pub fn follow(sm: &raft::StateMachine) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<Arc<ClusterState>>>();
+    let handing = AtomicBool::new(false);
+    sm.on_publish(move |s| {
+        if crate::notify_fifo::takes_lvs() {
+            handing.store(true, Ordering::Relaxed);
+            let _ = tx.send(Some(s.clone()));
+        } else if handing.swap(false, Ordering::Relaxed) {
+            // Stopped: the next state handed over starts afresh, not from a stale one.
+            let _ = tx.send(None);
         }
-        let mut before = states.borrow_and_update().clone();
-        loop {
-            tokio::select! {
-                r = states.changed() => {
-                    if r.is_err() {
-                        return;
-                    }
-                    let now = states.borrow_and_update().clone();
-                    crate::notify_fifo::write_lvs(&lines(&before, &now));
-                    before = now;
-                }
-                r = wanted.changed() => {
-                    if r.is_err() || !*wanted.borrow_and_update() {
-                        break;
-                    }
-                }
+    });
+    tokio::spawn(async move {
+        let mut before: Option<Arc<ClusterState>> = None;
+        while let Some(next) = rx.recv().await {
+            if let (Some(b), Some(n)) = (&before, &next) {
+                crate::notify_fifo::write_lvs(&lines(b, n));
             }
+            before = next;
         }
-    }
+    });
 }
 
 /// The lines for going from `before` to `now`: real servers first, then virtual servers (the
@@ -58,10 +63,10 @@ pub fn lines(before: &ClusterState, now: &ClusterState) -> Vec<String> {
     let mut out = Vec::new();
     for vs in &rules.virtual_servers {
         let Some(key) = vs.key() else { continue };
-        let default_up = !vs.alpha;
-        for rs in vs.real_servers.iter().filter(|rs| rs.check.is_some() || vs.check.is_some()) {
-            let k = rules::rs_key(&key, rs.address);
-            let up = |v: &rules::Verdicts| v.get(&k).map_or(default_up, |v| v.up);
+        for rs in &vs.real_servers {
+            // The table's own reading of the verdicts (unchecked: always up; alpha: down
+            // until a verdict says up).
+            let up = |v: &rules::Verdicts| rules.verdict(vs, &key, rs, v).up;
             if up(&old) != up(&new) {
                 out.push(format!("RS {} {} {}\n", trio(rs.address, vs.protocol), vs_name(vs, &key), word(up(&new))));
             }
@@ -181,7 +186,7 @@ address = "198.51.100.22:80"
         let s2 = state(4, &r, &[(rs11, true), (v6, true), (fwm, true)], &[(q, true)]);
         assert_eq!(lines(&s1, &s2), ["RS [198.51.100.11]:tcp:80 [192.0.2.100]:tcp:80 UP\n", "RS [198.51.100.21]:tcp:80 FWM 7 UP\n", "VS [192.0.2.100]:tcp:80 UP\n"]);
         assert!(lines(&s0, &state(5, &r, &[(rs11, true)], &[(q, true)])).is_empty());
-        // Records deleted (their checks removed): back to the defaults.
+        // The table's reading: no record means the default (up; down for alpha).
         assert_eq!(lines(&s1, &s0), ["RS [198.51.100.11]:tcp:80 [192.0.2.100]:tcp:80 UP\n", "RS [2001:db8::11]:udp:53 [2001:db8::1]:udp:53 DOWN\n", "RS [198.51.100.21]:tcp:80 FWM 7 UP\n", "VS [192.0.2.100]:tcp:80 UP\n"]);
     }
 }

@@ -126,7 +126,7 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
             let dir = node::director::Director::start(d, &config.node.data_dir).map_err(|e| anyhow::anyhow!("[director]: {e}"))?;
             node::director::follow_state(dir.tx.clone(), &c.sm);
             // keepalived's RS/VS lines, for notify_fifo and lvs_notify_fifo readers.
-            tokio::spawn(node::lvs_events::follow(c.sm.subscribe()));
+            node::lvs_events::follow(&c.sm);
             // The VRRP role only drives the connection-sync daemon: no sync interface, no
             // polling of the status board (10 wake-ups a second for nothing).
             if d.sync_interface.is_some() {
@@ -218,8 +218,9 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
 }
 
 /// Reads the file again for a SIGHUP and hands it to the VRRP thread; the outcome is what
-/// systemd's reload reports. Only VRRP instances are reloaded; [node], [cluster] and
-/// [director] settings need a restart.
+/// systemd's reload reports. VRRP instances are reloaded, with the [node] settings the VRRP
+/// thread owns (the notify FIFOs, `notify_priority_changes`, gratuitous ARP/NA pacing); other
+/// [node], [cluster] and [director] settings need a restart.
 async fn reload(path: &std::path::Path, tx: &tokio::sync::mpsc::Sender<node::vrrp_driver::Reload>) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| {
         tracing::error!("SIGHUP: keeping the running configuration: {e}");

@@ -3,8 +3,8 @@
 //! every line, `vrrp_notify_fifo` the VRRP ones (`INSTANCE "VI_1" MASTER 150`, `GROUP "G1"
 //! BACKUP 0`; STOP and DELETED as `notify` gets them), `lvs_notify_fifo` the LVS ones (`RS
 //! [198.51.100.11]:tcp:80 [192.0.2.100]:tcp:80 DOWN`, `VS [192.0.2.100]:tcp:80 UP`: see
-//! [`crate::lvs_events`]). The forms are keepalived's, so a reader written for keepalived's
-//! FIFOs works unchanged.
+//! [`crate::lvs_events`], which says where its events differ from keepalived's). The forms are
+//! keepalived's, so a reader written for keepalived's FIFOs parses them unchanged.
 //!
 //! A FIFO is opened read-write and non-blocking: opening never waits for a reader, a line
 //! written before the reader opens waits in the pipe, and a write never blocks the VRRP
@@ -23,9 +23,9 @@ static FIFOS: Mutex<[Option<Fifo>; 3]> = Mutex::new([None, None, None]);
 const ALL: usize = 0;
 const VRRP: usize = 1;
 const LVS: usize = 2;
-/// Whether a FIFO takes LVS lines: [`crate::lvs_events::follow`] waits on it, so a node without
-/// one is not woken for every applied state.
-static LVS_WANTED: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> = std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(false));
+/// Whether a FIFO takes LVS lines: read for every applied state ([`crate::lvs_events::follow`]),
+/// so a node without one does no more than that read.
+static LVS_WANTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static DROPPED_VRRP: AtomicU64 = AtomicU64::new(0);
 static DROPPED_LVS: AtomicU64 = AtomicU64::new(0);
 
@@ -61,7 +61,8 @@ impl<'a> Paths<'a> {
 
 /// Opens the FIFOs named (each made, mode 0600, if missing) for the lines to come and closes
 /// the others. Called at start and on reload: a path already open keeps its FIFO, and if any
-/// FIFO cannot be opened nothing changes. A path that exists and is not a FIFO is refused,
+/// FIFO cannot be opened the FIFOs written to stay as they were (though FIFOs made or given
+/// the group on the way remain so on disk). A path that exists and is not a FIFO is refused,
 /// naming it.
 pub fn open(paths: Paths<'_>) -> Result<(), String> {
     let mut slots = FIFOS.lock().unwrap_or_else(|p| p.into_inner());
@@ -84,7 +85,7 @@ pub fn open(paths: Paths<'_>) -> Result<(), String> {
             *slot = new;
         }
     }
-    LVS_WANTED.send_if_modified(|w| std::mem::replace(w, slots[ALL].is_some() || slots[LVS].is_some()) != *w);
+    LVS_WANTED.store(slots[ALL].is_some() || slots[LVS].is_some(), Ordering::Relaxed);
     Ok(())
 }
 
@@ -140,12 +141,7 @@ pub fn write_lvs(lines: &[String]) {
 
 /// Whether a FIFO that takes LVS lines is open (they cost a look at every applied state).
 pub fn takes_lvs() -> bool {
-    *LVS_WANTED.borrow()
-}
-
-/// Follows [`takes_lvs`].
-pub fn lvs_wanted() -> tokio::sync::watch::Receiver<bool> {
-    LVS_WANTED.subscribe()
+    LVS_WANTED.load(Ordering::Relaxed)
 }
 
 /// One line to the FIFO that takes every line and to the one for its kind, each whole or not

@@ -780,7 +780,7 @@ impl RuleSet {
     /// A real server's verdict under `verdicts`. Only checked real servers can be down or
     /// weighted by a script: a stale verdict for a real server whose check was removed is
     /// ignored.
-    fn verdict(&self, vs: &VirtualServer, key: &ServiceKey, rs: &RealServer, verdicts: &Verdicts) -> Verdict {
+    pub(crate) fn verdict(&self, vs: &VirtualServer, key: &ServiceKey, rs: &RealServer, verdicts: &Verdicts) -> Verdict {
         if rs.check.is_none() && vs.check.is_none() {
             return Verdict::UP;
         }

@@ -122,7 +122,7 @@ fn weight_of(r: &TrackFileRef, def: Option<(i32, bool)>) -> (i32, bool) {
 }
 
 /// The first snapshot, read synchronously so an instance whose interface is down starts in FAULT.
-pub fn initial(cfg: &Config) -> Snapshot {
+pub fn initial(cfg: &Config, kept_scripts: &BTreeMap<String, bool>) -> Snapshot {
     let mut snap = Snapshot { quorum_lost: quorum_lost(), ..Default::default() };
     for v in &cfg.vrrp {
         snap.interfaces.insert(v.interface.clone(), interface_up(&v.interface));
@@ -131,8 +131,11 @@ pub fn initial(cfg: &Config) -> Snapshot {
         }
     }
     for s in &cfg.track_script {
-        // keepalived's default: a script is considered OK until it has failed `fall` times.
-        snap.scripts.insert(s.name.clone(), true);
+        // keepalived's default: a script is considered OK until it has failed `fall` times;
+        // across a reload, a script whose definition did not change keeps its result (as
+        // keepalived keeps it): a failing one must not lift the priority until it fails
+        // `fall` times again, a bounce that could move the VIP on every SIGHUP.
+        snap.scripts.insert(s.name.clone(), kept_scripts.get(&s.name).copied().unwrap_or(true));
     }
     for f in &cfg.track_file {
         snap.files.insert(f.name.clone(), read_track_file(f).0);
@@ -230,7 +233,7 @@ pub async fn run(cfg: Config, mut snap: Snapshot, tx: mpsc::Sender<Snapshot>) {
     let mut scripts: Vec<ScriptState> = cfg
         .track_script
         .iter()
-        .map(|d| ScriptState { def: d.clone(), ok: true, streak: 0, due: tokio::time::Instant::now(), running: false })
+        .map(|d| ScriptState { def: d.clone(), ok: snap.scripts.get(&d.name).copied().unwrap_or(true), streak: 0, due: tokio::time::Instant::now(), running: false })
         .collect();
     let (done_tx, mut done_rx) = mpsc::channel::<(usize, bool)>(64);
     // Track files whose text was not a number, with that text: logged once per new text.

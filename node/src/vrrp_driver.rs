@@ -530,8 +530,14 @@ fn fence_drop(cfg: &Config) -> i32 {
     cfg.cluster.as_ref().map(|c| i32::from(c.fence_priority_drop)).unwrap_or(0)
 }
 
-fn start_tracker(cfg: &Config, running: &mut [Running]) -> (mpsc::Receiver<crate::tracking::Snapshot>, Option<tokio::task::JoinHandle<()>>) {
-    let snap = crate::tracking::initial(cfg);
+/// Starts tracking `cfg`'s objects; `kept_scripts`: track scripts' results carried over a
+/// reload (see [`crate::tracking::initial`]).
+fn start_tracker(
+    cfg: &Config,
+    running: &mut [Running],
+    kept_scripts: &BTreeMap<String, bool>,
+) -> (mpsc::Receiver<crate::tracking::Snapshot>, Option<tokio::task::JoinHandle<()>>) {
+    let snap = crate::tracking::initial(cfg, kept_scripts);
     for r in running.iter_mut() {
         apply_tracking(r, cfg, &snap);
     }
@@ -565,11 +571,12 @@ fn apply_tracking(r: &mut Running, cfg: &Config, snap: &crate::tracking::Snapsho
     r.inst.set_tracking(Instant::now().into_std(), fault, adjust);
     let now = r.inst.priority();
     if cfg.node.notify_priority_changes && now != before {
-        // keepalived's words; a state change (FAULT above all) has lines of its own.
+        // keepalived's words: MASTER_PRIORITY as master, BACKUP_PRIORITY in any other state
+        // (FAULT too); none before the instance has started.
         let word = match r.inst.state() {
             State::Master => Some("MASTER_PRIORITY"),
-            State::Backup => Some("BACKUP_PRIORITY"),
-            _ => None,
+            State::Initialize => None,
+            _ => Some("BACKUP_PRIORITY"),
         };
         if let Some(word) = word {
             crate::notify_fifo::write("INSTANCE", &r.conf.name, word, now);
@@ -633,7 +640,7 @@ pub async fn run(
     let mut dispatch = dispatch_table(&running);
     // Tracked objects: read once now (an instance whose interface is down starts in FAULT),
     // then watched by their own task.
-    let (mut track_rx, mut tracker) = start_tracker(&cfg, &mut running);
+    let (mut track_rx, mut tracker) = start_tracker(&cfg, &mut running, &BTreeMap::new());
     // The latest tracking snapshot, for instances re-attached between two of them.
     let mut last_snap = crate::tracking::Snapshot::default();
     let mut last_retry = std::time::Instant::now();
@@ -798,13 +805,20 @@ pub async fn run(
                 }
                 // Keep the configured order (status listings, group indices).
                 running.sort_by_key(|r| new.vrrp.iter().position(|v| v.name == r.conf.name));
+                // Scripts defined as before keep their results.
+                let kept_scripts: BTreeMap<String, bool> = new
+                    .track_script
+                    .iter()
+                    .filter(|d| cfg.track_script.contains(d))
+                    .filter_map(|d| Some((d.name.clone(), *last_snap.scripts.get(&d.name)?)))
+                    .collect();
                 cfg = new;
                 groups = sync_groups(&cfg, &mut running, &groups);
                 dispatch = dispatch_table(&running);
                 if let Some(t) = tracker.take() {
                     t.abort();
                 }
-                (track_rx, tracker) = start_tracker(&cfg, &mut running);
+                (track_rx, tracker) = start_tracker(&cfg, &mut running, &kept_scripts);
                 let now = Instant::now().into_std();
                 for i in 0..running.len() {
                     if running[i].inst.state() == State::Initialize {

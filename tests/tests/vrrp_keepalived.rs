@@ -850,6 +850,52 @@ fn track_file_moves_the_priority_like_keepalived() {
     assert!(lines.contains(&"INSTANCE \"VI_1\" FAULT 150"), "{lines:?}");
 }
 
+/// A reload keeps a track script's result when its definition did not change (keepalived
+/// does): a failing script must not lift the priority for its `fall` runs after every SIGHUP,
+/// a bounce that can move the VIP. Seen through `notify_priority_changes`: one line for the
+/// failure, none for the reload, one when the script passes again.
+#[test]
+fn a_reload_keeps_track_script_results() {
+    let Some(bin) = prerequisites("a_reload_keeps_track_script_results") else { return };
+    let lan = Lan::new(1);
+    let h1 = &lan.hosts[0];
+    let dir = tempdir::Dir::new("reloadscript");
+    let (ok, fifo) = (dir.path.join("ok"), dir.path.join("vrrp.fifo"));
+    std::fs::write(&ok, "").unwrap();
+    let cfg = format!(
+        "[node]\nadmin_socket = \"{d}/admin.sock\"\nvrrp_notify_fifo = \"{f}\"\nnotify_priority_changes = true\n\n\
+         [[track_script]]\nname = \"chk\"\nscript = \"test -e {o}\"\ninterval = \"100ms\"\nweight = -60\nfall = 3\nrise = 1\n\n\
+         [[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n\
+         track_scripts = [\"chk\"]\n",
+        d = dir.path.display(),
+        f = fifo.display(),
+        o = ok.display()
+    );
+    let (mut c, _) = start_corrald(&bin, h1, &dir, &cfg);
+    assert!(wait_for(Duration::from_secs(5), || fifo.exists()).is_some(), "corrald makes the FIFO");
+    let mut reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap()
+    };
+    let priority = || vrrp_status(&bin, &dir)["effective_priority"].clone();
+    assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP) && priority() == 150).is_some(), "master at 150");
+    std::fs::remove_file(&ok).unwrap();
+    assert!(wait_for(Duration::from_secs(3), || priority() == 90).is_some(), "the failing script takes 60: {}", vrrp_status(&bin, &dir));
+    c.signal("HUP");
+    // Three runs of 100 ms would bring it back down: watch longer than that.
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < deadline {
+        assert_eq!(priority(), 90, "the reload lifted a failing script's priority");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&ok, "").unwrap();
+    assert!(wait_for(Duration::from_secs(3), || priority() == 150).is_some(), "the script passes again after the reload: {}", vrrp_status(&bin, &dir));
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut reader, &mut text);
+    let moves: Vec<&str> = text.lines().filter(|l| l.contains("_PRIORITY")).collect();
+    assert_eq!(moves, ["INSTANCE \"VI_1\" MASTER_PRIORITY 90", "INSTANCE \"VI_1\" MASTER_PRIORITY 150"], "{text}");
+}
+
 /// keepalived's `garp_master_refresh` / `garp_master_refresh_repeat`: while master, the
 /// gratuitous ARP goes out again every period (an upstream switch whose entry aged out learns
 /// the VIP again without a failover); a backup sends none.
