@@ -10,13 +10,15 @@
 //! newest). Where this differs from keepalived:
 //! - VS lines exist for virtual servers with a `sorry_server` only: quorum states (and their
 //!   `quorum_up`/`quorum_down` hooks) are kept for those alone;
-//! - no lines for real servers added or removed by a rule change (keepalived writes `RS … DOWN`
-//!   for a live one removed on reload), nor for a down real server whose check a rule change
-//!   removes (it goes back into the table);
+//! - no line for a real server a rule change adds (keepalived writes none either; one it
+//!   removes while up gets `RS … DOWN`, and one whose check it removes while down `RS … UP`,
+//!   as keepalived's reload writes them);
 //! - none for an `alpha` real server's first failed check (it was down already; keepalived
 //!   writes DOWN);
 //! - none for the state a node starts with.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -52,24 +54,43 @@ pub fn follow(sm: &raft::StateMachine) {
     });
 }
 
-/// The lines for going from `before` to `now`: real servers first, then virtual servers (the
-/// order keepalived writes a flip and the quorum move it causes).
+/// The lines for going from `before` to `now`: real servers first (flips, then live ones a
+/// rule change removed), then virtual servers (the order keepalived writes a flip and the
+/// quorum move it causes).
 pub fn lines(before: &ClusterState, now: &ClusterState) -> Vec<String> {
-    if before.data.get(NS_VERDICTS) == now.data.get(NS_VERDICTS) && before.data.get(NS_QUORUM) == now.data.get(NS_QUORUM) {
-        return Vec::new(); // the common case, a rule change: nothing decoded
+    let same = |ns: &str| before.data.get(ns) == now.data.get(ns);
+    let rules_same = same(crate::director::NS_RULES);
+    if rules_same && same(NS_VERDICTS) && same(NS_QUORUM) {
+        return Vec::new(); // nothing that moves a line: nothing decoded
     }
     let Ok(Some(rules)) = crate::director::rules_of(now) else { return Vec::new() };
+    let old_rules = if rules_same { None } else { crate::director::rules_of(before).ok().flatten() };
+    let was = old_rules.as_ref().unwrap_or(&rules);
     let (old, new) = (verdicts::verdicts_of(before), verdicts::verdicts_of(now));
+    // Every real server as it was, under the rules and verdicts then: the table's own reading
+    // (unchecked: always up; alpha: down until a verdict says up).
+    let mut was_up: BTreeMap<(ServiceKey, SocketAddr), (&VirtualServer, bool)> = BTreeMap::new();
+    for vs in &was.virtual_servers {
+        let Some(key) = vs.key() else { continue };
+        for rs in &vs.real_servers {
+            was_up.insert((key, rs.address), (vs, was.verdict(vs, &key, rs, &old).up));
+        }
+    }
     let mut out = Vec::new();
     for vs in &rules.virtual_servers {
         let Some(key) = vs.key() else { continue };
         for rs in &vs.real_servers {
-            // The table's own reading of the verdicts (unchecked: always up; alpha: down
-            // until a verdict says up).
-            let up = |v: &rules::Verdicts| rules.verdict(vs, &key, rs, v).up;
-            if up(&old) != up(&new) {
-                out.push(format!("RS {} {} {}\n", trio(rs.address, vs.protocol), vs_name(vs, &key), word(up(&new))));
+            let up = rules.verdict(vs, &key, rs, &new).up;
+            // One added by this change has no line (keepalived writes none either).
+            if was_up.remove(&(key, rs.address)).is_some_and(|(_, then)| then != up) {
+                out.push(rs_line(rs.address, vs, &key, up));
             }
+        }
+    }
+    // Live ones the change removed leave the table: DOWN, as keepalived's reload writes it.
+    for ((key, addr), (vs, up)) in was_up {
+        if up {
+            out.push(rs_line(addr, vs, &key, false));
         }
     }
     for vs in rules.virtual_servers.iter().filter(|vs| vs.sorry_server.is_some()) {
@@ -81,6 +102,10 @@ pub fn lines(before: &ClusterState, now: &ClusterState) -> Vec<String> {
         }
     }
     out
+}
+
+fn rs_line(addr: SocketAddr, vs: &VirtualServer, key: &ServiceKey, up: bool) -> String {
+    format!("RS {} {} {}\n", trio(addr, vs.protocol), vs_name(vs, key), word(up))
 }
 
 fn word(up: bool) -> &'static str {
@@ -101,7 +126,7 @@ fn vs_name(vs: &VirtualServer, key: &ServiceKey) -> String {
 }
 
 /// keepalived's `[address]:protocol:port`.
-fn trio(addr: std::net::SocketAddr, protocol: Protocol) -> String {
+fn trio(addr: SocketAddr, protocol: Protocol) -> String {
     let p = match protocol {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
@@ -129,10 +154,7 @@ mod tests {
         s
     }
 
-    fn rules() -> RuleSet {
-        RuleSet::parse(
-            std::path::Path::new("t.toml"),
-            r#"
+    const RULES: &str = r#"
 [[virtual_server]]
 address = "192.0.2.100:80"
 sorry_server = "198.51.100.99:80"
@@ -155,9 +177,10 @@ check = { type = "tcp", connect_port = 80 }
 address = "198.51.100.21:80"
 [[virtual_server.real_server]]
 address = "198.51.100.22:80"
-"#,
-        )
-        .unwrap()
+"#;
+
+    fn rules() -> RuleSet {
+        RuleSet::parse(std::path::Path::new("t.toml"), RULES).unwrap()
     }
 
     #[test]
@@ -186,6 +209,20 @@ address = "198.51.100.22:80"
         let s2 = state(4, &r, &[(rs11, true), (v6, true), (fwm, true)], &[(q, true)]);
         assert_eq!(lines(&s1, &s2), ["RS [198.51.100.11]:tcp:80 [192.0.2.100]:tcp:80 UP\n", "RS [198.51.100.21]:tcp:80 FWM 7 UP\n", "VS [192.0.2.100]:tcp:80 UP\n"]);
         assert!(lines(&s0, &state(5, &r, &[(rs11, true)], &[(q, true)])).is_empty());
+        // A rule change: a live real server removed goes DOWN, a down one removed says
+        // nothing, a down one whose check is removed comes UP (back in the table); a weight
+        // change alone says nothing. Removing the fwmark service takes its live one down.
+        let edit = |from: &str, to: &str| RuleSet::parse(std::path::Path::new("t.toml"), &RULES.replace(from, to)).unwrap();
+        let fewer = edit("[[virtual_server.real_server]]\naddress = \"198.51.100.12:80\"\n", "");
+        assert_eq!(lines(&s1, &state(6, &fewer, &[(rs11, false), (v6, true), (fwm, false)], &[(q, false)])), ["RS [198.51.100.12]:tcp:80 [192.0.2.100]:tcp:80 DOWN\n"]);
+        let s_down12 = state(7, &r, &[(rs11, false), ("TCP 192.0.2.100:80 -> 198.51.100.12:80", false)], &[]);
+        assert!(lines(&s_down12, &state(8, &fewer, &[(rs11, false)], &[])).is_empty(), "a down one removed");
+        let unchecked = edit("check = { type = \"tcp\" }\n", "");
+        assert_eq!(lines(&s1, &state(9, &unchecked, &[(rs11, false), (v6, true), (fwm, false)], &[(q, false)])), ["RS [198.51.100.11]:tcp:80 [192.0.2.100]:tcp:80 UP\n"]);
+        let heavier = edit("address = \"198.51.100.12:80\"\n", "address = \"198.51.100.12:80\"\nweight = 5\n");
+        assert!(lines(&s1, &state(10, &heavier, &[(rs11, false), (v6, true), (fwm, false)], &[(q, false)])).is_empty());
+        let no_fwmark = RuleSet::parse(std::path::Path::new("t.toml"), &RULES[..RULES.find("[[virtual_server]]\nfwmark").unwrap()]).unwrap();
+        assert_eq!(lines(&s0, &state(11, &no_fwmark, &[], &[])), ["RS [198.51.100.21]:tcp:80 FWM 7 DOWN\n", "RS [198.51.100.22]:tcp:80 FWM 7 DOWN\n"]);
         // The table's reading: no record means the default (up; down for alpha).
         assert_eq!(lines(&s1, &s0), ["RS [198.51.100.11]:tcp:80 [192.0.2.100]:tcp:80 UP\n", "RS [2001:db8::11]:udp:53 [2001:db8::1]:udp:53 DOWN\n", "RS [198.51.100.21]:tcp:80 FWM 7 UP\n", "VS [192.0.2.100]:tcp:80 UP\n"]);
     }
