@@ -166,6 +166,34 @@ impl Drop for Daemon {
     }
 }
 
+/// A test's reader of a FIFO that corrald writes (its notify FIFOs): opened non-blocking, so
+/// it never waits for a writer, and held by the test, so lines written before it reads (even
+/// after corrald exits) stay in the pipe.
+pub struct FifoReader(std::fs::File);
+
+impl FifoReader {
+    pub fn open(path: &std::path::Path) -> FifoReader {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        FifoReader(f)
+    }
+
+    /// Everything waiting in the pipe now (read until it is empty, or closed by every writer).
+    pub fn drain(&mut self) -> String {
+        use std::io::Read;
+        let (mut out, mut buf) = (Vec::new(), [0u8; 4096]);
+        loop {
+            match self.0.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("reading a FIFO: {e}"),
+            }
+        }
+        String::from_utf8(out).expect("FIFO lines are UTF-8")
+    }
+}
+
 /// Polls `f` until it returns true or `within` passes; returns how long it took.
 pub fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();

@@ -432,26 +432,9 @@ check = {{ type = "script", misc_path = "test -e {d}/up2", interval = "200ms", f
         "VS [192.0.2.100]:tcp:80 UP",
     ];
     for fifo in [&all_fifo, &lvs_fifo] {
-        let text = drain_fifo(fifo);
+        let text = tests::FifoReader::open(fifo).drain();
         assert_eq!(text.lines().collect::<Vec<_>>(), want, "{}", fifo.display());
     }
-}
-
-/// What waits in a FIFO that corrald holds open (read without blocking until it is empty).
-fn drain_fifo(path: &std::path::Path) -> String {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let (mut out, mut buf) = (Vec::new(), [0u8; 4096]);
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => panic!("{}: {e}", path.display()),
-        }
-    }
-    String::from_utf8(out).unwrap()
 }
 
 /// keepalived's several checkers in one `real_server`: `check = [ … ]`. The real server is up

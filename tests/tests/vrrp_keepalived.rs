@@ -814,10 +814,7 @@ fn track_file_moves_the_priority_like_keepalived() {
     );
     let (_c, _) = start_corrald(&bin, h1, &dir, &cfg);
     assert!(wait_for(Duration::from_secs(5), || fifo.exists()).is_some(), "corrald makes the FIFO");
-    let mut reader = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap()
-    };
+    let mut reader = tests::FifoReader::open(&fifo);
     assert!(wait_for(Duration::from_secs(2), || std::fs::read_to_string(&maint).ok().as_deref() == Some("0\n")).is_some(), "init_file wrote 0");
     let _k = keepalived(h2, &dir, 3, 100, "0.1", None);
     assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral (150) is master");
@@ -840,8 +837,7 @@ fn track_file_moves_the_priority_like_keepalived() {
     assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP)).is_some(), "corral recovers and preempts");
     // The priority's moves, each in the state it happened in, before the state changes they
     // caused; FAULT and back have their own lines, not priority lines.
-    let mut text = String::new();
-    let _ = std::io::Read::read_to_string(&mut reader, &mut text);
+    let text = reader.drain();
     let lines: Vec<&str> = text.lines().collect();
     let at = |want: &str| lines.iter().position(|l| *l == want).unwrap_or_else(|| panic!("{want:?} not in the FIFO: {lines:?}"));
     assert!(at("INSTANCE \"VI_1\" MASTER_PRIORITY 90") < at("INSTANCE \"VI_1\" BACKUP 90"), "{lines:?}");
@@ -871,12 +867,9 @@ fn a_reload_keeps_track_script_results() {
         f = fifo.display(),
         o = ok.display()
     );
-    let (mut c, _) = start_corrald(&bin, h1, &dir, &cfg);
+    let (c, _) = start_corrald(&bin, h1, &dir, &cfg);
     assert!(wait_for(Duration::from_secs(5), || fifo.exists()).is_some(), "corrald makes the FIFO");
-    let mut reader = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap()
-    };
+    let mut reader = tests::FifoReader::open(&fifo);
     let priority = || vrrp_status(&bin, &dir)["effective_priority"].clone();
     assert!(wait_for(Duration::from_secs(3), || has_addr(h1, VIP) && priority() == 150).is_some(), "master at 150");
     std::fs::remove_file(&ok).unwrap();
@@ -890,8 +883,7 @@ fn a_reload_keeps_track_script_results() {
     }
     std::fs::write(&ok, "").unwrap();
     assert!(wait_for(Duration::from_secs(3), || priority() == 150).is_some(), "the script passes again after the reload: {}", vrrp_status(&bin, &dir));
-    let mut text = String::new();
-    let _ = std::io::Read::read_to_string(&mut reader, &mut text);
+    let text = reader.drain();
     let moves: Vec<&str> = text.lines().filter(|l| l.contains("_PRIORITY")).collect();
     assert_eq!(moves, ["INSTANCE \"VI_1\" MASTER_PRIORITY 90", "INSTANCE \"VI_1\" MASTER_PRIORITY 150"], "{text}");
 }
@@ -1009,10 +1001,7 @@ fn notify_stop_and_deleted_run_as_keepalived_runs_them() {
     let (mut d, file) = start_corrald(&bin, h1, &dir, &both);
     assert!(wait_for(Duration::from_secs(5), || fifo.exists()).is_some(), "corrald makes the FIFO");
     // Held open to the end: lines written before and after are kept in the pipe.
-    let mut reader = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap()
-    };
+    let mut reader = tests::FifoReader::open(&fifo);
     assert!(wait_for(Duration::from_secs(5), || has_addr(h1, VIP) && has_addr(h1, "192.0.2.101") && has_addr(h1, "192.0.2.102")).is_some(), "all master");
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     // A reload without VI_2 and VI_3: DELETED for VI_2 (it has notify_deleted), FAULT for VI_3
@@ -1033,8 +1022,7 @@ fn notify_stop_and_deleted_run_as_keepalived_runs_them() {
         assert!(text.lines().any(|l| l.trim() == want), "{want:?} missing:\n{text}");
     }
     assert!(!text.contains("stop VI_2"), "a deleted instance does not stop again:\n{text}");
-    let mut lines = String::new();
-    let _ = std::io::Read::read_to_string(&mut reader, &mut lines);
+    let lines = reader.drain();
     let lines: Vec<&str> = lines.lines().collect();
     for want in [
         "INSTANCE \"VI_1\" BACKUP 150",
