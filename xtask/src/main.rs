@@ -81,6 +81,13 @@ enum BenchCmd {
         /// lines cost a little: the headline figures come from runs without it.
         #[arg(long)]
         stages: bool,
+        /// How the VM's idle vCPUs wait, one boot each: `poll` (guest `idle=poll`: an idle
+        /// vCPU spins, so neither it nor the host CPU under it sleeps) and `halt` (the guest
+        /// kernel's default). On the project's cloud machines a halted vCPU took 1.5–2.7 ms to
+        /// wake (p90–p99), the emulator's and host's cost, not corrald's; both are reported
+        /// (docs/BENCHMARKS.md, propagation Round 19).
+        #[arg(long, value_delimiter = ',', default_values = ["poll", "halt"])]
+        guest_idle: Vec<GuestIdle>,
     },
     /// corrald vs keepalived: failover time at 10 ms / 50 ms / 1 s, CPU of 256 instances (host netns, root).
     Vrrp {
@@ -154,8 +161,8 @@ fn main() -> ExitCode {
                 bench_cluster::run(&target_dir().join("release/corrald"), &target_dir().join("release/corral-bench-gossip"), &sizes)
             })
         }
-        Cmd::Bench { cmd: BenchCmd::Propagation { changes, scale, directors, realtime, no_scale, no_vm, stages } } => {
-            bench_propagation(changes, if no_vm { &[] } else { &directors }, &realtime, if no_scale { &[] } else { &scale }, stages)
+        Cmd::Bench { cmd: BenchCmd::Propagation { changes, scale, directors, realtime, no_scale, no_vm, stages, guest_idle } } => {
+            bench_propagation(changes, if no_vm { &[] } else { &directors }, &realtime, if no_scale { &[] } else { &scale }, stages, &guest_idle)
         }
         Cmd::Bench { cmd: BenchCmd::Checks { real_servers, seconds, setups, kinds } } => build_bins(true).and_then(|_| {
             let mut cmd = cargo();
@@ -204,13 +211,13 @@ fn boot_vm(payload: &vm::Payload, timeout: Duration, quiet: bool) -> Result<vm::
     let cache = vm_cache()?;
     let kernel = vm::kernel(&cache)?;
     let initrd = vm::initramfs(&cache, &kernel, payload)?;
-    match vm::boot(&kernel, &initrd, timeout, quiet) {
+    match vm::boot(&kernel, &initrd, &payload.kernel_args, timeout, quiet) {
         Err(e) if e.downcast_ref::<vm::GuestLockup>().is_some() => {
             eprintln!(
                 "xtask: {e:#}: the guest's CPUs stopped making progress (backtraces above), so that boot has no \
                  result; booting it once more (a second lockup fails)"
             );
-            vm::boot(&kernel, &initrd, timeout, quiet).context("the second boot, after a guest kernel lockup")
+            vm::boot(&kernel, &initrd, &payload.kernel_args, timeout, quiet).context("the second boot, after a guest kernel lockup")
         }
         other => other,
     }
@@ -342,7 +349,7 @@ fn report(outcome: &vm::Outcome, expected: usize) -> Result<()> {
 }
 
 fn vm_run(cmd: &str) -> Result<()> {
-    let payload = vm::Payload { files: build_bins(true)?, script: cmd.to_owned(), env: vec![] };
+    let payload = vm::Payload { files: build_bins(true)?, script: cmd.to_owned(), ..Default::default() };
     let outcome = boot_vm(&payload, Duration::from_secs(1800), false)?;
     report(&outcome, 1)
 }
@@ -452,7 +459,32 @@ ip netns del a{n}; ip netns del c{n}
     Ok(())
 }
 
-fn bench_propagation(changes: usize, directors: &[usize], realtime: &[u8], scale: &[usize], stages: bool) -> Result<()> {
+/// How the benchmark VM's idle vCPUs wait (`bench propagation --guest-idle`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum GuestIdle {
+    /// Guest `idle=poll`: an idle vCPU spins instead of halting.
+    Poll,
+    /// The guest kernel's default: an idle vCPU halts (its qemu thread sleeps on the host).
+    Halt,
+}
+
+impl GuestIdle {
+    fn kernel_args(self) -> &'static str {
+        match self {
+            GuestIdle::Poll => "idle=poll",
+            GuestIdle::Halt => "",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            GuestIdle::Poll => "poll",
+            GuestIdle::Halt => "halt",
+        }
+    }
+}
+
+fn bench_propagation(changes: usize, directors: &[usize], realtime: &[u8], scale: &[usize], stages: bool, idle: &[GuestIdle]) -> Result<()> {
     let mut files = build_bins(true)?;
     // The loopback part first, on a quiet host (not while the VM's exit is being cleaned up).
     bench_propagation_scale(scale, stages)?;
@@ -471,27 +503,43 @@ fn bench_propagation(changes: usize, directors: &[usize], realtime: &[u8], scale
         list.join(" "),
         rts.join(" ")
     );
-    eprintln!("bench propagation: VM part (kernel IPVS, TCG)");
-    let payload = vm::Payload { files, script, env: vec![] };
-    let outcome = boot_vm(&payload, Duration::from_secs(3000), true)?;
+    let mut outcomes = Vec::new();
+    for &mode in idle {
+        eprintln!("bench propagation: VM part (kernel IPVS, TCG), guest idle: {}", mode.label());
+        let payload = vm::Payload { files: files.clone(), script: script.clone(), kernel_args: mode.kernel_args().into(), ..Default::default() };
+        outcomes.push((mode, boot_vm(&payload, Duration::from_secs(3000), true)?));
+    }
     println!("## propagation: change sent to the leader → applied in every director's kernel ({}, TCG)", vm::emulator_version());
-    println!("| directors | scheduling | changes measured | p50 | p99 | max |");
-    println!("|---|---|---|---|---|---|");
-    for l in outcome.log.lines().filter(|l| l.starts_with("PROPAGATION ")) {
-        let f = |k: &str| l.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or("?").to_string();
-        let sched = match f("realtime=").as_str() {
-            "0" => "normal".to_string(),
-            p => format!("realtime_priority = {p}"),
-        };
-        println!("| {} (VM, kernel IPVS) | {sched} | {} | {} ms | {} ms | {} ms |", f("directors="), f("changes="), f("p50_ms="), f("p99_ms="), f("max_ms="));
+    println!("| directors | scheduling | guest idle | changes measured | p50 | p99 | max |");
+    println!("|---|---|---|---|---|---|---|");
+    for (mode, outcome) in &outcomes {
+        for l in outcome.log.lines().filter(|l| l.starts_with("PROPAGATION ")) {
+            let f = |k: &str| l.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or("?").to_string();
+            let sched = match f("realtime=").as_str() {
+                "0" => "normal".to_string(),
+                p => format!("realtime_priority = {p}"),
+            };
+            println!(
+                "| {} (VM, kernel IPVS) | {sched} | {} | {} | {} ms | {} ms | {} ms |",
+                f("directors="),
+                mode.label(),
+                f("changes="),
+                f("p50_ms="),
+                f("p99_ms="),
+                f("max_ms=")
+            );
+        }
     }
-    for l in outcome.log.lines().filter(|l| l.starts_with("PROPAGATION_WARMUP ") || l.starts_with("PROPAGATION_CPU ")) {
-        println!("{l}");
+    for (mode, outcome) in &outcomes {
+        let prefixes = ["PROPAGATION_WAKE ", "PROPAGATION_WARMUP ", "PROPAGATION_CPU "];
+        for l in outcome.log.lines().filter(|l| prefixes.iter().any(|p| l.starts_with(p))) {
+            println!("guest idle {}: {l}", mode.label());
+        }
+        for l in outcome.log.lines().filter_map(|l| l.strip_prefix("STAGES ")) {
+            println!("{l}");
+        }
     }
-    for l in outcome.log.lines().filter_map(|l| l.strip_prefix("STAGES ")) {
-        println!("{l}");
-    }
-    report(&outcome, 1)
+    outcomes.iter().try_for_each(|(_, outcome)| report(outcome, 1))
 }
 
 /// The loopback part of `bench propagation`: corrald processes on 127.0.0.1 with the in-memory
@@ -515,7 +563,7 @@ fn bench_propagation_scale(scale: &[usize], stages: bool) -> Result<()> {
 
 fn demo() -> Result<()> {
     eprintln!("demo: building corralctl and booting a Debian kernel with IPVS in qemu (the host kernel has none)");
-    let payload = vm::Payload { files: build_bins(true)?, script: format!("{NO_ASLR}{}", include_str!("demo.sh")), env: vec![] };
+    let payload = vm::Payload { files: build_bins(true)?, script: format!("{NO_ASLR}{}", include_str!("demo.sh")), ..Default::default() };
     let outcome = boot_vm(&payload, Duration::from_secs(600), false)?;
     report(&outcome, 1)
 }

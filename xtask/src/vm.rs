@@ -129,6 +129,9 @@ pub struct Payload {
     pub script: String,
     /// Extra environment for the script.
     pub env: Vec<(String, String)>,
+    /// Extra guest kernel parameters for this boot (space-separated), e.g. `idle=poll` for
+    /// the propagation benchmark (docs/BENCHMARKS.md, propagation Round 19).
+    pub kernel_args: String,
 }
 
 /// Builds the initramfs for `payload` and returns its path.
@@ -313,7 +316,7 @@ pub fn emulator_version() -> String {
 }
 
 /// Boots the VM, streams its console to stdout (unless `quiet`), and collects exit markers.
-pub fn boot(k: &Kernel, initrd: &Path, timeout: Duration, quiet: bool) -> Result<Outcome> {
+pub fn boot(k: &Kernel, initrd: &Path, kernel_args: &str, timeout: Duration, quiet: bool) -> Result<Outcome> {
     eprintln!("vm: {} (TCG)", emulator_version());
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
@@ -342,7 +345,7 @@ pub fn boot(k: &Kernel, initrd: &Path, timeout: Duration, quiet: bool) -> Result
         .args([
             "-append",
             &format!(
-                "console=ttyS0 quiet panic=-1 clocksource=tsc tsc=reliable sysrq_always_enabled {}",
+                "console=ttyS0 quiet panic=-1 clocksource=tsc tsc=reliable sysrq_always_enabled {kernel_args} {}",
                 std::env::var("XTASK_VM_APPEND").unwrap_or_default()
             ),
         ])

@@ -13,6 +13,9 @@
 //! with outside records (`TIMELINE_CLOCKS` pairs the realtime and monotonic clocks).
 //! `--memory-ipvs`: the directors use the in-memory IPVS model, so the lab runs on a host without
 //! IPVS, for native profiles of the same topology (never a kernel-IPVS figure).
+//! First it measures what waking a thread on an idle CPU costs on this machine
+//! (`PROPAGATION_WAKE`, see [`idle_cpu_wake_us`]): under qemu on a cloud host that cost, not
+//! corrald, made the tail (docs/BENCHMARKS.md, propagation Round 19).
 
 use std::time::Duration;
 
@@ -48,6 +51,17 @@ fn main() {
             "--changes" => changes = args.next().and_then(|v| v.parse().ok()).expect("--changes N"),
             other => panic!("unknown argument {other}"),
         }
+    }
+    if let Some(mut us) = idle_cpu_wake_us(1000, Duration::from_millis(1)) {
+        us.sort_unstable_by(f64::total_cmp);
+        let q = |f: f64| us[((us.len() as f64 * f) as usize).min(us.len() - 1)];
+        println!(
+            "PROPAGATION_WAKE idle-CPU wake-up (one-way, {} rounds): p50_us={:.0} p90_us={:.0} p99_us={:.0}",
+            us.len(),
+            q(0.5),
+            q(0.9),
+            q(0.99)
+        );
     }
     let (d, c) = binaries("bench-propagation").expect("corrald and corralctl");
     let mut lab = LabCluster::new(&format!("prop{directors}"), directors, d, c);
@@ -157,6 +171,78 @@ fn main() {
         p(0.99),
         *lat.last().unwrap() as f64 / 1000.0
     );
+}
+
+/// How long after a write to a pipe a thread blocked reading it on another, idle CPU returns
+/// from its read, in µs, `rounds` times with `gap` between them (so the reader's CPU has gone
+/// idle each time). On real hardware that is an IPI and a C-state exit, a few µs to tens; a
+/// vCPU that halted under qemu sleeps on the host, and on a cloud host whose CPU then idles too
+/// it took 1.5–2.7 ms at the p90–p99 (Round 19). Every hop of a rule change that lands on an
+/// idle CPU pays it, so the figure says how far the lab's tail is the machine's. `None` on a
+/// single-CPU machine.
+fn idle_cpu_wake_us(rounds: usize, gap: Duration) -> Option<Vec<f64>> {
+    fn pin(cpu: usize) -> bool {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read and write it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+        }
+    }
+    fn mono_ns() -> i64 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes only the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return None;
+    }
+    use std::io::{Read, Write};
+    fn pipe() -> Option<(std::fs::File, std::fs::File)> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two new descriptors, each then owned by one File.
+        (unsafe { libc::pipe(fds.as_mut_ptr()) } == 0)
+            .then(|| unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) })
+    }
+    let (mut to_reader_rx, mut to_reader_tx) = pipe()?;
+    let (mut back_rx, mut back_tx) = pipe()?;
+    let reader = std::thread::spawn(move || {
+        if !pin(1) {
+            return;
+        }
+        let mut buf = [0u8; 8];
+        while to_reader_rx.read_exact(&mut buf).is_ok() {
+            let late = mono_ns() - i64::from_le_bytes(buf);
+            if back_tx.write_all(&late.to_le_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let here = pin(0);
+    let mut out = Vec::with_capacity(rounds);
+    for _ in 0..rounds.min(if here { usize::MAX } else { 0 }) {
+        std::thread::sleep(gap);
+        let mut buf = [0u8; 8];
+        if to_reader_tx.write_all(&mono_ns().to_le_bytes()).is_err() || back_rx.read_exact(&mut buf).is_err() {
+            break;
+        }
+        out.push(i64::from_le_bytes(buf) as f64 / 1000.0);
+    }
+    drop(to_reader_tx);
+    let _ = reader.join();
+    // Back on every CPU for the lab (the daemons are separate processes; this thread is the
+    // bench's own, which sends the changes).
+    // SAFETY: as in `pin`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    (out.len() == rounds).then_some(out)
 }
 
 /// Prints, per node (leader first) and per stage, when the stage ended after the request was
