@@ -83,8 +83,8 @@ enum BenchCmd {
         stages: bool,
         /// How the VM's idle vCPUs wait, one boot each: `poll` (guest `idle=poll`: an idle
         /// vCPU spins, so neither it nor the host CPU under it sleeps) and `halt` (the guest
-        /// kernel's default). On the project's cloud machines a halted vCPU took 1.5–2.7 ms to
-        /// wake (p90–p99), the emulator's and host's cost, not corrald's; both are reported
+        /// kernel's default). On the project's cloud machines a halted vCPU took 2.3–2.9 ms to
+        /// wake at the p99, the emulator's and host's cost, not corrald's; both are reported
         /// (docs/BENCHMARKS.md, propagation Round 19).
         #[arg(long, value_delimiter = ',', default_values = ["poll", "halt"])]
         guest_idle: Vec<GuestIdle>,

@@ -177,7 +177,7 @@ fn main() {
 /// from its read, in µs, `rounds` times with `gap` between them (so the reader's CPU has gone
 /// idle each time). On real hardware that is an IPI and a C-state exit, a few µs to tens; a
 /// vCPU that halted under qemu sleeps on the host, and on a cloud host whose CPU then idles too
-/// it took 1.5–2.7 ms at the p90–p99 (Round 19). Every hop of a rule change that lands on an
+/// it took 2.3–2.9 ms at the p99 (Round 19). Every hop of a rule change that lands on an
 /// idle CPU pays it, so the figure says how far the lab's tail is the machine's. `None` on a
 /// single-CPU machine.
 fn idle_cpu_wake_us(rounds: usize, gap: Duration) -> Option<Vec<f64>> {
