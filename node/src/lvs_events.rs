@@ -26,7 +26,7 @@ use ipvs::{Protocol, ServiceKey};
 use raft::ClusterState;
 
 use crate::health::verdicts::{self, NS_QUORUM, NS_VERDICTS};
-use crate::rules::{self, VirtualServer};
+use crate::rules::{self, RealServer, RuleSet, VirtualServer};
 
 /// Writes the LVS lines of every state this node applies while a FIFO takes them. The state
 /// machine hands each applied state over (a channel send); without a FIFO for these lines it
@@ -69,11 +69,11 @@ pub fn lines(before: &ClusterState, now: &ClusterState) -> Vec<String> {
     let (old, new) = (verdicts::verdicts_of(before), verdicts::verdicts_of(now));
     // Every real server as it was, under the rules and verdicts then: the table's own reading
     // (unchecked: always up; alpha: down until a verdict says up).
-    let mut was_up: BTreeMap<(ServiceKey, SocketAddr), (&VirtualServer, bool)> = BTreeMap::new();
+    let mut was_up: BTreeMap<(ServiceKey, SocketAddr), bool> = BTreeMap::new();
     for vs in &was.virtual_servers {
         let Some(key) = vs.key() else { continue };
         for rs in &vs.real_servers {
-            was_up.insert((key, rs.address), (vs, was.verdict(vs, &key, rs, &old).up));
+            was_up.insert((key, rs.address), was.verdict(vs, &key, rs, &old).up);
         }
     }
     let mut out = Vec::new();
@@ -82,15 +82,15 @@ pub fn lines(before: &ClusterState, now: &ClusterState) -> Vec<String> {
         for rs in &vs.real_servers {
             let up = rules.verdict(vs, &key, rs, &new).up;
             // One added by this change has no line (keepalived writes none either).
-            if was_up.remove(&(key, rs.address)).is_some_and(|(_, then)| then != up) {
+            if was_up.get(&(key, rs.address)).is_some_and(|then| *then != up) {
                 out.push(rs_line(rs.address, vs, &key, up));
             }
         }
     }
     // Live ones the change removed leave the table: DOWN, as keepalived's reload writes it.
-    for ((key, addr), (vs, up)) in was_up {
-        if up {
-            out.push(rs_line(addr, vs, &key, false));
+    if old_rules.is_some() {
+        for (key, vs, rs) in removed_live(was, &old, &rules) {
+            out.push(rs_line(rs.address, vs, &key, false));
         }
     }
     for vs in rules.virtual_servers.iter().filter(|vs| vs.sorry_server.is_some()) {
@@ -99,6 +99,28 @@ pub fn lines(before: &ClusterState, now: &ClusterState) -> Vec<String> {
         let up = |v: &rules::Verdicts| v.get(&q).is_none_or(|v| v.up);
         if up(&old) != up(&new) {
             out.push(format!("VS {} {}\n", vs_name(vs, &key), word(up(&new))));
+        }
+    }
+    out
+}
+
+/// The real servers of `was` that `now` no longer has and that were up under `was` and the
+/// verdicts `old`: they leave the table with the change, which keepalived's reload reports as
+/// a real server going down (its FIFO line, and its `notify_down` run by the health leader).
+pub(crate) fn removed_live<'a>(was: &'a RuleSet, old: &rules::Verdicts, now: &RuleSet) -> Vec<(ServiceKey, &'a VirtualServer, &'a RealServer)> {
+    let kept: std::collections::BTreeSet<(ServiceKey, SocketAddr)> = now
+        .virtual_servers
+        .iter()
+        .filter_map(|vs| vs.key().map(|key| (key, vs)))
+        .flat_map(|(key, vs)| vs.real_servers.iter().map(move |rs| (key, rs.address)))
+        .collect();
+    let mut out = Vec::new();
+    for vs in &was.virtual_servers {
+        let Some(key) = vs.key() else { continue };
+        for rs in &vs.real_servers {
+            if !kept.contains(&(key, rs.address)) && was.verdict(vs, &key, rs, old).up {
+                out.push((key, vs, rs));
+            }
         }
     }
     out

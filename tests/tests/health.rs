@@ -231,6 +231,25 @@ fn verdicts_need_a_majority_of_observers() {
     eprintln!("10 weight edits in {:?}: {reports} observer reports (refresh bound {refreshes})", t.elapsed());
     assert!(reports <= refreshes, "10 rule edits that change no claim made {reports} observer reports (more than the {refreshes} refreshes)");
 
+    // A rule change that removes a live real server runs its notify_down, once for the
+    // cluster (keepalived's reload does); putting it back (up by default) runs nothing.
+    let full = rules(3, &hooks);
+    let start = full.find(&format!("[[virtual_server.real_server]]\naddress = \"{B1}\"")).expect("B1's block");
+    let end = start + 1 + full[start + 1..].find("[[virtual_server.real_server]]").expect("the block after B1's");
+    std::fs::write(&file, format!("{}{}", &full[..start], &full[end..])).unwrap();
+    let o = c.ctl(0, &format!("apply -f {}", file.display()));
+    assert_eq!(o.code, 0, "apply without B1: {}{}", o.stdout, o.stderr);
+    let b1_down = |h: &str| h.lines().filter(|l| *l == format!("TCP 192.0.2.100:80 -> {B1} DOWN")).count();
+    let ran = wait_for(Duration::from_secs(5), || b1_down(&std::fs::read_to_string(&hooks).unwrap_or_default()) == 2);
+    assert!(ran.is_some(), "removing live B1 did not run its notify_down: {}\n{}", std::fs::read_to_string(&hooks).unwrap_or_default(), c.log_tail(0));
+    std::fs::write(&file, &full).unwrap();
+    let o = c.ctl(0, &format!("apply -f {}", file.display()));
+    assert_eq!(o.code, 0, "apply with B1 again: {}{}", o.stdout, o.stderr);
+    std::thread::sleep(Duration::from_secs(1));
+    let h = std::fs::read_to_string(&hooks).unwrap_or_default();
+    assert_eq!(b1_down(&h), 2, "notify_down for a removed real server must run once per cluster: {h}");
+    assert_eq!(h.lines().filter(|l| l.ends_with(" UP")).count(), 1, "re-adding a real server ran notify_up: {h}");
+
     // Observers are reassigned when a director dies: with k = 2, kill one observer of B1; the
     // third director takes over, and the two live observers can still vote B1 down.
     c.lan.hosts[2].sh("ip route del blackhole 192.0.2.5/32");
