@@ -11,8 +11,8 @@
 //! - VS lines exist for virtual servers with a `sorry_server` only: quorum states (and their
 //!   `quorum_up`/`quorum_down` hooks) are kept for those alone;
 //! - no line for a real server a rule change adds (keepalived writes none either; one it
-//!   removes while up gets `RS … DOWN`, and one whose check it removes while down `RS … UP`,
-//!   as keepalived's reload writes them);
+//!   removes while up gets `RS … DOWN` (and the health leader runs its `notify_down`), and
+//!   one whose check it removes while down `RS … UP`, as keepalived's reload writes them);
 //! - none for an `alpha` real server's first failed check (it was down already; keepalived
 //!   writes DOWN);
 //! - none for the state a node starts with.

@@ -352,7 +352,8 @@ pub struct RealServer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<serde_json::Value>,
     /// Run by the Raft leader, once per cluster, when the committed verdict turns up / down
-    /// (keepalived `notify_up` / `notify_down`: the command line as written, via `/bin/sh -c`).
+    /// (keepalived `notify_up` / `notify_down`: the command line as written, via `/bin/sh -c`);
+    /// `notify_down` also when a rule change removes this real server while it is up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_up: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
