@@ -8,10 +8,10 @@
 //! Each applied state is compared with the one applied before it on this node (every one, in
 //! order: the states come from the applying task, not from a `watch` that keeps only the
 //! newest). Where this differs from keepalived:
-//! - VS lines exist for virtual servers with a `sorry_server` only: quorum states (and their
-//!   `quorum_up`/`quorum_down` hooks) are kept for those alone;
+//! - VS lines exist for virtual servers with a `sorry_server` or a `quorum_up`/`quorum_down`
+//!   hook only: quorum states are kept for those alone ([`VirtualServer::keeps_quorum`]);
 //! - no line for a real server a rule change adds (keepalived writes none either; one it
-//!   removes while up gets `RS … DOWN` (and the health leader runs its `notify_down`), and
+//!   removes while up gets `RS … DOWN` (and the leader that commits it runs its `notify_down`), and
 //!   one whose check it removes while down `RS … UP`, as keepalived's reload writes them);
 //! - none for an `alpha` real server's first failed check (it was down already; keepalived
 //!   writes DOWN);
@@ -93,7 +93,7 @@ pub fn lines(before: &ClusterState, now: &ClusterState) -> Vec<String> {
             out.push(rs_line(rs.address, vs, &key, false));
         }
     }
-    for vs in rules.virtual_servers.iter().filter(|vs| vs.sorry_server.is_some()) {
+    for vs in rules.virtual_servers.iter().filter(|vs| vs.keeps_quorum()) {
         let Some(key) = vs.key() else { continue };
         let q = rules::quorum_key(&key.to_string());
         let up = |v: &rules::Verdicts| v.get(&q).is_none_or(|v| v.up);
@@ -106,7 +106,7 @@ pub fn lines(before: &ClusterState, now: &ClusterState) -> Vec<String> {
 
 /// The real servers of `was` that `now` no longer has and that were up under `was` and the
 /// verdicts `old`: they leave the table with the change, which keepalived's reload reports as
-/// a real server going down (its FIFO line, and its `notify_down` run by the health leader).
+/// a real server going down (its FIFO line, and its `notify_down` run by the committing leader).
 pub(crate) fn removed_live<'a>(was: &'a RuleSet, old: &rules::Verdicts, now: &RuleSet) -> Vec<(ServiceKey, &'a VirtualServer, &'a RealServer)> {
     let kept: std::collections::BTreeSet<(ServiceKey, SocketAddr)> = now
         .virtual_servers

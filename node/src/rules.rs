@@ -314,7 +314,9 @@ pub struct VirtualServer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<serde_json::Value>,
     /// Run (once per cluster, by the Raft leader) when the live weight falls below the quorum
-    /// and the sorry server takes over / when it is back (keepalived `quorum_down` / `quorum_up`).
+    /// (and the sorry server, if any, takes over) / when it is back (keepalived `quorum_down` /
+    /// `quorum_up`; without a sorry server they are how a route to the VIP is withdrawn and
+    /// announced again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum_down: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -534,6 +536,13 @@ fn check_def(raw: &serde_json::Value, rs: SocketAddr) -> Result<check::CheckDef,
 }
 
 impl VirtualServer {
+    /// Whether the cluster keeps this virtual server's quorum state (committed in Raft when it
+    /// moves): with a sorry server (the table follows it) or a quorum hook (someone is told).
+    /// Others have none, which saves a Raft write whenever such a service's quorum would move.
+    pub fn keeps_quorum(&self) -> bool {
+        self.sorry_server.is_some() || self.quorum_up.is_some() || self.quorum_down.is_some()
+    }
+
     /// The kernel key of this virtual server.
     pub fn key(&self) -> Option<ServiceKey> {
         match (self.address, self.fwmark) {
@@ -812,15 +821,16 @@ impl RuleSet {
         out
     }
 
-    /// Per virtual server with a sorry server: whether its quorum is lost under `verdicts`
-    /// (the sorry server is in), with the quorum_up/quorum_down commands. The first field is
-    /// the service's name, as [`quorum_key`] takes it.
+    /// Per virtual server whose quorum is kept ([`VirtualServer::keeps_quorum`]): whether its
+    /// quorum is lost under `verdicts` (the sorry server, if any, is in), with the
+    /// quorum_up/quorum_down commands. The first field is the service's name, as
+    /// [`quorum_key`] takes it.
     pub fn quorum_states(&self, verdicts: &Verdicts) -> Vec<(String, bool, Option<String>, Option<String>)> {
         self.virtual_servers
             .iter()
+            .filter(|vs| vs.keeps_quorum())
             .filter_map(|vs| {
                 let key = vs.key()?;
-                vs.sorry_server?;
                 Some((key.to_string(), self.quorum_lost(vs, &key, verdicts), vs.quorum_up.clone(), vs.quorum_down.clone()))
             })
             .collect()
@@ -1289,6 +1299,36 @@ address = "[2001:db8::11]:0"
         let d = &r.desired_table(&v).services[&key].dests;
         assert!(!d.contains_key(&dest_key("198.51.100.11:80".parse().unwrap())), "{d:?}");
         assert!(d.contains_key(&dest_key("198.51.100.99:80".parse().unwrap())), "live weight 0 → sorry server");
+    }
+
+    #[test]
+    fn quorum_is_kept_for_a_sorry_server_or_a_quorum_hook_and_a_hook_alone_leaves_the_table() {
+        // Three services whose one real server is down: a sorry server, a quorum_down hook
+        // alone, neither. Only the first two have a quorum state; the hook alone changes no
+        // table entry (keepalived runs the hooks for every virtual server, and pulls the live
+        // ones only to let a sorry server in).
+        let r = parse(
+            "[[virtual_server]]\naddress = \"192.0.2.1:80\"\nsorry_server = \"198.51.100.99:80\"\n\
+             [[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\ninhibit_on_failure = true\ncheck = { type = \"tcp\" }\n\
+             [[virtual_server]]\naddress = \"192.0.2.2:80\"\nquorum_down = \"true\"\n\
+             [[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\ninhibit_on_failure = true\ncheck = { type = \"tcp\" }\n\
+             [[virtual_server]]\naddress = \"192.0.2.3:80\"\n\
+             [[virtual_server.real_server]]\naddress = \"198.51.100.1:80\"\ninhibit_on_failure = true\ncheck = { type = \"tcp\" }\n",
+        )
+        .unwrap();
+        let mut v = Verdicts::new();
+        for vs in &r.virtual_servers {
+            v.insert(rs_key(&vs.key().unwrap(), "198.51.100.1:80".parse().unwrap()), Verdict { up: false, weight: None });
+        }
+        let q = r.quorum_states(&v);
+        let named: Vec<(&str, bool)> = q.iter().map(|(s, lost, _, _)| (s.as_str(), *lost)).collect();
+        assert_eq!(named, [("TCP 192.0.2.1:80", true), ("TCP 192.0.2.2:80", true)]);
+        assert_eq!(q[1].3.as_deref(), Some("true"), "its quorum_down");
+        let t = r.desired_table(&v);
+        let dests = |i: usize| t.services[&r.virtual_servers[i].key().unwrap()].dests.values().map(|d| d.weight).collect::<Vec<_>>();
+        assert_eq!(dests(0), [0, 1], "sorry server in beside the inhibited one");
+        assert_eq!(dests(1), [0], "a quorum hook alone: the table as without it");
+        assert_eq!(dests(1), dests(2));
     }
 
     #[test]

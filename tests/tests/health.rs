@@ -456,6 +456,61 @@ check = {{ type = "script", misc_path = "test -e {d}/up2", interval = "200ms", f
     }
 }
 
+/// `quorum_down`/`quorum_up` on a virtual server without a sorry server (keepalived runs them
+/// for every virtual server; operators withdraw and announce the VIP's route with them): each
+/// move runs its hook once, and the VS lines go to the notify FIFO.
+#[test]
+fn quorum_hooks_run_without_a_sorry_server() {
+    let test = "health_quorum_hooks";
+    let Some((d, ctl)) = lab_binaries(test) else { return };
+    let mut c = LabCluster::new(test, 1, d, ctl);
+    c.extra_sections = "[director]\nipvs = \"memory\"\n".into();
+    let dir = c.root().to_path_buf();
+    let hooks = dir.join("quorum.log");
+    let fifo = dir.join("lvs.fifo");
+    c.node_extra = format!("lvs_notify_fifo = \"{}\"\n", fifo.display());
+    let rules = format!(
+        r#"[[virtual_server]]
+address = "192.0.2.101:80"
+quorum_down = "echo \"$CORRAL_SUBJECT $CORRAL_EVENT\" >> {h}"
+quorum_up = "echo \"$CORRAL_SUBJECT $CORRAL_EVENT\" >> {h}"
+[[virtual_server.real_server]]
+address = "198.51.100.3:80"
+check = {{ type = "script", misc_path = "test -e {d}/up3", interval = "200ms", fall = 1, rise = 1 }}
+"#,
+        h = hooks.display(),
+        d = dir.display()
+    );
+    std::fs::write(dir.join("up3"), "").unwrap();
+    c.form(Duration::from_secs(20));
+    let file = dir.join("services.toml");
+    std::fs::write(&file, rules).unwrap();
+    let o = c.ctl(0, &format!("apply -f {}", file.display()));
+    assert_eq!(o.code, 0, "apply: {}{}", o.stdout, o.stderr);
+    let rs = "198.51.100.3:80";
+    let up = wait_for(Duration::from_secs(10), || observer_states(&c, 0, rs) == [("d1".to_string(), "up".to_string())]);
+    assert!(up.is_some(), "check not up: {:?}", observer_states(&c, 0, rs));
+    let events = || std::fs::read_to_string(&hooks).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>();
+    std::fs::remove_file(dir.join("up3")).unwrap();
+    let down = wait_for(Duration::from_secs(10), || events() == ["TCP 192.0.2.101:80 QUORUM_DOWN"]);
+    assert!(down.is_some(), "no QUORUM_DOWN: {:?}\n{}", events(), c.log_tail(0));
+    std::fs::write(dir.join("up3"), "").unwrap();
+    let back = wait_for(Duration::from_secs(10), || events().len() == 2);
+    assert!(back.is_some(), "no QUORUM_UP: {:?}\n{}", events(), c.log_tail(0));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(events(), ["TCP 192.0.2.101:80 QUORUM_DOWN", "TCP 192.0.2.101:80 QUORUM_UP"], "each move runs its hook once");
+    let text = tests::FifoReader::open(&fifo).drain();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "RS [198.51.100.3]:tcp:80 [192.0.2.101]:tcp:80 DOWN",
+            "VS [192.0.2.101]:tcp:80 DOWN",
+            "RS [198.51.100.3]:tcp:80 [192.0.2.101]:tcp:80 UP",
+            "VS [192.0.2.101]:tcp:80 UP",
+        ]
+    );
+}
+
 /// keepalived's several checkers in one `real_server`: `check = [ … ]`. The real server is up
 /// only while every check passes; one failing check takes it down everywhere, its reason
 /// naming which check; `rs list` shows the kinds and each observer's combined result.

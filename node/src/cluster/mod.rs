@@ -800,6 +800,17 @@ impl Cluster {
                 }
             }
         }
+        // A real server the change removes while it is up leaves the table: its notify_down
+        // runs (once, here), as keepalived's reload runs it.
+        if old.virtual_servers.iter().any(|vs| vs.real_servers.iter().any(|rs| rs.notify_down.is_some())) {
+            for (key, _, rs) in crate::lvs_events::removed_live(&old, &verdicts, &rules) {
+                if let Some(cmd) = &rs.notify_down {
+                    let subject = crate::rules::rs_key(&key, rs.address);
+                    tracing::info!(rs = %subject, revision = rev, "live real server removed by a rule change: running its notify_down");
+                    crate::health::run_hook(cmd.clone(), &subject, "DOWN");
+                }
+            }
+        }
         Ok(ResponseBody::Applied { revision: Some(rev), dry_run: false, changes })
     }
 

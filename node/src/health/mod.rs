@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::api::{Request, ResponseBody};
 use crate::cluster::Cluster;
-use crate::rules::{RsCheck, RuleSet, Verdict, Verdicts};
+use crate::rules::{RsCheck, RuleSet, Verdict};
 use verdicts::{Claim, ObserverReport, VerdictRecord, NS_VERDICTS};
 
 /// An observer re-sends its report this often even without changes (a new leader learns the
@@ -336,12 +336,6 @@ impl Health {
         let mut tick = crate::ticks::aligned(crate::ticks::GRID);
         let mut last_input: Option<(u64, Vec<String>)> = None;
         let mut last_fold = Instant::now();
-        // The rules and verdicts of this leader's previous fold: a rule change that removes a
-        // live real server runs its `notify_down` (keepalived's reload does), and only the
-        // rules it had before know that hook. A node that has just become leader has none, so
-        // a removal committed across a change of leader runs no hook (its FIFO line is still
-        // written on every director: `lvs_events`).
-        let mut prev: Option<(Arc<RuleSet>, Verdicts)> = None;
         loop {
             let mut forced = tokio::select! {
                 _ = tick.tick() => false,
@@ -349,7 +343,6 @@ impl Health {
             };
             if !self.cluster.is_leader() {
                 last_input = None;
-                prev = None;
                 continue;
             }
             let state = self.cluster.sm.current();
@@ -374,15 +367,6 @@ impl Health {
                 .collect();
             let records = verdicts::committed(&state);
             let before = verdicts::verdicts_of(&state);
-            if let Some((was, old)) = prev.replace((rules.clone(), before.clone())).filter(|(was, _)| !Arc::ptr_eq(was, &rules)) {
-                for (key, vs, rs) in crate::lvs_events::removed_live(&was, &old, &rules) {
-                    if let Some(cmd) = rs.notify_down.clone() {
-                        let subject = crate::rules::rs_key(&key, rs.address);
-                        tracing::info!(rs = %subject, service = ?vs.key(), "live real server removed by a rule change: running its notify_down");
-                        self.run_hook(cmd, &subject, "DOWN");
-                    }
-                }
-            }
             let flips = verdicts::fold(&checks, &members, rules.health.observers as usize, &before, &claims);
             let stale = verdicts::stale(&checks, records.keys());
             // Quorum states after these flips: each one that moved is committed with them (and
