@@ -503,11 +503,18 @@ fn bench_propagation(changes: usize, directors: &[usize], realtime: &[u8], scale
         list.join(" "),
         rts.join(" ")
     );
-    let mut outcomes = Vec::new();
+    let (mut outcomes, mut failed) = (Vec::new(), None::<anyhow::Error>);
     for &mode in idle {
         eprintln!("bench propagation: VM part (kernel IPVS, TCG), guest idle: {}", mode.label());
         let payload = vm::Payload { files: files.clone(), script: script.clone(), kernel_args: mode.kernel_args().into(), ..Default::default() };
-        outcomes.push((mode, boot_vm(&payload, Duration::from_secs(3000), true)?));
+        // A failed boot does not throw away the ones before it: their figures are printed,
+        // then the first error is returned.
+        match boot_vm(&payload, Duration::from_secs(3000), true) {
+            Ok(outcome) => outcomes.push((mode, outcome)),
+            Err(e) => {
+                failed.get_or_insert(e.context(format!("the VM with guest idle {}", mode.label())));
+            }
+        }
     }
     println!("## propagation: change sent to the leader → applied in every director's kernel ({}, TCG)", vm::emulator_version());
     println!("| directors | scheduling | guest idle | changes measured | p50 | p99 | max |");
@@ -535,9 +542,16 @@ fn bench_propagation(changes: usize, directors: &[usize], realtime: &[u8], scale
         for l in outcome.log.lines().filter(|l| prefixes.iter().any(|p| l.starts_with(p))) {
             println!("guest idle {}: {l}", mode.label());
         }
-        for l in outcome.log.lines().filter_map(|l| l.strip_prefix("STAGES ")) {
+        let mut stages = outcome.log.lines().filter_map(|l| l.strip_prefix("STAGES ")).peekable();
+        if stages.peek().is_some() {
+            println!("\n### stages, guest idle {}", mode.label());
+        }
+        for l in stages {
             println!("{l}");
         }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     outcomes.iter().try_for_each(|(_, outcome)| report(outcome, 1))
 }

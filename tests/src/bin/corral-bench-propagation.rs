@@ -178,8 +178,8 @@ fn main() {
 /// idle each time). On real hardware that is an IPI and a C-state exit, a few µs to tens; a
 /// vCPU that halted under qemu sleeps on the host, and on a cloud host whose CPU then idles too
 /// it took 2.3–2.9 ms at the p99 (Round 19). Every hop of a rule change that lands on an
-/// idle CPU pays it, so the figure says how far the lab's tail is the machine's. `None` on a
-/// single-CPU machine.
+/// idle CPU pays it, so the figure says how far the lab's tail is the machine's. `None` (no
+/// line printed) on a single-CPU machine or where the threads cannot be pinned to CPUs 0 and 1.
 fn idle_cpu_wake_us(rounds: usize, gap: Duration) -> Option<Vec<f64>> {
     fn pin(cpu: usize) -> bool {
         // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read and write it.
@@ -202,12 +202,15 @@ fn idle_cpu_wake_us(rounds: usize, gap: Duration) -> Option<Vec<f64>> {
     fn pipe() -> Option<(std::fs::File, std::fs::File)> {
         use std::os::fd::FromRawFd;
         let mut fds = [0; 2];
-        // SAFETY: pipe writes two new descriptors, each then owned by one File.
-        (unsafe { libc::pipe(fds.as_mut_ptr()) } == 0)
+        // SAFETY: pipe2 writes two new descriptors (close-on-exec: the daemons started later
+        // inherit neither), each then owned by one File.
+        (unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0)
             .then(|| unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) })
     }
     let (mut to_reader_rx, mut to_reader_tx) = pipe()?;
     let (mut back_rx, mut back_tx) = pipe()?;
+    // Both sides on threads of their own, pinned there: the bench's main thread (and the
+    // daemons it starts, which would inherit its mask) keeps the CPUs it was given.
     let reader = std::thread::spawn(move || {
         if !pin(1) {
             return;
@@ -220,28 +223,23 @@ fn idle_cpu_wake_us(rounds: usize, gap: Duration) -> Option<Vec<f64>> {
             }
         }
     });
-    let here = pin(0);
-    let mut out = Vec::with_capacity(rounds);
-    for _ in 0..rounds.min(if here { usize::MAX } else { 0 }) {
-        std::thread::sleep(gap);
-        let mut buf = [0u8; 8];
-        if to_reader_tx.write_all(&mono_ns().to_le_bytes()).is_err() || back_rx.read_exact(&mut buf).is_err() {
-            break;
+    let writer = std::thread::spawn(move || {
+        let mut out = Vec::with_capacity(rounds);
+        if !pin(0) {
+            return out; // dropping the pipe ends the reader
         }
-        out.push(i64::from_le_bytes(buf) as f64 / 1000.0);
-    }
-    drop(to_reader_tx);
+        for _ in 0..rounds {
+            std::thread::sleep(gap);
+            let mut buf = [0u8; 8];
+            if to_reader_tx.write_all(&mono_ns().to_le_bytes()).is_err() || back_rx.read_exact(&mut buf).is_err() {
+                break;
+            }
+            out.push(i64::from_le_bytes(buf) as f64 / 1000.0);
+        }
+        out
+    });
+    let out = writer.join().unwrap_or_default();
     let _ = reader.join();
-    // Back on every CPU for the lab (the daemons are separate processes; this thread is the
-    // bench's own, which sends the changes).
-    // SAFETY: as in `pin`.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for cpu in 0..libc::CPU_SETSIZE as usize {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
     (out.len() == rounds).then_some(out)
 }
 
