@@ -145,13 +145,7 @@ fn main() {
     if timeline {
         // The two clocks side by side, so records kept on the monotonic clock (`perf record -k
         // mono`) line up with the send times above.
-        let mono_us = || {
-            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            // SAFETY: clock_gettime writes only the timespec it is given.
-            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-            ts.tv_sec as u128 * 1_000_000 + ts.tv_nsec as u128 / 1000
-        };
-        let (r0, m, r1) = (now_us(), mono_us(), now_us());
+        let (r0, m, r1) = (now_us(), mono_ns() / 1000, now_us());
         println!("TIMELINE_CLOCKS realtime_us={} monotonic_us={m}", (r0 + r1) / 2);
         for (k, change) in sent.iter().enumerate() {
             let lat = tests::cluster::propagation_latency(change, &logs).map_or("missing".into(), |us| us.to_string());
@@ -173,6 +167,14 @@ fn main() {
     );
 }
 
+/// The monotonic clock in ns: what `perf record -k mono` stamps, and the same on every CPU.
+fn mono_ns() -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes only the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
 /// How long after a write to a pipe a thread blocked reading it on another, idle CPU returns
 /// from its read, in µs, `rounds` times with `gap` between them (so the reader's CPU has gone
 /// idle each time). On real hardware that is an IPI and a C-state exit, a few µs to tens; a
@@ -188,12 +190,6 @@ fn idle_cpu_wake_us(rounds: usize, gap: Duration) -> Option<Vec<f64>> {
             libc::CPU_SET(cpu, &mut set);
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
         }
-    }
-    fn mono_ns() -> i64 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_gettime writes only the timespec it is given.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        ts.tv_sec * 1_000_000_000 + ts.tv_nsec
     }
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         return None;
