@@ -113,6 +113,25 @@ fn python_lab_binaries(test: &str) -> Option<(std::path::PathBuf, std::path::Pat
     Some(bins)
 }
 
+/// Writes `text` as the lab's services.toml and applies it through d1; `what` names the step
+/// in a failure.
+fn apply(c: &LabCluster, text: &str, what: &str) {
+    let file = c.root().join("services.toml");
+    std::fs::write(&file, text).unwrap();
+    let o = c.ctl(0, &format!("apply -f {}", file.display()));
+    assert_eq!(o.code, 0, "{what}: {}{}", o.stdout, o.stderr);
+}
+
+/// One director on the in-memory IPVS model, for the quorum tests (their hooks and FIFOs go in
+/// the returned directory): needs root, loudly skipped without it.
+fn one_director_lab(test: &str) -> Option<(LabCluster, std::path::PathBuf)> {
+    let (d, ctl) = lab_binaries(test)?;
+    let mut c = LabCluster::new(test, 1, d, ctl);
+    c.extra_sections = "[director]\nipvs = \"memory\"\n".into();
+    let dir = c.root().to_path_buf();
+    Some((c, dir))
+}
+
 fn committed_lines(c: &LabCluster) -> usize {
     (0..c.nodes.len())
         .map(|i| std::fs::read_to_string(c.nodes[i].log()).unwrap_or_default().matches("health verdict committed").count())
@@ -137,10 +156,7 @@ fn verdicts_need_a_majority_of_observers() {
     };
     let ready = wait_for(Duration::from_secs(10), || listening(&c, B1) && listening(&c, B2));
     assert!(ready.is_some(), "backends did not start listening");
-    let file = c.root().join("services.toml");
-    std::fs::write(&file, rules(3, &hooks)).unwrap();
-    let o = c.ctl(0, &format!("apply -f {}", file.display()));
-    assert_eq!(o.code, 0, "apply: {}{}", o.stdout, o.stderr);
+    apply(&c, &rules(3, &hooks), "apply");
 
     // Every director observes both backends (3 directors, k = 3) and sees them up.
     let all_up = |c: &LabCluster, rs: &str| {
@@ -236,15 +252,11 @@ fn verdicts_need_a_majority_of_observers() {
     let full = rules(3, &hooks);
     let start = full.find(&format!("[[virtual_server.real_server]]\naddress = \"{B1}\"")).expect("B1's block");
     let end = start + 1 + full[start + 1..].find("[[virtual_server.real_server]]").expect("the block after B1's");
-    std::fs::write(&file, format!("{}{}", &full[..start], &full[end..])).unwrap();
-    let o = c.ctl(0, &format!("apply -f {}", file.display()));
-    assert_eq!(o.code, 0, "apply without B1: {}{}", o.stdout, o.stderr);
+    apply(&c, &format!("{}{}", &full[..start], &full[end..]), "apply without B1");
     let b1_down = |h: &str| h.lines().filter(|l| *l == format!("TCP 192.0.2.100:80 -> {B1} DOWN")).count();
     let ran = wait_for(Duration::from_secs(5), || b1_down(&std::fs::read_to_string(&hooks).unwrap_or_default()) == 2);
     assert!(ran.is_some(), "removing live B1 did not run its notify_down: {}\n{}", std::fs::read_to_string(&hooks).unwrap_or_default(), c.log_tail(0));
-    std::fs::write(&file, &full).unwrap();
-    let o = c.ctl(0, &format!("apply -f {}", file.display()));
-    assert_eq!(o.code, 0, "apply with B1 again: {}{}", o.stdout, o.stderr);
+    apply(&c, &full, "apply with B1 again");
     std::thread::sleep(Duration::from_secs(1));
     let h = std::fs::read_to_string(&hooks).unwrap_or_default();
     assert_eq!(b1_down(&h), 2, "notify_down for a removed real server must run once per cluster: {h}");
@@ -253,9 +265,7 @@ fn verdicts_need_a_majority_of_observers() {
     // Observers are reassigned when a director dies: with k = 2, kill one observer of B1; the
     // third director takes over, and the two live observers can still vote B1 down.
     c.lan.hosts[2].sh("ip route del blackhole 192.0.2.5/32");
-    std::fs::write(&file, rules(2, &hooks)).unwrap();
-    let o = c.ctl(0, &format!("apply -f {}", file.display()));
-    assert_eq!(o.code, 0, "apply k=2: {}{}", o.stdout, o.stderr);
+    apply(&c, &rules(2, &hooks), "apply k=2");
     let two = wait_for(Duration::from_secs(5), || observer_states(&c, 0, B1).len() == 2);
     assert!(two.is_some(), "k = 2 not applied: {:?}", observer_states(&c, 0, B1));
     let obs: Vec<String> = observer_states(&c, 0, B1).into_iter().map(|(n, _)| n).collect();
@@ -323,10 +333,7 @@ notify_down = "{u}"
     );
     c.node_extra = "script_user = \"nobody\"\nenable_script_security = true\n".into();
     c.form(Duration::from_secs(20));
-    let file = c.root().join("services.toml");
-    std::fs::write(&file, rules).unwrap();
-    let o = c.ctl(0, &format!("apply -f {}", file.display()));
-    assert_eq!(o.code, 0, "apply: {}{}", o.stdout, o.stderr);
+    apply(&c, &rules, "apply");
     let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default().trim().to_string();
 
     // As nobody: the check and its notify_down hook run with nobody's uid. Script security
@@ -382,11 +389,7 @@ notify_down = "{u}"
 /// holds, and each move runs its hook once.
 #[test]
 fn quorum_hysteresis_is_a_band_and_each_move_runs_its_hook_once() {
-    let test = "health_quorum_band";
-    let Some((d, ctl)) = lab_binaries(test) else { return };
-    let mut c = LabCluster::new(test, 1, d, ctl);
-    c.extra_sections = "[director]\nipvs = \"memory\"\n".into();
-    let dir = c.root().to_path_buf();
+    let Some((mut c, dir)) = one_director_lab("health_quorum_band") else { return };
     let hooks = dir.join("quorum.log");
     // keepalived's RS/VS lines: in notify_fifo (every line) and lvs_notify_fifo (LVS lines).
     let (all_fifo, lvs_fifo) = (dir.join("notify.fifo"), dir.join("lvs.fifo"));
@@ -414,10 +417,7 @@ check = {{ type = "script", misc_path = "test -e {d}/up2", interval = "200ms", f
     std::fs::write(dir.join("up1"), "").unwrap();
     std::fs::write(dir.join("up2"), "").unwrap();
     c.form(Duration::from_secs(20));
-    let file = dir.join("services.toml");
-    std::fs::write(&file, rules).unwrap();
-    let o = c.ctl(0, &format!("apply -f {}", file.display()));
-    assert_eq!(o.code, 0, "apply: {}{}", o.stdout, o.stderr);
+    apply(&c, &rules, "apply");
     let events = || std::fs::read_to_string(&hooks).unwrap_or_default().lines().map(|l| l.rsplit(' ').next().unwrap_or("").to_string()).collect::<Vec<_>>();
     let observed = |rs: &str, state: &str| observer_states(&c, 0, rs) == [("d1".to_string(), state.to_string())];
     let (rs1, rs2) = ("198.51.100.1:80", "198.51.100.2:80");
@@ -461,11 +461,7 @@ check = {{ type = "script", misc_path = "test -e {d}/up2", interval = "200ms", f
 /// move runs its hook once, and the VS lines go to the notify FIFO.
 #[test]
 fn quorum_hooks_run_without_a_sorry_server() {
-    let test = "health_quorum_hooks";
-    let Some((d, ctl)) = lab_binaries(test) else { return };
-    let mut c = LabCluster::new(test, 1, d, ctl);
-    c.extra_sections = "[director]\nipvs = \"memory\"\n".into();
-    let dir = c.root().to_path_buf();
+    let Some((mut c, dir)) = one_director_lab("health_quorum_hooks") else { return };
     let hooks = dir.join("quorum.log");
     let fifo = dir.join("lvs.fifo");
     c.node_extra = format!("lvs_notify_fifo = \"{}\"\n", fifo.display());
@@ -483,10 +479,7 @@ check = {{ type = "script", misc_path = "test -e {d}/up3", interval = "200ms", f
     );
     std::fs::write(dir.join("up3"), "").unwrap();
     c.form(Duration::from_secs(20));
-    let file = dir.join("services.toml");
-    std::fs::write(&file, rules).unwrap();
-    let o = c.ctl(0, &format!("apply -f {}", file.display()));
-    assert_eq!(o.code, 0, "apply: {}{}", o.stdout, o.stderr);
+    apply(&c, &rules, "apply");
     let rs = "198.51.100.3:80";
     let up = wait_for(Duration::from_secs(10), || observer_states(&c, 0, rs) == [("d1".to_string(), "up".to_string())]);
     assert!(up.is_some(), "check not up: {:?}", observer_states(&c, 0, rs));
@@ -534,18 +527,12 @@ fn several_checks_on_one_real_server_must_all_pass() {
     let _web = serve(&c, "8080");
     let mut second = Some(serve(&c, "8443"));
     assert!(wait_for(Duration::from_secs(10), || listening(&c, "8080") && listening(&c, "8443")).is_some(), "backend did not start");
-    let file = c.root().join("services.toml");
     let timing = r#"interval = "300ms", connect_timeout = "200ms", retries = 0, fall = 2, rise = 2"#;
-    std::fs::write(
-        &file,
-        format!(
-            "[[virtual_server]]\naddress = \"192.0.2.100:80\"\n[[virtual_server.real_server]]\naddress = \"{B1}\"\n\
-             check = [{{ type = \"http\", path = \"/\", {timing} }}, {{ type = \"tcp\", port = 8443, {timing} }}]\n"
-        ),
-    )
-    .unwrap();
-    let o = c.ctl(0, &format!("apply -f {}", file.display()));
-    assert_eq!(o.code, 0, "apply: {}{}", o.stdout, o.stderr);
+    let rules = format!(
+        "[[virtual_server]]\naddress = \"192.0.2.100:80\"\n[[virtual_server.real_server]]\naddress = \"{B1}\"\n\
+         check = [{{ type = \"http\", path = \"/\", {timing} }}, {{ type = \"tcp\", port = 8443, {timing} }}]\n"
+    );
+    apply(&c, &rules, "apply");
     let all = |c: &LabCluster, want: &str| {
         let s = observer_states(c, 0, B1);
         s.len() == 3 && s.iter().all(|(_, st)| st == want)
